@@ -1,0 +1,93 @@
+"""modelfix: the same llama.cpp model, byte for byte, on every machine, fast.
+
+Public API (imported lazily, so ``import modelfix`` stays cheap)::
+
+    modelfix.path(name, lock=None) -> Path            first model file, fetched if missing
+    modelfix.files(name, lock=None) -> Materialized   every file of the entry, in its view
+    modelfix.sync(names=None, lock=None)              fetch and verify what the lockfile pins
+    modelfix.load(name, lock=None, **settings)        a ready llama_cpp.Llama from the shared pool
+    modelfix.unload(name_or_handle), modelfix.loaded(), modelfix.preload(names)
+    modelfix.route(text, lock=None) -> name           pick a model by the lockfile's [routing]
+    modelfix.pool_metrics() -> dict
+
+Errors are :class:`modelfix.errors.ModelfixError` subclasses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (
+    AuthError,
+    CacheError,
+    IntegrityError,
+    LockError,
+    MemoryBudgetError,
+    ModelfixError,
+    NetworkError,
+    OfflineError,
+    SettingsError,
+    SourceError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "path": "modelfix.resolver",
+    "files": "modelfix.resolver",
+    "sync": "modelfix.resolver",
+    "verify": "modelfix.resolver",
+    "Materialized": "modelfix.resolver",
+    "load": "modelfix.pool",
+    "unload": "modelfix.pool",
+    "loaded": "modelfix.pool",
+    "preload": "modelfix.pool",
+    "pool_metrics": "modelfix.pool",
+    "route": "modelfix.routing",
+    "Lockfile": "modelfix.lockfile",
+}
+
+__all__ = [
+    *_LAZY,
+    "ModelfixError",
+    "LockError",
+    "SourceError",
+    "AuthError",
+    "NetworkError",
+    "IntegrityError",
+    "CacheError",
+    "OfflineError",
+    "SettingsError",
+    "MemoryBudgetError",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelfix' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext modelfix``: hands over to the modelfix-jupyter package."""
+    try:
+        import modelfix_jupyter
+    except ImportError:
+        raise ModelfixError(
+            "the notebook magics live in the modelfix-jupyter package: "
+            "`pip install modelfix-jupyter` (or `pip install -e jupyter_ext` from a checkout), "
+            "then `%load_ext modelfix` again."
+        ) from None
+    modelfix_jupyter.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    try:
+        import modelfix_jupyter
+    except ImportError:
+        return
+    modelfix_jupyter.unload_ipython_extension(ipython)

@@ -1,0 +1,105 @@
+"""One eviction policy: least recently used first, under a budget, never the held.
+
+Both the disk store (budget: bytes on disk; held = leased by a live process or
+pinned by the lockfile being synced) and the memory pool (budget: estimated
+bytes of resident handles, plus a maximum count; held = in use) ask
+:func:`plan` which items to drop. Keeping it in one pure function means the
+two caches cannot drift apart in how they choose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+from .errors import ModelfixError
+
+__all__ = ["Candidate", "NoRoom", "plan", "parse_size", "format_size"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something that occupies ``cost`` of the budget and was last used at ``last_used``."""
+
+    key: Hashable
+    cost: int
+    last_used: float
+    held: bool = False
+
+
+class NoRoom(ModelfixError):
+    """Even evicting everything that is not held leaves too little room.
+
+    The store and the pool turn this into their own error kind with a message
+    naming the model; the numbers are kept here for them.
+    """
+
+    def __init__(self, needed: int, budget: float, held: int) -> None:
+        self.needed, self.budget, self.held = needed, budget, held
+        super().__init__(
+            f"needs {format_size(needed)} but the budget is {format_size(budget)} "
+            f"with {format_size(held)} held by items in use"
+        )
+
+
+def plan(
+    items: Iterable[Candidate],
+    budget: float = math.inf,
+    incoming: int = 0,
+    max_count: int | None = None,
+) -> list[Hashable]:
+    """Keys to evict, oldest first, so that ``incoming`` fits.
+
+    After evicting the returned keys, the total cost plus ``incoming`` is at
+    most ``budget`` and (when ``incoming`` > 0 counts as one more item) the
+    number of items is within ``max_count``. Raises :class:`NoRoom` when that
+    cannot be reached without touching held items.
+    """
+    items = list(items)
+    total = sum(i.cost for i in items)
+    count = len(items) + (1 if incoming else 0)
+    held = sum(i.cost for i in items if i.held)
+    if incoming + held > budget:
+        raise NoRoom(incoming, budget, held)
+    victims: list[Hashable] = []
+    for item in sorted((i for i in items if not i.held), key=lambda i: i.last_used):
+        over_budget = total + incoming > budget
+        over_count = max_count is not None and count > max_count
+        if not (over_budget or over_count):
+            break
+        victims.append(item.key)
+        total -= item.cost
+        count -= 1
+    if max_count is not None and count > max_count:
+        raise NoRoom(incoming, budget, held)
+    return victims
+
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int | float, what: str = "size") -> float:
+    """``"50GB"``, ``"512MiB"``, ``"1e9"``, ``"inf"`` or a number of bytes."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = text.strip().upper().replace("_", "")
+    if value in ("INF", "INFINITY", "NONE", "UNLIMITED"):
+        return math.inf
+    number = value.rstrip("KMGTIB ")
+    unit = value[len(number):].strip()
+    try:
+        return float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"bad {what} {text!r}: use bytes or a size like 500MB, 50GB, 2GiB, inf") from None
+
+
+def format_size(n: float) -> str:
+    if math.isinf(n):
+        return "unlimited"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,454 @@
+"""``model-lock.toml``: reading, validating and rewriting the pins.
+
+The file is both the user's manifest and the lock, one table per model::
+
+    version = 1
+
+    [models.chat]
+    source = "org/repo:Q4_K_M"          # written by the user
+    n_ctx = 2048                        # optional reproducibility settings
+    revision = "3f1c…"                  # everything below: written by `modelfix lock`
+    pinned_from = "org/repo:Q4_K_M"
+    files = [
+      { path = "m-Q4_K_M-00001-of-00002.gguf", size = 123, sha256 = "…", role = "model" },
+      { path = "m-Q4_K_M-00002-of-00002.gguf", size = 456, sha256 = "…", role = "model" },
+    ]
+
+``pinned_from`` records the source the pins were resolved from, so that an
+edited ``source`` is seen as stale without asking the network.
+
+Reading gives frozen :class:`Entry` objects; writing goes through tomlkit so
+comments and hand formatting survive, never rewrites an unchanged file, and
+replaces the file atomically (temp file + rename) so a crash never leaves a
+half-written lockfile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+from .errors import LockError
+
+__all__ = [
+    "LOCK_NAME",
+    "SCHEMA_VERSION",
+    "ENTRY_SETTINGS",
+    "HARDWARE_SETTINGS",
+    "ROLES",
+    "FilePin",
+    "Entry",
+    "Pins",
+    "RoutingRule",
+    "Lockfile",
+    "find_lockfile",
+    "write_pins",
+    "add_entry",
+    "check_relative_path",
+]
+
+LOCK_NAME = "model-lock.toml"
+SCHEMA_VERSION = 1
+ROLES = ("model", "mmproj", "preset")
+
+# Settings that make a model behave the same everywhere belong in the lock;
+# their expected types are checked on read.
+ENTRY_SETTINGS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "n_ctx": (int,),
+        "seed": (int,),
+        "chat_format": (str,),
+        "embedding": (bool,),
+        "n_batch": (int,),
+        "n_ubatch": (int,),
+        "rope_freq_base": (int, float),
+        "rope_freq_scale": (int, float),
+        "mmproj": (bool,),
+    }
+)
+# Settings that describe a machine, not a model: refused in the lockfile.
+HARDWARE_SETTINGS = frozenset(
+    {
+        "n_gpu_layers", "main_gpu", "tensor_split", "flash_attn", "offload_kqv",
+        "n_threads", "n_threads_batch", "use_mmap", "use_mlock", "verbose",
+    }
+)
+_PIN_KEYS = ("revision", "pinned_from", "files")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class FilePin:
+    """One pinned file: its path in the source, size and sha256.
+
+    ``join`` names the file that legacy multi-part uploads are concatenated
+    into (``x.gguf.part1of2`` + ``x.gguf.part2of2`` → ``x.gguf``).
+    """
+
+    path: str
+    size: int
+    sha256: str
+    role: str = "model"
+    join: str | None = None
+
+    def as_toml(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "path": self.path, "size": self.size, "sha256": self.sha256, "role": self.role,
+        }
+        if self.join:
+            data["join"] = self.join
+        return data
+
+
+@dataclass(frozen=True)
+class Pins:
+    """What ``modelfix lock`` writes for one entry."""
+
+    revision: str | None
+    files: tuple[FilePin, ...]
+    pinned_from: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ``[models.NAME]`` table."""
+
+    name: str
+    source: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    revision: str | None = None
+    files: tuple[FilePin, ...] = ()
+    pinned_from: str | None = None
+
+    @property
+    def is_pinned(self) -> bool:
+        """Pinned and the pins still belong to the current ``source``."""
+        return bool(self.files) and self.pinned_from == self.source
+
+    @property
+    def model_files(self) -> tuple[FilePin, ...]:
+        return tuple(f for f in self.files if f.role == "model")
+
+    @property
+    def mmproj(self) -> FilePin | None:
+        return next((f for f in self.files if f.role == "mmproj"), None)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def pins(self) -> Pins | None:
+        if not self.files:
+            return None
+        return Pins(self.revision, self.files, self.pinned_from or self.source)
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """``[[routing.rules]]``: requests whose text matches ``pattern`` go to ``model``."""
+
+    pattern: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Lockfile:
+    """A parsed, validated lockfile."""
+
+    path: Path
+    entries: Mapping[str, Entry]
+    routing: tuple[RoutingRule, ...] = ()
+    routing_default: str | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Lockfile:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise LockError(
+                f"{path}: no such lockfile. Create one with `modelfix add NAME SOURCE`."
+            ) from None
+        return cls.parse(text, path)
+
+    @classmethod
+    def find(cls, explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Lockfile:
+        return cls.load(find_lockfile(explicit, start))
+
+    @classmethod
+    def parse(cls, text: str, path: Path) -> Lockfile:
+        data = _parse_toml(text, path)
+        unknown = set(data) - {"version", "models", "routing"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise LockError(
+                f"{_where(path, text, key=key)}: unknown top-level key {key!r}. "
+                "Valid keys: version, models, routing."
+            )
+        version = data.get("version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise LockError(
+                f"{_where(path, text, key='version')}: lockfile version {version!r} is not "
+                f"supported (this modelfix reads version {SCHEMA_VERSION}). Upgrade modelfix."
+            )
+        models = data.get("models", {})
+        if not isinstance(models, dict):
+            raise LockError(f"{_where(path, text, key='models')}: `models` must be a table of [models.NAME] tables.")
+        entries = {name: _entry(name, table, path, text) for name, table in models.items()}
+        rules, default = _routing(data.get("routing", {}), entries, path, text)
+        return cls(path=path, entries=MappingProxyType(entries), routing=rules, routing_default=default)
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            known = ", ".join(self.entries) or "none yet"
+            raise LockError(
+                f"no model named {name!r} in {self.path} (models: {known}). "
+                f"Add it with `modelfix add {name} ORG/REPO:TAG`."
+            ) from None
+
+
+def find_lockfile(explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
+    """The lockfile to use: ``explicit``, ``MODELFIX_LOCK``, or the nearest upward."""
+    chosen = explicit or os.environ.get("MODELFIX_LOCK")
+    if chosen:
+        return Path(chosen)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / LOCK_NAME
+        if candidate.is_file():
+            return candidate
+    raise LockError(
+        f"no {LOCK_NAME} in {here} or any parent folder. "
+        f"Create one with `modelfix add NAME SOURCE`, or pass --lock PATH."
+    )
+
+
+def check_relative_path(path: str, what: str) -> str:
+    """Refuse absolute paths and ``..``: a file name must stay inside its view."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts or path.startswith("~"):
+        raise LockError(f"{what}: unsafe file path {path!r} (absolute or containing '..').")
+    return path
+
+
+# --- reading ---------------------------------------------------------------
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    import tomlkit
+    from tomlkit.exceptions import ParseError
+
+    try:
+        return tomlkit.parse(text).unwrap()
+    except ParseError as exc:
+        reason = str(exc).split(" at line")[0]
+        raise LockError(
+            f"{path}:{exc.line}:{exc.col}: invalid TOML: {reason}. Fix the syntax there."
+        ) from None
+
+
+def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
+    where = _where(path, text, name)
+    if not _NAME_RE.match(name):
+        raise LockError(f"{where}: model name {name!r} must be letters, digits, '_', '.' or '-'.")
+    if not isinstance(table, dict):
+        raise LockError(f"{where}: [models.{name}] must be a table with a `source` key.")
+    for key in table:
+        if key in HARDWARE_SETTINGS:
+            raise LockError(
+                f"{_where(path, text, name, key)}: {key!r} is a machine setting and does not "
+                "belong in the lockfile. Set it per machine instead: an environment variable "
+                "(MODELFIX_GPU_LAYERS, MODELFIX_THREADS, ...), a pytest option, a %load_model flag "
+                "or a load() argument."
+            )
+        if key not in ENTRY_SETTINGS and key not in _PIN_KEYS and key != "source":
+            valid = ", ".join(["source", *ENTRY_SETTINGS, *_PIN_KEYS])
+            raise LockError(f"{_where(path, text, name, key)}: unknown key {key!r} in [models.{name}]. Valid keys: {valid}.")
+    source = table.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise LockError(f"{where}: [models.{name}] has no `source`. Add e.g. source = \"org/repo:Q4_K_M\".")
+    settings = {}
+    for key, types in ENTRY_SETTINGS.items():
+        if key in table:
+            value = table[key]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                want = " or ".join(t.__name__ for t in types)
+                raise LockError(f"{_where(path, text, name, key)}: {key} must be {want}, got {value!r}.")
+            settings[key] = value
+    revision = table.get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise LockError(f"{_where(path, text, name, 'revision')}: revision must be a string.")
+    files = tuple(_pin(item, i, name, path, text) for i, item in enumerate(_list(table, "files", name, path, text)))
+    pinned_from = table.get("pinned_from")
+    return Entry(
+        name=name,
+        source=source.strip(),
+        settings=MappingProxyType(settings),
+        revision=revision,
+        files=files,
+        pinned_from=pinned_from if isinstance(pinned_from, str) else None,
+    )
+
+
+def _list(table: dict, key: str, name: str, path: Path, text: str) -> list:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise LockError(f"{_where(path, text, name, key)}: `{key}` must be a list of inline tables.")
+    return value
+
+
+def _pin(item: Any, index: int, name: str, path: Path, text: str) -> FilePin:
+    label = f"{_where(path, text, name, 'files')}: files[{index}] of [models.{name}]"
+    if not isinstance(item, dict):
+        raise LockError(f"{label} must be an inline table {{ path, size, sha256, role }}.")
+    extra = set(item) - {"path", "size", "sha256", "role", "join"}
+    if extra:
+        raise LockError(f"{label}: unknown key {sorted(extra)[0]!r} (valid: path, size, sha256, role, join).")
+    file_path, size, sha, role = item.get("path"), item.get("size"), item.get("sha256"), item.get("role", "model")
+    if not isinstance(file_path, str):
+        raise LockError(f"{label}: missing `path`. Run `modelfix lock --upgrade --model {name}` to re-pin.")
+    check_relative_path(file_path, label)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise LockError(f"{label} ({file_path}): size must be a non-negative integer, got {size!r}.")
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+        raise LockError(
+            f"{label} ({file_path}): sha256 must be 64 lowercase hex characters, got {sha!r}. "
+            f"Run `modelfix lock --upgrade --model {name}` to re-pin."
+        )
+    if role not in ROLES:
+        raise LockError(f"{label} ({file_path}): role must be one of {', '.join(ROLES)}, got {role!r}.")
+    join = item.get("join")
+    if join is not None:
+        check_relative_path(str(join), label)
+    return FilePin(path=file_path, size=size, sha256=sha, role=role, join=join)
+
+
+def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[RoutingRule, ...], str | None]:
+    if not isinstance(data, dict):
+        raise LockError(f"{_where(path, text, key='routing')}: [routing] must be a table.")
+    unknown = set(data) - {"rules", "default"}
+    if unknown:
+        raise LockError(f"{_where(path, text, key='routing')}: unknown key {sorted(unknown)[0]!r} in [routing] (valid: rules, default).")
+    rules = []
+    for i, rule in enumerate(data.get("rules", [])):
+        if not isinstance(rule, dict) or not isinstance(rule.get("pattern"), str) or not isinstance(rule.get("model"), str):
+            raise LockError(f"{_where(path, text, key='routing')}: routing.rules[{i}] needs `pattern` and `model` strings.")
+        try:
+            re.compile(rule["pattern"])
+        except re.error as exc:
+            raise LockError(f"{_where(path, text, key='routing')}: routing.rules[{i}] pattern is not a valid regex: {exc}.") from None
+        rules.append(RoutingRule(rule["pattern"], rule["model"]))
+    default = data.get("default")
+    for model in [r.model for r in rules] + ([default] if default else []):
+        if model not in entries:
+            raise LockError(f"{_where(path, text, key='routing')}: routing names model {model!r}, which has no [models.{model}] table.")
+    return tuple(rules), default
+
+
+def _where(path: Path, text: str, name: str | None = None, key: str | None = None) -> str:
+    """``path:line`` of ``[models.name]`` (and ``key`` inside it) for error messages."""
+    lines = text.splitlines()
+    start = 0
+    if name is not None:
+        header = re.compile(r"^\s*\[\s*models\s*\.\s*\"?" + re.escape(name) + r"\"?\s*\]")
+        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+        if start is None:
+            return str(path)
+    if key is not None:
+        key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+        for i in range(start + (1 if name else 0), len(lines)):
+            if name is not None and i > start and lines[i].lstrip().startswith("["):
+                break
+            if key_re.match(lines[i]):
+                return f"{path}:{i + 1}"
+    return f"{path}:{start + 1}"
+
+
+# --- writing ---------------------------------------------------------------
+
+
+def write_pins(path: Path, pins: Mapping[str, Pins]) -> bool:
+    """Write ``pins`` into their ``[models.NAME]`` tables; True if the file changed."""
+    import tomlkit
+
+    text = path.read_text(encoding="utf-8")
+    Lockfile.parse(text, path)  # never rewrite a file we could not read back
+    doc = tomlkit.parse(text)
+    for name, pin in pins.items():
+        table = doc["models"][name]
+        if pin.revision is None:
+            table.pop("revision", None)
+        else:
+            table["revision"] = pin.revision
+        table["pinned_from"] = pin.pinned_from
+        table["files"] = _files_array(pin.files)
+    return _write_if_changed(path, text, tomlkit.dumps(doc))
+
+
+def add_entry(path: Path, name: str, source: str, settings: Mapping[str, Any] | None = None) -> None:
+    """Add (or replace the source of) ``[models.NAME]``, creating the file if needed."""
+    import tomlkit
+
+    if not _NAME_RE.match(name):
+        raise LockError(f"model name {name!r} must be letters, digits, '_', '.' or '-'.")
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        Lockfile.parse(text, path)
+        doc = tomlkit.parse(text)
+    else:
+        text = ""
+        doc = tomlkit.document()
+        doc.add(tomlkit.comment("Models pinned by modelfix. Edit `source`; `modelfix lock` writes the pins."))
+        doc["version"] = SCHEMA_VERSION
+    models = doc.setdefault("models", tomlkit.table(is_super_table=True))
+    table = models.get(name)
+    if table is None:
+        table = tomlkit.table()
+        models[name] = table
+    table["source"] = source
+    for key, value in (settings or {}).items():
+        table[key] = value
+    new_text = tomlkit.dumps(doc)
+    Lockfile.parse(new_text, path)
+    _write_if_changed(path, text, new_text)
+
+
+def _files_array(files: tuple[FilePin, ...]):
+    import tomlkit
+
+    array = tomlkit.array()
+    for pin in files:
+        inline = tomlkit.inline_table()
+        inline.update(pin.as_toml())
+        array.append(inline)
+    return array.multiline(True)
+
+
+def _write_if_changed(path: Path, old: str, new: str) -> bool:
+    if new == old:
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

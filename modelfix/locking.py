@@ -1,0 +1,110 @@
+"""Turning sources into pins: what ``modelfix lock``, ``add`` and ``lock --check`` do.
+
+An entry needs (re)locking when it has no pins, or when its ``source`` was
+edited since it was pinned (``pinned_from`` differs). ``upgrade`` re-resolves
+pinned entries too, moving them to the newest upstream commit. Everything is
+resolved first and written once, so a failure on one model leaves the file
+exactly as it was: no half-updated lockfile, no lost pin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LockError, ModelfixError
+from .lockfile import Entry, Lockfile, Pins, add_entry, write_pins
+from .sources import source_for
+
+__all__ = ["LockResult", "Problem", "lock", "add", "check"]
+
+
+@dataclass(frozen=True)
+class LockResult:
+    """What a lock run did: per model, the old and new pins."""
+
+    path: Path
+    changed: dict[str, tuple[Pins | None, Pins]]
+    unchanged: tuple[str, ...]
+    written: bool
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An entry that ``lock --check`` finds unpinned or stale."""
+
+    name: str
+    reason: str
+
+
+def check(lockfile: Lockfile) -> list[Problem]:
+    """Entries that need ``modelfix lock``; reads nothing but the file."""
+    problems = []
+    for entry in lockfile.entries.values():
+        if not entry.files:
+            problems.append(Problem(entry.name, "is not pinned"))
+        elif entry.pinned_from != entry.source:
+            problems.append(
+                Problem(entry.name, f"source changed from {entry.pinned_from!r} to {entry.source!r}")
+            )
+    return problems
+
+
+def _needs_lock(entry: Entry, upgrade: bool, models: Sequence[str] | None) -> bool:
+    if models and entry.name not in models:
+        return False
+    return upgrade or not entry.is_pinned
+
+
+def lock(
+    path: Path | str | None = None,
+    *,
+    upgrade: bool = False,
+    models: Sequence[str] | None = None,
+) -> LockResult:
+    """Pin every entry that needs it (all selected entries with ``upgrade``)."""
+    lockfile = Lockfile.find(path)
+    for name in models or ():
+        lockfile.entry(name)  # unknown names fail before any network call
+    changed: dict[str, tuple[Pins | None, Pins]] = {}
+    unchanged = []
+    for entry in lockfile.entries.values():
+        if not _needs_lock(entry, upgrade, models):
+            unchanged.append(entry.name)
+            continue
+        try:
+            pins = source_for(entry.source, lockfile.path).resolve()
+        except ModelfixError as exc:
+            raise type(exc)(f"model {entry.name!r} ({lockfile.path}): {exc}") from None
+        if pins == entry.pins:
+            unchanged.append(entry.name)
+        else:
+            changed[entry.name] = (entry.pins, pins)
+    written = write_pins(lockfile.path, {n: new for n, (_, new) in changed.items()}) if changed else False
+    return LockResult(lockfile.path, changed, tuple(unchanged), written)
+
+
+def add(name: str, source: str, path: Path | str | None = None, **settings) -> LockResult:
+    """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails."""
+    from .lockfile import LOCK_NAME, find_lockfile
+
+    try:
+        lock_path = find_lockfile(path)
+    except LockError:
+        lock_path = Path.cwd() / LOCK_NAME
+    pins = source_for(source, lock_path).resolve()  # fail before touching the file
+    existed = lock_path.exists()
+    previous = lock_path.read_text(encoding="utf-8") if existed else None
+    add_entry(lock_path, name, source, settings)
+    try:
+        old = Lockfile.load(lock_path).entries[name].pins
+        written = write_pins(lock_path, {name: pins})
+    except BaseException:
+        # Leave the file as the user had it rather than with an unpinned entry.
+        if previous is None:
+            lock_path.unlink(missing_ok=True)
+        else:
+            lock_path.write_text(previous, encoding="utf-8")
+        raise
+    return LockResult(lock_path, {name: (old, pins)} if old != pins else {}, (), written)

@@ -1,0 +1,1 @@
+"""modelfix pytest plugin (fixtures come with issue 4/5)."""

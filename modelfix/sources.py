@@ -1,0 +1,315 @@
+"""Source strings and how each kind is resolved into pins.
+
+Forms understood by the built-in plugin (``BuiltinSources``)::
+
+    org/repo[:TAG][@REV]                Hub repository, file chosen like llama.cpp -hf
+    hf://org/repo[:TAG][@REV]           the same, explicit scheme
+    hf://org/repo[@REV]/path/x.gguf     one named file of a Hub repository
+    https://host/x.gguf, s3://b/x.gguf  any fsspec URL (hashed by streaming)
+    file:///abs/x.gguf, ./x.gguf, /abs  local files (relative to the lockfile)
+
+A :class:`Source` answers two questions: ``resolve()`` (network allowed) gives
+the pins; ``locate(pin, revision)`` says where a pinned file's bytes live, so
+the fetcher needs nothing but the lockfile. Hub pins come from the Hub's LFS
+metadata (the sha256 it publishes), so locking downloads no model bytes; only
+small non-LFS files such as ``preset.ini`` are read to hash them.
+
+Other schemes are plugins: implement ``modelfix_parse_source`` (see
+``modelfix.hooks``) and return an object with this protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
+
+from .errors import AuthError, NetworkError, SourceError, redact
+from .hooks import hookimpl, plugin_manager
+from .lockfile import FilePin, Pins, check_relative_path
+from .selection import select, select_file, split_siblings
+
+__all__ = [
+    "Source",
+    "Location",
+    "HubSource",
+    "FsspecSource",
+    "parse_source",
+    "hub_endpoint",
+    "hub_token",
+    "BuiltinSources",
+    "source_for",
+]
+
+_CHUNK = 8 * 1024 * 1024
+_REPO_PART = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?"
+_REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a pinned file's bytes can be read: an fsspec URL and its options.
+
+    ``storage_options`` may carry a token: never log or print them.
+    """
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@runtime_checkable
+class Source(Protocol):
+    text: str
+    kind: str
+
+    def resolve(self) -> Pins: ...
+
+    def locate(self, pin: FilePin, revision: str | None) -> Location: ...
+
+    def describe(self) -> dict[str, str]: ...
+
+
+def parse_source(text: str, base_dir: Path | None = None) -> Source:
+    """Turn a source string into a :class:`Source`, asking every plugin."""
+    text = text.strip()
+    source = plugin_manager().hook.modelfix_parse_source(text=text, base_dir=base_dir or Path.cwd())
+    if source is None:
+        raise SourceError(
+            f"cannot understand source {text!r}. Expected ORG/REPO[:TAG][@REVISION], "
+            "hf://ORG/REPO/path/file.gguf, a URL such as https://… or s3://…, or a local path."
+        )
+    return source
+
+
+def hub_endpoint() -> str:
+    """``HF_ENDPOINT``, read at call time (tests point it at a local hub)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+# --- the Hub ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hub repository with a quantization tag, or one named file."""
+
+    text: str
+    repo: str
+    tag: str | None = None
+    file: str | None = None
+    revision: str | None = None
+    kind: str = "hub"
+
+    @classmethod
+    def parse(cls, text: str) -> HubSource:
+        body = text[len("hf://"):] if text.startswith("hf://") else text
+        body = body.removeprefix("models/")
+        repo_part, _, rest = body.partition("/")
+        name_part, slash, file = rest.partition("/")
+        revision = None
+        if slash and file and not name_part.count(":"):
+            # hf://org/repo[@rev]/path/file.gguf
+            name, _, revision = name_part.partition("@")
+            repo, tag = f"{repo_part}/{name}", None
+            file = check_relative_path(file, f"source {text!r}")
+        else:
+            # org/repo[@rev][:TAG][@rev]; revision may contain '/' (refs/pr/1)
+            m = re.match(r"^(?P<repo>[^/@:]+/[^/@:]+)(?:@(?P<r1>[^:]+))?(?::(?P<tag>[^@]+))?(?:@(?P<r2>.+))?$", body)
+            if not m or (m["r1"] and m["r2"]):
+                raise SourceError(f"bad Hub source {text!r}: expected ORG/REPO[:TAG][@REVISION].")
+            repo, tag, revision, file = m["repo"], m["tag"], m["r1"] or m["r2"], None
+        if not _REPO_RE.match(repo) or "--" in repo or ".." in repo or len(repo) > 96:
+            raise SourceError(
+                f"bad repository id {repo!r} in source {text!r}: expected ORG/REPO made of "
+                "letters, digits, '-', '_' and '.' (e.g. bartowski/Qwen2.5-0.5B-Instruct-GGUF)."
+            )
+        if tag is not None and not re.match(r"^[\w.-]+$", tag):
+            raise SourceError(f"bad tag {tag!r} in source {text!r}: expected a quantization like Q4_K_M.")
+        return cls(text=text, repo=repo, tag=tag, file=file, revision=revision or None)
+
+    def describe(self) -> dict[str, str]:
+        info = {"repo": self.repo}
+        if self.tag:
+            info["tag"] = self.tag
+        if self.file:
+            info["file"] = self.file
+        return info
+
+    def locate(self, pin: FilePin, revision: str | None) -> Location:
+        rev = revision or self.revision or "main"
+        options: dict[str, Any] = {"endpoint": hub_endpoint()}
+        if token := hub_token():
+            options["token"] = token
+        return Location(
+            url=f"{hub_endpoint()}/{self.repo}/resolve/{quote(rev, safe='')}/{quote(pin.path)}",
+            storage_options=options,
+        )
+
+    def resolve(self) -> Pins:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=hub_endpoint(), token=hub_token() or None)
+        wanted = self.revision or "main"
+        commit = self._call(lambda: api.model_info(self.repo, revision=wanted).sha, wanted)
+        if not commit or not _SHA1_RE.match(commit):
+            raise SourceError(f"{self.repo}: the Hub gave no commit for revision {wanted!r}.")
+        entries = self._call(
+            lambda: [e for e in api.list_repo_tree(self.repo, revision=commit, recursive=True) if hasattr(e, "size") and not hasattr(e, "tree_id")],
+            wanted,
+        )
+        for entry in entries:
+            check_relative_path(entry.path, f"{self.repo}@{commit[:12]}: the server listed file")
+        by_path = {e.path: e for e in entries}
+        paths = [e.path for e in entries]
+        if self.file:
+            group = select_file(paths, self.file, repo=self.repo)
+            chosen = [(p, "model", group.join) for p in group.parts]
+        else:
+            selection = select(paths, self.tag, repo=self.repo)
+            chosen = [(p, "model", selection.model.join) for p in selection.model.parts]
+            if selection.mmproj:
+                chosen.append((selection.mmproj, "mmproj", None))
+            if selection.preset:
+                chosen.append((selection.preset, "preset", None))
+        files = tuple(self._pin(by_path[p], role, join, commit) for p, role, join in chosen)
+        return Pins(revision=commit, files=files, pinned_from=self.text)
+
+    def _pin(self, entry: Any, role: str, join: str | None, commit: str) -> FilePin:
+        lfs = getattr(entry, "lfs", None)
+        if lfs is not None:
+            sha = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
+            size = lfs.size if hasattr(lfs, "size") else lfs["size"]
+        else:
+            # Plain git files (preset.ini) have no published sha256: read the few bytes.
+            sha, size = self._hash_small(entry.path, commit)
+        return FilePin(path=entry.path, size=int(size), sha256=str(sha).lower(), role=role, join=join)
+
+    def _hash_small(self, path: str, commit: str) -> tuple[str, int]:
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        url = self.locate(FilePin(path, 0, "0" * 64), commit).url
+        headers = build_hf_headers(token=hub_token() or None)
+
+        def fetch() -> bytes:
+            response = get_session().get(url, headers=headers, follow_redirects=True)
+            hf_raise_for_status(response)
+            return response.content
+
+        data = self._call(fetch, commit)
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+    def _call(self, fn, revision: str):
+        """Run a Hub call, turning the client's errors into ours (no tokens, with a fix)."""
+        from huggingface_hub import errors as hf
+
+        try:
+            return fn()
+        except hf.GatedRepoError:
+            raise AuthError(
+                f"{self.repo} is gated: accept its terms on the Hub, then set HF_TOKEN to a token of that account."
+            ) from None
+        except hf.RepositoryNotFoundError:
+            if hub_token():
+                raise SourceError(
+                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or HF_TOKEN has no access to it). Check the name in source {self.text!r}."
+                ) from None
+            raise AuthError(
+                f"repository {self.repo!r} was not found at {hub_endpoint()}. If it is private, "
+                "set HF_TOKEN to a token with read access; otherwise check the name."
+            ) from None
+        except hf.RevisionNotFoundError:
+            raise SourceError(
+                f"revision {revision!r} does not exist in {self.repo}. Use a branch, tag or full commit sha that exists."
+            ) from None
+        except hf.RemoteEntryNotFoundError as exc:
+            raise SourceError(f"{self.repo}@{revision}: {redact(str(exc)).splitlines()[0]}") from None
+        except hf.HfHubHTTPError as exc:
+            raise NetworkError(f"{self.repo}: the Hub answered an error: {redact(str(exc)).splitlines()[0]}") from None
+        except (OSError, ConnectionError) as exc:
+            raise NetworkError(f"{self.repo}: cannot reach {hub_endpoint()}: {redact(str(exc))}") from None
+        except Exception as exc:  # httpx2 transport errors have no common stdlib base
+            if type(exc).__module__.startswith(("httpx", "httpcore")):
+                raise NetworkError(f"{self.repo}: cannot reach {hub_endpoint()}: {type(exc).__name__}: {redact(str(exc))}") from None
+            raise
+
+
+# --- fsspec URLs and local paths -------------------------------------------
+
+
+@dataclass(frozen=True)
+class FsspecSource:
+    """One file (or split set) at an fsspec URL or a local path, pinned by hashing."""
+
+    text: str
+    url: str
+    kind: str = "url"
+
+    def describe(self) -> dict[str, str]:
+        return {"url": self.url}
+
+    def _fs(self):
+        import fsspec
+
+        try:
+            return fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise SourceError(f"source {self.text!r}: {exc}") from None
+
+    def locate(self, pin: FilePin, revision: str | None) -> Location:
+        return Location(url=posixpath.join(posixpath.dirname(self.url), pin.path))
+
+    def resolve(self) -> Pins:
+        fs, path = self._fs()
+        folder = posixpath.dirname(path)
+        try:
+            if not fs.isfile(path):
+                raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
+            parts = split_siblings(path, fs.isfile)
+            files = tuple(self._hash(fs, p, folder) for p in parts)
+        except (OSError, ConnectionError) as exc:
+            raise NetworkError(f"source {self.text!r}: cannot read {self.url}: {redact(str(exc))}") from None
+        return Pins(revision=None, files=files, pinned_from=self.text)
+
+    def _hash(self, fs, path: str, folder: str) -> FilePin:
+        digest, size = hashlib.sha256(), 0
+        with fs.open(path, "rb", block_size=_CHUNK) as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        rel = posixpath.relpath(path, folder) if folder else path
+        return FilePin(path=rel, size=size, sha256=digest.hexdigest())
+
+
+class BuiltinSources:
+    """The built-in ``modelfix_parse_source`` implementation."""
+
+    @hookimpl(trylast=True)
+    def modelfix_parse_source(self, text: str, base_dir: Path) -> Source | None:
+        if text.startswith("hf://"):
+            return HubSource.parse(text)
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+            return FsspecSource(text=text, url=text)
+        as_path = Path(os.path.expanduser(text))
+        if not as_path.is_absolute():
+            as_path = base_dir / as_path
+        looks_local = text.startswith((".", "/", "~")) or text.endswith(".gguf") or as_path.exists()
+        if looks_local:
+            return FsspecSource(text=text, url=as_path.resolve().as_uri())
+        if text.count("/") == 1 or re.match(r"^[^/]+/[^/@:]+[:@]", text):
+            return HubSource.parse(text)
+        return None
+
+
+def source_for(entry_source: str, lock_path: Path | None) -> Source:
+    """The Source of a lockfile entry (relative paths are relative to the lockfile)."""
+    return parse_source(entry_source, lock_path.parent if lock_path else None)

@@ -1,0 +1,50 @@
+"""pytest fixtures for the local Hub: ``local_hub`` (a started :class:`LocalHub`) and ``hub_env``
+(the process environment pointed at it). tests/conftest.py imports them; so can a user's."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from modelfix.testing.hub import LocalHub
+
+__all__ = ["local_hub", "hub_env"]
+
+
+@pytest.fixture
+def local_hub() -> Iterator[LocalHub]:
+    """A started, empty LocalHub, stopped after the test."""
+    with LocalHub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub_env(local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """Point ``huggingface_hub`` at ``local_hub``, in subprocesses and in this process.
+
+    Sets HF_ENDPOINT, HF_HUB_DISABLE_TELEMETRY=1, HF_HUB_DISABLE_XET=1 and removes HF_TOKEN.
+    huggingface_hub reads these once, at import, so its already-imported constants are patched
+    too (monkeypatch restores them): code that calls it without ``endpoint=`` reaches the hub.
+    """
+    # Import first, so that monkeypatch's undo restores the real values.
+    import huggingface_hub.constants as constants
+    from huggingface_hub import HfFileSystem, hf_api
+
+    monkeypatch.setenv("HF_ENDPOINT", local_hub.endpoint)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", local_hub.endpoint)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", local_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    # The module-level functions (huggingface_hub.model_info, ...) share one HfApi made at import.
+    monkeypatch.setattr(hf_api.api, "endpoint", local_hub.endpoint)
+    # fsspec caches HfFileSystem instances, each holding the endpoint it was made with.
+    HfFileSystem.clear_instance_cache()
+    yield local_hub
+    HfFileSystem.clear_instance_cache()

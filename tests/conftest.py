@@ -1,0 +1,72 @@
+"""Fixtures shared by the test modules.
+
+The local Hub (``local_hub``, ``hub_env``) comes from ``modelfix.testing`` —
+the same fixtures users get. On top of it: a tiny model repository written
+once per session, a hub serving it as ``org/tiny``, an isolated cache, and a
+working folder with a lockfile.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from modelfix.testing.fixtures import hub_env, local_hub  # noqa: F401  (re-exported fixtures)
+from modelfix.testing.gguf import tiny_repo_files
+
+TINY_REPO = "org/tiny"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's cache, token or offline switches."""
+    for name in ("HF_TOKEN", "MODELFIX_LOCK", "MODELFIX_OFFLINE", "HF_HUB_OFFLINE",
+                 "MODELFIX_REMOTE", "MODELFIX_CACHE_MAX_SIZE", "MODELFIX_GPU_LAYERS",
+                 "MODELFIX_MEMORY_BUDGET", "MODELFIX_KEEP_ALIVE", "MODELFIX_POOL_STRATEGY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("MODELFIX_RETRY_BASE_DELAY", "0.01")
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A Hub-like folder: Q4_K_M and Q8_0 single files, a 3-part Q2_K split, mmproj, preset.ini."""
+    folder = tmp_path_factory.mktemp("tiny-repo")
+    return tiny_repo_files(folder, tags=("Q4_K_M", "Q8_0"), split_tags=("Q2_K",), split_parts=3)
+
+
+@pytest.fixture
+def hub(hub_env, tiny_files):
+    """The local hub (HF_ENDPOINT set) serving the tiny repository as ``org/tiny``."""
+    hub_env.create_repo(TINY_REPO)
+    hub_env.commit(TINY_REPO, dict(tiny_files), message="initial upload")
+    return hub_env
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder as the working directory."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``modelfix ARGS...`` in-process; returns (exit code, stdout, stderr)."""
+    from modelfix.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,124 @@
+"""``modelfix add``, ``lock``, ``lock --upgrade``, ``lock --check`` and ``list``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from modelfix.lockfile import Lockfile
+
+REPO = "org/tiny"
+SECRET = "hf_SecretTokenValue12345"
+
+
+def test_add_then_lock_again_is_byte_identical(hub, workdir, run_cli):
+    code, out, _ = run_cli("add", "chat", f"{REPO}:Q4_K_M", "--n-ctx", "256")
+    assert code == 0 and "Added chat" in out
+    lock = workdir / "model-lock.toml"
+    first = lock.read_bytes()
+    entry = Lockfile.load(lock).entry("chat")
+    assert entry.is_pinned and entry.settings == {"n_ctx": 256}
+    hub.clear_log()
+    code, out, _ = run_cli("lock")
+    assert code == 0 and "up to date" in out
+    assert lock.read_bytes() == first
+    assert hub.count() == 0, "pinned entries need no network"
+
+
+def test_pin_stays_put_until_upgrade(hub, workdir, run_cli, tiny_files):
+    run_cli("add", "chat", REPO)
+    run_cli("add", "split", f"{REPO}:Q2_K")
+    before = Lockfile.load(workdir / "model-lock.toml")
+    new_commit = hub.commit(REPO, {"tiny-Q4_K_M.gguf": tiny_files["tiny-Q8_0.gguf"]}, message="new weights")
+    assert run_cli("lock")[0] == 0
+    assert Lockfile.load(workdir / "model-lock.toml").entry("chat") == before.entry("chat")
+    code, out, _ = run_cli("lock", "--upgrade", "--model", "chat")
+    assert code == 0 and "Updated chat" in out
+    after = Lockfile.load(workdir / "model-lock.toml")
+    assert after.entry("chat").revision == new_commit
+    assert after.entry("split") == before.entry("split"), "--model limits the upgrade"
+
+
+def test_check_finds_unpinned_and_stale_entries_offline(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    assert run_cli("lock", "--check")[0] == 0
+    lock = workdir / "model-lock.toml"
+    lock.write_text(lock.read_text().replace(f'source = "{REPO}"', f'source = "{REPO}:Q8_0"') + '\n[models.new]\nsource = "org/other"\n')
+    hub.clear_log()
+    code, _, err = run_cli("lock", "--check")
+    assert code == 1
+    assert "chat: source changed from 'org/tiny' to 'org/tiny:Q8_0'" in err
+    assert "new: is not pinned" in err
+    assert "run `modelfix lock`" in err
+    assert hub.count() == 0
+
+
+def test_a_failing_add_writes_nothing(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    lock = workdir / "model-lock.toml"
+    before = lock.read_bytes()
+    code, _, err = run_cli("add", "other", f"{REPO}:Q3_K_S")
+    assert code == 1 and "matches no model file" in err
+    assert lock.read_bytes() == before
+    assert sorted(p.name for p in workdir.iterdir()) == ["model-lock.toml"]
+
+
+def test_a_failing_lock_keeps_every_pin(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    lock = workdir / "model-lock.toml"
+    lock.write_text(lock.read_text() + '\n[models.broken]\nsource = "org/missing:Q4_K_M"\n')
+    before = lock.read_bytes()
+    code, _, err = run_cli("lock", "--upgrade")
+    assert code == 1 and "model 'broken'" in err and "org/missing" in err
+    assert lock.read_bytes() == before
+
+
+def test_first_add_creates_the_lockfile(hub, workdir, run_cli):
+    assert not (workdir / "model-lock.toml").exists()
+    assert run_cli("add", "chat", REPO)[0] == 0
+    assert (workdir / "model-lock.toml").read_text().startswith("# Models pinned by modelfix")
+
+
+def test_list_shows_each_model(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    run_cli("add", "split", f"{REPO}:Q2_K")
+    code, out, _ = run_cli("list")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:5] == ["NAME", "SOURCE", "REVISION", "FILES", "SIZE"]
+    assert lines[2].split()[:4] == ["split", f"{REPO}:Q2_K", Lockfile.load(workdir / "model-lock.toml").entry("split").revision[:12], "5"]
+
+
+def test_lock_option_points_elsewhere(hub, tmp_path, workdir, run_cli):
+    other = tmp_path / "elsewhere.toml"
+    assert run_cli("--lock", str(other), "add", "chat", REPO)[0] == 0
+    assert Lockfile.load(other).entry("chat").is_pinned
+    assert not (workdir / "model-lock.toml").exists()
+
+
+@pytest.mark.parametrize("argv", [["lock", "--bogus"], ["nocommand"], []])
+def test_usage_errors_exit_2(argv, run_cli):
+    assert run_cli(*argv)[0] == 2
+
+
+def test_errors_are_one_line_without_traceback(hub, workdir):
+    (workdir / "model-lock.toml").write_text("[models.chat\n")
+    result = subprocess.run([sys.executable, "-m", "modelfix", "list"], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "model-lock.toml:1:" in result.stderr
+
+
+def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
+    hub.create_repo("org/private", private=True, token=SECRET)
+    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    env = dict(os.environ, HF_TOKEN=SECRET)
+    ok = subprocess.run([sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    env["HF_TOKEN"] = "hf_WrongTokenValue999999"
+    bad = subprocess.run([sys.executable, "-m", "modelfix", "add", "q", "org/private"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    everything = ok.stdout + ok.stderr + bad.stdout + bad.stderr + (workdir / "model-lock.toml").read_text()
+    assert SECRET not in everything and "WrongToken" not in everything

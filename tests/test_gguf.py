@@ -1,0 +1,167 @@
+"""Tests for modelfix.testing.gguf: the tiny GGUF files load and run in llama.cpp."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import gguf
+import pytest
+
+from modelfix.testing.gguf import (
+    VOCAB,
+    TinyModelSpec,
+    main,
+    tag_seed,
+    tiny_repo_files,
+    write_mmproj,
+    write_preset,
+    write_tiny_model,
+)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def field(path: Path, key: str):
+    return gguf.GGUFReader(path).fields[key].contents()
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return pytest.importorskip("llama_cpp")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    (path,) = write_tiny_model(tmp_path_factory.mktemp("single") / "tiny-Q4_K_M.gguf", seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> list[Path]:
+    return write_tiny_model(tmp_path_factory.mktemp("split") / "tiny-Q4_K_M.gguf", seed=0, split_max_tensors=8)
+
+
+def generate(llama_cpp, path: Path, prompt: str = "Hello") -> str:
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, seed=0)
+    try:
+        return llm(prompt, max_tokens=8, temperature=0)["choices"][0]["text"]
+    finally:
+        llm.close()
+
+
+def test_single_file_loads_generates_and_repeats(llama_cpp, single: Path) -> None:
+    spec = TinyModelSpec()
+    llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
+    try:
+        assert llm.n_vocab() == spec.n_vocab
+        assert llm.n_embd() == spec.n_embd
+        assert llama_cpp.llama_model_n_ctx_train(llm.model) == spec.n_ctx_train
+        assert llm.metadata["general.architecture"] == "llama"
+        first = llm("Hello", max_tokens=8, temperature=0)
+        # Specials and byte tokens have zero logits, so decoding never stops early.
+        assert first["usage"]["completion_tokens"] == 8
+        assert first["choices"][0]["text"].strip()
+        llm.reset()
+        again = llm("Hello", max_tokens=8, temperature=0)
+        assert again["choices"][0]["text"] == first["choices"][0]["text"]
+        assert llm.tokenize(b"Hello world") == [1, VOCAB[0].index("\u2581Hello"), VOCAB[0].index("\u2581world")]
+        assert llm.detokenize(llm.tokenize(b"Hello world", add_bos=False)) == b" Hello world"
+    finally:
+        llm.close()
+
+
+def test_chat_completion_uses_embedded_template(llama_cpp, single: Path) -> None:
+    llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
+    try:
+        assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
+        out = llm.create_chat_completion(
+            messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0
+        )
+        assert out["choices"][0]["message"]["role"] == "assistant"
+        assert out["choices"][0]["message"]["content"]
+    finally:
+        llm.close()
+
+
+def test_split_set_names_and_metadata(split: list[Path]) -> None:
+    assert [p.name for p in split] == [f"tiny-Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert all(p.is_file() for p in split)
+    assert not (split[0].parent / "tiny-Q4_K_M.gguf").exists()
+    readers = [gguf.GGUFReader(p) for p in split]
+    assert [len(r.tensors) for r in readers] == [8, 8, 5]
+    assert [r.fields["split.no"].contents() for r in readers] == [0, 1, 2]
+    assert {r.fields["split.count"].contents() for r in readers} == {3}
+    assert readers[0].fields["general.architecture"].contents() == "llama"
+
+
+def test_split_loads_from_first_part_and_matches_unsplit(llama_cpp, single: Path, split: list[Path]) -> None:
+    assert generate(llama_cpp, split[0]) == generate(llama_cpp, single)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 8, 21])
+def test_split_parts_gives_exactly_that_many(tmp_path: Path, parts: int) -> None:
+    files = write_tiny_model(tmp_path / "m.gguf", split_parts=parts)
+    assert [p.name for p in files] == [f"m-{i:05d}-of-{parts:05d}.gguf" for i in range(1, parts + 1)]
+    assert sum(len(gguf.GGUFReader(p).tensors) for p in files) == TinyModelSpec().n_tensors
+
+
+def test_split_parts_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_tiny_model(tmp_path / "m.gguf", split_parts=TinyModelSpec().n_tensors + 1)
+    with pytest.raises(ValueError):
+        write_tiny_model(tmp_path / "m.gguf", split_parts=2, split_max_tensors=4)
+
+
+def test_deterministic_bytes(tmp_path: Path, single: Path) -> None:
+    (same,) = write_tiny_model(tmp_path / "a" / "tiny-Q4_K_M.gguf", seed=0)
+    (other,) = write_tiny_model(tmp_path / "b" / "tiny-Q4_K_M.gguf", seed=1)
+    assert sha256(same) == sha256(single)
+    assert sha256(other) != sha256(single)
+    assert single.stat().st_size == other.stat().st_size
+
+
+def test_target_bytes_grows_model(llama_cpp, tmp_path: Path) -> None:
+    (path,) = write_tiny_model(tmp_path / "big.gguf", target_bytes=3_000_000)
+    assert path.stat().st_size >= 3_000_000
+    assert field(path, "llama.embedding_length") > 64
+    assert generate(llama_cpp, path)
+
+
+def test_mmproj_is_clip(tmp_path: Path) -> None:
+    path = write_mmproj(tmp_path / "mmproj-tiny-f16.gguf")
+    assert field(path, "general.architecture") == "clip"
+    assert len(gguf.GGUFReader(path).tensors) >= 2
+    assert sha256(path) == sha256(write_mmproj(tmp_path / "again.gguf"))
+
+
+def test_preset(tmp_path: Path) -> None:
+    text = write_preset(tmp_path / "preset.ini").read_text()
+    assert "[*]" in text and "ctx-size = 512" in text and "temp = 0.7" in text
+
+
+def test_tiny_repo_files_layout(tmp_path: Path) -> None:
+    files = tiny_repo_files(tmp_path, split_tags=("Q2_K",), split_parts=4)
+    assert sorted(files) == [
+        "mmproj-tiny-f16.gguf",
+        "preset.ini",
+        *[f"tiny-Q2_K-{i:05d}-of-00004.gguf" for i in range(1, 5)],
+        "tiny-Q4_K_M.gguf",
+        "tiny-Q8_0.gguf",
+    ]
+    assert all(p == tmp_path / rel and p.is_file() for rel, p in files.items())
+    assert sha256(files["tiny-Q4_K_M.gguf"]) != sha256(files["tiny-Q8_0.gguf"])
+    (expected,) = write_tiny_model(tmp_path / "x" / "m.gguf", seed=tag_seed(0, "Q8_0"))
+    assert sha256(expected) == sha256(files["tiny-Q8_0.gguf"])
+
+    bare = tiny_repo_files(tmp_path / "bare", tags=("F16",), mmproj=False, preset=False, name="m")
+    assert list(bare) == ["m-F16.gguf"]
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path), "--tags", "Q4_K_M", "--split-tags", "Q2_K", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 2 + 3 + 1
+    assert all(Path(p).is_file() for p in printed)

@@ -1,0 +1,181 @@
+"""Source strings, and resolving Hub sources with the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from modelfix.errors import AuthError, LockError, SourceError
+from modelfix.sources import FsspecSource, HubSource, parse_source
+
+TINY_REPO = "org/tiny"  # served by the `hub` fixture (conftest.py)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("text", "repo", "tag", "file", "revision"),
+    [
+        ("org/repo", "org/repo", None, None, None),
+        ("org/repo:Q4_K_M", "org/repo", "Q4_K_M", None, None),
+        ("hf://org/repo:Q4_K_M@dev", "org/repo", "Q4_K_M", None, "dev"),
+        ("org/repo@v1.0:Q8_0", "org/repo", "Q8_0", None, "v1.0"),
+        ("org/repo:Q8_0@refs/pr/1", "org/repo", "Q8_0", None, "refs/pr/1"),
+        ("hf://org/repo/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", None),
+        ("hf://org/repo@" + "a" * 40 + "/m.gguf", "org/repo", None, "m.gguf", "a" * 40),
+    ],
+)
+def test_hub_forms(text, repo, tag, file, revision):
+    source = parse_source(text)
+    assert isinstance(source, HubSource)
+    assert (source.repo, source.tag, source.file, source.revision) == (repo, tag, file, revision)
+
+
+@pytest.mark.parametrize(
+    ("text", "url_end"),
+    [
+        ("https://example.com/m.gguf", "https://example.com/m.gguf"),
+        ("s3://bucket/m.gguf", "s3://bucket/m.gguf"),
+        ("./models/m.gguf", "/models/m.gguf"),
+        ("models/m.gguf", "/models/m.gguf"),
+    ],
+)
+def test_url_and_path_forms(tmp_path, text, url_end):
+    source = parse_source(text, tmp_path)
+    assert isinstance(source, FsspecSource) and source.url.endswith(url_end)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("org/-bad", "bad repository id"),
+        ("org/re..po:Q4_0", "bad repository id"),
+        ("org/repo:Q4 K", "bad tag"),
+        ("hf://org/repo/../etc/m.gguf", "unsafe file path"),
+        ("just-a-word", "cannot understand source 'just-a-word'"),
+    ],
+)
+def test_bad_sources_say_what_is_expected(text, message):
+    with pytest.raises((SourceError, LockError), match=message):
+        parse_source(text)
+
+
+def test_single_file_with_mmproj_and_preset(hub, tiny_files):
+    pins = parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+    assert [(f.path, f.role) for f in pins.files] == [
+        ("tiny-Q4_K_M.gguf", "model"), ("mmproj-tiny-f16.gguf", "mmproj"), ("preset.ini", "preset"),
+    ]
+    for pin in pins.files:
+        assert (pin.size, pin.sha256) == (tiny_files[pin.path].stat().st_size, sha256(tiny_files[pin.path]))
+    assert len(pins.revision) == 40
+    assert hub.count(origin="cdn") == 0, "locking must not download model bytes"
+
+
+def test_split_set_in_load_order(hub, tiny_files):
+    pins = parse_source(f"hf://{TINY_REPO}:q2_k").resolve()
+    models = [f.path for f in pins.files if f.role == "model"]
+    assert models == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_explicit_file_brings_the_whole_split(hub):
+    pins = parse_source(f"hf://{TINY_REPO}/tiny-Q2_K-00002-of-00003.gguf").resolve()
+    assert [f.path for f in pins.files] == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_default_tag_is_q4_k_m(hub):
+    assert parse_source(TINY_REPO).resolve().files[0].path == "tiny-Q4_K_M.gguf"
+
+
+def test_pagination_is_followed(hub):
+    hub.page_size = 2
+    pins = parse_source(f"{TINY_REPO}:Q2_K").resolve()
+    assert len(pins.files) == 5
+    assert hub.count(path_contains="/tree/") >= 4
+
+
+def test_revisions_branch_tag_and_commit(hub, tiny_files):
+    first = parse_source(TINY_REPO).resolve().revision
+    hub.create_tag(TINY_REPO, "v1")
+    second = hub.commit(TINY_REPO, {"tiny-Q4_K_M.gguf": tiny_files["tiny-Q8_0.gguf"]})
+    hub.create_branch(TINY_REPO, "dev", revision=first)
+    assert parse_source(TINY_REPO).resolve().revision == second
+    assert parse_source(f"{TINY_REPO}@v1").resolve().revision == first
+    assert parse_source(f"{TINY_REPO}:Q4_K_M@dev").resolve().revision == first
+    assert parse_source(f"{TINY_REPO}@{first}").resolve().files[0].sha256 == sha256(tiny_files["tiny-Q4_K_M.gguf"])
+
+
+def test_missing_revision(hub):
+    with pytest.raises(SourceError, match="revision 'nope' does not exist in org/tiny"):
+        parse_source(f"{TINY_REPO}@nope").resolve()
+
+
+def test_tag_without_match_lists_what_exists(hub):
+    with pytest.raises(SourceError, match="tag 'Q3_K_S' matches no model file in org/tiny. Available: .*tiny-Q8_0.gguf"):
+        parse_source(f"{TINY_REPO}:Q3_K_S").resolve()
+
+
+def test_missing_repo(hub):
+    with pytest.raises(AuthError, match="repository 'org/nothing' was not found.*HF_TOKEN"):
+        parse_source("org/nothing").resolve()
+
+
+SECRET = "hf_SecretTokenValue12345"
+
+
+def test_private_repo_needs_the_token(hub, tiny_files, monkeypatch):
+    hub.create_repo("org/private", private=True, token=SECRET)
+    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    with pytest.raises(AuthError, match="set HF_TOKEN"):
+        parse_source("org/private").resolve()
+    monkeypatch.setenv("HF_TOKEN", "hf_WrongTokenValue999999")
+    with pytest.raises(SourceError) as wrong:
+        parse_source("org/private").resolve()
+    assert "hf_Wrong" not in str(wrong.value)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    pins = parse_source("org/private").resolve()
+    assert pins.files[0].path == "p-Q4_K_M.gguf"
+    assert SECRET not in repr(pins)
+
+
+def test_unsafe_names_from_the_server_are_refused(hub, tiny_files):
+    # The real Hub never lists such names; a hostile or broken server could.
+    sha = hub.commit(TINY_REPO, {"extra-Q4_0.gguf": tiny_files["tiny-Q8_0.gguf"]})
+    tree = hub._repos[TINY_REPO].commits[sha].tree
+    tree["../evil-Q4_0.gguf"] = tree.pop("extra-Q4_0.gguf")
+    with pytest.raises(LockError, match=r"unsafe file path '../evil-Q4_0.gguf'"):
+        parse_source(f"{TINY_REPO}:Q4_0").resolve()
+
+
+def test_local_split_set_is_hashed_whole(tiny_files):
+    first = tiny_files["tiny-Q2_K-00001-of-00003.gguf"]
+    pins = parse_source(str(first)).resolve()
+    assert [f.path for f in pins.files] == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert pins.files[1].sha256 == sha256(first.parent / pins.files[1].path)
+    assert pins.revision is None
+
+
+def test_missing_local_file(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        parse_source("./absent.gguf", tmp_path).resolve()
+
+
+def test_a_plugin_adds_a_scheme(tmp_path, tiny_files):
+    from modelfix.hooks import hookimpl, plugin_manager
+
+    class Mirror:
+        @hookimpl
+        def modelfix_parse_source(self, text, base_dir):
+            if text.startswith("mirror:"):
+                return FsspecSource(text=text, url=tiny_files[text.removeprefix("mirror:")].as_uri())
+
+    pm = plugin_manager()
+    pm.register(Mirror(), name="mirror")
+    try:
+        pins = parse_source("mirror:tiny-Q8_0.gguf").resolve()
+    finally:
+        pm.unregister(name="mirror")
+    assert pins.files[0].sha256 == sha256(tiny_files["tiny-Q8_0.gguf"])
