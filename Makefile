@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m modelfix.testing.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

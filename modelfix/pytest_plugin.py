@@ -1,1 +1,619 @@
-"""modelfix pytest plugin (fixtures come with issue 4/5)."""
+"""The pytest front end: model fixtures, the ``model`` marker, ``--modelfix-*`` options, reporting.
+
+Registered through the ``pytest11`` entry point, so pytest imports this module
+at every start-up, also for suites that never touch a model: it imports nothing
+heavy. llama_cpp, huggingface_hub and fsspec load when a fixture first needs a
+model (or the header asks llama.cpp about GPU offload, only when a lockfile exists).
+
+    name                        what it is
+    --------------------------  -----------------------------------------------------
+    modelfix        (session)   ModelfixSession: lockfile, path(), files(), load(), loaded()
+    modelfix_model  (function)  the test's model name: marker, per-model parameter or the only one
+    llama           (function)  that model's pool handle, state reset (KV cache, seed) first
+    @pytest.mark.model(NAMES, **settings)
+                                several names = the test runs once per model (ids = names);
+                                require_gpu=True skips on builds without GPU offload
+    pytest_report_header        lockfile, cache dir, models, GPU offload
+    pytest_terminal_summary     models used, bytes fetched, cache hits, load times, evictions
+
+Options come, highest first, from the command line, the ini file, then the
+core's own environment variables and defaults; they are read once, into
+:class:`PluginOptions`.
+
+Under pytest-xdist every worker shares the store (one download per blob, the
+store's lock sees to that) and keeps its own handles and counters; each worker
+hands its counters to the controller through ``workeroutput`` and the
+controller prints the one merged summary.
+
+The core's pluggy hooks (``modelfix_adjust_settings``, ``modelfix_parse_source``)
+are also pytest hooks here, named ``pytest_modelfix_*`` as pytest requires, so a
+``conftest.py`` implements them as plain functions; a bridge registered with
+modelfix's plugin manager forwards each call of the core to them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import pytest
+
+from .errors import LockError, ModelfixError
+from .events import Event
+from .hooks import hookimpl
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+    from .config import CacheSettings
+    from .lockfile import Lockfile
+    from .resolver import Materialized
+
+__all__ = ["PluginOptions", "ModelfixSession", "ModelfixWarning", "modelfix", "modelfix_model", "llama"]
+
+MARKER = "model"
+# Marker keywords that steer the plugin instead of reaching llama.cpp.
+_MARKER_ONLY = ("require_gpu",)
+_FETCHED_FROM = ("origin", "remote")
+
+
+class ModelfixWarning(pytest.PytestWarning):
+    """A modelfix configuration that will likely misbehave (e.g. budget × workers > RAM)."""
+
+
+# --- options -------------------------------------------------------------------------------
+
+_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    # (name, ini type, help, extra argparse keywords)
+    ("lock", "string", "model-lock.toml to use (default: nearest upward from the invocation folder)",
+     {"metavar": "PATH"}),
+    ("cache_dir", "string", "store root (default: $MODELFIX_CACHE_DIR or the user cache folder)",
+     {"metavar": "DIR"}),
+    ("offline", "bool", "never touch the network: a model missing from the cache fails its tests",
+     {"action": "store_true", "default": None}),
+    ("gpu_layers", "string", "n_gpu_layers for every handle (default: all where the build offloads, else 0)",
+     {"metavar": "N"}),
+    ("memory_budget", "string", "pool memory budget per process: bytes, 8GB, auto or inf",
+     {"metavar": "SIZE"}),
+    ("preload", "bool", "load every model the collected tests mark before the first test runs",
+     {"action": "store_true", "default": None}),
+    ("strict", "bool", "make require_gpu=True an error (not a skip) on builds without GPU offload",
+     {"action": "store_true", "default": None}),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("modelfix", "modelfix: pinned llama.cpp models")
+    for name, ini_type, text, extra in _OPTIONS:
+        flag = "--modelfix-" + name.replace("_", "-")
+        group.addoption(flag, dest=f"modelfix_{name}", help=text, **extra)
+        parser.addini(f"modelfix_{name}", f"{text} ({flag})", type=ini_type, default=None)
+
+
+@final
+@dataclass(frozen=True)
+class PluginOptions:
+    """The plugin's options, resolved once: command line > ini > (the core's env and defaults).
+
+    ``None`` means "not set here": the core then reads its ``MODELFIX_*``
+    variables and defaults when it is used.
+    """
+
+    lock: Path | None = None
+    cache_dir: Path | None = None
+    offline: bool | None = None
+    gpu_layers: int | None = None
+    memory_budget: str | None = None
+    preload: bool = False
+    strict: bool = False
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> PluginOptions:
+        def get(name: str) -> tuple[Any, Path]:
+            # A relative path is relative to where it was written: the invocation
+            # folder for the command line, the ini file's folder for the ini.
+            value = config.getoption(f"modelfix_{name}")
+            if value is not None:
+                return value, config.invocation_params.dir
+            base = config.inipath.parent if config.inipath else config.rootpath
+            value = config.getini(f"modelfix_{name}")
+            return (value if value not in ("", None) else None), base
+
+        def path(name: str) -> Path | None:
+            value, base = get(name)
+            return None if value is None else base / Path(os.path.expanduser(value))
+
+        layers, _ = get("gpu_layers")
+        try:
+            gpu_layers = None if layers is None else int(layers)
+        except ValueError:
+            raise pytest.UsageError(f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}") from None
+        return cls(
+            lock=path("lock"),
+            cache_dir=path("cache_dir"),
+            offline=get("offline")[0],
+            gpu_layers=gpu_layers,
+            memory_budget=get("memory_budget")[0],
+            preload=bool(get("preload")[0]),
+            strict=bool(get("strict")[0]),
+        )
+
+    def cache_settings(self) -> CacheSettings:
+        from .config import CacheSettings
+
+        return CacheSettings.resolve(cache_dir=self.cache_dir, offline=self.offline)
+
+    def frontend(self) -> dict[str, Any]:
+        """The load settings this front end contributes (its layer in the settings precedence)."""
+        return {"n_gpu_layers": self.gpu_layers}
+
+
+# --- counters and progress -------------------------------------------------------------------
+
+
+class _Stats:
+    """What the end-of-run summary reports, counted from the core's event stream.
+
+    Plain dicts and numbers only: under xdist they travel to the controller.
+    """
+
+    def __init__(self) -> None:
+        self.used: list[str] = []
+        self.fetched_models: set[str] = set()
+        self.fetched_files = 0
+        self.fetched_bytes = 0
+        self.cache_hits = 0
+        self.adopted = 0
+        self.loads: dict[str, list[float]] = {}
+        self.evictions = 0
+        self._lock = threading.Lock()
+
+    def use(self, name: str) -> None:
+        with self._lock:
+            if name not in self.used:
+                self.used.append(name)
+
+    def ready(self, name: str) -> None:
+        """Model ``name`` is on disk for the first time in this process: a hit unless it was fetched."""
+        with self._lock:
+            if name not in self.fetched_models:
+                self.cache_hits += 1
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if event.kind == "job" and event.status == "completed":
+                if event.source in _FETCHED_FROM:
+                    self.fetched_models.add(event.model)
+                    self.fetched_files += 1
+                    self.fetched_bytes += event.total
+                elif event.source == "adopted":
+                    self.adopted += 1
+            elif event.kind == "load" and event.status == "loaded":
+                self.loads.setdefault(event.model, []).append(event.seconds)
+            elif event.kind == "evict":
+                self.evictions += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "used": list(self.used), "fetched_files": self.fetched_files, "fetched_bytes": self.fetched_bytes,
+            "cache_hits": self.cache_hits, "adopted": self.adopted,
+            "loads": {k: list(v) for k, v in self.loads.items()}, "evictions": self.evictions,
+        }
+
+    def merge(self, other: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.used.extend(n for n in other["used"] if n not in self.used)
+            for key in ("fetched_files", "fetched_bytes", "cache_hits", "adopted", "evictions"):
+                setattr(self, key, getattr(self, key) + other[key])
+            for name, seconds in other["loads"].items():
+                self.loads.setdefault(name, []).extend(seconds)
+
+    def lines(self) -> list[str]:
+        from .eviction import format_size
+
+        loads = ", ".join(
+            f"{name} {sum(s) / len(s):.2f}s" + (f" ×{len(s)}" if len(s) > 1 else "")
+            for name, s in sorted(self.loads.items())
+        )
+        fetched = f"{self.fetched_files} files, {format_size(self.fetched_bytes)}"
+        hits = f"{self.cache_hits} models" + (f" (+{self.adopted} files adopted from other caches)" if self.adopted else "")
+        return [
+            f"models used: {', '.join(self.used) or 'none'}",
+            f"fetched: {fetched}; cache hits: {hits}",
+            f"load times: {loads or 'none'}",
+            f"pool evictions: {self.evictions}",
+        ]
+
+
+class _Progress:
+    """Fetch progress as terminal lines, written past pytest's output capture.
+
+    Lines rather than bars: fixture setup happens mid-line of pytest's own
+    progress, and events arrive from the fetcher's threads.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+        self._started: set[tuple[str, str | None]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind != "job" or event.source not in _FETCHED_FROM:
+            return
+        from .eviction import format_size
+
+        key = (event.model, event.file)
+        if event.status == "downloading" and key not in self._started:
+            self._started.add(key)
+            self._write(f"modelfix: fetching {event.model}: {event.file} ({format_size(event.total)}) from {event.source}")
+        elif event.status == "completed":
+            self._write(f"modelfix: fetched {event.model}: {event.file} ({format_size(event.total)}), verified")
+        elif event.status == "failed":
+            self._write(f"modelfix: fetching {event.model}: {event.file} failed: {event.message}")
+
+    def _write(self, line: str) -> None:
+        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+        capture = self._config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:  # xdist workers and -p no:terminal have no terminal
+            return
+        with self._lock:
+            if capture is None:
+                reporter.write_line(line)
+            else:
+                with capture.global_and_fixture_disabled():
+                    reporter.write_line(line)
+
+
+# --- the session object --------------------------------------------------------------------
+
+
+class ModelfixSession:
+    """What the ``modelfix`` fixture gives a test: the lockfile and its models, ready.
+
+    ``path``/``files`` fetch what is missing; ``load`` hands out a handle from
+    the shared pool, with this run's options (``--modelfix-gpu-layers``, ...)
+    as the front-end layer of the settings.
+    """
+
+    def __init__(self, config: pytest.Config, options: PluginOptions) -> None:
+        self.options = options
+        self.stats = _Stats()
+        self._config = config
+        self._lockfile: Lockfile | None = None
+        self._bridge: _HookBridge | None = None
+        self._pool_configured = False
+        self._on_disk: set[str] = set()
+
+    @property
+    def lockfile(self) -> Lockfile:
+        if self._lockfile is None:
+            from .lockfile import Lockfile
+
+            self._lockfile = Lockfile.find(self.options.lock, start=self._config.invocation_params.dir)
+        return self._lockfile
+
+    def default_model(self) -> str:
+        """The model of a test without a marker: the lockfile's only one."""
+        names = list(self.lockfile.entries)
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise LockError(f"{self.lockfile.path} has no models. Add one with `modelfix add NAME ORG/REPO:TAG`.")
+        raise LockError(
+            f"{self.lockfile.path} has several models ({', '.join(names)}): say which one this test "
+            f'uses with @pytest.mark.model("NAME").'
+        )
+
+    def files(self, name: str) -> Materialized:
+        """Every file of model ``name`` in its view, fetched if missing."""
+        from . import resolver
+
+        self._prepare(name)
+        materialized = resolver.files(name, self.lockfile, settings=self.options.cache_settings())
+        self._ready(name)
+        return materialized
+
+    def path(self, name: str) -> Path:
+        """The first model file of ``name`` (split siblings beside it)."""
+        return self.files(name).model_path
+
+    def load(self, name: str, **settings: Any) -> llama_cpp.Llama:
+        """A ready handle from the shared pool (the same one for the same model and settings)."""
+        from . import pool
+
+        self._prepare(name)
+        handle = pool.load(name, self.lockfile, frontend=self.options.frontend(),
+                           cache_settings=self.options.cache_settings(), **settings)
+        self._ready(name)
+        return handle
+
+    def seed(self, name: str, **settings: Any) -> int:
+        """The sampling seed a test's handle starts from: its effective ``seed``, or 0 if unset.
+
+        Unset means llama.cpp's "random seed"; a fixed one makes sampled outputs repeat.
+        """
+        from .settings import LLAMA_DEFAULT_SEED, resolve_settings
+
+        entry = self.lockfile.entry(name).settings
+        seed = resolve_settings(name, settings, frontend=self.options.frontend(), entry=entry).settings.seed
+        return 0 if seed in (LLAMA_DEFAULT_SEED, -1) else seed
+
+    def loaded(self) -> list[Any]:
+        """What the pool holds now."""
+        from . import pool
+
+        return pool.loaded()
+
+    def _prepare(self, name: str) -> None:
+        self.stats.use(name)
+        if self._bridge is None:
+            # Late on purpose: by the first model, collection has imported every conftest.py.
+            self._bridge = _HookBridge(self._config)
+            self._bridge.register()
+        if not self._pool_configured and self.options.memory_budget is not None:
+            from . import pool
+
+            pool.configure(memory_budget=self.options.memory_budget)
+        self._pool_configured = True
+
+    def _ready(self, name: str) -> None:
+        if name not in self._on_disk:
+            self._on_disk.add(name)
+            self.stats.ready(name)
+
+    def close(self) -> None:
+        if self._bridge is not None:
+            self._bridge.unregister()
+
+
+# --- hooks forwarded from modelfix's plugin manager --------------------------------------
+
+
+class _PytestHookSpecs:
+    """The core's hooks (``modelfix.hooks.HookSpecs``) as pytest hooks, for conftest.py files.
+
+    pytest only collects hooks named ``pytest_*``, hence the prefix.
+    """
+
+    @pytest.hookspec(firstresult=True)
+    def pytest_modelfix_parse_source(self, text: str, base_dir: Path) -> Any:
+        """Return a ``modelfix.sources.Source`` for ``text`` if this conftest handles its scheme."""
+
+    @pytest.hookspec
+    def pytest_modelfix_adjust_settings(self, name: str, settings: dict[str, Any]) -> None:
+        """Adjust the effective load settings of model ``name`` in place."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(_PytestHookSpecs)
+
+
+class _HookBridge:
+    """Registered with modelfix's plugin manager; answers each hook by asking pytest's."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+
+    def register(self) -> None:
+        from .hooks import plugin_manager
+
+        plugin_manager().register(self, name=f"modelfix.pytest.{id(self)}")
+
+    def unregister(self) -> None:
+        from .hooks import plugin_manager
+
+        plugin_manager().unregister(self)
+
+    @hookimpl
+    def modelfix_parse_source(self, text: str, base_dir: Path) -> Any:
+        return self._config.hook.pytest_modelfix_parse_source(text=text, base_dir=base_dir)
+
+    @hookimpl
+    def modelfix_adjust_settings(self, name: str, settings: dict[str, Any]) -> None:
+        self._config.hook.pytest_modelfix_adjust_settings(name=name, settings=settings)
+
+
+# --- configuration and session ---------------------------------------------------------------
+
+_SESSION = pytest.StashKey[ModelfixSession]()
+_UNSUBSCRIBE = pytest.StashKey[list]()
+
+
+def _session(config: pytest.Config) -> ModelfixSession:
+    return config.stash[_SESSION]
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not _is_worker(config) and bool(getattr(config.option, "numprocesses", None)) and \
+        getattr(config.option, "dist", "no") != "no"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*names, require_gpu=False, **settings): the lockfile models this test uses "
+        "(several names: one run per model) and their load settings.",
+    )
+    session = ModelfixSession(config, PluginOptions.from_config(config))
+    config.stash[_SESSION] = session
+    from .events import events
+
+    config.stash[_UNSUBSCRIBE] = [events.subscribe(session.stats), events.subscribe(_Progress(config))]
+    if _is_controller(config):
+        _warn_budget(config, session.options, int(config.option.numprocesses))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for unsubscribe in config.stash.get(_UNSUBSCRIBE, []):
+        unsubscribe()
+    if _SESSION in config.stash:
+        _session(config).close()
+
+
+def _warn_budget(config: pytest.Config, options: PluginOptions, workers: int) -> None:
+    from .eviction import format_size, parse_size
+
+    raw = options.memory_budget or os.environ.get("MODELFIX_MEMORY_BUDGET")
+    # `auto` is sized by each worker against what it sees, `inf` asks for no
+    # limit: only a fixed number can be multiplied out here.
+    if not raw or raw.strip().lower() == "auto":
+        return
+    try:
+        budget = parse_size(raw, "memory budget")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return  # a bad budget is reported by the pool, at the first load
+    if not math.isinf(budget) and budget * workers > ram:
+        config.issue_config_time_warning(
+            ModelfixWarning(
+                f"modelfix memory budget {format_size(budget)} × {workers} xdist workers = "
+                f"{format_size(budget * workers)}, more than this machine's {format_size(ram)} of RAM: "
+                f"lower --modelfix-memory-budget to {format_size(ram // workers)} or use fewer workers."
+            ),
+            stacklevel=2,
+        )
+
+
+# --- marker, parametrisation, preload --------------------------------------------------------
+
+
+def _marker(node: pytest.Item | pytest.Function) -> tuple[tuple[str, ...], dict[str, Any], bool]:
+    """(names, load settings, require_gpu) of the closest ``model`` marker."""
+    marker = node.get_closest_marker(MARKER)
+    if marker is None:
+        return (), {}, False
+    names = tuple(marker.args)
+    if not all(isinstance(n, str) for n in names):
+        raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.model takes model names (strings), got {names!r}")
+    settings = {k: v for k, v in marker.kwargs.items() if k not in _MARKER_ONLY}
+    return names, settings, bool(marker.kwargs.get("require_gpu", False))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names, _, _ = _marker(metafunc.definition)
+    if len(names) > 1 and "modelfix_model" in metafunc.fixturenames:
+        metafunc.parametrize("modelfix_model", names, indirect=True, ids=names)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _, _, require_gpu = _marker(item)
+    if require_gpu and not _gpu_offload():
+        reason = "needs GPU offload (require_gpu=True) and this llama-cpp-python build has none"
+        if _session(item.config).options.strict:
+            pytest.fail(f"{reason} (--modelfix-strict)", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    config = session.config
+    state = _session(config)
+    if not state.options.preload or _is_controller(config) or config.option.collectonly:
+        return
+    wanted: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+    for item in session.items:
+        names, settings, _ = _marker(item)
+        if "llama" not in getattr(item, "fixturenames", ()):
+            continue
+        for name in names or (state.default_model(),):
+            wanted.setdefault((name, tuple(sorted(settings.items(), key=repr))), settings)
+    for (name, _), settings in wanted.items():
+        try:
+            state.load(name, **settings)
+        except ModelfixError:
+            pass  # the tests that need it fail with the error itself
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def modelfix(pytestconfig: pytest.Config) -> ModelfixSession:
+    """The lockfile and its models: ``path(name)``, ``files(name)``, ``load(name, **settings)``, ``loaded()``."""
+    return _session(pytestconfig)
+
+
+@pytest.fixture
+def modelfix_model(request: pytest.FixtureRequest, modelfix: ModelfixSession) -> str:
+    """This test's model name: its per-model parameter, its marker's name, or the lockfile's only model."""
+    param = getattr(request, "param", None)
+    if param is not None:
+        return param
+    names, _, _ = _marker(request.node)
+    return names[0] if names else modelfix.default_model()
+
+
+@pytest.fixture
+def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[llama_cpp.Llama]:
+    """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
+    from . import pool
+
+    _, settings, _ = _marker(request.node)
+    handle = modelfix.load(modelfix_model, **settings)
+    pool.reset_handle(handle, modelfix.seed(modelfix_model, **settings))
+    yield handle
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    # A modelfix error names the model and the fix; a traceback through the core only hides that.
+    if call.excinfo is not None and call.excinfo.errisinstance(ModelfixError) and not item.config.option.fulltrace:
+        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    state = _session(config)
+    try:
+        lock = state.lockfile
+    except ModelfixError as exc:
+        return f"modelfix: {exc}"
+    try:
+        cache_settings = state.options.cache_settings()
+    except ModelfixError as exc:
+        cache, offline = f"unusable ({exc})", ""
+    else:
+        cache, offline = str(cache_settings.root), ", offline" if cache_settings.offline else ""
+    names = ", ".join(lock.entries) or "none"
+    return (f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
+            f"GPU offload: {'yes' if _gpu_offload() else 'no'}")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    stats = _session(config).stats
+    if not stats.used and not stats.loads and not stats.fetched_files:
+        return
+    terminalreporter.write_sep("-", "modelfix")
+    for line in stats.lines():
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _is_worker(session.config):
+        session.config.workeroutput["modelfix"] = _session(session.config).stats.as_dict()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    stats = getattr(node, "workeroutput", {}).get("modelfix")
+    if stats is not None:
+        _session(node.config).stats.merge(stats)
+
+
+def _gpu_offload() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())

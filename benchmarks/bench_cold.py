@@ -1,0 +1,126 @@
+"""Claim: a cold ``modelfix sync`` downloads at least as fast as huggingface_hub, while also checking sha256.
+
+From a local hub in its own process, into fresh, empty caches each run:
+
+* one 1 GiB file: ``modelfix sync big`` against ``hf_hub_download(repo, file, revision=<commit>)``;
+* a 4-part split set (1 GiB in all): ``modelfix sync split`` against
+  ``snapshot_download(repo, revision=<commit>, allow_patterns=...)`` (8 workers, its default).
+
+Each run is a fresh process that imports its library first and times only the
+fetch (the process's wall time is reported too). The runs alternate between the
+two sides, ``--rounds`` times; the median is reported. The page cache cannot be
+dropped here: the hub serves page-cached files to both sides alike.
+``BENCH_BIG_MIB`` / ``BENCH_SPLIT_MIB`` shrink the files.
+
+    python benchmarks/bench_cold.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import (PYTHON, Child, Hub, Timing, add_model, big_file, clean_env, load, machine, point_at, ratio,
+                     run_child, scratch, split_files, table)
+
+# Each child imports what its side needs, then times the fetch alone and prints {"seconds": ...}.
+MODELFIX = """
+import json, time
+import httpx2, huggingface_hub.utils, tqdm, xxhash, filelock
+from modelfix.cli import main
+import modelfix.cli.cache, modelfix.resolver
+started = time.perf_counter()
+code = main(["--lock", {lock!r}, "sync", {name!r}])
+print(json.dumps({{"seconds": time.perf_counter() - started, "code": code}}))
+"""
+HF_FILE = """
+import json, time
+from huggingface_hub import hf_hub_download
+started = time.perf_counter()
+hf_hub_download({repo!r}, {file!r}, revision={rev!r})
+print(json.dumps({{"seconds": time.perf_counter() - started}}))
+"""
+HF_SNAPSHOT = """
+import json, time
+from huggingface_hub import snapshot_download
+started = time.perf_counter()
+snapshot_download({repo!r}, revision={rev!r}, allow_patterns=["*Q4_K_M-*-of-*.gguf"])
+print(json.dumps({{"seconds": time.perf_counter() - started}}))
+"""
+
+
+def fetched_bytes(folder: Path) -> int:
+    """Bytes of the big files under ``folder``, each inode once (views hard-link the blobs; small
+    bookkeeping files such as manifests, memos and locks are left out)."""
+    seen, total = set(), 0
+    for path in folder.rglob("*"):
+        st = path.lstat()
+        if path.is_file() and not path.is_symlink() and st.st_size >= 2**20 and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_size
+    return total
+
+
+def fetch_once(hub: Hub, code: str, size: int) -> tuple[Child, int]:
+    """One cold fetch in a fresh process with fresh, empty caches; returns it and its HTTP requests."""
+    with scratch("cold-run-") as caches:
+        env = clean_env(HF_ENDPOINT=hub.endpoint, HF_HOME=str(caches / "hf"),
+                        LLAMA_CACHE=str(caches / "llama.cpp"), MODELFIX_CACHE_DIR=str(caches / "modelfix"))
+        hub.clear()
+        child = run_child([PYTHON, "-c", code], env)
+        got = fetched_bytes(caches)
+    if got != size or child.output.get("code", 0) != 0:
+        raise SystemExit(f"fetched {got} bytes, expected {size}:\n{code}")
+    return child, len(hub.requests())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="runs per side and case (default: 3)")
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    big, parts = big_file(), split_files()
+    cases = {"big": (big.parent, big.stat().st_size), "split": (parts[0].parent, sum(p.stat().st_size for p in parts))}
+
+    rows, verdicts = [], []
+    with scratch("cold-") as home, Hub({f"bench/{name}": folder for name, (folder, _) in cases.items()}) as hub:
+        point_at(hub, home)
+        lock = home / "project" / "model-lock.toml"
+        for name in cases:
+            add_model(lock, name, f"bench/{name}:Q4_K_M")
+        from modelfix.lockfile import Lockfile
+
+        pins = Lockfile.load(lock)
+        for name, (_, size) in cases.items():
+            rev = pins.entry(name).revision
+            anchor, anchor_code = ("hf_hub_download", HF_FILE) if name == "big" else ("snapshot_download", HF_SNAPSHOT)
+            sides = {"modelfix sync": MODELFIX.format(lock=str(lock), name=name),
+                     anchor: anchor_code.format(repo=f"bench/{name}", file=big.name, rev=rev)}
+            runs: dict[str, list[Child]] = {side: [] for side in sides}
+            requests: dict[str, int] = {}
+            for round_ in range(args.rounds):
+                for side in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
+                    child, requests[side] = fetch_once(hub, sides[side], size)
+                    runs[side].append(child)
+                    print(f"  {name} round {round_ + 1}: {side} {child.output['seconds']:.2f} s", flush=True)
+            medians = {side: Timing.of([c.output["seconds"] for c in children]) for side, children in runs.items()}
+            label = f"{name} ({size / 2**20:.0f} MiB{', 4 parts' if name == 'split' else ''})"
+            for side, t in medians.items():
+                rows.append((
+                    label, side, f"{t.median:.2f} s ({t.low:.2f}–{t.high:.2f})", f"{size / t.median / 1e9:.2f} GB/s",
+                    f"{Timing.of([c.cpu for c in runs[side]]).median:.2f} s",
+                    f"{Timing.of([c.wall for c in runs[side]]).median:.2f} s", requests[side],
+                    ratio(medians[anchor].median, t.median), "yes" if side == "modelfix sync" else "no",
+                ))
+            speed = medians[anchor].median / medians["modelfix sync"].median
+            verdicts.append(f"target: >= 1.0x {anchor} throughput on {label} -> {speed:.2f}x "
+                            f"({'met' if speed >= 1.0 else 'MISSED'})")
+    print(f"\ncold fetch, median of {args.rounds} runs per side (alternating), fresh caches each run")
+    table(("case", "side", "fetch time (range)", "throughput", "CPU (user+sys)", "process wall", "HTTP requests",
+           "throughput / anchor", "checks sha256"), rows)
+    print("\n".join(verdicts))
+    print(load())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""modelfix errors in a notebook: one clear line instead of a traceback.
+
+A :class:`~modelfix.errors.ModelfixError` already names the model, the file
+and the fix; the frames under it only bury that line. While the extension is
+loaded, the shell's custom exception hook shows any ModelfixError raised in a
+cell (by a magic or by ``modelfix.load(...)`` called directly) as::
+
+    OfflineError: model 'tiny': tiny-Q4_K_M.gguf is not cached and offline mode is on. ...
+
+Other exceptions keep their usual traceback. IPython has one custom-exception
+slot; whatever held it before is remembered, still consulted for its own
+exception types, and put back on unload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelfix.errors import ModelfixError, redact
+
+__all__ = ["install", "uninstall", "one_line"]
+
+_RED, _RESET = "\x1b[31m", "\x1b[0m"
+
+
+def one_line(error: BaseException) -> str:
+    """``TypeName: message`` on one line, tokens removed."""
+    message = " ".join(str(error).split())
+    return redact(f"{type(error).__name__}: {message}")
+
+
+def install(shell: Any) -> None:
+    """Show ModelfixError as one line in ``shell`` (idempotent)."""
+    if getattr(shell, "_modelfix_previous_exc", None) is not None:
+        return
+    previous_types = tuple(shell.custom_exceptions)
+    previous_handler = shell.CustomTB
+
+    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> list[str]:
+        if not isinstance(value, ModelfixError) and previous_types and isinstance(value, previous_types):
+            return previous_handler(etype, value, tb, tb_offset)
+        stb = [f"{_RED}{one_line(value)}{_RESET}"]
+        # run_code discards what the hook returns; _showtraceback is what
+        # prints in a terminal and sends an error message from a kernel.
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    shell._modelfix_previous_exc = (previous_types, previous_handler)
+    shell.set_custom_exc((*previous_types, ModelfixError), handler)
+
+
+def uninstall(shell: Any) -> None:
+    """Give the custom-exception slot back to whoever held it before."""
+    previous = getattr(shell, "_modelfix_previous_exc", None)
+    if previous is None:
+        return
+    types, handler = previous
+    shell.custom_exceptions = types
+    shell.CustomTB = handler
+    shell._modelfix_previous_exc = None

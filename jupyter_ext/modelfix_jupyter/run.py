@@ -1,0 +1,89 @@
+"""Run a notebook headless in a real kernel: ``python -m modelfix_jupyter.run NOTEBOOK``.
+
+What the demo uses to execute ``jupyter_ext/example.ipynb``, and what the
+tests use to check the magics in a real ipykernel. The kernel is the
+``python3`` kernelspec, which jupyter_client starts with this interpreter
+(``sys.executable``), so it sees the same installed packages; it inherits the
+environment (``HF_ENDPOINT``, ``MODELFIX_CACHE_DIR``, ``MODELFIX_LOCK``...).
+Widget state is kept in ``nb.metadata.widgets``, so the executed notebook
+shows its progress bars when rendered later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_notebook", "main"]
+
+
+def run_notebook(
+    path: str | os.PathLike[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: int = 300,
+    output: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Execute every cell of ``path`` in a fresh kernel; return the executed notebook.
+
+    Runs in ``cwd`` (default: the current folder). A failing cell raises
+    ``nbclient.exceptions.CellExecutionError``; ``output`` saves the executed
+    notebook (with widget state) there.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(os.fspath(path), as_version=4)
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=timeout,
+        resources={"metadata": {"path": os.fspath(cwd or Path.cwd())}},
+        store_widget_state=True,
+    )
+    client.execute()
+    if output is not None:
+        nbformat.write(nb, os.fspath(output))
+    return nb
+
+
+def _text_of(output: Any) -> str:
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return f"{output.get('ename')}: {output.get('evalue')}\n"
+    data = output.get("data", {})
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return "[progress widget]\n"
+    text = data.get("text/plain", "")
+    return text + "\n" if text else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelfix_jupyter.run", description=__doc__.splitlines()[0])
+    parser.add_argument("notebook")
+    parser.add_argument("--output", help="save the executed notebook here")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (default 300)")
+    args = parser.parse_args(argv)
+    from nbclient.exceptions import CellExecutionError
+
+    try:
+        nb = run_notebook(args.notebook, timeout=args.timeout, output=args.output)
+    except CellExecutionError as exc:
+        print(f"{args.notebook}: a cell failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
+        return 1
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        print(f"In [{cell.get('execution_count')}]: {cell.source}")
+        for output in cell.get("outputs", []):
+            sys.stdout.write(_text_of(output))
+    print(f"{args.notebook}: {sum(c.cell_type == 'code' for c in nb.cells)} cells executed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

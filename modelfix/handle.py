@@ -1,0 +1,222 @@
+"""What the pool hands out: a hot-swappable stand-in for ``llama_cpp.Llama``.
+
+A :class:`PooledLlama` behaves as the ``Llama`` it wraps (``isinstance(h,
+llama_cpp.Llama)`` is true; calls, methods and attributes go through), but the
+pool may close the real ``Llama`` behind it to free memory. Its next call
+loads it again. A closed ``Llama`` used again crashes the process; a handle
+never reaches one::
+
+    user ── h("prompt") ──▶ PooledLlama ── lease ──▶ pool slot ──▶ llama_cpp.Llama
+                                                        │           (None when evicted:
+                                                        └─ reload ◀─ the lease reloads it)
+
+Each call holds a lease for its duration (a streaming result holds it until
+exhausted, closed or dropped), and a leased handle is never evicted.
+
+Also here: building the ``Llama`` from :class:`~modelfix.settings.LoadSettings`,
+keeping llama.cpp's log quiet unless ``verbose``, and :func:`reset_handle`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelfixError
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+    from .pool import _Slot
+    from .settings import LoadSettings
+
+__all__ = ["PooledLlama", "build_llama", "reset_handle"]
+
+
+class PooledLlama:
+    """A pool handle: use it as the ``llama_cpp.Llama`` it stands for.
+
+    Every method call leases the real ``Llama`` for its duration (reloading it
+    first if the pool evicted it); attributes read through to it. Attributes
+    you *set* live on the current ``Llama`` and do not survive a reload, and
+    raw llama.cpp pointers (``llm.ctx``, ``llm.model``) must not be kept
+    across calls: use ``with modelfix.pool.use(handle) as llm:`` for that.
+    ``close()`` unloads it (the handle stays usable).
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: _Slot) -> None:
+        object.__setattr__(self, "_slot", slot)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        # isinstance() falls back to __class__, so isinstance(h, llama_cpp.Llama) holds.
+        import llama_cpp
+
+        return llama_cpp.Llama
+
+    def __getattr__(self, name: str) -> Any:
+        import llama_cpp
+
+        slot = slot_of(self)
+        static = inspect.getattr_static(llama_cpp.Llama, name, None)
+        if isinstance(static, (staticmethod, classmethod)):
+            return getattr(llama_cpp.Llama, name)
+        if inspect.isfunction(static):
+            return functools.partial(_call, slot, name)
+        if static is None and name.startswith(("_repr_", "_ipython_")):
+            # Display probes (IPython asks for _repr_html_ and a canary name):
+            # Llama has none, and answering must not reload an evicted model.
+            raise AttributeError(name)
+        with slot.pool._lease(slot) as llm:
+            return getattr(llm, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        slot = slot_of(self)
+        with slot.pool._lease(slot) as llm:
+            setattr(llm, name, value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _call(slot_of(self), "__call__", *args, **kwargs)
+
+    def close(self) -> None:
+        """Unload now (after the current call, if one is running); the next call reloads."""
+        slot_of(self).pool.unload(self)
+
+    def __dir__(self) -> list[str]:
+        import llama_cpp
+
+        return sorted(set(dir(llama_cpp.Llama)) | {"close"})
+
+    def __repr__(self) -> str:
+        slot = slot_of(self)
+        state = "resident" if slot.llama is not None else "not resident, reloads on use"
+        return f"<modelfix handle {slot.name!r} n_ctx={slot.settings.n_ctx} ({state}): {slot.model_path.name}>"
+
+
+def slot_of(handle: PooledLlama) -> _Slot:
+    return object.__getattribute__(handle, "_slot")
+
+
+def _call(slot: _Slot, name: str, *args: Any, **kwargs: Any) -> Any:
+    pool = slot.pool
+    llm = pool._enter(slot)
+    try:
+        result = getattr(llm, name)(*args, **kwargs)
+    except BaseException:
+        pool._release(slot, used=True)
+        raise
+    if isinstance(result, Iterator):  # stream=True: llama.cpp works while it is iterated
+        return _LeasedIterator(slot, result)
+    pool._release(slot, used=True)
+    return result
+
+
+class _LeasedIterator:
+    """Holds the lease of a streaming call until it is exhausted, closed or dropped."""
+
+    def __init__(self, slot: _Slot, inner: Iterator[Any]) -> None:
+        self._slot, self._inner, self._held = slot, inner, True
+
+    def __iter__(self) -> _LeasedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._inner)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._held:
+            self._held = False
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+            self._slot.pool._release(self._slot, used=True)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def build_llama(name: str, model_path: Path, settings: LoadSettings, mmproj_path: Path | None) -> llama_cpp.Llama:
+    """A new ``llama_cpp.Llama`` for model ``name`` (split siblings are found beside ``model_path``)."""
+    import llama_cpp
+
+    _route_llama_logs()
+    kwargs = settings.llama_kwargs()
+    if settings.mmproj:
+        from llama_cpp import llama_chat_format as formats
+
+        # The generic multimodal handler uses the model's own chat template.
+        handler = getattr(formats, "MTMDChatHandler", None) or formats.Llava15ChatHandler
+        kwargs["chat_handler"] = handler(clip_model_path=str(mmproj_path), verbose=settings.verbose)
+    try:
+        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelfixError(
+            f"llama.cpp could not load model {name!r} from {model_path}: {exc}. "
+            f"Check the files with `modelfix verify --full`, or load with verbose=True to see llama.cpp's log."
+        ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _route_llama_logs() -> Any:
+    """Send llama.cpp's log lines to stderr only for verbose handles, else to logging.
+
+    llama-cpp-python's own callback maps ggml's (since renumbered) levels off
+    by one, so warnings leak to stderr even with verbose=False. Replaced once
+    per process; the returned ctypes callback must stay alive (lru_cache keeps
+    it), since llama.cpp holds a raw pointer to it.
+    """
+    import llama_cpp
+    import llama_cpp._logger  # noqa: F401  (installs its callback first, so ours is the one left)
+
+    levels = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+    gate = logging.getLogger("llama-cpp-python")  # Llama(verbose=) sets its level
+    sink = logging.getLogger("modelfix.llama_cpp")
+    sink.addHandler(logging.NullHandler())  # no "last resort" printing to stderr
+    last = [logging.DEBUG]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        last[0] = levels.get(level, last[0])  # 5 continues the previous line
+        message = text.decode("utf-8", errors="replace")
+        if gate.level <= logging.DEBUG:
+            print(message, end="", file=sys.stderr, flush=True)
+        elif message.strip():
+            sink.log(last[0], message.rstrip())
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback
+
+
+def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
+    """Forget earlier tokens and the KV cache and set the sampling seed.
+
+    After this, a completion depends only on its prompt, its parameters and
+    ``seed`` (the pytest ``llama`` fixture calls it before each test).
+    """
+    import llama_cpp
+
+    def reset(real: llama_cpp.Llama) -> None:
+        real.reset()
+        memory = llama_cpp.llama_get_memory(real.ctx)
+        if memory:
+            llama_cpp.llama_memory_clear(memory, True)
+        real.set_seed(seed)
+
+    if type(llm) is PooledLlama:
+        slot = slot_of(llm)
+        with slot.pool._lease(slot) as real:
+            reset(real)
+    else:
+        reset(llm)

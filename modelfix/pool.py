@@ -1,0 +1,504 @@
+"""The shared pool of resident ``llama_cpp.Llama`` handles.
+
+``load(name)`` returns a :class:`~modelfix.handle.PooledLlama`: a handle that
+behaves as the ``llama_cpp.Llama`` it wraps and that the pool may *hot-swap*:
+when it is evicted (budget, max count, keep-alive, ``unload``) the real
+``Llama`` is closed and its memory returned, and the handle's next call loads
+it again. So eviction never leaves a caller with a closed ``Llama`` (which
+would crash the process), and an idle keep-alive really frees memory in a
+long-lived notebook.
+
+::
+
+    Pool
+     ├── slots: {(content_key, LoadSettings): _Slot}     one per key, ever seen
+     │     _Slot: llama (None when not resident), estimate, leases, last use
+     │            handle: the one PooledLlama for this key (load() returns it)
+     └── reaper: daemon thread closing handles idle longer than the keep-alive
+
+*In use* means leased: during every call made through a handle (a streaming
+generator holds its lease until exhausted or dropped), and inside
+``with use(...) as llm:``. A leased handle is never evicted; anything else is
+idle and evicted least recently used first by :func:`modelfix.eviction.plan`,
+the same policy the disk store uses.
+
+The pool's budget counts *estimated* bytes (:mod:`modelfix.estimate`), known
+before loading, so a load that cannot fit is refused before it starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import MemoryBudgetError, SettingsError
+from .estimate import Estimate, estimate, memory_capacity
+from .events import Event, events
+from .eviction import Candidate, NoRoom, format_size, plan
+from .handle import PooledLlama, build_llama, reset_handle, slot_of
+from .settings import LoadSettings, PoolSettings, ResolvedSettings, resolve_pool_settings, resolve_settings
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+    from .config import CacheSettings
+    from .lockfile import Lockfile
+
+__all__ = [
+    "Pool",
+    "PooledLlama",
+    "PoolSettings",
+    "Resident",
+    "default_pool",
+    "configure",
+    "load",
+    "use",
+    "unload",
+    "loaded",
+    "preload",
+    "pool_metrics",
+    "reset_handle",
+]
+
+Key = tuple[str, LoadSettings]
+
+
+@dataclass(frozen=True)
+class Resident:
+    """One resident handle, as ``loaded()`` reports it."""
+
+    name: str
+    model_path: Path
+    content_key: str
+    settings: LoadSettings
+    estimate: Estimate
+    last_used: float  # seconds since the epoch
+    hits: int
+    loads: int
+    in_use: bool
+
+    @property
+    def cost(self) -> int:
+        return self.estimate.total
+
+
+@dataclass(eq=False)
+class _Slot:
+    pool: Pool
+    key: Key
+    name: str
+    model_path: Path
+    mmproj_path: Path | None
+    resolved: ResolvedSettings
+    estimate: Estimate
+    llama: llama_cpp.Llama | None = None
+    leases: int = 0
+    loading: bool = False
+    used: bool = False  # a call went through since the last load (keep_alive=0 waits for it)
+    unload_requested: bool = False
+    last_used: float = 0.0  # time.monotonic(), for LRU and keep-alive
+    last_used_wall: float = 0.0
+    hits: int = 0
+    loads: int = 0
+    load_lock: threading.Lock = field(default_factory=threading.Lock)
+    handle: PooledLlama | None = None
+
+    @property
+    def settings(self) -> LoadSettings:
+        return self.resolved.settings
+
+    def touch(self) -> None:
+        self.last_used, self.last_used_wall = time.monotonic(), time.time()
+
+
+class Pool:
+    """Resident handles under a memory budget, a max count and a keep-alive.
+
+    Pool settings given here win over ``MODELFIX_*`` variables, which win over
+    the strategy's preset (see :func:`modelfix.settings.resolve_pool_settings`);
+    they are resolved again at every call.
+    """
+
+    def __init__(self, **pool_settings: Any) -> None:
+        self._explicit: dict[str, Any] = {}
+        # Re-entrant: a dropped stream's __del__ may release its lease while
+        # this thread already holds the lock (garbage collection runs anywhere).
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._slots: dict[Key, _Slot] = {}
+        self._counts = {"hits": 0, "misses": 0, "loads": 0, "reloads": 0, "evictions": 0}
+        self._load_seconds: dict[str, float] = {}
+        self._reaper: threading.Thread | None = None
+        self._closed = False
+        self.configure(**pool_settings)
+
+    # --- configuration ---------------------------------------------------------
+
+    def configure(self, **pool_settings: Any) -> PoolSettings:
+        """Set (or, with ``None``, unset) strategy, memory_budget, keep_alive, max_count."""
+        merged = {**self._explicit, **pool_settings}
+        settings = resolve_pool_settings(merged)  # validates before anything changes
+        with self._cond:
+            self._explicit = {k: v for k, v in merged.items() if v is not None}
+            self._cond.notify_all()
+        return settings
+
+    def settings(self) -> PoolSettings:
+        return resolve_pool_settings(self._explicit)
+
+    # --- handing out handles -----------------------------------------------------
+
+    def load(
+        self,
+        name: str,
+        lock: Lockfile | str | os.PathLike[str] | None = None,
+        *,
+        frontend: Mapping[str, Any] | None = None,
+        cache_settings: CacheSettings | None = None,
+        **settings: Any,
+    ) -> PooledLlama:
+        """Fetch model ``name``'s files if needed, then :meth:`acquire` a handle on them."""
+        from .resolver import files
+
+        m = files(name, lock, settings=cache_settings)
+        return self.acquire(
+            m.model_path, m.content_key, name, m.entry.settings,
+            mmproj_path=m.mmproj_path, frontend=frontend, **settings,
+        )
+
+    def acquire(
+        self,
+        model_path: str | os.PathLike[str],
+        content_key: str,
+        name: str,
+        entry_settings: Mapping[str, Any] | None = None,
+        *,
+        mmproj_path: str | os.PathLike[str] | None = None,
+        frontend: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> PooledLlama:
+        """A loaded handle for these files and settings; the resident one if the key matches."""
+        resolved = resolve_settings(name, settings, frontend=frontend, entry=entry_settings)
+        if resolved.settings.mmproj and mmproj_path is None:
+            raise SettingsError(
+                f"model {name!r} has no mmproj file, so mmproj=True cannot be honoured. "
+                "Pin one (a file with role = \"mmproj\") or drop the setting."
+            )
+        key: Key = (content_key, resolved.settings)
+        slot = self._slots.get(key)
+        if slot is None:
+            s = resolved.settings
+            cost = estimate(model_path, n_ctx=s.n_ctx, n_ubatch=min(s.n_batch, s.n_ubatch),
+                            flash_attn=s.flash_attn, mmproj_path=mmproj_path if s.mmproj else None)
+            with self._lock:
+                slot = self._slots.get(key)
+                if slot is None:
+                    mmproj = Path(mmproj_path) if mmproj_path else None
+                    slot = _Slot(self, key, name, Path(model_path), mmproj, resolved, cost)
+                    slot.handle = PooledLlama(slot)
+                    self._slots[key] = slot
+        self._enter(slot, lookup=True)
+        self._release(slot, used=False)
+        assert slot.handle is not None
+        return slot.handle
+
+    @contextmanager
+    def use(
+        self,
+        target: PooledLlama | str,
+        lock: Lockfile | str | os.PathLike[str] | None = None,
+        **settings: Any,
+    ) -> Iterator[llama_cpp.Llama]:
+        """``with pool.use("chat") as llm:`` the real ``Llama``, never evicted inside the block."""
+        handle = target if type(target) is PooledLlama else self.load(target, lock, **settings)
+        slot = slot_of(handle)
+        llm = self._enter(slot)
+        try:
+            yield llm
+        finally:
+            self._release(slot, used=True)
+
+    def preload(self, names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,
+                **settings: Any) -> list[PooledLlama]:
+        """Load each model now, so that the first real call does not wait."""
+        return [self.load(n, lock, **settings) for n in ([names] if isinstance(names, str) else names)]
+
+    # --- releasing ---------------------------------------------------------------
+
+    def unload(self, target: PooledLlama | llama_cpp.Llama | str) -> int:
+        """Close the handles of model ``target`` (a name) or that one handle; returns how many.
+
+        A handle in use is closed when its lease ends. Handles stay usable: the
+        next call through one loads it again.
+        """
+        with self._lock:
+            if type(target) is PooledLlama:
+                chosen = [slot_of(target)]
+            elif isinstance(target, str):
+                chosen = [s for s in self._slots.values() if s.name == target]
+            else:
+                chosen = [s for s in self._slots.values() if s.llama is target]
+            chosen = [s for s in chosen if s.llama is not None or s.loading]
+            victims = []
+            for slot in chosen:
+                if slot.leases:
+                    slot.unload_requested = True
+                else:
+                    victims.append(self._detach(slot, evicted=False))
+        self._close(victims, "unload")
+        return len(chosen)
+
+    def close(self) -> None:
+        """Unload every idle handle and stop the keep-alive thread (handles still reload on use)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            idle = [s for s in self._slots.values() if s.llama is not None and not s.leases]
+            victims = [self._detach(s, evicted=False) for s in idle]
+        self._close(victims, "unload")
+        if self._reaper is not None and self._reaper is not threading.current_thread():
+            self._reaper.join(timeout=5)
+        with self._lock:
+            self._closed, self._reaper = False, None
+
+    # --- reporting ---------------------------------------------------------------
+
+    def loaded(self) -> list[Resident]:
+        """What is resident now, most recently used first."""
+        with self._lock:
+            slots = [s for s in self._slots.values() if s.llama is not None]
+            records = [
+                Resident(s.name, s.model_path, s.key[0], s.settings, s.estimate, s.last_used_wall,
+                         s.hits, s.loads, s.leases > 0)
+                for s in sorted(slots, key=lambda s: s.last_used, reverse=True)
+            ]
+        return records
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since start: hits, misses, loads, reloads, evictions, load seconds per model."""
+        with self._lock:
+            resident = [s for s in self._slots.values() if s.llama is not None]
+            return {
+                **self._counts,
+                "load_seconds": dict(self._load_seconds),
+                "resident": len(resident),
+                "resident_bytes": sum(s.estimate.total for s in resident),
+            }
+
+    # --- leases and loading --------------------------------------------------------
+
+    @contextmanager
+    def _lease(self, slot: _Slot) -> Iterator[llama_cpp.Llama]:
+        llm = self._enter(slot)
+        try:
+            yield llm
+        finally:
+            self._release(slot, used=False)
+
+    def _enter(self, slot: _Slot, *, lookup: bool = False) -> llama_cpp.Llama:
+        """Lease ``slot``, loading it if it is not resident."""
+        with self._lock:
+            slot.leases += 1
+            if slot.llama is not None:
+                if lookup:
+                    slot.hits += 1
+                    self._counts["hits"] += 1
+                return slot.llama
+            self._counts["misses" if lookup else "reloads"] += 1
+        try:
+            return self._load(slot)
+        except BaseException:
+            with self._cond:
+                slot.leases -= 1
+                self._cond.notify_all()
+            raise
+
+    def _release(self, slot: _Slot, *, used: bool) -> None:
+        with self._cond:
+            slot.leases -= 1
+            slot.used = slot.used or used
+            slot.touch()
+            victims, reason = [], "unload" if slot.unload_requested else "keep-alive"
+            if not slot.leases and slot.llama is not None:
+                if slot.unload_requested or (slot.used and self._keep_alive() == 0):
+                    victims.append(self._detach(slot, evicted=not slot.unload_requested))
+            self._cond.notify_all()
+        self._close(victims, reason)
+
+    def _load(self, slot: _Slot) -> llama_cpp.Llama:
+        with slot.load_lock:  # one load per slot; other callers wait here for its result
+            with self._lock:
+                if slot.llama is not None:
+                    return slot.llama
+                victims = self._make_room(slot)
+                slot.loading = True
+            self._close(victims, f"room for {slot.name}")
+            self._start_reaper()
+            events.emit(Event("load", slot.name, slot.model_path.name, "loading", total=slot.estimate.total))
+            started = time.perf_counter()
+            try:
+                llm = build_llama(slot.name, slot.model_path, slot.settings, slot.mmproj_path)
+            except BaseException as exc:
+                events.emit(Event("load", slot.name, slot.model_path.name, "failed", message=str(exc)))
+                raise
+            finally:
+                with self._lock:
+                    slot.loading = False
+            seconds = time.perf_counter() - started
+            with self._cond:
+                slot.llama, slot.used, slot.unload_requested = llm, False, False
+                slot.loads += 1
+                slot.touch()
+                self._counts["loads"] += 1
+                self._load_seconds[slot.name] = self._load_seconds.get(slot.name, 0.0) + seconds
+                self._cond.notify_all()
+            events.emit(Event("load", slot.name, slot.model_path.name, "loaded",
+                              done=slot.estimate.total, total=slot.estimate.total, seconds=seconds))
+            return llm
+
+    def _make_room(self, slot: _Slot) -> list[tuple[_Slot, llama_cpp.Llama]]:
+        """Under the lock: detach what must go for ``slot`` to fit, or refuse."""
+        settings = self.settings()
+        budget = settings.memory_budget
+        if budget is None:
+            import llama_cpp
+
+            offload = slot.settings.n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+            budget = 0.8 * memory_capacity(offload)
+        others = [s for s in self._slots.values() if s is not slot and (s.llama is not None or s.loading)]
+        candidates = [Candidate(s.key, s.estimate.total, s.last_used, held=bool(s.leases or s.loading)) for s in others]
+        try:
+            keys = plan(candidates, budget, incoming=slot.estimate.total, max_count=settings.max_count)
+        except NoRoom as exc:
+            raise _refusal(slot, exc, settings, [s for s in others if s.leases or s.loading]) from None
+        return [self._detach(self._slots[k]) for k in keys]
+
+    def _detach(self, slot: _Slot, *, evicted: bool = True) -> tuple[_Slot, llama_cpp.Llama]:
+        """Under the lock: make ``slot`` non-resident; the caller closes the Llama.
+
+        ``evicted`` is False for an explicit unload, which the metrics do not count.
+        """
+        llm, slot.llama = slot.llama, None
+        slot.unload_requested = False
+        self._counts["evictions"] += evicted
+        return slot, llm
+
+    def _close(self, victims: list[tuple[_Slot, llama_cpp.Llama]], reason: str) -> None:
+        # Outside the pool lock: nobody can reach a detached Llama any more.
+        for slot, llm in victims:
+            llm.close()
+            events.emit(Event("evict", slot.name, slot.model_path.name, total=slot.estimate.total, message=reason))
+
+    # --- keep-alive --------------------------------------------------------------
+
+    def _start_reaper(self) -> None:
+        with self._lock:
+            if self._reaper is None or not self._reaper.is_alive():  # also after a fork
+                self._reaper = threading.Thread(target=self._reap_forever, name="modelfix-pool-keepalive", daemon=True)
+                self._reaper.start()
+
+    def _keep_alive(self) -> float:
+        try:
+            return self.settings().keep_alive
+        except SettingsError:  # a bad MODELFIX_KEEP_ALIVE: the next load reports it; keep handles meanwhile
+            return math.inf
+
+    def _reap_forever(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                keep_alive = self._keep_alive()
+                now = time.monotonic()
+                idle = [s for s in self._slots.values() if s.llama is not None and not s.leases]
+                # keep_alive=0 closes a handle after its first use, not right after loading.
+                due = [s for s in idle if keep_alive > 0 or s.used] if keep_alive != math.inf else []
+                victims = [self._detach(s) for s in due if s.last_used + keep_alive <= now]
+                if not victims:
+                    deadlines = [s.last_used + keep_alive for s in due]
+                    self._cond.wait(min(deadlines) - now if deadlines else None)
+                    continue
+            self._close(victims, "keep-alive")
+
+
+def _names(slots: Iterable[_Slot]) -> str:
+    return ", ".join(sorted({s.name for s in slots})) or "none"
+
+
+def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]) -> MemoryBudgetError:
+    est = slot.estimate
+    if exc.needed + exc.held <= exc.budget:  # the sizes fit: it is the count that does not
+        return MemoryBudgetError(
+            f"cannot load model {slot.name!r}: the pool holds at most {settings.max_count} handle(s) "
+            f"and those resident are in use ({_names(held)}). Raise MODELFIX_MAX_LOADED or finish using one."
+        )
+    budget_source = "MODELFIX_MEMORY_BUDGET" if settings.memory_budget is not None else "auto: 80% of memory"
+    in_use = f", of which {format_size(exc.held)} is held by handles in use ({_names(held)})" if held else ""
+    return MemoryBudgetError(
+        f"cannot load model {slot.name!r}: it needs about {format_size(est.total)} (weights "
+        f"{format_size(est.weights)} + KV cache {format_size(est.kv_cache)} for n_ctx={est.n_ctx} + compute "
+        f"{format_size(est.compute)}) but the memory budget is {format_size(exc.budget)} ({budget_source}){in_use}. "
+        "Raise MODELFIX_MEMORY_BUDGET, lower n_ctx, or release a model."
+    )
+
+
+# --- the process-wide pool ---------------------------------------------------------
+
+_default_lock = threading.Lock()
+_default: Pool | None = None
+
+
+def default_pool() -> Pool:
+    """The pool that ``modelfix.load`` and every front end share."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Pool()
+        return _default
+
+
+def configure(**pool_settings: Any) -> PoolSettings:
+    """Set the shared pool's strategy, memory_budget, keep_alive or max_count (``None`` unsets)."""
+    return default_pool().configure(**pool_settings)
+
+
+def load(
+    name: str,
+    lock: Lockfile | str | os.PathLike[str] | None = None,
+    *,
+    frontend: Mapping[str, Any] | None = None,
+    cache_settings: CacheSettings | None = None,
+    **settings: Any,
+) -> PooledLlama:
+    """A ready handle for model ``name`` from the shared pool (see :meth:`Pool.load`)."""
+    return default_pool().load(name, lock, frontend=frontend, cache_settings=cache_settings, **settings)
+
+
+def use(target: PooledLlama | str, lock: Lockfile | str | os.PathLike[str] | None = None,
+        **settings: Any) -> AbstractContextManager[llama_cpp.Llama]:
+    """``with use("chat") as llm:`` a real ``llama_cpp.Llama`` that is never evicted inside the block."""
+    return default_pool().use(target, lock, **settings)
+
+
+def unload(target: PooledLlama | llama_cpp.Llama | str) -> int:
+    return default_pool().unload(target)
+
+
+def loaded() -> list[Resident]:
+    return default_pool().loaded()
+
+
+def preload(names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,
+            **settings: Any) -> list[PooledLlama]:
+    return default_pool().preload(names, lock, **settings)
+
+
+def pool_metrics() -> dict[str, Any]:
+    return default_pool().metrics()

@@ -1,0 +1,554 @@
+"""From lockfile entries to verified files on disk: the public face of the store.
+
+::
+
+    files(name, lock=None) -> Materialized    every file of the entry, in its view
+    path(name, lock=None)  -> Path            the first model file (what llama.cpp loads)
+    sync(names=None, lock=None) -> [Materialized]   fetch what is missing, in parallel
+    verify(names=None, lock=None, full=False) -> [Problem]
+    push(names=None, lock=None)               copy the pinned blobs to the remote tier
+    prune(max_size), gc(), remove(name)       cache care, never touching what is in use
+    missing(lockfile, settings), cached_state(entry, settings), jobs()
+
+``lock`` is a path, a :class:`Lockfile`, or ``None`` for the nearest
+``model-lock.toml`` upward. Bytes come from the first place that has them:
+the store, another local cache (huggingface_hub's or llama.cpp's, verified
+and linked in), the remote tier (``MODELFIX_REMOTE``), then the entry's
+origin. A warm call reads one small manifest and stats each file: no network,
+no hashing.
+
+The remote tier is content-addressed like the store, so any runner can fill it
+and none has to trust it::
+
+    <remote>/blobs/sha256/<sha256>
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import CacheSettings
+from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError
+from .eviction import format_size
+from .fetch import Cancelled, FetchPolicy, Job, SourceMissing, Transport, download, jobs, new_job, transport_for
+from .hashing import sha256_text
+from .lockfile import Entry, FilePin, Lockfile, find_lockfile
+from .sources import Location, source_for
+from .store import Store, ViewFile
+
+__all__ = [
+    "Materialized",
+    "Problem",
+    "files",
+    "path",
+    "sync",
+    "verify",
+    "push",
+    "prune",
+    "gc",
+    "remove",
+    "missing",
+    "cached_state",
+    "content_key",
+    "jobs",
+    "remote_url",
+    "adoption_candidates",
+]
+
+LockLike = str | os.PathLike[str] | Lockfile | None
+log = logging.getLogger("modelfix")
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """A model's files, verified, under their pinned names in one folder (its view)."""
+
+    name: str
+    entry: Entry
+    view: Path
+    files: tuple[Path, ...]
+    model_path: Path
+    mmproj_path: Path | None
+    preset_path: Path | None
+    content_key: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One file that ``verify`` found missing or wrong (hashes prefixed ``sha256:`` / ``xxh3:``)."""
+
+    model: str
+    file: str
+    expected: str | None
+    got: str | None
+    message: str
+
+
+# --- the lockfile side -------------------------------------------------------
+
+_LOCKS: dict[str, tuple[tuple[int, int], Lockfile]] = {}
+
+
+def _lockfile(lock: LockLike) -> Lockfile:
+    """Parse once per change of the file: a warm ``path()`` must not pay for TOML."""
+    if isinstance(lock, Lockfile):
+        return lock
+    where = os.path.abspath(find_lockfile(lock))
+    try:
+        st = os.stat(where)
+    except OSError:
+        return Lockfile.load(where)  # raises the friendly "no such lockfile"
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _LOCKS.get(where)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    parsed = Lockfile.load(where)
+    _LOCKS[where] = (stamp, parsed)
+    return parsed
+
+
+def _pinned(lockfile: Lockfile, name: str) -> Entry:
+    entry = lockfile.entry(name)
+    if not entry.files:
+        raise LockError(f"model {name!r} in {lockfile.path} is not pinned yet: run `modelfix lock`.")
+    if not entry.is_pinned:
+        raise LockError(
+            f"the pins of model {name!r} in {lockfile.path} are stale: they were made for "
+            f"{entry.pinned_from!r}, the source is now {entry.source!r}. Run `modelfix lock`."
+        )
+    return entry
+
+
+def _entries(lockfile: Lockfile, names: Sequence[str] | None) -> list[Entry]:
+    return [_pinned(lockfile, n) for n in (names if names else list(lockfile.entries))]
+
+
+def content_key(entry: Entry) -> str:
+    """sha256 over the entry's pins: entries pinning the same bytes share a view and a pool slot."""
+    return sha256_text("".join(f"{p.role}\t{p.path}\t{p.size}\t{p.sha256}\t{p.join or ''}\n" for p in entry.files))
+
+
+def _layout(entry: Entry) -> list[tuple[str, list[FilePin]]]:
+    """(name in the view, pins) in pin order; legacy parts share one joined name."""
+    groups: dict[str, list[FilePin]] = {}
+    for pin in entry.files:
+        groups.setdefault(pin.join or pin.path, []).append(pin)
+    return list(groups.items())
+
+
+def _materialized(entry: Entry, view: Path, key: str) -> Materialized:
+    layout = _layout(entry)
+
+    def first(role: str) -> Path | None:
+        return next((view / name for name, pins in layout if pins[0].role == role), None)
+
+    model = first("model")
+    if model is None:
+        raise LockError(f"model {entry.name!r} pins no model file: run `modelfix lock --upgrade`.")
+    return Materialized(
+        name=entry.name, entry=entry, view=view, files=tuple(view / name for name, _ in layout),
+        model_path=model, mmproj_path=first("mmproj"), preset_path=first("preset"), content_key=key,
+    )
+
+
+def remote_url(remote: str, sha: str) -> str:
+    return f"{remote.rstrip('/')}/blobs/sha256/{sha}"
+
+
+# --- public API -------------------------------------------------------------------
+
+
+def files(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> Materialized:
+    """Every file of model ``name``, verified, in its view; fetches what is missing."""
+    return _materialize([name], lock, settings, workers=4, cancel=None)[0]
+
+
+def path(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> Path:
+    """The first model file of ``name`` (split siblings and mmproj beside it)."""
+    return files(name, lock, settings=settings).model_path
+
+
+def sync(
+    names: Sequence[str] | None = None,
+    lock: LockLike = None,
+    *,
+    settings: CacheSettings | None = None,
+    workers: int = 4,
+    cancel: threading.Event | None = None,
+) -> list[Materialized]:
+    """Fetch and verify ``names`` (default: every model of the lockfile), ``workers`` files at a time.
+
+    ``cancel`` (or Ctrl-C) stops every transfer at its next chunk; partial
+    downloads stay and resume on the next call.
+    """
+    lockfile = _lockfile(lock)
+    return _materialize(names or list(lockfile.entries), lockfile, settings, workers=workers, cancel=cancel)
+
+
+def _materialize(names: Sequence[str], lock: LockLike, settings: CacheSettings | None, *,
+                 workers: int, cancel: threading.Event | None) -> list[Materialized]:
+    lockfile = _lockfile(lock)
+    entries = _entries(lockfile, names)
+    settings = settings or CacheSettings.resolve()
+    store = Store(settings.root)
+    ready: dict[str, Materialized] = {}
+    for entry in entries:
+        key = content_key(entry)
+        if store.use_view(key):
+            ready[entry.name] = _materialized(entry, store.view_path(key), key)
+    cold = [e for e in entries if e.name not in ready]
+    if cold:
+        _fetch(cold, lockfile, settings, store, workers, cancel or threading.Event())
+        for entry in cold:
+            ready[entry.name] = _build(entry, store)
+    return [ready[e.name] for e in entries]
+
+
+def _build(entry: Entry, store: Store) -> Materialized:
+    shown = []
+    for name, pins in _layout(entry):
+        sha = store.join([p.sha256 for p in pins]) if pins[0].join else pins[0].sha256
+        shown.append(ViewFile(name, sha))
+    key = content_key(entry)
+    store.build_view(key, shown, entry.name)
+    if not store.use_view(key):
+        raise CacheError(f"{entry.name}: the view {store.view_path(key)} changed while it was being made; run again.")
+    return _materialized(entry, store.view_path(key), key)
+
+
+def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, store: Store,
+           workers: int, cancel: threading.Event) -> None:
+    wanted: dict[str, tuple[Entry, FilePin]] = {}
+    for entry in entries:
+        for pin in entry.files:
+            wanted.setdefault(pin.sha256, (entry, pin))
+    absent = {sha: item for sha, item in wanted.items() if not store.has(sha)}
+    if settings.offline:
+        unfetchable = [(e.name, p) for e, p in absent.values() if not _adoptable(e, p, lockfile)]
+        if unfetchable:
+            raise OfflineError(_offline_message(unfetchable))
+    if absent and settings.max_size != float("inf"):
+        store.make_room(sum(p.size for _, p in absent.values()), settings.max_size, keep=set(wanted),
+                        model=", ".join(e.name for e in entries))
+    store.lease(wanted)  # from now on no other process evicts what this sync brings in
+    policy = FetchPolicy.from_env()
+    work = [(new_job(e.name, p.path, p.size), e, p) for e, p in wanted.values()]
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="modelfix-fetch")
+    errors: list[BaseException] = []
+    try:
+        futures = [pool.submit(_ensure, store, e, p, lockfile, settings, job, cancel, policy) for job, e, p in work]
+        for future in as_completed(futures):
+            if (exc := future.exception()) is not None:
+                errors.append(exc)
+    except KeyboardInterrupt:
+        cancel.set()  # every transfer stops at its next chunk, leaving a resumable partial
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for job, _, _ in work:
+            if job.status == "queued":
+                job.update("cancelled")
+    if errors:
+        first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+        if len(errors) > 1 and isinstance(first, ModelfixError):
+            others = "; ".join(str(e) for e in errors if e is not first)
+            raise type(first)(f"{first} (also failed: {others})") from None
+        raise first
+
+
+def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settings: CacheSettings,
+            job: Job, cancel: threading.Event, policy: FetchPolicy) -> None:
+    label = f"{entry.name}: {pin.path}"
+    try:
+        if cancel.is_set():
+            raise Cancelled(f"{label}: cancelled")
+        source = source_for(entry.source, lockfile.path)
+        sources = []
+        if not settings.offline:
+            if settings.remote:
+                sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
+            sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
+        adopt = adoption_candidates(pin.sha256, repo=getattr(source, "repo", None), filename=pin.path)
+        try:
+            _obtain(store, pin, label, job, sources, adopt, cancel, policy)
+        except SourceMissing:
+            if settings.offline:
+                raise OfflineError(_offline_message([(entry.name, pin)])) from None
+            raise
+    except Cancelled:
+        job.update("cancelled")
+        raise
+    except BaseException as exc:
+        job.update("failed", error=str(exc))
+        raise
+
+
+def _obtain(store: Store, pin: FilePin, label: str, job: Job, sources: Sequence[tuple[str, Transport]],
+            adopt: Sequence[Path], cancel: threading.Event, policy: FetchPolicy) -> None:
+    """Make blob ``pin`` present and verified, from the first place that has it.
+
+    The store itself ("cache"), another cache's file ("adopted"), then each
+    source in turn ("remote", "origin"). A missing, failing or corrupt copy in
+    the remote falls through to the origin; a mismatch from the origin is
+    fetched once more from scratch, then raised as :class:`IntegrityError`.
+    Raises :class:`SourceMissing` when nothing is left to try.
+    """
+    if store.check(pin.sha256):
+        job.update("completed", source="cache")
+        return
+    with store.writer(pin.sha256, cancel):
+        if store.check(pin.sha256):  # another process fetched it while we waited
+            job.update("completed", source="cache")
+            return
+        for candidate in adopt:
+            job.update("verifying", source="adopted")
+            if store.adopt(pin.sha256, pin.size, candidate):
+                job.update("completed")
+                return
+        for i, (name, transport) in enumerate(sources):
+            if _fetch_from(store, pin, name, transport, i == len(sources) - 1, label, job, cancel, policy):
+                job.update("completed", source=name)
+                return
+    raise SourceMissing(f"{label}: not in the cache and no source to fetch it from")
+
+
+def _fetch_from(store: Store, pin: FilePin, name: str, transport: Transport, last: bool, label: str,
+                job: Job, cancel: threading.Event, policy: FetchPolicy) -> bool:
+    for attempt in (1, 2):
+        job.update("downloading", source=name)
+        try:
+            result = download(transport, store.partial_path(pin.sha256), pin.size, job=job, label=label,
+                              cancel=cancel, policy=policy)
+        except (CacheError, Cancelled):
+            raise
+        except Exception as exc:  # the remote tier is a shortcut: any trouble there sends us on
+            if last:
+                raise
+            if isinstance(exc, IntegrityError):
+                store.discard_partial(pin.sha256)
+            log.info("%s: the %s tier has no usable copy (%s); trying the next source", label, name, exc)
+            return False
+        job.update("verifying")
+        if result.sha256 == pin.sha256 and result.size == pin.size:
+            store.commit(pin.sha256, store.partial_path(pin.sha256), result)
+            store.discard_partial(pin.sha256)  # the ranges journal
+            return True
+        store.discard_partial(pin.sha256)  # bad bytes never get another chance
+        job.advance(0, to=0)
+        if not last:
+            log.warning("%s: the copy in the %s tier is corrupt (sha256 %s); using the next source",
+                        label, name, result.sha256)
+            return False
+        if attempt == 2:
+            raise IntegrityError(
+                f"{label}: the bytes from {transport.url} do not match the lockfile, twice: expected sha256 "
+                f"{pin.sha256} ({pin.size} bytes), got {result.sha256} ({result.size} bytes). Nothing "
+                "entered the cache. If the file changed upstream, re-pin with `modelfix lock --upgrade`."
+            )
+        log.warning("%s: sha256 mismatch (got %s); fetching it again from scratch", label, result.sha256)
+    return False
+
+
+def _adoptable(entry: Entry, pin: FilePin, lockfile: Lockfile) -> bool:
+    try:
+        repo = getattr(source_for(entry.source, lockfile.path), "repo", None)
+    except ModelfixError:
+        repo = None
+    return bool(adoption_candidates(pin.sha256, repo=repo, filename=pin.path))
+
+
+def adoption_candidates(sha: str, *, repo: str | None = None, filename: str | None = None) -> list[Path]:
+    """Files in huggingface_hub's and llama.cpp's caches that may hold blob ``sha``.
+
+    huggingface_hub keeps LFS files as ``models--ORG--REPO/blobs/<sha256>``;
+    llama.cpp names its downloads ``ORG_REPO_FILE`` (and newer builds use the
+    Hub's layout too). Candidates are only guesses: the store verifies them.
+    """
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    roots = [Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))]
+    llama = os.environ.get("LLAMA_CACHE")
+    if not llama:
+        import platformdirs
+
+        llama = platformdirs.user_cache_dir("llama.cpp", appauthor=False)
+    roots.append(Path(llama))
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        if repo:
+            found.append(root / f"models--{repo.replace('/', '--')}" / "blobs" / sha)
+        else:
+            found.extend(root.glob(f"models--*/blobs/{sha}"))
+    if repo and filename:
+        found.append(Path(llama) / f"{repo.replace('/', '_')}_{filename.replace('/', '_')}")
+    return [p for p in dict.fromkeys(found) if p.is_file()]
+
+
+def _offline_message(items: Iterable[tuple[str, FilePin]]) -> str:
+    by_model: dict[str, list[FilePin]] = {}
+    for model, pin in items:
+        by_model.setdefault(model, []).append(pin)
+    lines = [
+        f"  {model}: {', '.join(f'{p.path} ({format_size(p.size)})' for p in pins)}  ->  modelfix sync {model}"
+        for model, pins in by_model.items()
+    ]
+    return (
+        "offline mode is on (--offline, MODELFIX_OFFLINE=1 or HF_HUB_OFFLINE=1) and these models are not "
+        "in the cache:\n" + "\n".join(lines) + "\nRun those commands with network access, or turn offline mode off."
+    )
+
+
+def verify(
+    names: Sequence[str] | None = None,
+    lock: LockLike = None,
+    *,
+    full: bool = False,
+    settings: CacheSettings | None = None,
+) -> list[Problem]:
+    """Re-hash what ``names`` pin (xxh3 against the memo; sha256 against the pins with ``full``).
+
+    A wrong blob is removed from the store (and its views), so that
+    ``modelfix sync`` fetches it again; missing files are problems too.
+    """
+    lockfile = _lockfile(lock)
+    settings = settings or CacheSettings.resolve()
+    store = Store(settings.root)
+    problems: list[Problem] = []
+    checked: dict[str, tuple[str, str] | None] = {}
+    for entry in _entries(lockfile, names):
+        files = [(pin.path, pin.sha256) for pin in entry.files]
+        for name, pins in _layout(entry):  # a joined file is a blob of its own, and the one llama.cpp reads
+            if pins[0].join and (joined := store.joined([p.sha256 for p in pins])):
+                files.append((name, joined))
+        for name, sha in files:
+            if not store.has(sha):
+                problems.append(Problem(entry.name, name, f"sha256:{sha}", None,
+                                        f"not in the cache: run `modelfix sync {entry.name}`"))
+                continue
+            if sha not in checked:
+                checked[sha] = store.verify_blob(sha, full=full)
+            if (bad := checked[sha]) is not None:
+                expected, got = bad
+                problems.append(Problem(
+                    entry.name, name, expected, got,
+                    f"corrupt (expected {expected}, got {got}): removed from the cache; "
+                    f"run `modelfix sync {entry.name}` to fetch it again",
+                ))
+    return problems
+
+
+def missing(lockfile: Lockfile, settings: CacheSettings) -> list[tuple[str, FilePin]]:
+    """(model, pin) for every pinned file of ``lockfile`` that the store does not hold."""
+    store = Store(settings.root)
+    return [(e.name, p) for e in lockfile.entries.values() for p in e.files if not store.has(p.sha256)]
+
+
+def cached_state(entry: Entry, settings: CacheSettings) -> str:
+    """``"cached"`` (every pinned file present), ``"partial"`` (some, or a download begun) or ``"missing"``."""
+    store = Store(settings.root)
+    present = [store.has(p.sha256) for p in entry.files]
+    if present and all(present):
+        return "cached"
+    if any(present) or any(store.partial_path(p.sha256).exists() for p in entry.files):
+        return "partial"
+    return "missing"
+
+
+def push(
+    names: Sequence[str] | None = None,
+    lock: LockLike = None,
+    *,
+    settings: CacheSettings | None = None,
+) -> list[tuple[str, str, str]]:
+    """Upload the pinned blobs of ``names`` to the remote tier, skipping those already there.
+
+    Returns (model, file, "uploaded" | "present") per pinned file. Fetches
+    into the local store first what it lacks.
+    """
+    import uuid
+
+    import fsspec
+
+    settings = settings or CacheSettings.resolve()
+    if not settings.remote:
+        raise CacheError("no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...).")
+    if settings.offline:
+        raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
+    lockfile = _lockfile(lock)
+    materialized = sync(names, lockfile, settings=settings)
+    store = Store(settings.root)
+    fs, _ = fsspec.core.url_to_fs(settings.remote)
+    report, done = [], set()
+    for item in materialized:
+        for pin in item.entry.files:
+            if pin.sha256 in done:
+                report.append((item.name, pin.path, "present"))
+                continue
+            done.add(pin.sha256)
+            _, target = fsspec.core.url_to_fs(remote_url(settings.remote, pin.sha256))
+            try:
+                if fs.exists(target) and fs.size(target) == pin.size:
+                    report.append((item.name, pin.path, "present"))
+                    continue
+                # Upload beside, then rename: readers of the remote never see half a blob
+                # (they would reject it by its hash anyway).
+                staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+                fs.makedirs(os.path.dirname(target), exist_ok=True)
+                fs.put_file(str(store.blob_path(pin.sha256)), staging)
+                fs.mv(staging, target)
+            except OSError as exc:
+                raise CacheError(f"{item.name}: cannot upload {pin.path} to {settings.remote}: {exc}") from None
+            report.append((item.name, pin.path, "uploaded"))
+    return report
+
+
+# --- cache care that needs to know a lockfile -----------------------------------------
+
+
+def _kept(lock: LockLike) -> set[str]:
+    """Every blob the lockfile in use pins (nothing if there is none): care never deletes them."""
+    try:
+        lockfile = _lockfile(lock)
+    except LockError:
+        if lock is not None:
+            raise
+        return set()
+    return {p.sha256 for e in lockfile.entries.values() for p in e.files}
+
+
+def prune(max_size: float | str | None = None, lock: LockLike = None, *,
+          settings: CacheSettings | None = None) -> list[str]:
+    """Evict least recently used blobs until the store fits ``max_size`` (default: the cap).
+
+    Keeps what live processes lease and what the lockfile in use pins, even
+    if that leaves the store above ``max_size``. Returns the evicted shas.
+    """
+    settings = settings or CacheSettings.resolve(max_size=max_size)
+    if settings.max_size == float("inf"):
+        raise CacheError("the cache has no cap to prune to: pass --max-size SIZE (e.g. 20GB) or set MODELFIX_CACHE_MAX_SIZE.")
+    return Store(settings.root).make_room(0, settings.max_size, keep=_kept(lock), best_effort=True)
+
+
+def gc(lock: LockLike = None, *, settings: CacheSettings | None = None) -> dict[str, int]:
+    """Delete what nothing needs (see :meth:`Store.gc`), keeping the lockfile's pins."""
+    settings = settings or CacheSettings.resolve()
+    return Store(settings.root).gc(keep=_kept(lock))
+
+
+def remove(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> tuple[int, list[str]]:
+    """Drop model ``name``'s view and the blobs no other view shows and no live process leases.
+
+    Returns (bytes freed, shas kept because they are in use elsewhere).
+    """
+    entry = _lockfile(lock).entry(name)
+    settings = settings or CacheSettings.resolve()
+    store = Store(settings.root)
+    blobs = [p.sha256 for p in entry.files]
+    return store.remove_views([content_key(entry)] if entry.files else [], blobs)

@@ -1,0 +1,646 @@
+"""The content-addressed store: verified blobs, views of them, leases, eviction.
+
+Layout under the cache root (:meth:`CacheSettings.resolve().root`)::
+
+    <root>/
+      blobs/sha256/ab/abcd…ef      one file per sha256, read-only once committed
+      memo/ab/abcd…ef.json         what was verified: xxh3, and the (dev, inode, size,
+                                   mtime_ns) the blob had then; same identity = same bytes
+      tmp/abcd…ef.partial          a download in progress, resumable (+ .ranges journal)
+      locks/abcd…ef.lock           filelock: one writer per blob across processes
+      locks/store.lock             flock: shared while taking a lease, exclusive to evict
+      joins/<key>                  sha256 of the file joined from legacy parts <key>
+      views/<content_key>/         one folder per distinct set of pins
+          .modelfix.json           manifest: each file's blob and identity, models using it
+          model-00001-of-00002.gguf    hard links (else symlinks, else copies) under
+          model-00002-of-00002.gguf    the pinned names: split siblings side by side
+      leases/<host>-<pid>-<rand>   blobs a live process uses; flock-held until it exits
+
+A blob enters ``blobs/`` only by a rename from ``tmp/`` after its size and
+sha256 matched, so no reader ever sees a partial or wrong blob. A partial is
+named by its blob, not by its process, so that a download killed outright
+(SIGKILL, a closed laptop) is resumed by whichever process next takes the
+blob's lock; any source may continue it, since the bytes are the same. Views are
+built in ``views/.tmp-*`` and renamed into place, so they are whole or absent.
+Eviction removes a blob together with every view holding a link to it (a hard
+link would otherwise keep its bytes on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import CacheSettings
+from .errors import CacheError
+from .eviction import Candidate, NoRoom, plan
+from .events import Event, events
+from .fetch import Cancelled
+from .hashing import Digest, FileHash, file_identity, hash_file, sha256_text
+
+__all__ = ["Store", "ViewFile", "Usage", "stats"]
+
+log = logging.getLogger("modelfix")
+_MANIFEST = ".modelfix.json"
+_LOCK_POLL = 0.2  # seconds between checks for a cancel while waiting on another writer
+
+
+@dataclass(frozen=True)
+class ViewFile:
+    """A file of a view: its name there and the blob it shows."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What ``modelfix cache stats`` prints."""
+
+    root: Path
+    blobs: int
+    blob_bytes: int
+    views: tuple[dict[str, Any], ...]
+    partial_bytes: int
+    live_leases: int
+
+
+class Store:
+    """One cache root. Cheap to create: it only names paths until asked to act."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- paths -------------------------------------------------------------
+
+    def blob_path(self, sha: str) -> Path:
+        return self.root / "blobs" / "sha256" / sha[:2] / sha
+
+    def _memo_path(self, sha: str) -> Path:
+        return self.root / "memo" / sha[:2] / f"{sha}.json"
+
+    def partial_path(self, sha: str) -> Path:
+        """Where blob ``sha`` is downloaded to; ``self._dir("tmp")`` makes sure the folder exists."""
+        return self._dir("tmp") / f"{sha}.partial"
+
+    def discard_partial(self, sha: str) -> None:
+        partial = self.partial_path(sha)
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".ranges").unlink(missing_ok=True)
+
+    def view_path(self, key: str) -> Path:
+        return self.root / "views" / key
+
+    def _dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create {path}: {exc.strerror or exc}. Set MODELFIX_CACHE_DIR to a writable folder.") from None
+        return path
+
+    # --- blobs and their memo --------------------------------------------------
+
+    def has(self, sha: str) -> bool:
+        return self.blob_path(sha).is_file()
+
+    def memo(self, sha: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._memo_path(sha).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_memo(self, sha: str, result: FileHash) -> None:
+        record = {"size": result.size, "xxh3": result.xxh3, "id": list(file_identity(self.blob_path(sha)))}
+        _atomic_write(self._memo_path(sha), json.dumps(record))
+
+    def check(self, sha: str) -> bool:
+        """Is the blob present and still the bytes we verified? Hashes only if its identity moved.
+
+        A blob whose identity changed (restored from a backup, touched) is
+        re-hashed: xxh3 against the memo, or sha256 if there is no memo. A
+        blob that fails is deleted, so the next fetch replaces it.
+        """
+        path = self.blob_path(sha)
+        try:
+            ident = list(file_identity(path))
+        except FileNotFoundError:
+            return False
+        record = self.memo(sha)
+        if record and record.get("id") == ident:
+            return True
+        if record and record.get("xxh3"):
+            ok = hash_file(path, sha256=False).xxh3 == record["xxh3"] and ident[2] == record["size"]
+            result = FileHash(ident[2], sha, record["xxh3"])
+        else:
+            result = hash_file(path)
+            ok = result.sha256 == sha
+        if not ok:
+            log.warning("blob %s in %s changed on disk; removing it so that it is fetched again", sha[:12], self.root)
+            self.evict([sha])
+            return False
+        self._write_memo(sha, result)
+        return True
+
+    def verify_blob(self, sha: str, *, full: bool) -> tuple[str, str] | None:
+        """Hash a committed blob: None if good, else (expected, got) as ``algo:hex``.
+
+        xxh3 against the memo by default, sha256 against the address with
+        ``full`` (or when there is no memo). A wrong blob is removed, with the
+        views showing it, so that ``modelfix sync`` fetches it again.
+        """
+        path = self.blob_path(sha)
+        record = self.memo(sha)
+        fast = not full and bool(record and record.get("xxh3"))
+        result = hash_file(path, sha256=not fast, xxh3=fast or record is None)
+        expected = f"xxh3:{record['xxh3']}" if fast and record else f"sha256:{sha}"
+        got = f"xxh3:{result.xxh3}" if fast else f"sha256:{result.sha256}"
+        if got != expected:
+            self.evict([sha])
+            return expected, got
+        if record is None or record.get("id") != list(file_identity(path)):
+            self._write_memo(sha, FileHash(result.size, sha, result.xxh3 or (record or {}).get("xxh3")))
+        return None
+
+    def commit(self, sha: str, staged: Path, result: FileHash) -> None:
+        """Make verified file ``staged`` blob ``sha`` (a rename: readers see all of it or nothing)."""
+        # No fsync: a power cut may leave a bad blob behind a good name, which
+        # `modelfix verify` catches; fsyncing every gigabyte would halve cold fetches.
+        os.chmod(staged, 0o444)
+        final = self.blob_path(sha)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+        self._write_memo(sha, result)
+
+    # --- getting a blob ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, sha: str, cancel: threading.Event) -> Iterator[None]:
+        """Be the one process (and thread) writing blob (or view) ``sha``; others wait here.
+
+        The lock only saves duplicate work. Correctness never rests on it: on
+        NFS and other filesystems where flock is advisory, emulated or silently
+        absent, two writers may share a partial, and the sha256 check before
+        the rename still keeps their mixed bytes out of ``blobs/``.
+        """
+        from filelock import FileLock, Timeout
+
+        with _thread_lock(str(self.root / sha)):
+            lock = FileLock(self._dir("locks") / f"{sha}.lock", thread_local=False)
+            while True:
+                try:
+                    lock.acquire(timeout=_LOCK_POLL)
+                    break
+                except Timeout:
+                    if cancel.is_set():
+                        raise Cancelled(f"{sha[:12]}: cancelled while another process writes it") from None
+            try:
+                yield
+            finally:
+                lock.release()
+
+    def adopt(self, sha: str, size: int, candidate: Path) -> bool:
+        """Take a verified copy of ``candidate`` (another cache's file) as blob ``sha``.
+
+        A hard link costs no space; it also makes the other cache's file
+        read-only, which neither huggingface_hub nor llama.cpp minds (they
+        only ever replace files, never write into them).
+        """
+        try:
+            if candidate.stat().st_size != size:
+                return False
+        except OSError:
+            return False
+        staged = self._dir("tmp") / f"{sha}.adopt-{uuid.uuid4().hex[:8]}"
+        try:
+            try:
+                os.link(candidate, staged)
+            except OSError:
+                shutil.copyfile(candidate, staged)
+            result = hash_file(staged)
+            if result.sha256 != sha:
+                log.warning("%s looked like blob %s but its bytes differ; not adopting it", candidate, sha[:12])
+                return False
+            self.commit(sha, staged, result)
+            log.info("adopted %s from %s", sha[:12], candidate)
+            return True
+        except OSError as exc:
+            log.info("could not adopt %s: %s", candidate, exc)
+            return False
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def joined(self, parts: Sequence[str]) -> str | None:
+        """The blob made by :meth:`join` from ``parts``, if it was made and is still here."""
+        with contextlib.suppress(OSError):
+            sha = (self.root / "joins" / _join_key(parts)).read_text().strip()
+            return sha if self.check(sha) else None
+        return None
+
+    def join(self, parts: Sequence[str], cancel: threading.Event | None = None) -> str:
+        """The blob of legacy multi-part blobs concatenated in order (made once, then remembered)."""
+        if sha := self.joined(parts):
+            return sha
+        key = _join_key(parts)
+        record = self.root / "joins" / key
+        with self.writer(key, cancel or threading.Event()):
+            staged = self._dir("tmp") / f"{key}.join-{uuid.uuid4().hex[:8]}"
+            try:
+                digest = Digest()
+                with open(staged, "wb") as out:
+                    for part in parts:
+                        with open(self.blob_path(part), "rb") as src:
+                            while chunk := src.read(8 * 1024 * 1024):
+                                out.write(chunk)
+                                digest.update(chunk)
+                result = digest.result()
+                joined = str(result.sha256)
+                if not self.has(joined):
+                    self.commit(joined, staged, result)
+            finally:
+                staged.unlink(missing_ok=True)
+            _atomic_write(record, joined)
+            return joined
+
+    # --- views ---------------------------------------------------------------
+
+    def use_view(self, key: str) -> bool:
+        """Is view ``key`` whole, each file still the blob it was made from? Leases its blobs if so.
+
+        This is the warm path: one small read and a stat per file, no hashing.
+        The lease is taken, and the view checked again, under the shared store
+        lock, so an eviction either sees the lease or finished before the check.
+        """
+        shas = self._check_view(key)
+        if shas is None:
+            return False
+        if not set(shas) <= _LEASES.held(self.root):
+            with self._store_lock(shared=True):
+                shas = self._check_view(key)
+                if shas is None:
+                    return False
+                _LEASES.add(self, shas)
+        manifest = self.view_path(key) / _MANIFEST
+        if manifest not in _TOUCHED:  # last use, for eviction: once per process is precise enough
+            _TOUCHED.add(manifest)
+            with contextlib.suppress(OSError):
+                os.utime(manifest)
+        return True
+
+    def _check_view(self, key: str) -> list[str] | None:
+        view = self.view_path(key)
+        try:
+            manifest = json.loads((view / _MANIFEST).read_text())
+            for item in manifest["files"]:
+                if list(file_identity(view / item["name"])) != item["id"]:
+                    return None
+            return [item["sha256"] for item in manifest["files"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def build_view(self, key: str, files: Sequence[ViewFile], model: str) -> Path:
+        """Make (or repair) view ``key`` showing ``files``; every blob must be present."""
+        views = self._dir("views")
+        final = views / key
+        # One builder at a time, so that a good view is never swapped out under a reader.
+        with self.writer(f"view-{key}", threading.Event()):
+            if self._check_view(key) is None:
+                self._build_view(views, final, files, model)
+        return final
+
+    def _build_view(self, views: Path, final: Path, files: Sequence[ViewFile], model: str) -> None:
+        staging = views / f".tmp-{uuid.uuid4().hex}"
+        try:
+            entries = []
+            for item in files:
+                target = staging / item.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                how = _link(self.blob_path(item.sha256), target)
+                entries.append({"name": item.name, "sha256": item.sha256, "how": how,
+                                "id": list(file_identity(target))})
+            models = sorted({model, *self._view_models(final)})
+            _atomic_write(staging / _MANIFEST, json.dumps({"files": entries, "models": models}, indent=1))
+            if final.exists():
+                old = views / f".old-{uuid.uuid4().hex}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
+            os.rename(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _view_models(self, view: Path) -> list[str]:
+        try:
+            return list(json.loads((view / _MANIFEST).read_text()).get("models", []))
+        except (OSError, ValueError):
+            return []
+
+    def _views(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        folder = self.root / "views"
+        if not folder.is_dir():
+            return
+        for view in folder.iterdir():
+            if view.name.startswith("."):
+                continue
+            try:
+                yield view, json.loads((view / _MANIFEST).read_text())
+            except (OSError, ValueError):
+                yield view, {"files": [], "models": []}
+
+    # --- leases ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _store_lock(self, shared: bool) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self._dir("locks") / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def lease(self, shas: Iterable[str]) -> None:
+        """Mark blobs ``shas`` (present or about to be) in use by this process until it exits."""
+        new = [s for s in dict.fromkeys(shas) if s not in _LEASES.held(self.root)]
+        if new:
+            with self._store_lock(shared=True):
+                _LEASES.add(self, new)
+
+    def _live_leases(self, own: bool = True) -> tuple[set[str], int]:
+        """Blobs leased by live processes (this one too if ``own``) and how many processes hold leases."""
+        import fcntl
+
+        folder = self.root / "leases"
+        held, live = set(_LEASES.held(self.root)) if own else set(), 0
+        for path in folder.glob("*") if folder.is_dir() else ():
+            if path == _LEASES.path(self.root):
+                live += 1
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its process is alive and holds it
+                live += 1
+                held.update(line for line in path.read_text().split() if len(line) == 64)
+            else:
+                path.unlink(missing_ok=True)  # dead process: the lease died with it
+            finally:
+                os.close(fd)
+        return held, live
+
+    # --- care: usage, eviction, gc --------------------------------------------------
+
+    def _blobs(self) -> Iterator[tuple[str, os.stat_result]]:
+        base = self.root / "blobs" / "sha256"
+        for folder in base.iterdir() if base.is_dir() else ():
+            for blob in folder.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    yield blob.name, blob.stat()
+
+    def usage(self) -> Usage:
+        blobs = dict(self._blobs())
+        views = []
+        for view, manifest in self._views():
+            shas = {f.get("sha256") for f in manifest.get("files", [])}
+            with contextlib.suppress(OSError):
+                views.append({
+                    "key": view.name, "models": manifest.get("models", []),
+                    "bytes": sum(blobs[s].st_size for s in shas if s in blobs),
+                    "last_used": (view / _MANIFEST).stat().st_mtime,
+                })
+        tmp = self.root / "tmp"
+        partial = sum(p.stat().st_size for p in tmp.glob("*.partial")) if tmp.is_dir() else 0
+        return Usage(self.root, len(blobs), sum(s.st_size for s in blobs.values()),
+                     tuple(sorted(views, key=lambda v: -v["last_used"])), partial, self._live_leases()[1])
+
+    def make_room(self, incoming: int, budget: float, keep: Iterable[str] = (), *, model: str = "",
+                  best_effort: bool = False) -> list[str]:
+        """Evict least recently used blobs until ``incoming`` more bytes fit in ``budget``.
+
+        Never evicts a blob in ``keep`` (pinned by the lockfile in use) or
+        leased by a live process. If that cannot reach the budget, raises
+        :class:`CacheError`, or with ``best_effort`` evicts all it may.
+        Returns the evicted shas.
+        """
+        keep = set(keep)
+        with self._store_lock(shared=False):
+            leased, _ = self._live_leases()
+            last_used: dict[str, float] = {}
+            for view, manifest in self._views():
+                with contextlib.suppress(OSError):
+                    used = (view / _MANIFEST).stat().st_mtime
+                    for f in manifest.get("files", []):
+                        last_used[f["sha256"]] = max(used, last_used.get(f["sha256"], 0.0))
+            candidates = [
+                Candidate(sha, st.st_size, last_used.get(sha, st.st_mtime), held=sha in keep or sha in leased)
+                for sha, st in self._blobs()
+            ]
+            try:
+                victims = plan(candidates, budget, incoming)
+            except NoRoom as exc:
+                if best_effort:
+                    return self._evict_locked([str(c.key) for c in candidates if not c.held])
+                raise CacheError(
+                    f"{model or 'the store'}: not enough room under the cache cap: {exc}. Raise "
+                    "MODELFIX_CACHE_MAX_SIZE (or --max-size), or remove models with `modelfix cache rm NAME`."
+                ) from None
+            return self._evict_locked([str(v) for v in victims])
+
+    def evict(self, shas: Iterable[str]) -> list[str]:
+        with self._store_lock(shared=False):
+            return self._evict_locked(list(shas))
+
+    def _evict_locked(self, shas: list[str]) -> list[str]:
+        doomed = set(shas)
+        for view, manifest in self._views():
+            files = manifest.get("files", [])
+            if any(f.get("sha256") in doomed for f in files):
+                for f in files:
+                    events.emit(Event(kind="evict", model=", ".join(manifest.get("models", [])), file=f.get("name")))
+                shutil.rmtree(view, ignore_errors=True)
+        for sha in shas:
+            self.blob_path(sha).unlink(missing_ok=True)
+            self._memo_path(sha).unlink(missing_ok=True)
+        return shas
+
+    def remove_views(self, keys: Iterable[str], blobs: Iterable[str]) -> tuple[int, list[str]]:
+        """Delete views ``keys`` and whichever of ``blobs`` no other view shows and no other live process leases.
+
+        Returns (bytes freed, blobs kept because they are in use).
+        """
+        keys, blobs = set(keys), list(blobs)
+        with self._store_lock(shared=False):
+            for view, manifest in self._views():
+                if view.name in keys:  # a joined file is a blob of its own, shown only here
+                    blobs += [f["sha256"] for f in manifest.get("files", [])]
+                    shutil.rmtree(view, ignore_errors=True)
+            blobs = list(dict.fromkeys(blobs))
+            leased, _ = self._live_leases(own=False)  # removing is this process's own decision
+            shown = {f["sha256"] for _, m in self._views() for f in m.get("files", [])}
+            freed, kept = 0, []
+            for sha in blobs:
+                if sha in leased or sha in shown:
+                    kept.append(sha)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    freed += self.blob_path(sha).stat().st_size
+                self._evict_locked([sha])
+            return freed, kept
+
+    def gc(self, keep: Iterable[str] = ()) -> dict[str, int]:
+        """Delete what nothing points at; returns counts and bytes freed.
+
+        * blobs that no view shows, that are not in ``keep`` (the lockfile's
+          pins) and that no live process leases;
+        * views whose blobs are gone;
+        * partial downloads no process is writing (they would resume, but
+          gc is the request to let them go);
+        * leases of dead processes, memo and join records of absent blobs.
+        """
+        keep = set(keep)
+        report = {"blobs": 0, "bytes": 0, "views": 0, "partials": 0}
+        with self._store_lock(shared=False):
+            leased, _ = self._live_leases()
+            shown: set[str] = set()
+            for view, manifest in self._views():
+                shas = {f.get("sha256") for f in manifest.get("files", [])}
+                if not shas or not all(self.has(s) for s in shas):
+                    shutil.rmtree(view, ignore_errors=True)
+                    report["views"] += 1
+                else:
+                    shown |= shas
+            for sha, st in list(self._blobs()):
+                if sha not in shown and sha not in keep and sha not in leased:
+                    self._evict_locked([sha])
+                    report["blobs"] += 1
+                    report["bytes"] += st.st_size
+            report["partials"], freed = self._drop_idle_partials()
+            report["bytes"] += freed
+            for record in (self.root / "memo").glob("*/*.json"):
+                if not self.has(record.stem):
+                    record.unlink(missing_ok=True)
+            for record in (self.root / "joins").glob("*"):
+                with contextlib.suppress(OSError):
+                    if not self.has(record.read_text().strip()):
+                        record.unlink()
+        return report
+
+    def _drop_idle_partials(self) -> tuple[int, int]:
+        from filelock import FileLock, Timeout
+
+        count = freed = 0
+        for partial in (self.root / "tmp").glob("*") if (self.root / "tmp").is_dir() else ():
+            sha = partial.name.split(".", 1)[0]
+            lock = FileLock(self.root / "locks" / f"{sha}.lock", thread_local=False)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # someone is writing it right now
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    freed += partial.stat().st_size
+                    partial.unlink()
+                    count += partial.name.endswith(".partial")
+            finally:
+                lock.release()
+        return count, freed
+
+
+def stats(settings: CacheSettings) -> Usage:
+    """What the store at ``settings.root`` holds (for ``modelfix cache stats`` and ``%modelfix_cache``)."""
+    return Store(settings.root).usage()
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _link(blob: Path, target: Path) -> str:
+    """Show ``blob`` at ``target``: hard link, else symlink, else copy. Returns which."""
+    try:
+        os.link(blob, target)
+        return "hardlink"
+    except OSError:
+        pass
+    try:
+        os.symlink(blob, target)
+        return "symlink"
+    except OSError:
+        pass
+    shutil.copyfile(blob, target)
+    os.chmod(target, 0o444)
+    return "copy"
+
+
+def _join_key(parts: Sequence[str]) -> str:
+    return sha256_text("join\n" + "\n".join(parts))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _thread_lock(key: str) -> threading.Lock:
+    """One lock per blob, so that threads of one process queue here rather than poll the file lock."""
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(key, threading.Lock())
+
+
+class _Leases:
+    """This process's lease file per store root, opened and flock-held until the process exits.
+
+    Lines are appended, never rewritten, so another process reading the file
+    never sees a lease disappear. A forked child starts its own file.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[tuple[Path, int], tuple[Path, int, set[str]]] = {}
+
+    def held(self, root: Path) -> set[str]:
+        entry = self._files.get((root, os.getpid()))
+        return entry[2] if entry else set()
+
+    def path(self, root: Path) -> Path | None:
+        entry = self._files.get((root, os.getpid()))
+        return entry[0] if entry else None
+
+    def add(self, store: Store, shas: list[str]) -> None:
+        import fcntl
+
+        with self._lock:
+            key = (store.root, os.getpid())
+            if key not in self._files:
+                name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                path = store._dir("leases") / name
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._files[key] = (path, fd, set())
+            path, fd, held = self._files[key]
+            fresh = [s for s in shas if s not in held]
+            if fresh:
+                os.write(fd, "".join(f"{s}\n" for s in fresh).encode())
+                held.update(fresh)
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+_LEASES = _Leases()
+_TOUCHED: set[Path] = set()
+

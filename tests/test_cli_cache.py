@@ -1,0 +1,132 @@
+"""``modelfix sync``, ``verify``, ``push`` and ``cache ...`` as a user types them (in-process ``main``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from modelfix.config import CacheSettings
+from modelfix.lockfile import Lockfile
+from modelfix.locking import add
+from modelfix.store import Store
+
+REPO = "org/tiny"
+
+
+@pytest.fixture
+def lock(hub, workdir) -> Path:
+    path = workdir / "model-lock.toml"
+    add("chat", f"{REPO}:Q4_K_M", path)
+    add("split", f"{REPO}:Q2_K", path)
+    return path
+
+
+def _flip_a_byte(path: Path) -> None:
+    before = path.stat()
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(77)
+        byte = f.read(1)
+        f.seek(77)
+        f.write(bytes([byte[0] ^ 0x40]))
+    os.chmod(path, 0o444)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_sync_fetches_every_model_and_prints_where_it_is(run_cli, lock):
+    code, out, err = run_cli("sync")
+
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("chat: 3 files")
+    assert "split: 5 files" in out and "tiny-Q2_K-00001-of-00003.gguf" in out
+    assert "2 models ready" in err
+
+
+def test_sync_honours_the_global_cache_dir_option(run_cli, lock, tmp_path):
+    code, _, err = run_cli("--cache-dir", str(tmp_path / "elsewhere"), "sync", "chat")
+
+    assert code == 0, err
+    assert Store(tmp_path / "elsewhere").usage().blobs == 3
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["xxh3", "full"])
+def test_verify_exits_1_naming_each_bad_file(run_cli, lock, full):
+    assert run_cli("sync")[0] == 0
+    assert run_cli("verify")[:2] == (0, "all files match (xxh3)\n")
+    pin = Lockfile.load(lock).entry("split").files[1]
+    _flip_a_byte(Store(CacheSettings.resolve().root).blob_path(pin.sha256))
+
+    code, _, err = run_cli("verify", *(["--full"] if full else []))
+
+    assert code == 1
+    assert f"split: {pin.path}: corrupt" in err and "modelfix sync split" in err
+    assert run_cli("sync", "split")[0] == 0
+    assert run_cli("verify", "--full")[:2] == (0, "all files match (sha256)\n")
+
+
+def test_verify_reports_files_not_yet_synced(run_cli, lock):
+    code, _, err = run_cli("verify", "chat")
+
+    assert code == 1
+    assert "chat: tiny-Q4_K_M.gguf: not in the cache: run `modelfix sync chat`" in err
+
+
+def test_offline_sync_lists_what_is_missing(run_cli, lock):
+    code, _, err = run_cli("--offline", "sync")
+
+    assert code == 1
+    assert "offline mode is on" in err and "modelfix sync chat" in err and "modelfix sync split" in err
+
+
+def test_push_uploads_once(run_cli, lock, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELFIX_REMOTE", str(tmp_path / "team"))
+
+    code, out, _ = run_cli("push", "chat")
+    assert code == 0 and out.count(": uploaded") == 3
+    code, out, _ = run_cli("push", "chat")
+    assert code == 0 and out.count(": present") == 3
+
+
+def test_cache_stats_shows_sizes_and_models(run_cli, lock):
+    run_cli("sync")
+
+    code, out, _ = run_cli("cache", "stats")
+
+    assert code == 0
+    assert f"cache     {CacheSettings.resolve().root}" in out
+    assert "blobs     6 (1.0 MB)" in out
+    assert "chat" in out and "split" in out
+
+
+def test_cache_prune_needs_a_size_and_keeps_the_lockfile_pins(run_cli, lock):
+    run_cli("sync")
+
+    code, _, err = run_cli("cache", "prune")
+    assert code == 1 and "--max-size" in err
+
+    code, out, err = run_cli("cache", "prune", "--max-size", "0")
+    assert code == 0 and out.startswith("evicted 0 files; the cache holds 1.0 MB")
+    assert "pinned by the lockfile" in err
+
+
+def test_cache_gc_rm_and_path(run_cli, lock):
+    run_cli("sync")
+    root = CacheSettings.resolve().root
+
+    assert run_cli("cache", "path")[1] == f"{root}\n"
+    code, out, _ = run_cli("cache", "path", "chat")
+    assert code == 0 and out.strip().endswith("tiny-Q4_K_M.gguf") and Path(out.strip()).exists()
+
+    code, out, _ = run_cli("cache", "rm", "split")
+    assert code == 0 and out.startswith("split: 500.8 KB freed")
+    code, out, _ = run_cli("cache", "gc")
+    assert code == 0 and out.startswith("removed 0 unused files")
+    assert Store(root).usage().blobs == 3
+
+
+def test_an_unknown_model_is_one_line_on_stderr(run_cli, lock):
+    code, _, err = run_cli("sync", "nope")
+
+    assert code == 1 and err.startswith("error: no model named 'nope'") and "Traceback" not in err

@@ -1,0 +1,42 @@
+"""Cache settings: arguments beat the environment, which beats defaults; read when used."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from modelfix.config import CacheSettings
+from modelfix.errors import CacheError
+
+
+def test_environment_is_read_at_call_time(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "a"))
+    assert CacheSettings.resolve().root == tmp_path / "a"
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "b"))
+    assert CacheSettings.resolve().root == tmp_path / "b"
+
+
+def test_arguments_win(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELFIX_OFFLINE", "1")
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "1GB")
+    settings = CacheSettings.resolve(cache_dir=tmp_path, offline=False, max_size="2GB")
+    assert (settings.root, settings.offline, settings.max_size) == (tmp_path, False, 2e9)
+
+
+@pytest.mark.parametrize("var", ["MODELFIX_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_switches(monkeypatch, var):
+    monkeypatch.setenv(var, "1")
+    assert CacheSettings.resolve().offline
+
+
+def test_defaults(monkeypatch):
+    monkeypatch.delenv("MODELFIX_CACHE_DIR")
+    settings = CacheSettings.resolve()
+    assert settings.root.name == "modelfix" and settings.max_size == math.inf and settings.remote is None
+
+
+def test_bad_cap_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "huge")
+    with pytest.raises(CacheError, match="MODELFIX_CACHE_MAX_SIZE 'huge'"):
+        CacheSettings.resolve()

@@ -1,0 +1,112 @@
+"""Memory estimates from GGUF headers, checked against gguf's reader and against llama.cpp's real RSS."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import gguf
+import pytest
+
+from modelfix.errors import ModelfixError
+from modelfix.estimate import estimate, memory_capacity, model_parts, read_header
+from modelfix.testing.gguf import TinyModelSpec, write_tiny_model
+
+
+def rss() -> int:
+    """Resident bytes of this process (the second field of /proc/self/statm, in pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("est") / "tiny.gguf", n_layer=3, n_ctx_train=256)[0]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> list[Path]:
+    return write_tiny_model(tmp_path_factory.mktemp("est-split") / "tiny-Q2_K.gguf", split_parts=3)
+
+
+def test_header_matches_what_gguf_reads(single):
+    header = read_header(single)
+    fields = gguf.GGUFReader(single).fields
+    spec = TinyModelSpec(n_layer=3, n_ctx_train=256)
+    assert header.architecture == fields["general.architecture"].contents() == "llama"
+    assert header.n_layer == fields["llama.block_count"].contents() == 3
+    assert header.n_embd == spec.n_embd
+    assert header.n_head == spec.n_head
+    assert header.n_head_kv == (spec.n_head,) * 3
+    assert header.key_length == header.value_length == spec.n_embd // spec.n_head
+    assert header.n_ctx_train == 256
+    assert header.n_vocab == len(fields["tokenizer.ggml.tokens"].contents()) == spec.n_vocab
+    assert header.split_count == 1
+
+
+def test_split_sets_count_every_part(split):
+    assert model_parts(split[0]) == split
+    assert read_header(split[0]).split_count == 3
+    assert estimate(split[0], n_ctx=128).weights == sum(p.stat().st_size for p in split)
+
+
+def test_missing_split_part_is_named(tmp_path, split):
+    for part in split[:2]:
+        (tmp_path / part.name).write_bytes(part.read_bytes())
+    with pytest.raises(ModelfixError, match=split[2].name):
+        estimate(tmp_path / split[0].name, n_ctx=128)
+
+
+def test_kv_cache_grows_with_n_ctx(single):
+    small, large = estimate(single, n_ctx=128), estimate(single, n_ctx=512)
+    assert large.kv_cache == 4 * small.kv_cache
+    # 3 layers x 4 kv heads x (16 + 16) dims x 2 bytes (f16) per token
+    assert small.kv_cache == 128 * 3 * 4 * 32 * 2
+    assert small.weights == large.weights == single.stat().st_size
+    assert large.total == large.weights + large.kv_cache + large.compute
+
+
+def test_n_ctx_zero_means_the_model_context(single):
+    assert estimate(single, n_ctx=0).n_ctx == 256
+
+
+def test_flash_attention_needs_no_score_matrix(single):
+    assert estimate(single, n_ctx=512, flash_attn=True).compute < estimate(single, n_ctx=512).compute
+
+
+def test_mmproj_counts_as_weights(single, tmp_path):
+    from modelfix.testing.gguf import write_mmproj
+
+    mmproj = write_mmproj(tmp_path / "mmproj.gguf")
+    with_it = estimate(single, n_ctx=128, mmproj_path=mmproj)
+    assert with_it.weights == single.stat().st_size + mmproj.stat().st_size
+
+
+def test_not_a_gguf_file(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(ModelfixError, match="not a GGUF file"):
+        read_header(bogus)
+
+
+def test_estimate_is_close_to_what_llama_cpp_takes(tmp_path):
+    import llama_cpp
+
+    (path,) = write_tiny_model(tmp_path / "wide.gguf", target_bytes=48_000_000)
+    expected = estimate(path, n_ctx=512).total
+    gc.collect()
+    before = rss()
+    # use_mmap=False: weights are copied into resident memory, so RSS sees them.
+    llm = llama_cpp.Llama(str(path), n_ctx=512, use_mmap=False, verbose=False)
+    taken = rss() - before
+    llm.close()
+    assert 0.7 * expected <= taken <= 1.3 * expected, (taken, expected)
+
+
+def test_memory_capacity_is_ram_on_this_cpu_build():
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory_capacity(offload=False) == ram
+    # No GPU here: asking for VRAM falls back to RAM. (On a GPU machine it is
+    # the total memory of the GPU devices ggml reports.)
+    assert memory_capacity(offload=True) == ram

@@ -1,0 +1,234 @@
+"""Moving bytes: transports, retries on each kind of fault, resume, parallel ranges, cancel, jobs.
+
+Everything runs against the real ``huggingface_hub`` HTTP client and the local Hub
+(``hub`` fixture: ``org/tiny``), whose fault injection makes the network misbehave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from modelfix.errors import IntegrityError, NetworkError
+from modelfix.events import events
+from modelfix.fetch import (
+    Cancelled,
+    FetchPolicy,
+    FsspecTransport,
+    HttpTransport,
+    SourceMissing,
+    download,
+    jobs,
+    new_job,
+)
+from modelfix.testing.hub import Fault
+
+REPO, FILE = "org/tiny", "tiny-Q4_K_M.gguf"
+FAST = FetchPolicy(base_delay=0.01, read_timeout=0.5, attempts=3)
+
+
+def _fetch(hub, tiny_files, tmp_path, policy=FAST, cancel=None, name=FILE):
+    data = tiny_files[name].read_bytes()
+    partial = tmp_path / "blob.partial"
+    result = download(HttpTransport(hub.url(REPO, name), policy=policy), partial, len(data), job=new_job("m", name, len(data)),
+                      label=f"m: {name}", policy=policy, cancel=cancel)
+    return result, data, partial
+
+
+def _byte_gets(hub, name=FILE):
+    return [r for r in hub.requests if r.filename == name and r.method == "GET" and r.origin == "cdn"]
+
+
+@pytest.mark.parametrize(
+    "fault, resumes_at",
+    [
+        (Fault.status(500), None),
+        (Fault.status(503), None),
+        (Fault.status(429, retry_after=1), None),
+        (Fault.reset(after_bytes=100_000), None),
+        (Fault.truncate(after_bytes=100_000), 100_000),
+        (Fault.stall(5, after_bytes=100_000), 100_000),
+        (Fault.stall(5), None),
+    ],
+    ids=["500", "503", "429", "reset", "truncate", "stall-mid-body", "stall-before-headers"],
+)
+def test_each_fault_is_retried_and_the_bytes_come_out_right(hub, tiny_files, tmp_path, fault, resumes_at):
+    hub.inject(REPO, FILE, fault)
+    started = time.monotonic()
+
+    result, data, _ = _fetch(hub, tiny_files, tmp_path)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    gets = _byte_gets(hub)
+    if fault.kind != "stall":  # a stalled answer is logged only once the hub gives up on it
+        assert len(gets) == 2
+    if resumes_at is not None:  # the retry asks only for what is missing
+        assert gets[-1].range == f"bytes={resumes_at}-{len(data) - 1}"
+    if fault.retry_after:
+        assert time.monotonic() - started >= fault.retry_after  # Retry-After honoured
+
+
+def test_a_fault_that_never_clears_ends_in_a_network_error_naming_the_file(hub, tiny_files, tmp_path):
+    hub.inject(REPO, FILE, Fault.status(502), times=None)
+
+    with pytest.raises(NetworkError) as info:
+        _fetch(hub, tiny_files, tmp_path)
+
+    message = str(info.value)
+    assert f"m: {FILE}" in message and "HTTP 502" in message and "3 failed attempts" in message
+    assert len(_byte_gets(hub)) == 3
+
+
+def test_a_file_that_is_not_there_is_reported_as_missing(hub, tmp_path):
+    transport = HttpTransport(hub.url(REPO, "nope.gguf"))
+    with pytest.raises(SourceMissing, match="404"):
+        download(transport, tmp_path / "p", 10, job=new_job("m", "nope.gguf", 10), label="m", policy=FAST)
+
+
+def test_a_size_that_changed_upstream_is_an_integrity_error(hub, tiny_files, tmp_path):
+    size = tiny_files[FILE].stat().st_size
+    with pytest.raises(IntegrityError, match=f"now has {size} bytes.*pins {size + 5}"):
+        download(HttpTransport(hub.url(REPO, FILE)), tmp_path / "p", size + 5,
+                 job=new_job("m", FILE, size + 5), label="m", policy=FAST)
+
+
+def test_a_partial_file_resumes_with_a_range_request(hub, tiny_files, tmp_path):
+    data = tiny_files[FILE].read_bytes()
+    (tmp_path / "blob.partial").write_bytes(data[:200_000])
+
+    result, _, _ = _fetch(hub, tiny_files, tmp_path)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert [r.range for r in _byte_gets(hub)] == [f"bytes=200000-{len(data) - 1}"]
+
+
+# Small enough that the tiny files count as large; a stall makes the stream slow.
+SPLITTING = FetchPolicy(base_delay=0.01, read_timeout=30, parallel_min=100_000, min_range=65_536,
+                        split_after=0.2, connections=4)
+
+
+def test_a_slow_stream_of_a_large_file_is_split_into_parallel_ranges(hub, tiny_files, tmp_path):
+    hub.inject(REPO, FILE, Fault.stall(1.0))  # the first answer comes late
+
+    result, data, partial = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert partial.read_bytes() == data
+    ranges = [r.range for r in _byte_gets(hub)]
+    assert len(set(ranges)) == 4 and f"bytes=0-{len(data) - 1}" in ranges
+
+
+def test_a_fast_stream_is_not_split(hub, tiny_files, tmp_path):
+    _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert len(_byte_gets(hub)) == 1
+
+
+def test_parallel_ranges_resume_each_from_the_journal_after_a_cancel(hub, tiny_files, tmp_path):
+    policy = SPLITTING
+    size = tiny_files[FILE].stat().st_size
+    hub.inject(REPO, FILE, Fault.stall(30, after_bytes=20_000), times=4)  # slow, split, and every range stalls
+    cancel = threading.Event()
+    partial = tmp_path / "blob.partial"
+    journal = partial.with_name(partial.name + ".ranges")
+    threading.Timer(1.0, cancel.set).start()
+
+    with pytest.raises(Cancelled):
+        _fetch(hub, tiny_files, tmp_path, policy=policy, cancel=cancel)
+    assert journal.exists()
+    hub.clear_faults()
+    hub.clear_log()
+
+    result, data, _ = _fetch(hub, tiny_files, tmp_path, policy=policy)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    fetched = 0
+    for r in _byte_gets(hub):
+        first, last = map(int, r.range.removeprefix("bytes=").split("-"))
+        fetched += last - first + 1
+    assert fetched == size - 4 * 20_000  # nothing fetched twice
+
+
+def test_cancel_stops_a_stalled_download_and_keeps_the_partial(hub, tiny_files, tmp_path):
+    hub.inject(REPO, FILE, Fault.stall(30, after_bytes=150_000))
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    policy = FetchPolicy(base_delay=0.01, read_timeout=1)
+    started = time.monotonic()
+
+    with pytest.raises(Cancelled, match="resumes next time"):
+        _fetch(hub, tiny_files, tmp_path, policy=policy, cancel=cancel)
+
+    assert time.monotonic() - started < 5
+    assert (tmp_path / "blob.partial").stat().st_size == 150_000
+
+
+def test_fsspec_urls_and_missing_files(tmp_path):
+    data = b"x" * 3_000_000
+    (tmp_path / "src.gguf").write_bytes(data)
+    transport = FsspecTransport((tmp_path / "src.gguf").as_uri())
+
+    result = download(transport, tmp_path / "p", len(data), job=new_job("m", "src", len(data)), label="m")
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(SourceMissing):
+        download(FsspecTransport("memory://nowhere/x"), tmp_path / "q", 1, job=new_job("m", "x", 1), label="m")
+
+
+def test_a_job_reports_its_progress_as_events(hub, tiny_files, tmp_path):
+    seen = []
+    with events.listening(seen.append):
+        _fetch(hub, tiny_files, tmp_path)
+
+    mine = [e for e in seen if e.kind == "job" and e.file == FILE]
+    assert mine[0].status == "queued"
+    assert any(e.done > 0 for e in mine)
+    snapshot = [j for j in jobs() if j.file == FILE][-1]
+    assert snapshot.size == tiny_files[FILE].stat().st_size
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers like the Hub: the API origin redirects, the CDN origin serves bytes."""
+
+    seen: list[tuple[str, str | None]] = []
+    cdn: str = ""
+    body = b"0123456789" * 1000
+
+    def do_GET(self) -> None:
+        origin = "api" if self.server.server_port == type(self).api_port else "cdn"
+        type(self).seen.append((origin, self.headers.get("Authorization")))
+        if origin == "api":
+            self.send_response(302)
+            self.send_header("Location", f"{type(self).cdn}/blob")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_token_goes_to_the_hub_origin_only_never_to_the_cdn(tmp_path):
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Recorder) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    api, cdn = (f"http://127.0.0.1:{s.server_port}" for s in servers)
+    _Recorder.api_port, _Recorder.cdn, _Recorder.seen = servers[0].server_port, cdn, []
+    try:
+        transport = HttpTransport(f"{api}/org/x/resolve/main/f.gguf", token="hf_secret_token_123", token_origin=api)
+        size = len(_Recorder.body)
+        download(transport, tmp_path / "p", size, job=new_job("m", "f", size), label="m")
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+
+    assert _Recorder.seen == [("api", "Bearer hf_secret_token_123"), ("cdn", None)]

@@ -1,0 +1,198 @@
+"""The notebook front end, through a real IPython shell and a real kernel.
+
+Most tests drive ``InteractiveShell`` in this process (fast, and its text
+output is what a terminal IPython user sees); one executes the example
+notebook in a real ipykernel with nbclient and checks the widgets' final
+state as the executed notebook stores it. The model is ``tiny`` pinned to
+``org/tiny:Q4_K_M`` on the local hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelfix.locking import add
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "jupyter_ext" / "example.ipynb"
+
+
+@pytest.fixture
+def lockfile(hub, workdir: Path) -> Path:
+    path = workdir / "model-lock.toml"
+    add("tiny", "org/tiny:Q4_K_M", path)
+    return path
+
+
+@pytest.fixture
+def shell(lockfile: Path):
+    """A real IPython shell with the extension loaded; unloaded (handles released) after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "modelfix_jupyter")
+    yield ip
+    ip.run_line_magic("unload_ext", "modelfix_jupyter")
+
+
+def magic(ip, line: str):
+    """Run ``%line`` as a cell would; fail the test on any error."""
+    name, _, rest = line.partition(" ")
+    return ip.run_line_magic(name, rest)
+
+
+def resident(name: str = "tiny") -> list:
+    from modelfix import pool
+
+    return [r for r in pool.loaded() if r.name == name]
+
+
+@pytest.mark.parametrize("extension", ["modelfix", "modelfix_jupyter"])
+def test_load_ext_registers_and_unload_removes(lockfile, extension: str) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", extension)
+    try:
+        handle = magic(ip, "load_model tiny")
+        assert all(ip.find_line_magic(m) for m in ("load_model", "models", "unload_model", "modelfix_cache"))
+        ip.run_line_magic("reload_ext", extension)
+        assert ip.find_line_magic("load_model") is not None
+        assert not resident(), "reloading released the handle the magics handed out"
+        handle = magic(ip, "load_model tiny")
+        assert resident()
+    finally:
+        ip.run_line_magic("unload_ext", extension)
+    assert ip.find_line_magic("load_model") is None
+    assert not resident(), "unload_ext must release every handle it created"
+    assert handle is not None
+
+
+def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
+    llm = magic(shell, "load_model tiny")
+    first = capsys.readouterr().out
+    assert "tiny-Q4_K_M.gguf: " in first and "verified" in first
+    assert "llama.cpp: loaded in" in first
+    assert "IProgress" not in first
+
+    assert magic(shell, "load_model tiny") is llm
+    assert "downloading" not in capsys.readouterr().out, "a warm load fetches nothing"
+
+    other = magic(shell, "load_model tiny --n-ctx 256")
+    assert other is not llm and other.n_ctx() == 256
+    assert len(resident()) == 2
+    assert llm("Hello", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
+
+
+def test_flags_are_the_frontend_layer(shell, monkeypatch) -> None:
+    monkeypatch.setenv("MODELFIX_N_CTX", "128")
+    assert magic(shell, "load_model tiny").n_ctx() == 128  # env over the lockfile
+    assert magic(shell, "load_model tiny --n-ctx 256").n_ctx() == 256  # the flag over env
+
+
+def test_models_table_html_and_text(shell) -> None:
+    before = magic(shell, "models")
+    assert "missing" in repr(before) and " no " in repr(before)
+    magic(shell, "load_model tiny")
+    table = magic(shell, "models")
+    html, text = table._repr_html_(), repr(table)
+    for header in ("name", "repo", "tag", "revision", "size", "cached", "resident", "est. memory", "last used"):
+        assert f"<th>{header}</th>" in html
+        assert header in text.splitlines()[1]
+    row = next(line for line in text.splitlines() if line.startswith("tiny "))
+    assert "org/tiny" in row and "Q4_K_M" in row and "cached" in row and "yes" in row
+    assert "s ago" in row
+    assert "<td>org/tiny</td>" in html
+
+
+def test_handle_and_entry_render_as_html(shell) -> None:
+    llm = magic(shell, "load_model tiny --n-ctx 256")
+    data, _ = shell.display_formatter.format(llm)
+    html = data["text/html"]
+    for expected in ("org/tiny", "tiny-Q4_K_M.gguf", "revision", "n_ctx=256", "GPU layers offloaded"):
+        assert expected in html
+    from modelfix.lockfile import Lockfile
+
+    entry = Lockfile.find().entry("tiny")
+    data, _ = shell.display_formatter.format(entry)
+    assert entry.revision[:12] in data["text/html"] and "tiny-Q4_K_M.gguf" in data["text/plain"]
+
+
+def test_unload_model_frees_the_pool_entry(shell, capsys) -> None:
+    magic(shell, "load_model tiny")
+    magic(shell, "load_model tiny --n-ctx 256")
+    magic(shell, "unload_model tiny")
+    assert not resident()
+    assert "released: tiny" in capsys.readouterr().out
+    magic(shell, "load_model tiny")
+    magic(shell, "unload_model --all")
+    assert not resident()
+
+
+def test_offline_error_is_one_line(shell, capsys) -> None:
+    result = shell.run_cell("llm = %load_model tiny --offline")
+    out = capsys.readouterr().out
+    from modelfix.errors import OfflineError
+
+    assert isinstance(result.error_in_exec, OfflineError)
+    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("[modelfix]")]
+    assert len(lines) == 1, out
+    assert "OfflineError:" in lines[0] and "tiny" in lines[0]
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [("load_model tiny --n-ctx lots", "invalid int value"),
+     ("load_model", "required: name"),
+     ("load_model tiny --keep-alive soon", "bad duration"),
+     ("unload_model", "NAME or --all")],
+)
+def test_bad_arguments_are_usage_errors(shell, capsys, line: str, message: str) -> None:
+    from IPython.core.error import UsageError
+
+    result = shell.run_cell("%" + line)
+    assert isinstance(result.error_in_exec, UsageError)
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_the_flags(shell, capsys) -> None:
+    shell.run_cell("%load_model?")
+    out = capsys.readouterr().out
+    for flag in ("--n-ctx", "--gpu-layers", "--lock", "--offline", "--keep-alive"):
+        assert flag in out
+
+
+def test_cache_stats_and_prune(shell) -> None:
+    magic(shell, "load_model tiny")
+    stats = repr(magic(shell, "modelfix_cache"))
+    assert "modelfix cache" in stats
+    pruned = repr(magic(shell, "modelfix_cache --prune"))
+    assert "pruned" in pruned
+
+
+def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch) -> None:
+    """The example notebook runs clean; its widgets end in the 'done' state.
+
+    Run as the demo runs it: from the repository root, the lockfile named by
+    MODELFIX_LOCK, the hub and cache inherited through the environment.
+    """
+    from modelfix_jupyter import run_notebook
+
+    monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
+    nb = run_notebook(EXAMPLE, cwd=ROOT, timeout=120)
+    outputs = {c.source.splitlines()[0]: c.outputs for c in nb.cells if c.cell_type == "code"}
+    assert not [o for outs in outputs.values() for o in outs if o.output_type == "error"]
+    assert "True" in outputs["again = %load_model tiny"][0]["data"]["text/plain"]
+    models_html = outputs["%models"][0]["data"]["text/html"]
+    assert "<td>org/tiny</td>" in models_html and "cached" in models_html
+
+    state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    bars = [m["state"] for m in state.values() if m["model_name"] == "IntProgressModel"]
+    labels = {b["description"] for b in bars}
+    assert {"tiny-Q4_K_M.gguf", "llama.cpp"} <= labels
+    assert all(b["value"] == b["max"] and b["bar_style"] == "success" for b in bars)
+    notes = [m["state"]["value"] for m in state.values() if m["model_name"] == "HTMLModel"]
+    assert any("loaded in" in n for n in notes) and any("verified" in n for n in notes)

@@ -1,0 +1,273 @@
+"""The pytest plugin, end to end: real inner test suites (``pytester``, in subprocesses) using the
+fixtures against tiny GGUF models served by the local hub, fetched into a real store and loaded
+by the real llama-cpp-python."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelfix.cli import main as modelfix_cli
+
+pytest_plugins = ["pytester"]
+
+TINY_FILES = ("tiny-Q4_K_M.gguf", "mmproj-tiny-f16.gguf")
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, hub) -> pytest.Pytester:
+    """An inner project folder whose model-lock.toml pins ``tiny`` (Q4_K_M) from the local hub."""
+    lock(pytester, tiny="org/tiny:Q4_K_M")
+    return pytester
+
+
+def lock(pytester: pytest.Pytester, **models: str) -> Path:
+    path = pytester.path / "model-lock.toml"
+    for name, source in models.items():
+        assert modelfix_cli(["--lock", str(path), "add", name, source]) == 0
+    return path
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # -p no:randomly: the inner order is the one written (or reversed on purpose).
+    return pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", *args)
+
+
+def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None:
+    suite.makeconftest(
+        """
+        def pytest_modelfix_adjust_settings(name, settings):
+            if name == "tiny":
+                settings["n_ctx"] = 256
+        """
+    )
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model("tiny", n_batch=64)
+        def test_marked(llama):
+            out = llama("Hello", max_tokens=4, temperature=0)
+            assert out["choices"][0]["text"]
+            assert llama.n_ctx() == 256  # from the conftest.py hook
+
+        def test_unmarked_uses_the_only_model(llama, modelfix):
+            assert llama is modelfix.load("tiny")
+
+        def test_session_fixture(modelfix):
+            path = modelfix.path("tiny")
+            assert path.name == "tiny-Q4_K_M.gguf"
+            assert path.stat().st_size == modelfix.lockfile.entry("tiny").model_files[0].size
+            assert modelfix.loaded()
+        """
+    )
+    result = run(suite, "--strict-markers", "-W", "error::pytest.PytestUnknownMarkWarning")
+    result.assert_outcomes(passed=3)
+    result.stdout.re_match_lines([
+        rf"modelfix: lockfile {re.escape(str(suite.path / 'model-lock.toml'))}, cache .*, models: tiny, "
+        r"GPU offload: (yes|no)",
+        r"-+ modelfix -+",
+        r"models used: tiny",
+        r"fetched: 3 files, 517.9 KB; cache hits: 0 models",
+        r"load times: tiny \d+\.\d\ds.*",
+        r"pool evictions: 0",
+    ])
+    result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_K_M.gguf *"])
+
+    warm = run(suite)
+    warm.assert_outcomes(passed=3)
+    warm.stdout.re_match_lines([r"fetched: 0 files, 0 B; cache hits: 1 models"])
+    assert "modelfix: fetching" not in warm.stdout.str()
+
+
+def test_several_names_run_once_per_model(pytester: pytest.Pytester, hub) -> None:
+    lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model("tiny", "tiny8")
+        @pytest.mark.parametrize("prompt", ["a", "b"])
+        def test_each(llama, modelfix_model, prompt):
+            assert llama is not None and modelfix_model in ("tiny", "tiny8")
+
+        def test_unmarked(llama):
+            pass
+        """
+    )
+    result = run(pytester, "-v")
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines_random([
+        "*::test_each[[]tiny-a] PASSED*", "*::test_each[[]tiny-b] PASSED*",
+        "*::test_each[[]tiny8-a] PASSED*", "*::test_each[[]tiny8-b] PASSED*",
+        "*LockError: *has several models (tiny, tiny8)*@pytest.mark.model(\"NAME\")*",
+    ])
+    result.stdout.re_match_lines([r"load times: tiny \d.*, tiny8 \d.*"])
+
+
+def test_handle_state_is_reset_whatever_the_order(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.makeconftest(
+        """
+        import os
+
+        def pytest_collection_modifyitems(items):
+            if os.environ.get("REVERSE"):
+                items.reverse()
+        """
+    )
+    suite.makepyfile(
+        """
+        import json, pathlib, pytest
+
+        def record(name, llama, prompt):
+            # Sampling (temperature > 0) depends on the seed; the prompt shares a prefix with
+            # the other tests', which a stale KV cache would reuse.
+            out = llama(prompt, max_tokens=12, temperature=0.9, top_k=50)["choices"][0]["text"]
+            path = pathlib.Path("outputs.jsonl")
+            with path.open("a") as f:
+                f.write(json.dumps({name: out}) + "\\n")
+
+        @pytest.mark.model("tiny", seed=7)
+        def test_one(llama):
+            record("one", llama, "Once upon a time")
+
+        @pytest.mark.model("tiny", seed=7)
+        def test_two(llama):
+            record("two", llama, "Once upon a time there")
+
+        @pytest.mark.model("tiny", seed=7)
+        def test_three(llama):
+            record("three", llama, "Once upon a time")
+        """
+    )
+    outputs = suite.path / "outputs.jsonl"
+    run(suite).assert_outcomes(passed=3)
+    forward = [json.loads(line) for line in outputs.read_text().splitlines()]
+    outputs.unlink()
+    monkeypatch.setenv("REVERSE", "1")
+    run(suite).assert_outcomes(passed=3)
+    backward = [json.loads(line) for line in outputs.read_text().splitlines()]
+    assert list(backward[0]) == ["three"]  # the order really was reversed
+    merged = lambda rows: {k: v for row in rows for k, v in row.items()}  # noqa: E731
+    assert merged(forward) == merged(backward)
+    assert merged(forward)["one"] == merged(forward)["three"]
+
+
+def test_offline_missing_model_fails_with_one_clear_message(suite: pytest.Pytester, hub) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model("tiny")
+        def test_needs_model(llama):
+            pass
+
+        def test_needs_path(modelfix):
+            modelfix.path("tiny")
+
+        def test_needs_nothing():
+            pass
+        """
+    )
+    hub.clear_log()
+    result = run(suite, "--modelfix-offline")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    text = result.stdout.str()
+    # Each failing test reports the core's message: the model, its files and the command.
+    reports = text.split("OfflineError: ")[1:]
+    assert len([r for r in reports if "offline mode is on" in r.splitlines()[0]]) >= 2
+    assert text.count("tiny: tiny-Q4_K_M.gguf") >= 2 and text.count("modelfix sync tiny") >= 2
+    assert "Traceback" not in text and "resolver.py" not in text
+    assert hub.requests == []
+
+
+def test_xdist_workers_share_the_store_and_download_each_blob_once(suite: pytest.Pytester, hub) -> None:
+    suite.makepyfile(
+        "\n".join(
+            f"""
+def test_{i}(llama):
+    assert llama("Hi", max_tokens=2, temperature=0)["choices"]
+"""
+            for i in range(8)
+        )
+    )
+    hub.clear_log()
+    # A fixed budget that two workers cannot both have on any machine: the controller warns once.
+    result = run(suite, "-n", "2", "--modelfix-memory-budget", "100TB")
+    result.assert_outcomes(passed=8, warnings=1)
+    for name in TINY_FILES:
+        assert hub.count(origin="cdn", method="GET", filename=name) == 1, name
+    assert result.stdout.str().count("100.0 TB × 2 xdist workers") == 1
+    result.stdout.re_match_lines([r"models used: tiny", r"load times: tiny \d+\.\d\ds ×2"])
+
+
+def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub) -> None:
+    (pytester.path / "locks").mkdir()
+    lockfile = lock(pytester, tiny="org/tiny:Q4_K_M")
+    lockfile.rename(pytester.path / "locks" / "model-lock.toml")
+    pytester.makeini(
+        """
+        [pytest]
+        modelfix_lock = locks/model-lock.toml
+        modelfix_cache_dir = store
+        modelfix_offline = true
+        """
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    header = run(pytester).stdout
+    header.re_match_lines([
+        rf"modelfix: lockfile {re.escape(str(pytester.path / 'locks' / 'model-lock.toml'))}, "
+        rf"cache {re.escape(str(pytester.path / 'store'))}, offline, models: tiny, .*"
+    ])
+    other = pytester.path / "elsewhere"
+    run(pytester, "--modelfix-cache-dir", str(other)).stdout.re_match_lines([rf".*, cache {re.escape(str(other))}, offline, .*"])
+
+
+def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        def test_first(modelfix):
+            assert len(modelfix.loaded()) == 1
+
+        @pytest.mark.model("tiny")
+        def test_second(llama):
+            pass
+        """
+    )
+    run(suite, "--modelfix-preload").assert_outcomes(passed=2)
+    run(suite).assert_outcomes(passed=1, failed=1)
+
+
+@pytest.mark.skipif(
+    __import__("llama_cpp").llama_supports_gpu_offload(), reason="this build can offload: nothing is skipped"
+)
+@pytest.mark.parametrize(("strict", "outcome"), [(False, {"skipped": 1}), (True, {"errors": 1})])
+def test_require_gpu_on_a_cpu_build(suite: pytest.Pytester, strict: bool, outcome: dict[str, int]) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model("tiny", require_gpu=True)
+        def test_gpu(llama):
+            pass
+        """
+    )
+    result = run(suite, "-rs", *(["--modelfix-strict"] if strict else []))
+    result.assert_outcomes(**outcome)
+    result.stdout.fnmatch_lines(["*needs GPU offload (require_gpu=True)*"])
+
+
+def test_import_is_cheap() -> None:
+    code = (
+        "import sys, modelfix.pytest_plugin; "
+        "print(sorted(m for m in ('llama_cpp', 'huggingface_hub', 'fsspec', 'numpy', 'tomlkit') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,189 @@
+"""The Python API: files/path/sync/verify on a real lockfile against the local Hub.
+
+What a user checks: the files are right and beside each other, a warm call costs
+nothing, faults end either recovered or in one clear error with nothing bad cached,
+offline mode says exactly what to sync, and a cancel leaves a resumable partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import modelfix
+import modelfix.store
+from modelfix.config import CacheSettings
+from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
+from modelfix.fetch import Cancelled, jobs
+from modelfix.lockfile import Lockfile, add_entry
+from modelfix.locking import add
+from modelfix.resolver import cached_state, missing
+from modelfix.store import Store
+from modelfix.testing.hub import Fault
+
+REPO, MODEL = "org/tiny", "tiny-Q4_K_M.gguf"
+
+
+@pytest.fixture
+def lock(hub, workdir) -> Path:
+    path = workdir / "model-lock.toml"
+    add("chat", f"{REPO}:Q4_K_M", path)
+    add("split", f"{REPO}:Q2_K", path)
+    return path
+
+
+def _store() -> Store:
+    return Store(CacheSettings.resolve().root)
+
+
+def _byte_gets(hub, name=MODEL):
+    return [r for r in hub.requests if r.filename == name and r.method == "GET" and r.status in (200, 206)]
+
+
+def test_files_names_every_file_of_the_entry_in_its_view(lock, tiny_files):
+    m = modelfix.files("split", lock)
+
+    assert m.name == "split" and m.model_path == m.files[0]
+    assert m.model_path.name == "tiny-Q2_K-00001-of-00003.gguf"
+    assert m.mmproj_path == m.view / "mmproj-tiny-f16.gguf"
+    assert m.preset_path == m.view / "preset.ini"
+    for pin, file in zip(m.entry.files, m.files):
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == pin.sha256 == hashlib.sha256(
+            tiny_files[pin.path].read_bytes()).hexdigest()
+    assert modelfix.path("split", lock) == m.model_path
+
+
+def test_entries_pinning_the_same_bytes_share_one_view(lock):
+    add("chat-again", f"hf://{REPO}:Q4_K_M", lock)
+
+    assert modelfix.files("chat-again", lock).view == modelfix.files("chat", lock).view
+
+
+def test_a_warm_path_makes_no_request_hashes_nothing_and_is_fast(lock, hub, monkeypatch):
+    modelfix.path("chat", lock)
+    hub.clear_log()
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("a warm path() must not hash")
+
+    monkeypatch.setattr(modelfix.store, "hash_file", no_hashing)
+    started = time.perf_counter()
+    for _ in range(200):
+        modelfix.path("chat", lock)
+    per_call = (time.perf_counter() - started) / 200
+
+    assert hub.requests == []
+    assert per_call < 0.002
+
+
+def test_unpinned_and_stale_entries_ask_for_modelfix_lock(lock):
+    add_entry(lock, "new", f"{REPO}:Q8_0")
+    with pytest.raises(LockError, match="not pinned yet: run `modelfix lock`"):
+        modelfix.path("new", lock)
+    add_entry(lock, "chat", f"{REPO}:Q8_0")  # source edited, pins not refreshed
+    with pytest.raises(LockError, match="stale.*Run `modelfix lock`"):
+        modelfix.path("chat", lock)
+
+
+@pytest.mark.parametrize("switch", ["MODELFIX_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_names_every_missing_model_and_the_sync_that_fixes_it(lock, hub, monkeypatch, switch):
+    modelfix.files("chat", lock)
+    hub.clear_log()
+    monkeypatch.setenv(switch, "1")
+
+    assert modelfix.files("chat", lock).model_path.exists()  # cached: offline is no obstacle
+    with pytest.raises(OfflineError) as info:
+        modelfix.sync(lock=lock)
+
+    message = str(info.value)
+    assert "split: tiny-Q2_K-00001-of-00003.gguf" in message and "modelfix sync split" in message
+    assert "modelfix sync chat" not in message
+    assert hub.requests == []
+
+
+def test_corrupt_bytes_once_are_fetched_again_cleanly(lock, hub):
+    hub.inject(REPO, MODEL, Fault.corrupt(offset=123_456))
+
+    path = modelfix.path("chat", lock)
+
+    pin = Lockfile.load(lock).entry("chat").files[0]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256
+    assert [r.range for r in _byte_gets(hub)] == [f"bytes=0-{pin.size - 1}"] * 2
+
+
+def test_corrupt_bytes_every_time_end_in_an_integrity_error_and_nothing_cached(lock, hub):
+    hub.inject(REPO, MODEL, Fault.corrupt(offset=10), times=None)
+    pin = Lockfile.load(lock).entry("chat").files[0]
+
+    with pytest.raises(IntegrityError) as info:
+        modelfix.path("chat", lock)
+
+    message = str(info.value)
+    assert f"chat: {MODEL}" in message and f"expected sha256 {pin.sha256}" in message and "got " in message
+    store = _store()
+    assert not store.has(pin.sha256)
+    assert not store.partial_path(pin.sha256).exists()
+    assert not (store.root / "views").exists() or not any((store.root / "views").iterdir())
+
+
+def test_a_network_that_keeps_failing_is_reported_with_the_model_and_file(lock, hub, monkeypatch):
+    monkeypatch.setenv("MODELFIX_RETRIES", "2")
+    hub.inject(REPO, MODEL, Fault.status(500), times=None)
+
+    with pytest.raises(NetworkError, match=f"chat: {MODEL}: giving up after 2 failed attempts"):
+        modelfix.sync(["chat"], lock)
+
+    assert not _store().has(Lockfile.load(lock).entry("chat").files[0].sha256)
+
+
+def test_a_cancelled_sync_leaves_a_resumable_partial_and_nothing_half_written(lock, hub):
+    hub.inject(REPO, MODEL, Fault.stall(30, after_bytes=300_000))
+    pin = Lockfile.load(lock).entry("chat").files[0]
+    store = _store()
+    cancel = threading.Event()
+    threading.Timer(0.7, cancel.set).start()
+
+    with pytest.raises(Cancelled):
+        modelfix.sync(["chat"], lock, cancel=cancel)
+
+    assert not store.has(pin.sha256) and not (store.root / "views").exists()
+    assert store.partial_path(pin.sha256).stat().st_size == 300_000
+    assert cached_state(Lockfile.load(lock).entry("chat"), CacheSettings.resolve()) == "partial"
+    hub.clear_faults()
+    hub.clear_log()
+
+    modelfix.sync(["chat"], lock)
+
+    assert [r.range for r in _byte_gets(hub)] == [f"bytes=300000-{pin.size - 1}"]
+
+
+def test_jobs_can_be_watched_from_another_thread_while_sync_runs(lock, hub):
+    hub.inject(REPO, MODEL, Fault.stall(1.0, after_bytes=100_000))
+    worker = threading.Thread(target=modelfix.sync, args=(["chat"], lock))
+    worker.start()
+    statuses = set()
+    while worker.is_alive():
+        statuses |= {j.status for j in jobs() if j.file == MODEL}
+        time.sleep(0.05)
+    worker.join()
+
+    assert "downloading" in statuses
+    assert [j for j in jobs() if j.file == MODEL][-1].status == "completed"
+
+
+def test_missing_and_cached_state_follow_the_store(lock):
+    lockfile = Lockfile.load(lock)
+    settings = CacheSettings.resolve()
+    assert cached_state(lockfile.entry("chat"), settings) == "missing"
+    assert len(missing(lockfile, settings)) == 3 + 5  # shared mmproj and preset count once per model
+
+    modelfix.sync(["chat"], lock)
+
+    assert cached_state(lockfile.entry("chat"), settings) == "cached"
+    assert cached_state(lockfile.entry("split"), settings) == "partial"  # mmproj and preset are shared
+    assert {p.path for _, p in missing(lockfile, settings)} == {
+        "tiny-Q2_K-00001-of-00003.gguf", "tiny-Q2_K-00002-of-00003.gguf", "tiny-Q2_K-00003-of-00003.gguf"}

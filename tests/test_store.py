@@ -1,0 +1,245 @@
+"""The store on disk: read-only blobs, views, verification, adoption, joins, eviction, gc.
+
+Eviction is exercised with real processes: one holds a lease (it called ``path()``
+and is still alive), others run ``modelfix`` under a cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import modelfix
+from modelfix.config import CacheSettings
+from modelfix.events import events
+from modelfix.locking import add
+from modelfix.store import Store
+
+REPO = "org/tiny"
+
+
+@pytest.fixture
+def lock(hub, workdir) -> Path:
+    """A lockfile pinning a (Q4_K_M), b (Q8_0) and c (3-part Q2_K split); all share mmproj and preset."""
+    path = workdir / "model-lock.toml"
+    for name, tag in (("a", "Q4_K_M"), ("b", "Q8_0"), ("c", "Q2_K")):
+        add(name, f"{REPO}:{tag}", path)
+    return path
+
+
+def _store() -> Store:
+    return Store(CacheSettings.resolve().root)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sources(fn) -> dict[str, str]:
+    """Run ``fn``; where each file it needed came from (its jobs' final events)."""
+    seen = []
+    with events.listening(seen.append):
+        fn()
+    return {e.file: e.source for e in seen if e.kind == "job" and e.status == "completed"}
+
+
+def _byte_downloads(hub) -> int:
+    return sum(1 for r in hub.requests if r.method == "GET" and r.status in (200, 206))
+
+
+def test_blobs_are_read_only_and_views_link_them_under_the_pinned_names(lock, tiny_files):
+    m = modelfix.files("c", lock)
+    store = _store()
+
+    assert [p.name for p in m.files] == [
+        "tiny-Q2_K-00001-of-00003.gguf", "tiny-Q2_K-00002-of-00003.gguf", "tiny-Q2_K-00003-of-00003.gguf",
+        "mmproj-tiny-f16.gguf", "preset.ini",
+    ]
+    assert {p.parent for p in m.files} == {m.view}  # llama.cpp finds the split siblings beside part 1
+    for pin, file in zip(m.entry.files, m.files):
+        blob = store.blob_path(pin.sha256)
+        assert os.path.samefile(blob, file)  # a hard link: no second copy on disk
+        assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        assert file.read_bytes() == tiny_files[pin.path].read_bytes()
+
+
+def _rot(blob: Path, offset: int = 1000) -> None:
+    """Bit rot: one bit flipped, same size, same mtime."""
+    before = blob.stat()
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.chmod(blob, 0o444)
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["xxh3", "sha256"])
+def test_a_flipped_byte_in_a_committed_blob_is_caught_and_removed(lock, hub, full):
+    m = modelfix.files("a", lock)
+    blob = _store().blob_path(m.entry.files[0].sha256)
+    _rot(blob)
+
+    problems = modelfix.verify(["a"], lock, full=full)
+
+    assert [(p.model, p.file) for p in problems] == [("a", "tiny-Q4_K_M.gguf")]
+    assert problems[0].expected.startswith("sha256:" if full else "xxh3:")
+    assert problems[0].expected != problems[0].got
+    assert "modelfix sync a" in problems[0].message
+    assert not blob.exists() and not m.view.exists()
+    hub.clear_log()
+    assert _sha(modelfix.path("a", lock)) == m.entry.files[0].sha256  # fetched again
+    assert _byte_downloads(hub) == 1
+    assert modelfix.verify(["a"], lock, full=True) == []
+
+
+def test_a_blob_whose_identity_moved_is_rehashed_and_kept_if_good(lock):
+    m = modelfix.files("a", lock)
+    store = _store()
+    sha = m.entry.files[0].sha256
+    os.utime(store.blob_path(sha), ns=(1, 1))  # e.g. restored from a backup
+
+    assert store.check(sha)
+    assert store.memo(sha)["id"][3] == 1
+
+
+def _fake_hf_cache(tmp_path: Path, sha: str, data: bytes) -> Path:
+    blob = tmp_path / "hf" / "hub" / "models--org--tiny" / "blobs" / sha
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    return blob
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_blob_already_in_the_huggingface_cache_is_adopted_not_downloaded(lock, hub, tiny_files, tmp_path,
+                                                                           monkeypatch, offline):
+    entry = modelfix.Lockfile.load(lock).entry("a")
+    for pin in entry.files:
+        _fake_hf_cache(tmp_path, pin.sha256, tiny_files[pin.path].read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    if offline:
+        monkeypatch.setenv("MODELFIX_OFFLINE", "1")
+    hub.clear_log()
+
+    sources = _sources(lambda: modelfix.files("a", lock))
+
+    assert _byte_downloads(hub) == 0
+    assert set(sources.values()) == {"adopted"}
+    assert _sha(modelfix.path("a", lock)) == entry.files[0].sha256
+
+
+def test_a_llama_cpp_download_is_adopted_and_a_wrong_candidate_is_not(lock, hub, tiny_files, tmp_path, monkeypatch):
+    llama = tmp_path / "llama-cache"
+    llama.mkdir()
+    (llama / "org_tiny_tiny-Q4_K_M.gguf").write_bytes(tiny_files["tiny-Q4_K_M.gguf"].read_bytes())
+    good = tiny_files["mmproj-tiny-f16.gguf"].read_bytes()
+    (llama / "org_tiny_mmproj-tiny-f16.gguf").write_bytes(bytes([good[0] ^ 1]) + good[1:])  # same size, wrong bytes
+    monkeypatch.setenv("LLAMA_CACHE", str(llama))
+    hub.clear_log()
+
+    sources = _sources(lambda: modelfix.files("a", lock))
+
+    assert sources == {"tiny-Q4_K_M.gguf": "adopted", "mmproj-tiny-f16.gguf": "origin", "preset.ini": "origin"}
+    assert modelfix.files("a", lock).mmproj_path.read_bytes() == good
+
+
+def test_legacy_multi_part_uploads_are_joined_into_one_file_in_the_view(hub_env, workdir):
+    parts = [os.urandom(70_000), os.urandom(50_000)]
+    hub_env.create_repo("org/legacy")
+    hub_env.commit("org/legacy", {"old.gguf.part1of2": parts[0], "old.gguf.part2of2": parts[1]})
+    lock = workdir / "model-lock.toml"
+    add("old", "org/legacy", lock)
+
+    m = modelfix.files("old", lock)
+
+    assert m.files == (m.view / "old.gguf",) and m.model_path == m.view / "old.gguf"
+    assert m.model_path.read_bytes() == parts[0] + parts[1]
+    assert modelfix.verify(["old"], lock, full=True) == []
+    assert modelfix.files("old", lock) == m  # warm: the joined blob is remembered
+
+    store = _store()
+    _rot(store.blob_path(store.joined([p.sha256 for p in m.entry.files])))
+    assert [p.file for p in modelfix.verify(["old"], lock)] == ["old.gguf"]
+    assert modelfix.files("old", lock).model_path.read_bytes() == parts[0] + parts[1]  # joined again
+
+
+def _python(code: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def _cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modelfix", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **env}, timeout=120)
+
+
+def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
+    store = _store()
+    lockfile = modelfix.Lockfile.load(lock)
+    blob = {name: store.blob_path(lockfile.entry(name).files[0].sha256) for name in "abc"}
+    shared = [store.blob_path(p.sha256) for p in lockfile.entry("a").files[1:]]  # mmproj, preset
+    assert _cli("sync", "a", "b", cwd=lock.parent).returncode == 0
+    holder = _python(f"import modelfix, sys; modelfix.path('a', {str(lock)!r}); print('ready', flush=True); sys.stdin.read()",
+                     stdin=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+
+        # a (leased) + mmproj and preset (pinned by c) + c itself cannot fit in 600 kB: refused, nothing evicted.
+        too_small = _cli("sync", "c", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="600000")
+        assert too_small.returncode == 1
+        assert "MODELFIX_CACHE_MAX_SIZE" in too_small.stderr and "held" in too_small.stderr
+        assert blob["b"].exists()
+
+        # c needs room: b is the only blob that is neither leased (a) nor pinned by c (mmproj, preset).
+        synced = _cli("sync", "c", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="1100000")
+        assert synced.returncode == 0, synced.stderr
+        assert blob["a"].exists() and blob["c"].exists() and all(p.exists() for p in shared)
+        assert not blob["b"].exists()
+        assert store.usage().blob_bytes <= 1_100_000
+
+        # Outside the project no lockfile pins anything: only the lease protects a (and its mmproj, preset).
+        pruned = _cli("cache", "prune", "--max-size", "0", cwd=tmp_path)
+        assert pruned.returncode == 0 and "in use by running processes" in pruned.stderr
+        assert blob["a"].exists() and all(p.exists() for p in shared) and not blob["c"].exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+    assert _cli("cache", "prune", "--max-size", "0", cwd=tmp_path).returncode == 0  # the lease died with its process
+    assert store.usage().blobs == 0 and not blob["a"].exists()
+
+
+def test_gc_keeps_what_views_and_the_lockfile_need_and_drops_the_rest(lock, tmp_path):
+    store = _store()
+    m = modelfix.files("a", lock)
+    orphan_sha = "0" * 64
+    orphan = store.blob_path(orphan_sha)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"nobody needs me")
+    (store.root / "tmp" / f"{'1' * 64}.partial").write_bytes(b"abandoned")
+
+    report = modelfix.resolver.gc(lock)
+
+    assert report["blobs"] == 1 and report["partials"] == 1
+    assert not orphan.exists() and all(f.exists() for f in m.files)
+    assert not list((store.root / "tmp").glob("*.partial"))
+
+
+def test_rm_removes_one_model_and_keeps_what_another_view_shows(lock):
+    a, b = modelfix.files("a", lock), modelfix.files("b", lock)
+    store = _store()
+
+    freed, kept = modelfix.resolver.remove("a", lock)
+
+    assert freed == a.entry.files[0].size  # mmproj and preset are shown by b's view too
+    assert set(kept) == {p.sha256 for p in a.entry.files[1:]}
+    assert not a.view.exists() and not store.has(a.entry.files[0].sha256)
+    assert all(f.exists() for f in b.files)
