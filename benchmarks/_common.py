@@ -130,6 +130,11 @@ class Hub:
             self._process.wait(timeout=10)
             self._process = None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the hub process has used so far."""
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def requests(self) -> list[dict]:
         with urllib.request.urlopen(f"{self.endpoint}/_modelfix/requests") as answer:
             return json.load(answer)

@@ -7,6 +7,9 @@ Public API (imported lazily, so ``import modelfix`` stays cheap)::
     modelfix.sync(names=None, lock=None)              fetch and verify what the lockfile pins
     modelfix.load(name, lock=None, **settings)        a ready llama_cpp.Llama from the shared pool
     modelfix.unload(name_or_handle), modelfix.loaded(), modelfix.preload(names)
+    modelfix.use(name) -> context manager: the real Llama, never evicted inside the block
+    modelfix.configure(strategy=, memory_budget=, keep_alive=, max_count=)
+    modelfix.reset_handle(llm, seed)                  clear the KV cache and reseed (per test)
     modelfix.route(text, lock=None) -> name           pick a model by the lockfile's [routing]
     modelfix.pool_metrics() -> dict
 
@@ -44,6 +47,9 @@ _LAZY = {
     "loaded": "modelfix.pool",
     "preload": "modelfix.pool",
     "pool_metrics": "modelfix.pool",
+    "use": "modelfix.pool",
+    "configure": "modelfix.pool",
+    "reset_handle": "modelfix.pool",
     "route": "modelfix.routing",
     "Lockfile": "modelfix.lockfile",
 }

@@ -1,12 +1,21 @@
 """One stream of progress events, many reporters.
 
 The core emits :class:`Event` objects (a file fetch changing status or
-advancing, a model loading); each front end subscribes its own reporter: tqdm
+advancing, a model loading, a handle or a cached file evicted); each front end subscribes its own reporter: tqdm
 bars in a terminal, ipywidgets in a notebook, counters in the pytest summary,
 log lines elsewhere. The core never knows which are listening.
 
-Job statuses, in order: ``queued → downloading → verifying → completed``,
-or ``failed`` / ``cancelled``. Load statuses: ``loading → loaded``.
+What each kind of event carries::
+
+    kind   status                                    also set
+    job    queued -> downloading -> verifying ->     file; done/total (bytes); source: "cache",
+           completed, or failed / cancelled          "adopted", "remote" or "origin"; message:
+           (the order: see modelfix.jobs)            the error, if failed
+    load   loading -> loaded, or failed              file (the model file); seconds, once loaded;
+                                                     message: the error, if failed
+    evict  (none)                                    file; source "cache" when the store deleted
+                                                     it (model: the models whose view showed it),
+                                                     else the pool closed a handle (message: why)
 """
 
 from __future__ import annotations
@@ -25,13 +34,7 @@ log = logging.getLogger("modelfix")
 
 @dataclass(frozen=True)
 class Event:
-    """Something happened to one file of one model (or to the model's handle).
-
-    ``kind`` is ``"job"`` for fetch jobs (``status`` one of JOB_STATUSES,
-    ``done``/``total`` in bytes, ``source`` = "cache", "remote", "origin" or
-    "adopted"), ``"load"`` for handle loads (``seconds`` set once loaded) or
-    ``"evict"`` when the pool or store drops something.
-    """
+    """Something happened to one file of one model (or to the model's handle); see the table above."""
 
     kind: str
     model: str

@@ -62,6 +62,7 @@ __all__ = [
     "use",
     "unload",
     "loaded",
+    "record",
     "preload",
     "pool_metrics",
     "reset_handle",
@@ -72,7 +73,7 @@ Key = tuple[str, LoadSettings]
 
 @dataclass(frozen=True)
 class Resident:
-    """One resident handle, as ``loaded()`` reports it."""
+    """One handle, as ``loaded()`` (the resident ones) and ``record(handle)`` report it."""
 
     name: str
     model_path: Path
@@ -83,6 +84,8 @@ class Resident:
     hits: int
     loads: int
     in_use: bool
+    resident: bool = True  # False once evicted or unloaded: the handle reloads on its next call
+    origins: Mapping[str, str] = field(default_factory=dict)  # setting -> layer it came from
 
     @property
     def cost(self) -> int:
@@ -274,12 +277,12 @@ class Pool:
         """What is resident now, most recently used first."""
         with self._lock:
             slots = [s for s in self._slots.values() if s.llama is not None]
-            records = [
-                Resident(s.name, s.model_path, s.key[0], s.settings, s.estimate, s.last_used_wall,
-                         s.hits, s.loads, s.leases > 0)
-                for s in sorted(slots, key=lambda s: s.last_used, reverse=True)
-            ]
-        return records
+            return [_record(s) for s in sorted(slots, key=lambda s: s.last_used, reverse=True)]
+
+    def record(self, handle: PooledLlama) -> Resident:
+        """What the pool knows of ``handle``, resident or not; never loads it (front ends draw this)."""
+        with self._lock:
+            return _record(slot_of(handle))
 
     def metrics(self) -> dict[str, Any]:
         """Counters since start: hits, misses, loads, reloads, evictions, load seconds per model."""
@@ -428,6 +431,11 @@ class Pool:
             self._close(victims, "keep-alive")
 
 
+def _record(s: _Slot) -> Resident:
+    return Resident(s.name, s.model_path, s.key[0], s.settings, s.estimate, s.last_used_wall,
+                    s.hits, s.loads, s.leases > 0, s.llama is not None, s.resolved.origins)
+
+
 def _names(slots: Iterable[_Slot]) -> str:
     return ", ".join(sorted({s.name for s in slots})) or "none"
 
@@ -493,6 +501,11 @@ def unload(target: PooledLlama | llama_cpp.Llama | str) -> int:
 
 def loaded() -> list[Resident]:
     return default_pool().loaded()
+
+
+def record(handle: PooledLlama) -> Resident:
+    """The record of ``handle`` in the pool that handed it out (see :meth:`Pool.record`)."""
+    return slot_of(handle).pool.record(handle)
 
 
 def preload(names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,

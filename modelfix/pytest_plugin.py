@@ -14,7 +14,9 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
                                 several names = the test runs once per model (ids = names);
                                 require_gpu=True skips on builds without GPU offload
     pytest_report_header        lockfile, cache dir, models, GPU offload
-    pytest_terminal_summary     models used, bytes fetched, cache hits, load times, evictions
+    pytest_terminal_summary     models used, bytes fetched, cache hits, load times, pool and
+                                cache evictions: only if a test used a fixture (see
+                                :mod:`modelfix._pytest_report`)
 
 Options come, highest first, from the command line, the ini file, then the
 core's own environment variables and defaults; they are read once, into
@@ -27,25 +29,25 @@ controller prints the one merged summary.
 
 The core's pluggy hooks (``modelfix_adjust_settings``, ``modelfix_parse_source``)
 are also pytest hooks here, named ``pytest_modelfix_*`` as pytest requires, so a
-``conftest.py`` implements them as plain functions; a bridge registered with
-modelfix's plugin manager forwards each call of the core to them.
+``conftest.py`` implements them as plain functions (see :mod:`modelfix._pytest_hooks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 import pytest
 
+from ._pytest_hooks import HookBridge, PytestHookSpecs
+from ._pytest_report import Recorder
 from .errors import LockError, ModelfixError
-from .events import Event
-from .hooks import hookimpl
+from .events import events
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -59,7 +61,6 @@ __all__ = ["PluginOptions", "ModelfixSession", "ModelfixWarning", "modelfix", "m
 MARKER = "model"
 # Marker keywords that steer the plugin instead of reaching llama.cpp.
 _MARKER_ONLY = ("require_gpu",)
-_FETCHED_FROM = ("origin", "remote")
 
 
 class ModelfixWarning(pytest.PytestWarning):
@@ -153,122 +154,6 @@ class PluginOptions:
         return {"n_gpu_layers": self.gpu_layers}
 
 
-# --- counters and progress -------------------------------------------------------------------
-
-
-class _Stats:
-    """What the end-of-run summary reports, counted from the core's event stream.
-
-    Plain dicts and numbers only: under xdist they travel to the controller.
-    """
-
-    def __init__(self) -> None:
-        self.used: list[str] = []
-        self.fetched_models: set[str] = set()
-        self.fetched_files = 0
-        self.fetched_bytes = 0
-        self.cache_hits = 0
-        self.adopted = 0
-        self.loads: dict[str, list[float]] = {}
-        self.evictions = 0
-        self._lock = threading.Lock()
-
-    def use(self, name: str) -> None:
-        with self._lock:
-            if name not in self.used:
-                self.used.append(name)
-
-    def ready(self, name: str) -> None:
-        """Model ``name`` is on disk for the first time in this process: a hit unless it was fetched."""
-        with self._lock:
-            if name not in self.fetched_models:
-                self.cache_hits += 1
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            if event.kind == "job" and event.status == "completed":
-                if event.source in _FETCHED_FROM:
-                    self.fetched_models.add(event.model)
-                    self.fetched_files += 1
-                    self.fetched_bytes += event.total
-                elif event.source == "adopted":
-                    self.adopted += 1
-            elif event.kind == "load" and event.status == "loaded":
-                self.loads.setdefault(event.model, []).append(event.seconds)
-            elif event.kind == "evict":
-                self.evictions += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "used": list(self.used), "fetched_files": self.fetched_files, "fetched_bytes": self.fetched_bytes,
-            "cache_hits": self.cache_hits, "adopted": self.adopted,
-            "loads": {k: list(v) for k, v in self.loads.items()}, "evictions": self.evictions,
-        }
-
-    def merge(self, other: Mapping[str, Any]) -> None:
-        with self._lock:
-            self.used.extend(n for n in other["used"] if n not in self.used)
-            for key in ("fetched_files", "fetched_bytes", "cache_hits", "adopted", "evictions"):
-                setattr(self, key, getattr(self, key) + other[key])
-            for name, seconds in other["loads"].items():
-                self.loads.setdefault(name, []).extend(seconds)
-
-    def lines(self) -> list[str]:
-        from .eviction import format_size
-
-        loads = ", ".join(
-            f"{name} {sum(s) / len(s):.2f}s" + (f" ×{len(s)}" if len(s) > 1 else "")
-            for name, s in sorted(self.loads.items())
-        )
-        fetched = f"{self.fetched_files} files, {format_size(self.fetched_bytes)}"
-        hits = f"{self.cache_hits} models" + (f" (+{self.adopted} files adopted from other caches)" if self.adopted else "")
-        return [
-            f"models used: {', '.join(self.used) or 'none'}",
-            f"fetched: {fetched}; cache hits: {hits}",
-            f"load times: {loads or 'none'}",
-            f"pool evictions: {self.evictions}",
-        ]
-
-
-class _Progress:
-    """Fetch progress as terminal lines, written past pytest's output capture.
-
-    Lines rather than bars: fixture setup happens mid-line of pytest's own
-    progress, and events arrive from the fetcher's threads.
-    """
-
-    def __init__(self, config: pytest.Config) -> None:
-        self._config = config
-        self._started: set[tuple[str, str | None]] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        if event.kind != "job" or event.source not in _FETCHED_FROM:
-            return
-        from .eviction import format_size
-
-        key = (event.model, event.file)
-        if event.status == "downloading" and key not in self._started:
-            self._started.add(key)
-            self._write(f"modelfix: fetching {event.model}: {event.file} ({format_size(event.total)}) from {event.source}")
-        elif event.status == "completed":
-            self._write(f"modelfix: fetched {event.model}: {event.file} ({format_size(event.total)}), verified")
-        elif event.status == "failed":
-            self._write(f"modelfix: fetching {event.model}: {event.file} failed: {event.message}")
-
-    def _write(self, line: str) -> None:
-        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
-        capture = self._config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None:  # xdist workers and -p no:terminal have no terminal
-            return
-        with self._lock:
-            if capture is None:
-                reporter.write_line(line)
-            else:
-                with capture.global_and_fixture_disabled():
-                    reporter.write_line(line)
-
-
 # --- the session object --------------------------------------------------------------------
 
 
@@ -282,10 +167,11 @@ class ModelfixSession:
 
     def __init__(self, config: pytest.Config, options: PluginOptions) -> None:
         self.options = options
-        self.stats = _Stats()
+        self.recorder = Recorder(config)
+        self.stats = self.recorder.counters
         self._config = config
         self._lockfile: Lockfile | None = None
-        self._bridge: _HookBridge | None = None
+        self._bridge: HookBridge | None = None
         self._pool_configured = False
         self._on_disk: set[str] = set()
 
@@ -313,10 +199,8 @@ class ModelfixSession:
         """Every file of model ``name`` in its view, fetched if missing."""
         from . import resolver
 
-        self._prepare(name)
-        materialized = resolver.files(name, self.lockfile, settings=self.options.cache_settings())
-        self._ready(name)
-        return materialized
+        with self._working_on(name):
+            return resolver.files(name, self.lockfile, settings=self.options.cache_settings())
 
     def path(self, name: str) -> Path:
         """The first model file of ``name`` (split siblings beside it)."""
@@ -326,11 +210,9 @@ class ModelfixSession:
         """A ready handle from the shared pool (the same one for the same model and settings)."""
         from . import pool
 
-        self._prepare(name)
-        handle = pool.load(name, self.lockfile, frontend=self.options.frontend(),
-                           cache_settings=self.options.cache_settings(), **settings)
-        self._ready(name)
-        return handle
+        with self._working_on(name):
+            return pool.load(name, self.lockfile, frontend=self.options.frontend(),
+                             cache_settings=self.options.cache_settings(), **settings)
 
     def seed(self, name: str, **settings: Any) -> int:
         """The sampling seed a test's handle starts from: its effective ``seed``, or 0 if unset.
@@ -349,19 +231,21 @@ class ModelfixSession:
 
         return pool.loaded()
 
-    def _prepare(self, name: str) -> None:
+    @contextlib.contextmanager
+    def _working_on(self, name: str) -> Iterator[None]:
+        """Around each fetch or load for a test: what the core reports meanwhile is this run's."""
         self.stats.use(name)
         if self._bridge is None:
             # Late on purpose: by the first model, collection has imported every conftest.py.
-            self._bridge = _HookBridge(self._config)
+            self._bridge = HookBridge(self._config)
             self._bridge.register()
         if not self._pool_configured and self.options.memory_budget is not None:
             from . import pool
 
             pool.configure(memory_budget=self.options.memory_budget)
         self._pool_configured = True
-
-    def _ready(self, name: str) -> None:
+        with self.recorder.recording():
+            yield
         if name not in self._on_disk:
             self._on_disk.add(name)
             self.stats.ready(name)
@@ -371,57 +255,14 @@ class ModelfixSession:
             self._bridge.unregister()
 
 
-# --- hooks forwarded from modelfix's plugin manager --------------------------------------
-
-
-class _PytestHookSpecs:
-    """The core's hooks (``modelfix.hooks.HookSpecs``) as pytest hooks, for conftest.py files.
-
-    pytest only collects hooks named ``pytest_*``, hence the prefix.
-    """
-
-    @pytest.hookspec(firstresult=True)
-    def pytest_modelfix_parse_source(self, text: str, base_dir: Path) -> Any:
-        """Return a ``modelfix.sources.Source`` for ``text`` if this conftest handles its scheme."""
-
-    @pytest.hookspec
-    def pytest_modelfix_adjust_settings(self, name: str, settings: dict[str, Any]) -> None:
-        """Adjust the effective load settings of model ``name`` in place."""
-
-
-def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    pluginmanager.add_hookspecs(_PytestHookSpecs)
-
-
-class _HookBridge:
-    """Registered with modelfix's plugin manager; answers each hook by asking pytest's."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self._config = config
-
-    def register(self) -> None:
-        from .hooks import plugin_manager
-
-        plugin_manager().register(self, name=f"modelfix.pytest.{id(self)}")
-
-    def unregister(self) -> None:
-        from .hooks import plugin_manager
-
-        plugin_manager().unregister(self)
-
-    @hookimpl
-    def modelfix_parse_source(self, text: str, base_dir: Path) -> Any:
-        return self._config.hook.pytest_modelfix_parse_source(text=text, base_dir=base_dir)
-
-    @hookimpl
-    def modelfix_adjust_settings(self, name: str, settings: dict[str, Any]) -> None:
-        self._config.hook.pytest_modelfix_adjust_settings(name=name, settings=settings)
-
-
 # --- configuration and session ---------------------------------------------------------------
 
 _SESSION = pytest.StashKey[ModelfixSession]()
-_UNSUBSCRIBE = pytest.StashKey[list]()
+_UNSUBSCRIBE = pytest.StashKey[Callable[[], None]]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(PytestHookSpecs)
 
 
 def _session(config: pytest.Config) -> ModelfixSession:
@@ -445,16 +286,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     session = ModelfixSession(config, PluginOptions.from_config(config))
     config.stash[_SESSION] = session
-    from .events import events
-
-    config.stash[_UNSUBSCRIBE] = [events.subscribe(session.stats), events.subscribe(_Progress(config))]
+    config.stash[_UNSUBSCRIBE] = events.subscribe(session.recorder)
     if _is_controller(config):
         _warn_budget(config, session.options, int(config.option.numprocesses))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for unsubscribe in config.stash.get(_UNSUBSCRIBE, []):
-        unsubscribe()
+    if _UNSUBSCRIBE in config.stash:
+        config.stash[_UNSUBSCRIBE]()
     if _SESSION in config.stash:
         _session(config).close()
 
@@ -539,7 +378,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def modelfix(pytestconfig: pytest.Config) -> ModelfixSession:
     """The lockfile and its models: ``path(name)``, ``files(name)``, ``load(name, **settings)``, ``loaded()``."""
-    return _session(pytestconfig)
+    session = _session(pytestconfig)
+    session.stats.requested = True
+    return session
 
 
 @pytest.fixture
@@ -594,7 +435,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     stats = _session(config).stats
-    if not stats.used and not stats.loads and not stats.fetched_files:
+    if not stats.anything:
         return
     terminalreporter.write_sep("-", "modelfix")
     for line in stats.lines():

@@ -34,13 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CacheSettings
-from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError
+from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError, redact
 from .eviction import format_size
-from .fetch import Cancelled, FetchPolicy, Job, SourceMissing, Transport, download, jobs, new_job, transport_for
+from .fetch import FetchPolicy, download
 from .hashing import sha256_text
+from .jobs import Cancelled, Job, jobs, new_job
 from .lockfile import Entry, FilePin, Lockfile, find_lockfile
 from .sources import Location, source_for
-from .store import Store, ViewFile
+from .store import Store
+from .transports import SourceMissing, Transport, transport_for
+from .views import ViewFile
 
 __all__ = [
     "Materialized",
@@ -161,6 +164,12 @@ def remote_url(remote: str, sha: str) -> str:
     return f"{remote.rstrip('/')}/blobs/sha256/{sha}"
 
 
+def _open(settings: CacheSettings | None) -> tuple[CacheSettings, Store]:
+    """The settings in force (the given ones, else resolved now) and their store."""
+    settings = settings or CacheSettings.resolve()
+    return settings, Store(settings.root)
+
+
 # --- public API -------------------------------------------------------------------
 
 
@@ -195,8 +204,7 @@ def _materialize(names: Sequence[str], lock: LockLike, settings: CacheSettings |
                  workers: int, cancel: threading.Event | None) -> list[Materialized]:
     lockfile = _lockfile(lock)
     entries = _entries(lockfile, names)
-    settings = settings or CacheSettings.resolve()
-    store = Store(settings.root)
+    settings, store = _open(settings)
     ready: dict[str, Materialized] = {}
     for entry in entries:
         key = content_key(entry)
@@ -418,8 +426,7 @@ def verify(
     ``modelfix sync`` fetches it again; missing files are problems too.
     """
     lockfile = _lockfile(lock)
-    settings = settings or CacheSettings.resolve()
-    store = Store(settings.root)
+    _, store = _open(settings)
     problems: list[Problem] = []
     checked: dict[str, tuple[str, str] | None] = {}
     for entry in _entries(lockfile, names):
@@ -476,14 +483,13 @@ def push(
 
     import fsspec
 
-    settings = settings or CacheSettings.resolve()
+    settings, store = _open(settings)
     if not settings.remote:
         raise CacheError("no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...).")
     if settings.offline:
         raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
     lockfile = _lockfile(lock)
     materialized = sync(names, lockfile, settings=settings)
-    store = Store(settings.root)
     fs, _ = fsspec.core.url_to_fs(settings.remote)
     report, done = [], set()
     for item in materialized:
@@ -504,7 +510,10 @@ def push(
                 fs.put_file(str(store.blob_path(pin.sha256)), staging)
                 fs.mv(staging, target)
             except OSError as exc:
-                raise CacheError(f"{item.name}: cannot upload {pin.path} to {settings.remote}: {exc}") from None
+                raise CacheError(
+                    f"{item.name}: cannot upload {pin.path} to {settings.remote}: {redact(str(exc))}. Check that "
+                    "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again."
+                ) from None
             report.append((item.name, pin.path, "uploaded"))
     return report
 
@@ -538,8 +547,7 @@ def prune(max_size: float | str | None = None, lock: LockLike = None, *,
 
 def gc(lock: LockLike = None, *, settings: CacheSettings | None = None) -> dict[str, int]:
     """Delete what nothing needs (see :meth:`Store.gc`), keeping the lockfile's pins."""
-    settings = settings or CacheSettings.resolve()
-    return Store(settings.root).gc(keep=_kept(lock))
+    return _open(settings)[1].gc(keep=_kept(lock))
 
 
 def remove(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> tuple[int, list[str]]:
@@ -548,7 +556,4 @@ def remove(name: str, lock: LockLike = None, *, settings: CacheSettings | None =
     Returns (bytes freed, shas kept because they are in use elsewhere).
     """
     entry = _lockfile(lock).entry(name)
-    settings = settings or CacheSettings.resolve()
-    store = Store(settings.root)
-    blobs = [p.sha256 for p in entry.files]
-    return store.remove_views([content_key(entry)] if entry.files else [], blobs)
+    return _open(settings)[1].remove_views([content_key(entry)] if entry.files else [], [p.sha256 for p in entry.files])

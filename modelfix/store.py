@@ -10,30 +10,29 @@ Layout under the cache root (:meth:`CacheSettings.resolve().root`)::
       locks/abcd…ef.lock           filelock: one writer per blob across processes
       locks/store.lock             flock: shared while taking a lease, exclusive to evict
       joins/<key>                  sha256 of the file joined from legacy parts <key>
-      views/<content_key>/         one folder per distinct set of pins
-          .modelfix.json           manifest: each file's blob and identity, models using it
-          model-00001-of-00002.gguf    hard links (else symlinks, else copies) under
-          model-00002-of-00002.gguf    the pinned names: split siblings side by side
-      leases/<host>-<pid>-<rand>   blobs a live process uses; flock-held until it exits
+      views/<content_key>/         a model's files under their pinned names, linked to
+                                   their blobs (see :mod:`modelfix.views`)
+      leases/<host>-<pid>-<rand>   blobs a live process uses (see :mod:`modelfix.leases`)
 
 A blob enters ``blobs/`` only by a rename from ``tmp/`` after its size and
 sha256 matched, so no reader ever sees a partial or wrong blob. A partial is
 named by its blob, not by its process, so that a download killed outright
 (SIGKILL, a closed laptop) is resumed by whichever process next takes the
-blob's lock; any source may continue it, since the bytes are the same. Views are
-built in ``views/.tmp-*`` and renamed into place, so they are whole or absent.
+blob's lock; any source may continue it, since the bytes are the same.
 Eviction removes a blob together with every view holding a link to it (a hard
-link would otherwise keep its bytes on disk).
+link would otherwise keep its bytes on disk), never a blob a live process
+leases. An OSError met writing here becomes a :class:`CacheError` that names
+the path and the fix (:func:`cache_error`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
-import socket
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,26 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import leases, views
 from .config import CacheSettings
 from .errors import CacheError
 from .eviction import Candidate, NoRoom, plan
 from .events import Event, events
-from .fetch import Cancelled
 from .hashing import Digest, FileHash, file_identity, hash_file, sha256_text
+from .jobs import Cancelled
+from .views import MANIFEST, View, ViewFile
 
-__all__ = ["Store", "ViewFile", "Usage", "stats"]
+__all__ = ["Store", "Usage", "stats", "writing", "cache_error"]
 
 log = logging.getLogger("modelfix")
-_MANIFEST = ".modelfix.json"
 _LOCK_POLL = 0.2  # seconds between checks for a cancel while waiting on another writer
-
-
-@dataclass(frozen=True)
-class ViewFile:
-    """A file of a view: its name there and the blob it shows."""
-
-    name: str
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -101,13 +93,18 @@ class Store:
     def view_path(self, key: str) -> Path:
         return self.root / "views" / key
 
+    def _lock_path(self, key: str) -> Path:
+        return self.root / "locks" / f"{key}.lock"
+
     def _dir(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)
-        try:
+        with writing(path):
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create {path}: {exc.strerror or exc}. Set MODELFIX_CACHE_DIR to a writable folder.") from None
         return path
+
+    def _staged(self, key: str, what: str) -> Path:
+        """A fresh name in ``tmp/`` for ``what`` (adopt, join) to fill under ``key``'s writer lock."""
+        return self._dir("tmp") / f"{key}.{what}-{uuid.uuid4().hex[:8]}"
 
     # --- blobs and their memo --------------------------------------------------
 
@@ -176,10 +173,11 @@ class Store:
         """Make verified file ``staged`` blob ``sha`` (a rename: readers see all of it or nothing)."""
         # No fsync: a power cut may leave a bad blob behind a good name, which
         # `modelfix verify` catches; fsyncing every gigabyte would halve cold fetches.
-        os.chmod(staged, 0o444)
         final = self.blob_path(sha)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, final)
+        with writing(final):
+            os.chmod(staged, 0o444)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
         self._write_memo(sha, result)
 
     # --- getting a blob ---------------------------------------------------------
@@ -196,7 +194,8 @@ class Store:
         from filelock import FileLock, Timeout
 
         with _thread_lock(str(self.root / sha)):
-            lock = FileLock(self._dir("locks") / f"{sha}.lock", thread_local=False)
+            self._dir("locks")
+            lock = FileLock(self._lock_path(sha), thread_local=False)
             while True:
                 try:
                     lock.acquire(timeout=_LOCK_POLL)
@@ -221,7 +220,7 @@ class Store:
                 return False
         except OSError:
             return False
-        staged = self._dir("tmp") / f"{sha}.adopt-{uuid.uuid4().hex[:8]}"
+        staged = self._staged(sha, "adopt")
         try:
             try:
                 os.link(candidate, staged)
@@ -254,10 +253,10 @@ class Store:
         key = _join_key(parts)
         record = self.root / "joins" / key
         with self.writer(key, cancel or threading.Event()):
-            staged = self._dir("tmp") / f"{key}.join-{uuid.uuid4().hex[:8]}"
+            staged = self._staged(key, "join")
             try:
                 digest = Digest()
-                with open(staged, "wb") as out:
+                with writing(staged), open(staged, "wb") as out:
                     for part in parts:
                         with open(self.blob_path(part), "rb") as src:
                             while chunk := src.read(8 * 1024 * 1024):
@@ -284,13 +283,13 @@ class Store:
         shas = self._check_view(key)
         if shas is None:
             return False
-        if not set(shas) <= _LEASES.held(self.root):
+        if not set(shas) <= leases.held(self.root):
             with self._store_lock(shared=True):
                 shas = self._check_view(key)
                 if shas is None:
                     return False
-                _LEASES.add(self, shas)
-        manifest = self.view_path(key) / _MANIFEST
+                self._take(shas)
+        manifest = self.view_path(key) / MANIFEST
         if manifest not in _TOUCHED:  # last use, for eviction: once per process is precise enough
             _TOUCHED.add(manifest)
             with contextlib.suppress(OSError):
@@ -298,72 +297,31 @@ class Store:
         return True
 
     def _check_view(self, key: str) -> list[str] | None:
-        view = self.view_path(key)
-        try:
-            manifest = json.loads((view / _MANIFEST).read_text())
-            for item in manifest["files"]:
-                if list(file_identity(view / item["name"])) != item["id"]:
-                    return None
-            return [item["sha256"] for item in manifest["files"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return View.read(self.view_path(key)).blobs_if_whole()
 
     def build_view(self, key: str, files: Sequence[ViewFile], model: str) -> Path:
         """Make (or repair) view ``key`` showing ``files``; every blob must be present."""
-        views = self._dir("views")
-        final = views / key
+        final = self._dir("views") / key
         # One builder at a time, so that a good view is never swapped out under a reader.
         with self.writer(f"view-{key}", threading.Event()):
             if self._check_view(key) is None:
-                self._build_view(views, final, files, model)
+                with writing(final):
+                    views.build(final, files, model, self.blob_path)
         return final
 
-    def _build_view(self, views: Path, final: Path, files: Sequence[ViewFile], model: str) -> None:
-        staging = views / f".tmp-{uuid.uuid4().hex}"
-        try:
-            entries = []
-            for item in files:
-                target = staging / item.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                how = _link(self.blob_path(item.sha256), target)
-                entries.append({"name": item.name, "sha256": item.sha256, "how": how,
-                                "id": list(file_identity(target))})
-            models = sorted({model, *self._view_models(final)})
-            _atomic_write(staging / _MANIFEST, json.dumps({"files": entries, "models": models}, indent=1))
-            if final.exists():
-                old = views / f".old-{uuid.uuid4().hex}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(final, old)
-                    shutil.rmtree(old, ignore_errors=True)
-            os.rename(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _view_models(self, view: Path) -> list[str]:
-        try:
-            return list(json.loads((view / _MANIFEST).read_text()).get("models", []))
-        except (OSError, ValueError):
-            return []
-
-    def _views(self) -> Iterator[tuple[Path, dict[str, Any]]]:
-        folder = self.root / "views"
-        if not folder.is_dir():
-            return
-        for view in folder.iterdir():
-            if view.name.startswith("."):
-                continue
-            try:
-                yield view, json.loads((view / _MANIFEST).read_text())
-            except (OSError, ValueError):
-                yield view, {"files": [], "models": []}
+    def _views(self) -> Iterator[View]:
+        return views.scan(self.root / "views")
 
     # --- leases ------------------------------------------------------------
 
     @contextlib.contextmanager
     def _store_lock(self, shared: bool) -> Iterator[None]:
+        """Shared while a lease is taken, exclusive while evicting (see :mod:`modelfix.leases`)."""
         import fcntl
 
-        fd = os.open(self._dir("locks") / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self._dir("locks") / "store.lock"
+        with writing(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
@@ -372,35 +330,14 @@ class Store:
 
     def lease(self, shas: Iterable[str]) -> None:
         """Mark blobs ``shas`` (present or about to be) in use by this process until it exits."""
-        new = [s for s in dict.fromkeys(shas) if s not in _LEASES.held(self.root)]
+        new = [s for s in dict.fromkeys(shas) if s not in leases.held(self.root)]
         if new:
             with self._store_lock(shared=True):
-                _LEASES.add(self, new)
+                self._take(new)
 
-    def _live_leases(self, own: bool = True) -> tuple[set[str], int]:
-        """Blobs leased by live processes (this one too if ``own``) and how many processes hold leases."""
-        import fcntl
-
-        folder = self.root / "leases"
-        held, live = set(_LEASES.held(self.root)) if own else set(), 0
-        for path in folder.glob("*") if folder.is_dir() else ():
-            if path == _LEASES.path(self.root):
-                live += 1
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # its process is alive and holds it
-                live += 1
-                held.update(line for line in path.read_text().split() if len(line) == 64)
-            else:
-                path.unlink(missing_ok=True)  # dead process: the lease died with it
-            finally:
-                os.close(fd)
-        return held, live
+    def _take(self, shas: Iterable[str]) -> None:
+        with writing(self.root / "leases"):
+            leases.take(self.root, shas)
 
     # --- care: usage, eviction, gc --------------------------------------------------
 
@@ -413,19 +350,15 @@ class Store:
 
     def usage(self) -> Usage:
         blobs = dict(self._blobs())
-        views = []
-        for view, manifest in self._views():
-            shas = {f.get("sha256") for f in manifest.get("files", [])}
-            with contextlib.suppress(OSError):
-                views.append({
-                    "key": view.name, "models": manifest.get("models", []),
-                    "bytes": sum(blobs[s].st_size for s in shas if s in blobs),
-                    "last_used": (view / _MANIFEST).stat().st_mtime,
-                })
+        shown = [
+            {"key": view.path.name, "models": list(view.models), "last_used": used,
+             "bytes": sum(blobs[s].st_size for s in view.shas if s in blobs)}
+            for view in self._views() if (used := view.last_used()) is not None
+        ]
         tmp = self.root / "tmp"
         partial = sum(p.stat().st_size for p in tmp.glob("*.partial")) if tmp.is_dir() else 0
         return Usage(self.root, len(blobs), sum(s.st_size for s in blobs.values()),
-                     tuple(sorted(views, key=lambda v: -v["last_used"])), partial, self._live_leases()[1])
+                     tuple(sorted(shown, key=lambda v: -v["last_used"])), partial, leases.live(self.root)[1])
 
     def make_room(self, incoming: int, budget: float, keep: Iterable[str] = (), *, model: str = "",
                   best_effort: bool = False) -> list[str]:
@@ -438,13 +371,12 @@ class Store:
         """
         keep = set(keep)
         with self._store_lock(shared=False):
-            leased, _ = self._live_leases()
+            leased, _ = leases.live(self.root)
             last_used: dict[str, float] = {}
-            for view, manifest in self._views():
-                with contextlib.suppress(OSError):
-                    used = (view / _MANIFEST).stat().st_mtime
-                    for f in manifest.get("files", []):
-                        last_used[f["sha256"]] = max(used, last_used.get(f["sha256"], 0.0))
+            for view in self._views():
+                used = view.last_used() or 0.0
+                for sha in view.shas:
+                    last_used[sha] = max(used, last_used.get(sha, 0.0))
             candidates = [
                 Candidate(sha, st.st_size, last_used.get(sha, st.st_mtime), held=sha in keep or sha in leased)
                 for sha, st in self._blobs()
@@ -466,12 +398,12 @@ class Store:
 
     def _evict_locked(self, shas: list[str]) -> list[str]:
         doomed = set(shas)
-        for view, manifest in self._views():
-            files = manifest.get("files", [])
-            if any(f.get("sha256") in doomed for f in files):
-                for f in files:
-                    events.emit(Event(kind="evict", model=", ".join(manifest.get("models", [])), file=f.get("name")))
-                shutil.rmtree(view, ignore_errors=True)
+        for view in self._views():
+            gone = [f["name"] for f in view.files if f["sha256"] in doomed]
+            for name in gone:
+                events.emit(Event(kind="evict", model=", ".join(view.models), file=name, source="cache"))
+            if gone:  # a view must be whole; the blobs it shares with others stay
+                shutil.rmtree(view.path, ignore_errors=True)
         for sha in shas:
             self.blob_path(sha).unlink(missing_ok=True)
             self._memo_path(sha).unlink(missing_ok=True)
@@ -484,15 +416,14 @@ class Store:
         """
         keys, blobs = set(keys), list(blobs)
         with self._store_lock(shared=False):
-            for view, manifest in self._views():
-                if view.name in keys:  # a joined file is a blob of its own, shown only here
-                    blobs += [f["sha256"] for f in manifest.get("files", [])]
-                    shutil.rmtree(view, ignore_errors=True)
-            blobs = list(dict.fromkeys(blobs))
-            leased, _ = self._live_leases(own=False)  # removing is this process's own decision
-            shown = {f["sha256"] for _, m in self._views() for f in m.get("files", [])}
+            for view in self._views():
+                if view.path.name in keys:  # a joined file is a blob of its own, shown only here
+                    blobs += view.shas
+                    shutil.rmtree(view.path, ignore_errors=True)
+            leased, _ = leases.live(self.root, own=False)  # removing is this process's own decision
+            shown = {sha for view in self._views() for sha in view.shas}
             freed, kept = 0, []
-            for sha in blobs:
+            for sha in dict.fromkeys(blobs):
                 if sha in leased or sha in shown:
                     kept.append(sha)
                     continue
@@ -514,15 +445,14 @@ class Store:
         keep = set(keep)
         report = {"blobs": 0, "bytes": 0, "views": 0, "partials": 0}
         with self._store_lock(shared=False):
-            leased, _ = self._live_leases()
+            leased, _ = leases.live(self.root)
             shown: set[str] = set()
-            for view, manifest in self._views():
-                shas = {f.get("sha256") for f in manifest.get("files", [])}
-                if not shas or not all(self.has(s) for s in shas):
-                    shutil.rmtree(view, ignore_errors=True)
+            for view in self._views():
+                if not view.shas or not all(self.has(s) for s in view.shas):
+                    shutil.rmtree(view.path, ignore_errors=True)
                     report["views"] += 1
                 else:
-                    shown |= shas
+                    shown |= view.shas
             for sha, st in list(self._blobs()):
                 if sha not in shown and sha not in keep and sha not in leased:
                     self._evict_locked([sha])
@@ -545,7 +475,7 @@ class Store:
         count = freed = 0
         for partial in (self.root / "tmp").glob("*") if (self.root / "tmp").is_dir() else ():
             sha = partial.name.split(".", 1)[0]
-            lock = FileLock(self.root / "locks" / f"{sha}.lock", thread_local=False)
+            lock = FileLock(self._lock_path(sha), thread_local=False)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
@@ -565,24 +495,27 @@ def stats(settings: CacheSettings) -> Usage:
     return Store(settings.root).usage()
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Write ``path`` (or under it) in the cache: an OSError becomes the :func:`cache_error` for it."""
+    try:
+        yield
+    except OSError as exc:
+        raise cache_error(exc, exc.filename or path) from None
+
+
+def cache_error(exc: OSError, path: str | os.PathLike[str], *, label: str = "") -> CacheError:
+    """The :class:`CacheError` for ``exc``, met writing ``path`` in the cache: where, why, what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = ("Make room in the cache (`modelfix cache prune --max-size SIZE`, `modelfix cache gc`) or set "
+               "MODELFIX_CACHE_DIR (or --cache-dir) to a folder on a disk with room.")
+    else:
+        fix = "Point the cache elsewhere: set MODELFIX_CACHE_DIR (or --cache-dir) to a folder you can write to."
+    where = f"{label}: " if label else ""
+    return CacheError(f"{where}cannot write {path}: {exc.strerror or exc}. {fix}")
+
+
 # --- helpers -----------------------------------------------------------------
-
-
-def _link(blob: Path, target: Path) -> str:
-    """Show ``blob`` at ``target``: hard link, else symlink, else copy. Returns which."""
-    try:
-        os.link(blob, target)
-        return "hardlink"
-    except OSError:
-        pass
-    try:
-        os.symlink(blob, target)
-        return "symlink"
-    except OSError:
-        pass
-    shutil.copyfile(blob, target)
-    os.chmod(target, 0o444)
-    return "copy"
 
 
 def _join_key(parts: Sequence[str]) -> str:
@@ -590,10 +523,13 @@ def _join_key(parts: Sequence[str]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 
 
 def _thread_lock(key: str) -> threading.Lock:
@@ -602,45 +538,7 @@ def _thread_lock(key: str) -> threading.Lock:
         return _THREAD_LOCKS.setdefault(key, threading.Lock())
 
 
-class _Leases:
-    """This process's lease file per store root, opened and flock-held until the process exits.
-
-    Lines are appended, never rewritten, so another process reading the file
-    never sees a lease disappear. A forked child starts its own file.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._files: dict[tuple[Path, int], tuple[Path, int, set[str]]] = {}
-
-    def held(self, root: Path) -> set[str]:
-        entry = self._files.get((root, os.getpid()))
-        return entry[2] if entry else set()
-
-    def path(self, root: Path) -> Path | None:
-        entry = self._files.get((root, os.getpid()))
-        return entry[0] if entry else None
-
-    def add(self, store: Store, shas: list[str]) -> None:
-        import fcntl
-
-        with self._lock:
-            key = (store.root, os.getpid())
-            if key not in self._files:
-                name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                path = store._dir("leases") / name
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self._files[key] = (path, fd, set())
-            path, fd, held = self._files[key]
-            fresh = [s for s in shas if s not in held]
-            if fresh:
-                os.write(fd, "".join(f"{s}\n" for s in fresh).encode())
-                held.update(fresh)
-
-
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
-_LEASES = _Leases()
 _TOUCHED: set[Path] = set()
 

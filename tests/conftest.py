@@ -8,7 +8,6 @@ working folder with a lockfile.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +44,17 @@ def hub(hub_env, tiny_files):
     hub_env.create_repo(TINY_REPO)
     hub_env.commit(TINY_REPO, dict(tiny_files), message="initial upload")
     return hub_env
+
+
+@pytest.fixture
+def lock(hub, workdir: Path) -> Path:
+    """A pinned lockfile in ``workdir``: ``chat`` (org/tiny:Q4_K_M) and ``split`` (the 3-part Q2_K)."""
+    from modelfix.locking import add
+
+    path = workdir / "model-lock.toml"
+    add("chat", f"{TINY_REPO}:Q4_K_M", path)
+    add("split", f"{TINY_REPO}:Q2_K", path)
+    return path
 
 
 @pytest.fixture

@@ -9,18 +9,10 @@ import pytest
 
 from modelfix.config import CacheSettings
 from modelfix.lockfile import Lockfile
-from modelfix.locking import add
 from modelfix.store import Store
 
 REPO = "org/tiny"
 
-
-@pytest.fixture
-def lock(hub, workdir) -> Path:
-    path = workdir / "model-lock.toml"
-    add("chat", f"{REPO}:Q4_K_M", path)
-    add("split", f"{REPO}:Q2_K", path)
-    return path
 
 
 def _flip_a_byte(path: Path) -> None:

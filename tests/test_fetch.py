@@ -15,16 +15,9 @@ import pytest
 
 from modelfix.errors import IntegrityError, NetworkError
 from modelfix.events import events
-from modelfix.fetch import (
-    Cancelled,
-    FetchPolicy,
-    FsspecTransport,
-    HttpTransport,
-    SourceMissing,
-    download,
-    jobs,
-    new_job,
-)
+from modelfix.fetch import FetchPolicy, download
+from modelfix.jobs import Cancelled, jobs, new_job
+from modelfix.transports import FsspecTransport, HttpTransport, SourceMissing
 from modelfix.testing.hub import Fault
 
 REPO, FILE = "org/tiny", "tiny-Q4_K_M.gguf"
@@ -84,7 +77,7 @@ def test_a_fault_that_never_clears_ends_in_a_network_error_naming_the_file(hub, 
 
 
 def test_a_file_that_is_not_there_is_reported_as_missing(hub, tmp_path):
-    transport = HttpTransport(hub.url(REPO, "nope.gguf"))
+    transport = HttpTransport(hub.url(REPO, "nope.gguf"), policy=FAST)
     with pytest.raises(SourceMissing, match="404"):
         download(transport, tmp_path / "p", 10, job=new_job("m", "nope.gguf", 10), label="m", policy=FAST)
 
@@ -92,7 +85,7 @@ def test_a_file_that_is_not_there_is_reported_as_missing(hub, tmp_path):
 def test_a_size_that_changed_upstream_is_an_integrity_error(hub, tiny_files, tmp_path):
     size = tiny_files[FILE].stat().st_size
     with pytest.raises(IntegrityError, match=f"now has {size} bytes.*pins {size + 5}"):
-        download(HttpTransport(hub.url(REPO, FILE)), tmp_path / "p", size + 5,
+        download(HttpTransport(hub.url(REPO, FILE), policy=FAST), tmp_path / "p", size + 5,
                  job=new_job("m", FILE, size + 5), label="m", policy=FAST)
 
 
@@ -223,7 +216,8 @@ def test_the_token_goes_to_the_hub_origin_only_never_to_the_cdn(tmp_path):
     api, cdn = (f"http://127.0.0.1:{s.server_port}" for s in servers)
     _Recorder.api_port, _Recorder.cdn, _Recorder.seen = servers[0].server_port, cdn, []
     try:
-        transport = HttpTransport(f"{api}/org/x/resolve/main/f.gguf", token="hf_secret_token_123", token_origin=api)
+        transport = HttpTransport(f"{api}/org/x/resolve/main/f.gguf", policy=FAST, token="hf_secret_token_123",
+                                  token_origin=api)
         size = len(_Recorder.body)
         download(transport, tmp_path / "p", size, job=new_job("m", "f", size), label="m")
     finally:

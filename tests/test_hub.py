@@ -24,7 +24,6 @@ from huggingface_hub.errors import (
 )
 
 import modelfix.testing.hub as hub_module
-from modelfix.testing.fixtures import hub_env, local_hub  # noqa: F401
 from modelfix.testing.hub import Fault, LocalHub
 
 ROOT = Path(hub_module.__file__).resolve().parents[2]

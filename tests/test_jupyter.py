@@ -9,6 +9,8 @@ state as the executed notebook stores it. The model is ``tiny`` pinned to
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,10 +33,13 @@ def shell(lockfile: Path):
     """A real IPython shell with the extension loaded; unloaded (handles released) after."""
     from IPython.core.interactiveshell import InteractiveShell
 
+    from modelfix import pool
+
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "modelfix_jupyter")
     yield ip
     ip.run_line_magic("unload_ext", "modelfix_jupyter")
+    pool.configure(keep_alive=None)  # --keep-alive sets it for the whole process
 
 
 def magic(ip, line: str):
@@ -70,6 +75,15 @@ def test_load_ext_registers_and_unload_removes(lockfile, extension: str) -> None
     assert handle is not None
 
 
+def test_load_ext_modelfix_without_the_package_says_what_to_install(monkeypatch) -> None:
+    import modelfix
+    from modelfix.errors import ModelfixError
+
+    monkeypatch.setitem(sys.modules, "modelfix_jupyter", None)  # as if not installed
+    with pytest.raises(ModelfixError, match="pip install modelfix-jupyter"):
+        modelfix.load_ipython_extension(object())
+
+
 def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
     llm = magic(shell, "load_model tiny")
     first = capsys.readouterr().out
@@ -78,7 +92,7 @@ def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
     assert "IProgress" not in first
 
     assert magic(shell, "load_model tiny") is llm
-    assert "downloading" not in capsys.readouterr().out, "a warm load fetches nothing"
+    assert capsys.readouterr().out == "", "a pool hit fetches and loads nothing, so it reports nothing"
 
     other = magic(shell, "load_model tiny --n-ctx 256")
     assert other is not llm and other.n_ctx() == 256
@@ -87,9 +101,20 @@ def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
 
 
 def test_flags_are_the_frontend_layer(shell, monkeypatch) -> None:
-    monkeypatch.setenv("MODELFIX_N_CTX", "128")
-    assert magic(shell, "load_model tiny").n_ctx() == 128  # env over the lockfile
-    assert magic(shell, "load_model tiny --n-ctx 256").n_ctx() == 256  # the flag over env
+    # llama.cpp rounds n_ctx up to a multiple of 256, so the values are multiples of 256.
+    monkeypatch.setenv("MODELFIX_N_CTX", "768")
+    from_env = magic(shell, "load_model tiny")
+    from_flag = magic(shell, "load_model tiny --n-ctx 256")
+    assert from_env.n_ctx() == 768  # env over the lockfile and the defaults
+    assert from_flag.n_ctx() == 256  # the flag over env
+    import modelfix
+
+    from_call = modelfix.load("tiny", n_ctx=512)
+    assert from_call.n_ctx() == 512  # a load() argument over everything
+    modelfix.unload(from_call)  # not the magics' handle: unloading the extension leaves it
+    html = shell.display_formatter.format(from_flag)[0]["text/html"]
+    assert "n_ctx=256 (%load_model flag)" in html
+    assert "n_ctx=768 ($MODELFIX_N_CTX)" in shell.display_formatter.format(from_env)[0]["text/html"]
 
 
 def test_models_table_html_and_text(shell) -> None:
@@ -123,12 +148,44 @@ def test_handle_and_entry_render_as_html(shell) -> None:
 def test_unload_model_frees_the_pool_entry(shell, capsys) -> None:
     magic(shell, "load_model tiny")
     magic(shell, "load_model tiny --n-ctx 256")
+    capsys.readouterr()
     magic(shell, "unload_model tiny")
     assert not resident()
-    assert "released: tiny" in capsys.readouterr().out
+    assert capsys.readouterr().out == "released: tiny (2 handles)\n"
+    magic(shell, "unload_model tiny")
+    assert capsys.readouterr().out == "tiny was not resident\n"
     magic(shell, "load_model tiny")
     magic(shell, "unload_model --all")
     assert not resident()
+
+
+def test_showing_a_released_handle_does_not_reload_it(shell, capsys) -> None:
+    """IPython probes _repr_html_, _repr_mimebundle_, _ipython_display_...: none may load the model."""
+    from modelfix import pool
+
+    shell.run_cell("llm = %load_model tiny")
+    magic(shell, "unload_model tiny")
+    loads = pool.pool_metrics()["loads"]
+    capsys.readouterr()
+    shell.run_cell("llm")  # the display hook, as a cell ending in `llm`
+    shown = capsys.readouterr().out
+    data, _ = shell.display_formatter.format(shell.user_ns["llm"])
+    assert "released (reloads on its next call)" in shown and "released" in data["text/html"]
+    assert not resident() and pool.pool_metrics()["loads"] == loads
+    assert shell.user_ns["llm"]("Hi", max_tokens=2)["choices"]  # and it still works
+    assert resident()
+
+
+def test_keep_alive_releases_idle_handles_and_models_shows_it(shell) -> None:
+    magic(shell, "load_model tiny --keep-alive 0.2s")
+    deadline = time.monotonic() + 10
+    while resident() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not resident(), "an idle handle outlived the keep-alive"
+    table = repr(magic(shell, "models"))
+    row = next(line for line in table.splitlines() if line.startswith("tiny "))
+    assert "released" in row and "(keep-alive)" in row
+    assert "keep-alive 0.2 s" in table.splitlines()[-1]
 
 
 def test_offline_error_is_one_line(shell, capsys) -> None:
@@ -148,7 +205,8 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
     [("load_model tiny --n-ctx lots", "invalid int value"),
      ("load_model", "required: name"),
      ("load_model tiny --keep-alive soon", "bad duration"),
-     ("unload_model", "NAME or --all")],
+     ("unload_model", "NAME or --all"),
+     ("modelfix_cache --max-size 1GB", "goes with --prune")],
 )
 def test_bad_arguments_are_usage_errors(shell, capsys, line: str, message: str) -> None:
     from IPython.core.error import UsageError
@@ -165,29 +223,57 @@ def test_help_lists_the_flags(shell, capsys) -> None:
         assert flag in out
 
 
-def test_cache_stats_and_prune(shell) -> None:
+def test_cache_stats_and_prune(shell, tmp_path: Path) -> None:
     magic(shell, "load_model tiny")
-    stats = repr(magic(shell, "modelfix_cache"))
-    assert "modelfix cache" in stats
+    stats = magic(shell, "modelfix_cache")
+    text = repr(stats)
+    assert f"folder              {tmp_path / 'cache'}" in text
+    assert "files               3 (517.9 KB)" in text
+    assert any(line.split()[:2] == ["tiny", "517.9"] for line in text.splitlines())
+    assert "<td>tiny</td><td>517.9 KB</td>" in stats._repr_html_()
+
+    stale = tmp_path / "cache" / "tmp" / f"{'0' * 64}.partial"  # a download nobody will resume
+    stale.write_bytes(b"x" * 1000)
     pruned = repr(magic(shell, "modelfix_cache --prune"))
-    assert "pruned" in pruned
+    assert "pruned 1.0 KB: unused files 0, partial downloads 1, broken views 0" in pruned
+    assert not stale.exists()
+    capped = repr(magic(shell, "modelfix_cache --prune --max-size 1KB"))
+    assert "to fit 1.0 KB, least recently used files evicted: 0 (still 517.9 KB: the rest is pinned" in capped
+    assert "cached" in repr(magic(shell, "models")), "pruning never drops what the lockfile pins"
 
 
-def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch) -> None:
+def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_path: Path) -> None:
     """The example notebook runs clean; its widgets end in the 'done' state.
 
     Run as the demo runs it: from the repository root, the lockfile named by
-    MODELFIX_LOCK, the hub and cache inherited through the environment.
+    MODELFIX_LOCK, the hub and cache inherited through the environment. One
+    cell is added at the end: an error, which the kernel shows as one line.
     """
+    import nbformat
+
     from modelfix_jupyter import run_notebook
 
     monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
-    nb = run_notebook(EXAMPLE, cwd=ROOT, timeout=120)
+    notebook = nbformat.read(EXAMPLE, as_version=4)
+    failing = nbformat.v4.new_code_cell("%load_model nosuch", metadata={"tags": ["raises-exception"]})
+    notebook.cells.append(failing)
+    nbformat.write(notebook, tmp_path / "example.ipynb")
+    nb = run_notebook(tmp_path / "example.ipynb", cwd=ROOT, timeout=120)
     outputs = {c.source.splitlines()[0]: c.outputs for c in nb.cells if c.cell_type == "code"}
-    assert not [o for outs in outputs.values() for o in outs if o.output_type == "error"]
-    assert "True" in outputs["again = %load_model tiny"][0]["data"]["text/plain"]
-    models_html = outputs["%models"][0]["data"]["text/html"]
+
+    *ok, [error] = outputs.values()
+    assert not [o for outs in ok for o in outs if o.output_type == "error"]
+    assert error.ename == "LockError" and len(error.traceback) == 1
+    assert "no model named 'nosuch'" in error.traceback[0] and "modelfix add" in error.traceback[0]
+    again = outputs["again = %load_model tiny"]
+    assert [o.output_type for o in again] == ["execute_result"], "a pool hit shows no progress"
+    assert again[0]["data"]["text/plain"] == "True"
+    models_html = next(o for o in outputs["%models"] if o.output_type == "execute_result")["data"]["text/html"]
     assert "<td>org/tiny</td>" in models_html and "cached" in models_html
+    handle_html = outputs["llm = %load_model tiny"][-1]["data"]["text/html"]
+    assert "tiny-Q4_K_M.gguf" in handle_html and "GPU layers offloaded" in handle_html
+    everything = str(nb.cells) + capfd.readouterr().err
+    assert "IProgress" not in everything and "without encryption" not in everything
 
     state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     bars = [m["state"] for m in state.values() if m["model_name"] == "IntProgressModel"]

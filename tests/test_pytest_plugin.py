@@ -75,7 +75,7 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
         r"models used: tiny",
         r"fetched: 3 files, 517.9 KB; cache hits: 0 models",
         r"load times: tiny \d+\.\d\ds.*",
-        r"pool evictions: 0",
+        r"pool evictions: 0; cache evictions: 0 files",
     ])
     result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_K_M.gguf *"])
 
@@ -83,6 +83,43 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
     warm.assert_outcomes(passed=3)
     warm.stdout.re_match_lines([r"fetched: 0 files, 0 B; cache hits: 1 models"])
     assert "modelfix: fetching" not in warm.stdout.str()
+
+
+def test_a_suite_that_uses_no_fixture_gets_no_summary_even_if_it_calls_modelfix(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import modelfix
+
+        def test_calls_the_library_itself():
+            assert modelfix.load("tiny")("Hi", max_tokens=2)["choices"]
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(passed=1)
+    text = result.stdout.str()
+    assert "modelfix: lockfile" in text  # the header still says what the plugin would use
+    assert "models used" not in text and "modelfix: fetching" not in text
+
+
+def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.Pytester, hub, monkeypatch) -> None:
+    path = lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
+    # Another process fetched tiny (its lease ended with it); under the cap tiny8 can only come in
+    # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8).
+    subprocess.run([sys.executable, "-m", "modelfix", "--lock", str(path), "sync", "tiny"], check=True,
+                   capture_output=True)
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model("tiny8")
+        def test_second_model(llama):
+            pass
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines([r"models used: tiny8", r"pool evictions: 0; cache evictions: 1 files"])
 
 
 def test_several_names_run_once_per_model(pytester: pytest.Pytester, hub) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ import modelfix
 import modelfix.store
 from modelfix.config import CacheSettings
 from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
-from modelfix.fetch import Cancelled, jobs
+from modelfix.jobs import Cancelled, jobs
 from modelfix.lockfile import Lockfile, add_entry
 from modelfix.locking import add
 from modelfix.resolver import cached_state, missing
@@ -27,13 +26,6 @@ from modelfix.testing.hub import Fault
 
 REPO, MODEL = "org/tiny", "tiny-Q4_K_M.gguf"
 
-
-@pytest.fixture
-def lock(hub, workdir) -> Path:
-    path = workdir / "model-lock.toml"
-    add("chat", f"{REPO}:Q4_K_M", path)
-    add("split", f"{REPO}:Q2_K", path)
-    return path
 
 
 def _store() -> Store:
@@ -134,8 +126,10 @@ def test_a_network_that_keeps_failing_is_reported_with_the_model_and_file(lock, 
     monkeypatch.setenv("MODELFIX_RETRIES", "2")
     hub.inject(REPO, MODEL, Fault.status(500), times=None)
 
-    with pytest.raises(NetworkError, match=f"chat: {MODEL}: giving up after 2 failed attempts"):
+    with pytest.raises(NetworkError, match=f"chat: {MODEL}: giving up after 2 failed attempts.*HTTP 500") as info:
         modelfix.sync(["chat"], lock)
+
+    assert "retry with `modelfix sync chat`" in str(info.value)
 
     assert not _store().has(Lockfile.load(lock).entry("chat").files[0].sha256)
 

@@ -6,6 +6,7 @@ and is still alive), others run ``modelfix`` under a cap.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -19,7 +20,8 @@ import modelfix
 from modelfix.config import CacheSettings
 from modelfix.events import events
 from modelfix.locking import add
-from modelfix.store import Store
+from modelfix.errors import CacheError
+from modelfix.store import Store, cache_error
 
 REPO = "org/tiny"
 
@@ -243,3 +245,36 @@ def test_rm_removes_one_model_and_keeps_what_another_view_shows(lock):
     assert set(kept) == {p.sha256 for p in a.entry.files[1:]}
     assert not a.view.exists() and not store.has(a.entry.files[0].sha256)
     assert all(f.exists() for f in b.files)
+
+
+@pytest.mark.parametrize("how", ["under-a-file", "read-only"])
+def test_a_cache_dir_that_cannot_be_written_says_where_and_what_to_do(lock, tmp_path, monkeypatch, how):
+    if how == "under-a-file":
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("")
+        cache = blocker / "cache"  # ENOTDIR: stops root too
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        parent = tmp_path / "read-only"
+        parent.mkdir(mode=0o500)
+        cache = parent / "cache"
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(cache))
+
+    with pytest.raises(CacheError) as info:
+        modelfix.path("a", lock)
+
+    message = str(info.value)
+    assert str(cache) in message and "MODELFIX_CACHE_DIR" in message
+
+
+@pytest.mark.parametrize(("code", "fix"), [(errno.ENOSPC, "modelfix cache prune"), (errno.EDQUOT, "modelfix cache prune"),
+                                           (errno.EROFS, "a folder you can write to")])
+def test_a_full_disk_asks_for_room_and_a_read_only_one_for_another_folder(tmp_path, code, fix):
+    partial = tmp_path / "cache" / "tmp" / "x.partial"
+
+    message = str(cache_error(OSError(code, os.strerror(code)), partial, label="chat: model.gguf"))
+
+    assert message.startswith(f"chat: model.gguf: cannot write {partial}")
+    assert os.strerror(code) in message and fix in message and "MODELFIX_CACHE_DIR" in message
+

@@ -1,41 +1,48 @@
 """Progress of ``%load_model``: the core's event stream drawn in a notebook.
 
-One reporter per magic call subscribes to :data:`modelfix.events.events` for
-the duration of the call and draws what it hears about the model it loads::
+One reporter per magic call listens to :data:`modelfix.events.events` for the
+duration of the call and draws what it hears about the model it loads, one
+row per file and one for llama.cpp::
 
-    tiny   tiny-Q4_K_M.gguf   [██████████░░░░]  1.2 MB / 2.0 MB · 8.1 MB/s · downloading
-    tiny   mmproj.gguf        [██████████████]  300 kB · verified · cached
-    tiny   llama.cpp          [██████████████]  loaded in 0.21 s
+    tiny
+    tiny-Q4_K_M.gguf   [███████░░░░░░░]  260.0 KB / 500.5 KB · 8.1 MB/s · downloading
+    preset.ini         [██████████████]  106 B · verified · origin
+    llama.cpp          [██████████████]  loaded in 0.21 s · ≈ 3.4 MB
 
-In a kernel that can show widgets (ipykernel with a comm manager) each row is
-an ipywidgets ``HBox``; elsewhere (a terminal IPython, a plain
-``InteractiveShell``) the same rows become one printed line per status
-change. The widget path never goes through ``tqdm.notebook``, so there is no
-"IProgress not found" warning to silence.
+A file goes ``queued → downloading → verifying → verified`` (or ``failed``);
+the model then ``loading → loaded``. In a kernel that can show widgets
+(ipykernel with a comm manager) each row is an ipywidgets bar; elsewhere (a
+terminal IPython, a plain ``InteractiveShell``, a log) each status change is
+one printed line. The widget path never goes through ``tqdm.notebook``, so
+there is no "IProgress not found" warning to silence.
 
-Events arrive on fetch worker threads. Widgets are created up front (the
-container is displayed from the cell's thread, so its output lands in the
-cell) and later rows are appended as children, which only sends comm
-messages and is safe from any thread.
+Nothing is drawn until the first event: a pool hit (the handle is resident
+already) emits none, so it shows nothing and returns at once. Events arrive
+on fetch worker threads as well as the cell's thread; each reporter draws
+under its own lock, so rows are added once and in order. The first event
+of a load (a job being queued, or the load starting) is emitted on the cell's
+thread, so the widget box is displayed there and lands in the cell.
 """
 
 from __future__ import annotations
 
+import html
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelfix.eviction import format_size
 from modelfix.events import Event
+from modelfix.eviction import format_size
 
 __all__ = ["Reporter", "WidgetReporter", "TextReporter", "reporter_for", "widgets_available"]
 
 # Byte progress is redrawn at most this often per row; status changes always redraw.
 _REDRAW_SECONDS = 0.1
-_STYLES = {"downloading": "", "verifying": "info", "completed": "success", "loaded": "success",
-           "failed": "danger", "cancelled": "warning", "loading": "info", "queued": ""}
+_LOAD_ROW = "llama.cpp"
+_BAR_STYLES = {"verifying": "info", "completed": "success", "loading": "info", "loaded": "success",
+               "failed": "danger", "cancelled": "warning"}
 
 
 def widgets_available(shell: Any) -> bool:
@@ -61,25 +68,50 @@ class _Row:
     total: int = 0
     source: str = ""
     seconds: float = 0.0
+    message: str = ""
     started: float = field(default_factory=time.monotonic)
+    download_speed: float = 0.0  # bytes/s, kept once the download ends
     drawn: float = 0.0
 
-    def speed(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
+    def update(self, event: Event) -> None:
+        now = time.monotonic()
+        if event.status in ("downloading", "loading") and self.status != event.status:
+            self.started = now
+        if self.status == "downloading" and event.status != "downloading":
+            self.download_speed = self.speed(now)
+        self.status, self.message = event.status, event.message
+        self.done, self.total = event.done, event.total or self.total
+        self.source = event.source or self.source
+        self.seconds = event.seconds
+
+    def speed(self, now: float | None = None) -> float:
+        elapsed = (now or time.monotonic()) - self.started
+        return self.done / elapsed if elapsed > 0 and self.done else 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "loaded")
 
     def text(self) -> str:
-        if self.status == "loaded":
-            return f"loaded in {self.seconds:.2f} s"
-        if self.status == "loading":
-            return "loading…"
+        """The row's words, as both the widget and the text line show them."""
         size = format_size(self.total) if self.total else ""
+        if self.label == _LOAD_ROW:
+            estimate = f" · ≈ {size}" if size else ""
+            if self.status == "loaded":
+                return f"loaded in {self.seconds:.2f} s{estimate}"
+            if self.status == "loading":
+                return f"loading{estimate}"
+            return f"failed: {self.message}" if self.status == "failed" else self.status
         if self.status == "downloading":
-            speed = f" · {format_size(self.speed())}/s" if self.done else ""
-            return f"{format_size(self.done)} / {size}{speed} · downloading"
-        origin = f" · {self.source}" if self.source else ""
-        words = {"completed": "verified", "verifying": "verifying"}
-        return f"{size} · {words.get(self.status, self.status)}{origin}".lstrip(" ·")
+            speed = self.speed()
+            rate = f" · {format_size(speed)}/s" if speed else ""
+            return f"{format_size(self.done)} / {size}{rate} · downloading"
+        if self.status == "completed":
+            rate = f" · {format_size(self.download_speed)}/s" if self.download_speed else ""
+            return f"{size} · verified · {self.source or 'cache'}{rate}"
+        if self.status == "failed":
+            return f"{size} · failed: {self.message}"
+        return f"{size} · {self.status}"
 
 
 class Reporter:
@@ -91,42 +123,33 @@ class Reporter:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if event.model != self.model:
+        if event.kind == "evict" and event.message == f"room for {self.model}":
+            with self._lock:
+                self.note(f"released {event.model} to make room ({format_size(event.total)})")
             return
-        if event.kind == "evict":
-            self.note(f"released {event.model}" + (f": {event.message}" if event.message else ""))
+        if event.model != self.model or event.kind not in ("job", "load"):
             return
-        key = "llama.cpp" if event.kind == "load" else (event.file or "?")
+        key = _LOAD_ROW if event.kind == "load" else (event.file or "?")
         with self._lock:
             row = self.rows.get(key)
             new = row is None
-            if new:
+            if row is None:
                 row = self.rows[key] = _Row(label=key)
             changed = new or row.status != event.status
-            if event.kind == "load":
-                if event.status == "loading":
-                    row.started = time.monotonic()
-                row.status, row.seconds = event.status, event.seconds
-                row.done = row.total = 1 if event.status == "loaded" else 0
-            else:
-                if event.status == "downloading" and row.status != "downloading":
-                    row.started = time.monotonic()
-                row.status, row.done, row.total = event.status, event.done, event.total or row.total
-                row.source = event.source or row.source
+            row.update(event)
             now = time.monotonic()
             if not changed and now - row.drawn < _REDRAW_SECONDS:
                 return
             row.drawn = now
-        self.draw(row, new=new, changed=changed)
+            self.draw(row)
 
-    def draw(self, row: _Row, *, new: bool, changed: bool) -> None:
+    def draw(self, row: _Row) -> None:
+        """Show ``row`` (called under the reporter's lock)."""
         raise NotImplementedError
 
     def note(self, text: str) -> None:
+        """Show a line that is not a row: another model released to make room."""
         raise NotImplementedError
-
-    def close(self) -> None:
-        """Called once the load finished or failed."""
 
 
 class TextReporter(Reporter):
@@ -135,34 +158,43 @@ class TextReporter(Reporter):
     def __init__(self, model: str, stream: Any = None) -> None:
         super().__init__(model)
         self.stream = stream
+        self._printed: dict[str, str] = {}
 
-    def draw(self, row: _Row, *, new: bool, changed: bool) -> None:
-        if changed and row.status != "queued":
-            self.note(f"{row.label}: {row.text()}")
+    def draw(self, row: _Row) -> None:
+        if row.status == "queued" or self._printed.get(row.label) == row.status:
+            return  # byte progress would be a line per chunk: status changes only
+        self._printed[row.label] = row.status
+        text = f"downloading {format_size(row.total)}" if row.status == "downloading" else row.text()
+        self.note(f"{row.label}: {text}")
 
     def note(self, text: str) -> None:
         print(f"[modelfix] {self.model} {text}", file=self.stream or sys.stdout, flush=True)
 
 
 class WidgetReporter(Reporter):
-    """An ipywidgets box with one bar per file and one for the load."""
+    """An ipywidgets box: the model's name, then one bar per file and one for the load."""
 
     def __init__(self, model: str) -> None:
-        import ipywidgets as w
-        from IPython.display import display
-
         super().__init__(model)
-        self._w = w
-        self.title = w.HTML(f"<b>{_escape(model)}</b>")
-        self.box = w.VBox([self.title])
+        self.box: Any = None
         self.bars: dict[str, tuple[Any, Any]] = {}
-        display(self.box)
 
-    def draw(self, row: _Row, *, new: bool, changed: bool) -> None:
-        w = self._w
+    def _box(self) -> Any:
+        if self.box is None:  # the first event: a pool hit never gets here
+            import ipywidgets as w
+            from IPython.display import display
+
+            self.box = w.VBox([w.HTML(f"<b>{_escape(self.model)}</b>")])
+            display(self.box)
+        return self.box
+
+    def draw(self, row: _Row) -> None:
+        import ipywidgets as w
+
+        self._box()
         if row.label not in self.bars:
             bar = w.IntProgress(value=0, min=0, max=1, description=_short(row.label),
-                                layout=w.Layout(width="60%"), style={"description_width": "30%"})
+                                layout=w.Layout(width="55%"), style={"description_width": "35%"})
             bar.description_tooltip = row.label
             info = w.HTML()
             self.bars[row.label] = (bar, info)
@@ -170,12 +202,15 @@ class WidgetReporter(Reporter):
         bar, info = self.bars[row.label]
         total = max(row.total, 1)
         bar.max = total
-        bar.value = min(row.done, total) if row.status not in ("completed", "loaded") else total
-        bar.bar_style = _STYLES.get(row.status, "")
+        bar.value = total if row.finished else min(row.done, total)
+        bar.bar_style = _BAR_STYLES.get(row.status, "")
         info.value = _escape(row.text())
 
     def note(self, text: str) -> None:
-        self.box.children = (*self.box.children, self._w.HTML(_escape(text)))
+        import ipywidgets as w
+
+        box = self._box()
+        box.children = (*box.children, w.HTML(_escape(text)))
 
 
 def reporter_for(shell: Any, model: str) -> Reporter:
@@ -188,6 +223,4 @@ def _short(label: str, width: int = 28) -> str:
 
 
 def _escape(text: str) -> str:
-    import html
-
     return html.escape(text, quote=False)

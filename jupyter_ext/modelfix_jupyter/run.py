@@ -7,6 +7,10 @@ tests use to check the magics in a real ipykernel. The kernel is the
 environment (``HF_ENDPOINT``, ``MODELFIX_CACHE_DIR``, ``MODELFIX_LOCK``...).
 Widget state is kept in ``nb.metadata.widgets``, so the executed notebook
 shows its progress bars when rendered later.
+
+Kernel and client talk over IPC (Unix sockets in a private temporary
+folder) where the platform has it: nothing listens on a TCP port, and the
+kernel has no reason to warn that its TCP traffic is unencrypted.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +40,22 @@ def run_notebook(
     """
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     nb = nbformat.read(os.fspath(path), as_version=4)
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=timeout,
-        resources={"metadata": {"path": os.fspath(cwd or Path.cwd())}},
-        store_widget_state=True,
-    )
-    client.execute()
+    with tempfile.TemporaryDirectory(prefix="modelfix-kernel-") as sockets:
+        # An absolute socket prefix: a relative one would be resolved against the
+        # kernel's working folder by the kernel and against ours by the client.
+        ipc = {"transport": "ipc", "ip": os.path.join(sockets, "kernel")} if os.name == "posix" else {}
+        client = NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=timeout,
+            resources={"metadata": {"path": os.fspath(cwd or Path.cwd())}},
+            store_widget_state=True,
+            config=Config({"KernelManager": ipc}),
+        )
+        client.execute()
     if output is not None:
         nbformat.write(nb, os.fspath(output))
     return nb

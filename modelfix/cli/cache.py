@@ -13,8 +13,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from ..eviction import format_size
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
+    from ..events import Event
 
 __all__ = ["register"]
 
@@ -51,10 +56,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     path.set_defaults(handler=_path)
 
 
-def _settings(args: argparse.Namespace, **overrides):
+def _settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
     from ..config import CacheSettings
 
     return CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline, **overrides)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' if n != 1 else ''}"
 
 
 @contextmanager
@@ -71,7 +80,7 @@ def _progress() -> Iterator[None]:
     lock = threading.Lock()
     terminal = sys.stderr.isatty()
 
-    def on_event(event) -> None:
+    def on_event(event: Event) -> None:
         if event.kind != "job":
             return
         if not terminal:
@@ -111,10 +120,8 @@ def _sync(args: argparse.Namespace) -> int:
     with _progress():
         done = sync(args.names or None, args.lock, settings=_settings(args), workers=max(1, args.jobs))
     for m in done:
-        count = f"{len(m.files)} file{'s' if len(m.files) != 1 else ''}"
-        print(f"{m.name}: {count}, {format_size(m.entry.size)}  {m.model_path}")
-    print(f"{len(done)} model{'s' if len(done) != 1 else ''} ready in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+        print(f"{m.name}: {_count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
+    print(f"{_count(len(done), 'model')} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -164,12 +171,11 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     from ..resolver import prune
-
-    from ..store import Store
+    from ..store import stats
 
     settings = _settings(args, max_size=args.max_size)
     evicted = prune(lock=args.lock, settings=settings)
-    size = Store(settings.root).usage().blob_bytes
+    size = stats(settings).blob_bytes
     print(f"evicted {len(evicted)} files; the cache holds {format_size(size)}")
     if size > settings.max_size:
         print(f"the rest is in use by running processes or pinned by the lockfile: above {format_size(settings.max_size)}",

@@ -95,11 +95,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _cache_state(args: argparse.Namespace):
-    """``entry -> "cached" | "partial" | "missing"``, or "-" before the store exists."""
-    try:
-        from ..config import CacheSettings
-        from ..resolver import cached_state
-    except ImportError:
-        return lambda entry: "-"
+    """``entry -> "cached" | "partial" | "missing"`` (``-`` for unpinned entries); no network."""
+    from ..config import CacheSettings
+    from ..resolver import cached_state
+
     settings = CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline)
     return lambda entry: cached_state(entry, settings) if entry.files else "-"

@@ -231,13 +231,17 @@ def write_tiny_model(
     files = w.format_shard_names(path)
     if split_parts is not None and split_parts > 1:
         assert len(files) == split_parts, (files, split_parts)
+    _write(w)
+    return files
+
+
+def _write(w: gguf.GGUFWriter) -> None:
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
     finally:
         w.close()
-    return files
 
 
 def write_mmproj(path: str | Path, *, seed: int = 0) -> Path:
@@ -258,12 +262,7 @@ def write_mmproj(path: str | Path, *, seed: int = 0) -> Path:
     w.add_tensor("v.patch_embd.weight", rng.standard_normal((32, 3, 8, 8), dtype=np.float32).astype(np.float16))
     w.add_tensor("mm.0.weight", rng.standard_normal((64, 32), dtype=np.float32).astype(np.float16))
     w.add_tensor("mm.0.bias", np.zeros(64, dtype=np.float32))
-    try:
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
+    _write(w)
     return path
 
 

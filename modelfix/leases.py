@@ -1,0 +1,106 @@
+"""Leases: the blobs that live processes use, which no eviction may remove.
+
+Under the cache root::
+
+    leases/<host>-<pid>-<rand>   the blobs one process uses from this store: a sha256 a
+                                 line, appended, never rewritten; flock-held until it exits
+
+Whether a lease is live is asked of the kernel, not inferred from a pid (pids
+are reused, and the store may sit on a disk other hosts share): a lease file
+whose flock can be taken belongs to a process that is gone, and is deleted.
+Appending only means that another process reading a lease file never sees a
+sha disappear. A forked child starts a file of its own.
+
+The store takes leases under its shared lock and evicts under its exclusive
+one (``locks/store.lock``), so an eviction either sees a lease or finished
+before the lease was taken. OSErrors go to the caller, which knows how to
+explain them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["held", "take", "live"]
+
+
+class _Registry:
+    """This process's lease file per store root, opened and flock-held until the process exits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[tuple[Path, int], tuple[Path, int, set[str]]] = {}
+
+    def held(self, root: Path) -> set[str]:
+        entry = self._files.get((root, os.getpid()))
+        return entry[2] if entry else set()
+
+    def path(self, root: Path) -> Path | None:
+        entry = self._files.get((root, os.getpid()))
+        return entry[0] if entry else None
+
+    def take(self, root: Path, shas: Iterable[str]) -> None:
+        import fcntl
+
+        with self._lock:
+            key = (root, os.getpid())
+            if key not in self._files:
+                folder = root / "leases"
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._files[key] = (path, fd, set())
+            path, fd, held = self._files[key]
+            fresh = [s for s in dict.fromkeys(shas) if s not in held]
+            if fresh:
+                os.write(fd, "".join(f"{s}\n" for s in fresh).encode())
+                held.update(fresh)
+
+
+_REGISTRY = _Registry()
+
+
+def held(root: Path) -> set[str]:
+    """The blobs of store ``root`` that this process leases (do not modify)."""
+    return _REGISTRY.held(root)
+
+
+def take(root: Path, shas: Iterable[str]) -> None:
+    """Lease blobs ``shas`` of store ``root`` until this process exits (under the shared store lock)."""
+    _REGISTRY.take(root, shas)
+
+
+def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
+    """Blobs leased by live processes (this one too if ``own``) and how many processes hold leases.
+
+    Deletes the lease files of processes that are gone on the way.
+    """
+    import fcntl
+
+    folder = root / "leases"
+    mine = _REGISTRY.path(root)
+    leased, processes = set(_REGISTRY.held(root)) if own else set(), 0
+    for path in folder.glob("*") if folder.is_dir() else ():
+        if path == mine:
+            processes += 1
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its process is alive and holds it
+            processes += 1
+            leased.update(line for line in path.read_text().split() if len(line) == 64)
+        else:
+            path.unlink(missing_ok=True)  # dead process: the lease died with it
+        finally:
+            os.close(fd)
+    return leased, processes
