@@ -122,3 +122,10 @@ def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
     assert bad.returncode == 1
     everything = ok.stdout + ok.stderr + bad.stdout + bad.stderr + (workdir / "model-lock.toml").read_text()
     assert SECRET not in everything and "WrongToken" not in everything
+
+
+def test_common_options_work_after_the_command_too(hub, tmp_path, workdir, run_cli):
+    other = tmp_path / "elsewhere.toml"
+    assert run_cli("add", "chat", REPO, "--lock", str(other))[0] == 0
+    code, out, _ = run_cli("list", "--lock", str(other), "--offline")
+    assert code == 0 and out.splitlines()[1].startswith("chat")

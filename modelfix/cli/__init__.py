@@ -25,6 +25,20 @@ __all__ = ["main", "build_parser"]
 _GROUPS = ("lock", "cache", "run")
 
 
+def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--lock", metavar="PATH", default=default, help="lockfile to use (default: nearest model-lock.toml upward)")
+    parser.add_argument("--cache-dir", metavar="DIR", default=default, help="store root (default: $MODELFIX_CACHE_DIR or the user cache dir)")
+    parser.add_argument("--offline", action="store_true", default=default, help="never touch the network")
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield sub
+                yield from _subparsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -32,18 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelfix",
         description="Pinned, verified, cached llama.cpp models for tests and notebooks.",
     )
-    parser.add_argument("--lock", metavar="PATH", help="lockfile to use (default: nearest model-lock.toml upward)")
-    parser.add_argument("--cache-dir", metavar="DIR", help="store root (default: $MODELFIX_CACHE_DIR or the user cache dir)")
-    parser.add_argument("--offline", action="store_true", default=None, help="never touch the network")
+    _common_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _GROUPS:
-        try:
-            module = importlib.import_module(f"{__name__}.{group}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{group}":
-                raise
-            continue
-        module.register(commands)
+        importlib.import_module(f"{__name__}.{group}").register(commands)
+    # Users type `modelfix sync --offline` as often as `modelfix --offline sync`:
+    # every sub-command accepts the common options too, without overriding them.
+    for sub in _subparsers(parser):
+        _common_options(sub, default=argparse.SUPPRESS)
     return parser
 
 
