@@ -190,23 +190,29 @@ class HubSource:
             sha = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
             size = lfs.size if hasattr(lfs, "size") else lfs["size"]
         else:
-            # Plain git files (preset.ini) have no published sha256: read the few bytes.
-            sha, size = self._hash_small(entry.path, commit)
+            # Plain git files (preset.ini) have no published sha256: hash their bytes.
+            sha, size = self._hash_plain(entry.path, commit)
         return FilePin(path=entry.path, size=int(size), sha256=str(sha).lower(), role=role, join=join)
 
-    def _hash_small(self, path: str, commit: str) -> tuple[str, int]:
+    def _hash_plain(self, path: str, commit: str) -> tuple[str, int]:
+        """sha256 of a non-LFS file, streamed: usually a few bytes, but never held whole."""
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = self.locate(FilePin(path, 0, "0" * 64), commit).url
         headers = build_hf_headers(token=hub_token() or None)
 
-        def fetch() -> bytes:
-            response = get_session().get(url, headers=headers, follow_redirects=True)
-            hf_raise_for_status(response)
-            return response.content
+        def fetch() -> tuple[str, int]:
+            digest, size = hashlib.sha256(), 0
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                if response.status_code >= 400:
+                    response.read()  # the client's error builder reads the body
+                    hf_raise_for_status(response)
+                for chunk in response.iter_bytes(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+            return digest.hexdigest(), size
 
-        data = self._call(fetch, commit)
-        return hashlib.sha256(data).hexdigest(), len(data)
+        return self._call(fetch, commit)
 
     def _call(self, fn, revision: str):
         """Run a Hub call, turning the client's errors into ours (no tokens, with a fix)."""
