@@ -36,7 +36,7 @@ __all__ = [
     "ROOT", "WORK", "GIB", "PYTHON",
     "random_file", "big_file", "split_files", "scratch",
     "Hub", "clean_env", "point_at", "add_model",
-    "Timing", "measure", "Child", "run_child", "machine", "load", "table", "ratio",
+    "Summary", "measure", "Child", "run_child", "machine", "load", "table", "ratio",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,8 +183,8 @@ def add_model(lock: Path, name: str, source: str) -> None:
 
 
 @dataclass(frozen=True)
-class Timing:
-    """Seconds per call over ``runs`` samples (each the mean of ``number`` calls)."""
+class Summary:
+    """The median, lowest and highest of ``runs`` samples (seconds, bytes, ...)."""
 
     median: float
     low: float
@@ -192,11 +192,11 @@ class Timing:
     runs: int
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> Timing:
+    def of(cls, samples: Sequence[float]) -> Summary:
         return cls(statistics.median(samples), min(samples), max(samples), len(samples))
 
 
-def measure(fn: Callable[[], object], *, runs: int, number: int = 1, warmup: int = 1) -> Timing:
+def measure(fn: Callable[[], object], *, runs: int, number: int = 1, warmup: int = 1) -> Summary:
     """Call ``fn`` ``warmup`` times untimed, then time ``runs`` samples of ``number`` calls each."""
     for _ in range(warmup):
         fn()
@@ -206,7 +206,7 @@ def measure(fn: Callable[[], object], *, runs: int, number: int = 1, warmup: int
         for _ in range(number):
             fn()
         samples.append((time.perf_counter() - started) / number)
-    return Timing.of(samples)
+    return Summary.of(samples)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (PYTHON, Child, Hub, Timing, add_model, big_file, clean_env, load, machine, point_at, ratio,
+from _common import (PYTHON, Child, Hub, Summary, add_model, big_file, clean_env, load, machine, point_at, ratio,
                      run_child, scratch, split_files, table)
 
 # Each child imports what its side needs, then times the fetch alone and prints {"seconds": ...}.
@@ -87,6 +87,20 @@ def fetch_once(hub: Hub, code: str, size: int) -> Run:
     return Run(child, len(hub.requests()), hub_cpu)
 
 
+def alternate(hub: Hub, name: str, size: int, sides: dict[str, str], rounds: int) -> dict[str, list[Run]]:
+    """``rounds`` runs of each side, alternating which goes first."""
+    runs: dict[str, list[Run]] = {side: [] for side in sides}
+    for round_ in range(rounds):
+        for side in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
+            runs[side].append(fetch_once(hub, sides[side], size))
+            print(f"  {name} round {round_ + 1}: {side} {runs[side][-1].child.output['seconds']:.2f} s", flush=True)
+    return runs
+
+
+def median(runs: list[Run], value: Callable[[Run], float]) -> float:
+    return Summary.of([value(r) for r in runs]).median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="runs per side and case (default: 3)")
@@ -109,25 +123,18 @@ def main() -> None:
             anchor, anchor_code = ("hf_hub_download", HF_FILE) if name == "big" else ("snapshot_download", HF_SNAPSHOT)
             sides = {"modelfix sync": MODELFIX.format(lock=str(lock), name=name),
                      anchor: anchor_code.format(repo=f"bench/{name}", file=big.name, rev=rev)}
-            runs: dict[str, list[Run]] = {side: [] for side in sides}
-            for round_ in range(args.rounds):
-                for side in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
-                    runs[side].append(fetch_once(hub, sides[side], size))
-                    print(f"  {name} round {round_ + 1}: {side} {runs[side][-1].child.output['seconds']:.2f} s",
-                          flush=True)
-            medians = {side: Timing.of([r.child.output["seconds"] for r in done]) for side, done in runs.items()}
+            runs = alternate(hub, name, size, sides, args.rounds)
+            fetch = {side: Summary.of([r.child.output["seconds"] for r in done]) for side, done in runs.items()}
             label = f"{name} ({size / 2**20:.0f} MiB{', 4 parts' if name == 'split' else ''})"
-            for side, t in medians.items():
-                def median(value: Callable[[Run], float]) -> str:
-                    return f"{Timing.of([value(r) for r in runs[side]]).median:.2f} s"
-
+            for side, t in fetch.items():
                 rows.append((
                     label, side, f"{t.median:.2f} s ({t.low:.2f}–{t.high:.2f})", f"{size / t.median / 1e9:.2f} GB/s",
-                    median(lambda r: r.child.cpu), median(lambda r: r.hub_cpu), median(lambda r: r.child.wall),
-                    runs[side][-1].requests, ratio(medians[anchor].median, t.median),
+                    *(f"{median(runs[side], value):.2f} s"
+                      for value in (lambda r: r.child.cpu, lambda r: r.hub_cpu, lambda r: r.child.wall)),
+                    runs[side][-1].requests, ratio(fetch[anchor].median, t.median),
                     "yes" if side == "modelfix sync" else "no",
                 ))
-            speed = medians[anchor].median / medians["modelfix sync"].median
+            speed = fetch[anchor].median / fetch["modelfix sync"].median
             verdicts.append(f"target: >= 1.0x {anchor} throughput on {label} -> {speed:.2f}x "
                             f"({'met' if speed >= 1.0 else 'MISSED'})")
     print(f"\ncold fetch, median of {args.rounds} runs per side (alternating), fresh caches each run")

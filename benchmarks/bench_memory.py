@@ -19,7 +19,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (PYTHON, Hub, Timing, add_model, big_file, clean_env, load, machine, point_at, run_child, scratch,
+from _common import (PYTHON, Hub, Summary, add_model, big_file, clean_env, load, machine, point_at, run_child, scratch,
                      table)
 
 TARGET = 64 * 10**6  # bytes above the baseline
@@ -90,7 +90,7 @@ def main() -> None:
             measured = ways(lock, big.name)
             peaks = measure_peaks(hub, measured, args.rounds)
 
-    peak = {label: Timing.of(values) for label, values in peaks.items()}
+    peak = {label: Summary.of(values) for label, values in peaks.items()}
     rows = []
     for way in measured:
         t = peak[way.label]

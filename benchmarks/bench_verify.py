@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import PYTHON, Hub, Timing, add_model, big_file, load, machine, point_at, scratch, table
+from _common import PYTHON, Hub, Summary, add_model, big_file, load, machine, point_at, scratch, table
 
 XXH3_TARGET = 5e9  # bytes per second, page-cached
 FULL_TARGET = 0.9  # of hashlib's sha256 throughput
@@ -85,9 +85,9 @@ def main() -> None:
             for label, way in ways.items():
                 samples[label].append(seconds(way))
 
-    speed = {label: size / Timing.of(s).median for label, s in samples.items()}
+    speed = {label: size / Summary.of(s).median for label, s in samples.items()}
     hashlib_speed = speed["hashlib.file_digest(f, 'sha256')"]
-    rows = [(label, f"{Timing.of(samples[label]).median * 1e3:.0f} ms", f"{s / 1e9:.2f} GB/s",
+    rows = [(label, f"{Summary.of(samples[label]).median * 1e3:.0f} ms", f"{s / 1e9:.2f} GB/s",
              f"{s / hashlib_speed:.2f}x") for label, s in speed.items()]
     print(f"\nhashing a page-cached {size / 2**30:.0f} GiB file, median of {args.rounds} runs")
     table(("way", "time", "throughput", "throughput / hashlib sha256"), rows)

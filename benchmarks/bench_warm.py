@@ -14,7 +14,7 @@ cache warmed; then, in the same process, each way of getting its path is timed
 A second table times the first call in a fresh process, the import included
 (what a test session or a notebook kernel pays once).
 
-    python benchmarks/bench_warm.py [--runs 15] [--calls 2000]
+    python benchmarks/bench_warm.py [--runs 15] [--calls 2000] [--fresh 5]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import PYTHON, Hub, Timing, add_model, load, machine, measure, point_at, ratio, run_child, scratch, table
+from _common import PYTHON, Hub, Summary, add_model, load, machine, measure, point_at, ratio, run_child, scratch, table
 
 REPO, FILE, NAME = "org/tiny", "tiny-Q4_K_M.gguf", "tiny"
 
@@ -124,7 +124,7 @@ def warm(hub: Hub, lock: Path, args: argparse.Namespace) -> None:
     ]
     modelfix.sync([NAME], lock)  # the cold fetches happen here, untimed
     hf_hub_download(REPO, FILE)
-    results: dict[str, tuple[Timing, int]] = {}
+    results: dict[str, tuple[Summary, int]] = {}
     for label, call, number, _ in ways:
         call()  # warm: caches filled, imports done
         hub.clear()
@@ -148,7 +148,7 @@ def warm(hub: Hub, lock: Path, args: argparse.Namespace) -> None:
         for _ in range(args.fresh):
             hub.clear()
             samples.append(run_child([PYTHON, "-c", code]).output["seconds"])
-        fresh[label] = (Timing.of(samples).median, len(hub.requests()))
+        fresh[label] = (Summary.of(samples).median, len(hub.requests()))
     print(f"\nfirst call in a fresh process, import included (median of {args.fresh} processes)")
     base = fresh["modelfix.path"][0]
     table(("way", "median", "HTTP requests", "time / modelfix.path"),

@@ -437,6 +437,8 @@ def _files_array(files: tuple[FilePin, ...]):
 def _write_if_changed(path: Path, old: str, new: str) -> bool:
     if new == old:
         return False
+    if not path.parent.is_dir():
+        raise LockError(f"{path}: folder {path.parent} does not exist. Create it, or pass another --lock PATH.")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:

@@ -129,3 +129,8 @@ def test_common_options_work_after_the_command_too(hub, tmp_path, workdir, run_c
     assert run_cli("add", "chat", REPO, "--lock", str(other))[0] == 0
     code, out, _ = run_cli("list", "--lock", str(other), "--offline")
     assert code == 0 and out.splitlines()[1].startswith("chat")
+
+
+def test_lock_in_a_missing_folder_is_a_clear_error(hub, tmp_path, workdir, run_cli):
+    code, _, err = run_cli("add", "chat", REPO, "--lock", str(tmp_path / "no" / "model-lock.toml"))
+    assert code == 1 and "does not exist. Create it" in err

@@ -23,6 +23,7 @@ EXAMPLE = ROOT / "jupyter_ext" / "example.ipynb"
 
 @pytest.fixture
 def lockfile(hub, workdir: Path) -> Path:
+    """``tiny`` pinned to org/tiny:Q4_K_M: the name the example notebook and the demo's lockfile use."""
     path = workdir / "model-lock.toml"
     add("tiny", "org/tiny:Q4_K_M", path)
     return path
@@ -87,8 +88,13 @@ def test_load_ext_modelfix_without_the_package_says_what_to_install(monkeypatch)
 def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
     llm = magic(shell, "load_model tiny")
     first = capsys.readouterr().out
-    assert "tiny-Q4_K_M.gguf: " in first and "verified" in first
-    assert "llama.cpp: loaded in" in first
+    model = [line for line in first.splitlines() if "tiny-Q4_K_M.gguf:" in line]
+    assert model[:2] == ["[modelfix] tiny tiny-Q4_K_M.gguf: downloading 500.5 KB",
+                         "[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verifying"]
+    assert model[2].startswith("[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verified · origin · ")
+    assert model[2].endswith("B/s") and len(model) == 3  # then the download speed; one line per status
+    load = [line for line in first.splitlines() if "llama.cpp:" in line]
+    assert load[0].startswith("[modelfix] tiny llama.cpp: loading · ≈ ") and "loaded in" in load[1]
     assert "IProgress" not in first
 
     assert magic(shell, "load_model tiny") is llm
@@ -196,7 +202,8 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
     assert isinstance(result.error_in_exec, OfflineError)
     lines = [line for line in out.splitlines() if line.strip() and not line.startswith("[modelfix]")]
     assert len(lines) == 1, out
-    assert "OfflineError:" in lines[0] and "tiny" in lines[0]
+    assert lines[0].startswith("\x1b[31mOfflineError: ") and "tiny-Q4_K_M.gguf" in lines[0]
+    assert "modelfix sync tiny" in lines[0], "the line names the fix"
     assert "Traceback" not in out
 
 
@@ -251,14 +258,19 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     """
     import nbformat
 
-    from modelfix_jupyter import run_notebook
+    from modelfix_jupyter.run import main
 
     monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
+    monkeypatch.chdir(ROOT)
     notebook = nbformat.read(EXAMPLE, as_version=4)
     failing = nbformat.v4.new_code_cell("%load_model nosuch", metadata={"tags": ["raises-exception"]})
     notebook.cells.append(failing)
     nbformat.write(notebook, tmp_path / "example.ipynb")
-    nb = run_notebook(tmp_path / "example.ipynb", cwd=ROOT, timeout=120)
+    assert main([str(tmp_path / "example.ipynb"), "--output", str(tmp_path / "done.ipynb"), "--timeout", "120"]) == 0
+    printed, stderr = capfd.readouterr()
+    # The headless run prints the widget's final state as text, a row per file.
+    assert "tiny-Q4_K_M.gguf  500.5 KB · verified · origin" in printed and "llama.cpp  loaded in" in printed
+    nb = nbformat.read(tmp_path / "done.ipynb", as_version=4)
     outputs = {c.source.splitlines()[0]: c.outputs for c in nb.cells if c.cell_type == "code"}
 
     *ok, [error] = outputs.values()
@@ -272,7 +284,7 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     assert "<td>org/tiny</td>" in models_html and "cached" in models_html
     handle_html = outputs["llm = %load_model tiny"][-1]["data"]["text/html"]
     assert "tiny-Q4_K_M.gguf" in handle_html and "GPU layers offloaded" in handle_html
-    everything = str(nb.cells) + capfd.readouterr().err
+    everything = str(nb.cells) + printed + stderr
     assert "IProgress" not in everything and "without encryption" not in everything
 
     state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]

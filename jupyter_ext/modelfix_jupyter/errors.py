@@ -5,7 +5,7 @@ and the fix; the frames under it only bury that line. While the extension is
 loaded, the shell's custom exception hook shows any ModelfixError raised in a
 cell (by a magic or by ``modelfix.load(...)`` called directly) as::
 
-    OfflineError: model 'tiny': tiny-Q4_K_M.gguf is not cached and offline mode is on. ...
+    LockError: no model named 'nosuch' in /work/model-lock.toml (models: tiny). Add it with `modelfix add ...`.
 
 Other exceptions keep their usual traceback. IPython has one custom-exception
 slot; whatever held it before is remembered, still consulted for its own
@@ -24,8 +24,18 @@ _RED, _RESET = "\x1b[31m", "\x1b[0m"
 
 
 def one_line(error: BaseException) -> str:
-    """``TypeName: message`` on one line, tokens removed."""
-    message = " ".join(str(error).split())
+    """``TypeName: message`` on one line, tokens removed.
+
+    A message's own lines (one per model, then the fix) are joined so that
+    they still read as separate clauses: ``...sync tiny; chat: ... sync chat. Run those...``.
+    """
+    message = ""
+    for part in (" ".join(line.split()) for line in str(error).splitlines()):
+        if not part:
+            continue
+        if message and not message.endswith((":", ".", ";", ",")):
+            message += "." if part[0].isupper() else ";"
+        message += (" " if message else "") + part
     return redact(f"{type(error).__name__}: {message}")
 
 

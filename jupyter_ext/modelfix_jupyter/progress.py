@@ -185,7 +185,10 @@ class WidgetReporter(Reporter):
             from IPython.display import display
 
             self.box = w.VBox([w.HTML(f"<b>{_escape(self.model)}</b>")])
-            display(self.box)
+            # A front end that cannot draw widgets (jupyter console, nbconvert to
+            # text) shows text/plain: a sentence, not the VBox(children=...) repr.
+            bundle = {**self.box._repr_mimebundle_(), "text/plain": f"[modelfix] {self.model}: progress (widget)"}
+            display(bundle, raw=True)
         return self.box
 
     def draw(self, row: _Row) -> None:
@@ -193,9 +196,8 @@ class WidgetReporter(Reporter):
 
         self._box()
         if row.label not in self.bars:
-            bar = w.IntProgress(value=0, min=0, max=1, description=_short(row.label),
+            bar = w.IntProgress(value=0, min=0, max=1, description=_short(row.label), tooltip=row.label,
                                 layout=w.Layout(width="55%"), style={"description_width": "35%"})
-            bar.description_tooltip = row.label
             info = w.HTML()
             self.bars[row.label] = (bar, info)
             self.box.children = (*self.box.children, w.HBox([bar, info]))

@@ -61,16 +61,33 @@ def run_notebook(
     return nb
 
 
-def _text_of(output: Any) -> str:
+def _text_of(output: Any, widgets: dict[str, Any]) -> str:
     if output.get("output_type") == "stream":
         return output.get("text", "")
     if output.get("output_type") == "error":
         return f"{output.get('ename')}: {output.get('evalue')}\n"
     data = output.get("data", {})
-    if "application/vnd.jupyter.widget-view+json" in data:
-        return "[progress widget]\n"
-    text = data.get("text/plain", "")
+    view = data.get("application/vnd.jupyter.widget-view+json")
+    text = _widget_text(view["model_id"], widgets) if view and view.get("model_id") in widgets else ""
+    text = text or data.get("text/plain", "")
     return text + "\n" if text else ""
+
+
+def _widget_text(model_id: str, widgets: dict[str, Any]) -> str:
+    """A widget's final state as text: boxes as lines (VBox) or columns (HBox), labels and HTML as words."""
+    import html
+    import re
+
+    model = widgets.get(model_id.removeprefix("IPY_MODEL_"), {})
+    state = model.get("state", {})
+    children = [_widget_text(child, widgets) for child in state.get("children", [])]
+    if model.get("model_name") == "VBoxModel":
+        return "\n".join(children)
+    if model.get("model_name") == "HBoxModel":
+        return "  ".join(children)
+    if model.get("model_name") == "HTMLModel":
+        return html.unescape(re.sub(r"<[^>]+>", "", state.get("value", "")))
+    return state.get("description", "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     except CellExecutionError as exc:
         print(f"{args.notebook}: a cell failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
         return 1
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         print(f"In [{cell.get('execution_count')}]: {cell.source}")
         for output in cell.get("outputs", []):
-            sys.stdout.write(_text_of(output))
+            sys.stdout.write(_text_of(output, widgets))
     print(f"{args.notebook}: {sum(c.cell_type == 'code' for c in nb.cells)} cells executed")
     return 0
 

@@ -407,6 +407,13 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients drop keep-alive connections and abort downloads all the time (that is what
+        # the fault tests do); only unexpected errors deserve a traceback on stderr.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         with self.conns_lock:
             for conn in self.conns:
