@@ -18,6 +18,7 @@ leaves this machine.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ def _step(title: str, argv: list[str], env: dict[str, str]) -> None:
 
 def main() -> int:
     work = ROOT / ".demo"
+    # A cold cache each time, so the demo shows a real (verified) download.
+    shutil.rmtree(work / "cache", ignore_errors=True)
     repo_files = tiny_repo_files(work / "repo", tags=("Q4_K_M", "Q8_0"), split_tags=("Q2_K",), split_parts=3)
     lock = ROOT / "model-lock.toml"
     committed = lock.read_bytes()
