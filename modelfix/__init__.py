@@ -75,7 +75,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'modelfix' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = globals()[name] = getattr(importlib.import_module(module), name)  # later lookups skip this hook
+    return value
 
 
 def load_ipython_extension(ipython: Any) -> None:

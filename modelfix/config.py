@@ -4,6 +4,12 @@ Read when used, never at import: a test can set ``MODELFIX_CACHE_DIR`` and
 the next call sees it. Front ends pass their options (``--cache-dir``,
 ``--modelfix-offline``...) as arguments, which win over the environment.
 
+A warm ``modelfix.path()`` needs only the root (:func:`cache_root`), and asks
+for it on every call: the ``realpath`` of each absolute root string is kept for
+the life of the process, so a changed ``MODELFIX_CACHE_DIR`` is a new lookup
+and an unchanged one costs a dict lookup. (A symlink on the way to the root
+re-pointed while the process runs is therefore not followed.)
+
 =========================  ==========================================
 environment                meaning
 =========================  ==========================================
@@ -26,13 +32,43 @@ from typing import final
 from .errors import CacheError
 from .eviction import parse_size
 
-__all__ = ["CacheSettings", "env_flag"]
+__all__ = ["CacheSettings", "cache_root", "env_flag"]
 
 _TRUE = {"1", "true", "yes", "on"}
 
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The store root, resolved: ``cache_dir``, else ``MODELFIX_CACHE_DIR``, else the platform's cache folder."""
+    raw = os.fspath(cache_dir or os.environ.get("MODELFIX_CACHE_DIR") or _platform_cache_dir())
+    root = _ROOTS.get(raw)
+    if root is None:
+        root = Path(raw).expanduser().resolve()
+        if os.path.isabs(raw):  # a relative or ~ root depends on the working folder or HOME: resolve it each time
+            if len(_ROOTS) >= _ROOTS_LIMIT:
+                _ROOTS.clear()
+            _ROOTS[raw] = root
+    return root
+
+
+def _platform_cache_dir() -> str:
+    # platformdirs costs more than the rest of a warm path() together; on Linux and macOS its
+    # answer depends on these two variables alone, so they are the key.
+    key = (os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+    found = _DEFAULTS.get(key)
+    if found is None:
+        import platformdirs
+
+        found = _DEFAULTS[key] = platformdirs.user_cache_dir("modelfix", appauthor=False)
+    return found
+
+
+_ROOTS: dict[str, Path] = {}  # absolute root as given -> its realpath
+_ROOTS_LIMIT = 64  # a test run makes a root per test: a bound keeps it from hoarding them
+_DEFAULTS: dict[tuple[str | None, str | None], str] = {}  # (XDG_CACHE_HOME, HOME) -> platformdirs' cache dir
 
 
 @final
@@ -52,11 +88,6 @@ class CacheSettings:
         max_size: str | int | float | None = None,
         remote: str | None = None,
     ) -> CacheSettings:
-        root = cache_dir or os.environ.get("MODELFIX_CACHE_DIR")
-        if not root:
-            import platformdirs
-
-            root = platformdirs.user_cache_dir("modelfix", appauthor=False)
         if offline is None:
             offline = env_flag("MODELFIX_OFFLINE") or env_flag("HF_HUB_OFFLINE")
         raw_size = max_size if max_size is not None else os.environ.get("MODELFIX_CACHE_MAX_SIZE")
@@ -65,4 +96,4 @@ class CacheSettings:
         except ValueError as exc:
             raise CacheError(str(exc)) from None
         remote = remote if remote is not None else (os.environ.get("MODELFIX_REMOTE") or None)
-        return cls(root=Path(root).expanduser().resolve(), max_size=size, offline=bool(offline), remote=remote)
+        return cls(root=cache_root(cache_dir), max_size=size, offline=bool(offline), remote=remote)

@@ -48,6 +48,7 @@ __all__ = [
     "RoutingRule",
     "Lockfile",
     "find_lockfile",
+    "nearest_lockfile",
     "write_pins",
     "add_entry",
     "check_relative_path",
@@ -221,12 +222,25 @@ def find_lockfile(explicit: str | os.PathLike[str] | None = None, start: Path | 
     """The lockfile to use: ``explicit``, ``MODELFIX_LOCK``, or the nearest upward."""
     chosen = explicit or os.environ.get("MODELFIX_LOCK")
     if chosen:
-        return Path(chosen)
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / LOCK_NAME
-        if candidate.is_file():
+        return chosen if isinstance(chosen, Path) else Path(chosen)
+    return Path(nearest_lockfile(start))
+
+
+def nearest_lockfile(start: str | os.PathLike[str] | None = None) -> str:
+    """The nearest ``model-lock.toml`` from ``start`` (default: the working folder) upward, absolute.
+
+    Strings, not pathlib: a warm ``modelfix.path(name)`` searches on every call.
+    """
+    here = os.path.realpath(start) if start else os.getcwd()  # getcwd is free of symlinks already
+    folder = here
+    while True:
+        candidate = os.path.join(folder, LOCK_NAME)
+        if os.path.isfile(candidate):
             return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
     raise LockError(
         f"no {LOCK_NAME} in {here} or any parent folder. "
         f"Create one with `modelfix add NAME SOURCE`, or pass --lock PATH."

@@ -14,8 +14,21 @@
 ``model-lock.toml`` upward. Bytes come from the first place that has them:
 the store, another local cache (huggingface_hub's or llama.cpp's, verified
 and linked in), the remote tier (``MODELFIX_REMOTE``), then the entry's
-origin. A warm call reads one small manifest and stats each file: no network,
-no hashing.
+origin. A warm call costs a few stats: no network, no hashing, no parsing.
+
+The warm path keeps two memos per process, each checked by stats on every call::
+
+    lockfile path -> (identity, text, parsed Lockfile)    re-read when the identity moves
+                                                          (or the file is under 2 s old)
+    (cache root, lockfile, model) -> (Entry, view Snapshot, Materialized)
+
+A call reuses the Materialized while the entry is the same object (the
+lockfile did not change) and the view's files still have the identities they
+had (a stat each): a view removed by ``cache rm``, gc or an eviction in
+another process, or a blob removed by ``verify``, fails that check and the
+call takes the cold path again. The cache root is read from the environment
+on every call (:func:`~modelfix.config.cache_root`), so a new
+``MODELFIX_CACHE_DIR`` is a new memo key.
 
 The remote tier is content-addressed like the store, so any runner can fill it
 and none has to trust it::
@@ -28,22 +41,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CacheSettings
+from .config import CacheSettings, cache_root
 from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError, redact
 from .eviction import format_size
 from .fetch import FetchPolicy, download
-from .hashing import sha256_text
+from .hashing import file_identity, sha256_text
 from .jobs import Cancelled, Job, jobs, new_job
-from .lockfile import Entry, FilePin, Lockfile, find_lockfile
+from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile
 from .sources import Location, source_for
 from .store import Store
 from .transports import SourceMissing, Transport, transport_for
-from .views import ViewFile
+from .views import Snapshot, ViewFile
 
 __all__ = [
     "Materialized",
@@ -95,24 +109,32 @@ class Problem:
 
 # --- the lockfile side -------------------------------------------------------
 
-_LOCKS: dict[str, tuple[tuple[int, int], Lockfile]] = {}
+_LOCKS: dict[str, tuple[tuple[int, int, int, int], str, Lockfile]] = {}  # path -> (identity, text, parse)
+# A file written this recently may be written again within the same tick of the filesystem's clock
+# (a jiffy on ext4, up to 2 s elsewhere) and keep its identity: its text is compared instead.
+_RACY_NS = 2_000_000_000
 
 
 def _lockfile(lock: LockLike) -> Lockfile:
-    """Parse once per change of the file: a warm ``path()`` must not pay for TOML."""
+    """Parse once per change of the file: a warm ``path()`` pays a stat, not a TOML parse."""
     if isinstance(lock, Lockfile):
         return lock
-    where = os.path.abspath(find_lockfile(lock))
+    chosen = lock or os.environ.get("MODELFIX_LOCK")  # find_lockfile's order, without building a Path
+    where = os.path.abspath(chosen) if chosen else nearest_lockfile()
     try:
-        st = os.stat(where)
+        stamp = file_identity(where)  # the inode too: editors and `modelfix lock` replace the file
     except OSError:
         return Lockfile.load(where)  # raises the friendly "no such lockfile"
-    stamp = (st.st_mtime_ns, st.st_size)
     cached = _LOCKS.get(where)
-    if cached and cached[0] == stamp:
-        return cached[1]
-    parsed = Lockfile.load(where)
-    _LOCKS[where] = (stamp, parsed)
+    if cached and cached[0] == stamp and time.time_ns() - stamp[3] > _RACY_NS:
+        return cached[2]
+    try:
+        with open(where, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return Lockfile.load(where)
+    parsed = cached[2] if cached and cached[1] == text else Lockfile.parse(text, Path(where))
+    _LOCKS[where] = (stamp, text, parsed)
     return parsed
 
 
@@ -175,7 +197,10 @@ def _open(settings: CacheSettings | None) -> tuple[CacheSettings, Store]:
 
 def files(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> Materialized:
     """Every file of model ``name``, verified, in its view; fetches what is missing."""
-    return _materialize([name], lock, settings, workers=4, cancel=None)[0]
+    lockfile = _lockfile(lock)
+    # A warm call skips _materialize and its lists: about a tenth of what it costs.
+    warm = _warm(Store(settings.root if settings else cache_root()), lockfile, _pinned(lockfile, name))
+    return warm or _materialize([name], lockfile, settings, workers=4, cancel=None)[0]
 
 
 def path(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> Path:
@@ -204,30 +229,67 @@ def _materialize(names: Sequence[str], lock: LockLike, settings: CacheSettings |
                  workers: int, cancel: threading.Event | None) -> list[Materialized]:
     lockfile = _lockfile(lock)
     entries = _entries(lockfile, names)
-    settings, store = _open(settings)
+    store = Store(settings.root if settings else cache_root())  # the warm path needs no other setting
     ready: dict[str, Materialized] = {}
     for entry in entries:
-        key = content_key(entry)
-        if store.use_view(key):
-            ready[entry.name] = _materialized(entry, store.view_path(key), key)
+        if (found := _warm(store, lockfile, entry)) is not None:
+            ready[entry.name] = found
     cold = [e for e in entries if e.name not in ready]
     if cold:
+        settings = settings or CacheSettings.resolve(cache_dir=store.root)
         _fetch(cold, lockfile, settings, store, workers, cancel or threading.Event())
         for entry in cold:
-            ready[entry.name] = _build(entry, store)
+            ready[entry.name] = _build(entry, lockfile, store)
     return [ready[e.name] for e in entries]
 
 
-def _build(entry: Entry, store: Store) -> Materialized:
+@dataclass(frozen=True)
+class _Seen:
+    """What the last call for a model found: valid while ``entry`` is the lockfile's and ``view`` is unchanged."""
+
+    entry: Entry
+    view: Snapshot
+    materialized: Materialized
+
+
+_WARM: dict[tuple[Path, Path, str], _Seen] = {}
+_WARM_LIMIT = 256  # models x cache roots one process uses; a test run makes a root per test
+
+
+def _warm(store: Store, lockfile: Lockfile, entry: Entry) -> Materialized | None:
+    """``entry``'s Materialized if its view is whole (leased, last use recorded); None if it must be made."""
+    slot = (store.root, lockfile.path, entry.name)
+    seen = _WARM.get(slot)
+    if seen is not None and seen.entry is not entry:  # the lockfile changed since
+        seen = None
+    key = seen.materialized.content_key if seen else content_key(entry)
+    view = store.use_view(key, seen.view if seen else None)
+    if view is None:
+        return None
+    if seen and view is seen.view:
+        return seen.materialized
+    return _remember(slot, entry, view, _materialized(entry, store.view_path(key), key))
+
+
+def _remember(slot: tuple[Path, Path, str], entry: Entry, view: Snapshot, materialized: Materialized) -> Materialized:
+    if len(_WARM) >= _WARM_LIMIT:
+        _WARM.clear()
+    _WARM[slot] = _Seen(entry, view, materialized)
+    return materialized
+
+
+def _build(entry: Entry, lockfile: Lockfile, store: Store) -> Materialized:
     shown = []
     for name, pins in _layout(entry):
         sha = store.join([p.sha256 for p in pins]) if pins[0].join else pins[0].sha256
         shown.append(ViewFile(name, sha))
     key = content_key(entry)
     store.build_view(key, shown, entry.name)
-    if not store.use_view(key):
+    view = store.use_view(key)
+    if view is None:
         raise CacheError(f"{entry.name}: the view {store.view_path(key)} changed while it was being made; run again.")
-    return _materialized(entry, store.view_path(key), key)
+    made = _materialized(entry, store.view_path(key), key)
+    return _remember((store.root, lockfile.path, entry.name), entry, view, made)
 
 
 def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, store: Store,
@@ -238,9 +300,9 @@ def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, st
             wanted.setdefault(pin.sha256, (entry, pin))
     absent = {sha: item for sha, item in wanted.items() if not store.has(sha)}
     if settings.offline:
-        unfetchable = [(e.name, p) for e, p in absent.values() if not _adoptable(e, p, lockfile)]
-        if unfetchable:
-            raise OfflineError(_offline_message(unfetchable))
+        stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile)}
+        if stuck:  # every model lists every file it lacks, those it shares with another too
+            raise OfflineError(_offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck]))
     if absent and settings.max_size != float("inf"):
         store.make_room(sum(p.size for _, p in absent.values()), settings.max_size, keep=set(wanted),
                         model=", ".join(e.name for e in entries))

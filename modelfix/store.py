@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from .eviction import Candidate, NoRoom, plan
 from .events import Event, events
 from .hashing import Digest, FileHash, file_identity, hash_file, sha256_text
 from .jobs import Cancelled
-from .views import MANIFEST, View, ViewFile
+from .views import Snapshot, View, ViewFile
 
 __all__ = ["Store", "Usage", "stats", "writing", "cache_error"]
 
@@ -71,7 +72,8 @@ class Store:
     """One cache root. Cheap to create: it only names paths until asked to act."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        # The settings' own Path, when given one: leases are looked up by it on every warm call.
+        self.root = root if isinstance(root, Path) else Path(root)
 
     # --- paths -------------------------------------------------------------
 
@@ -273,31 +275,33 @@ class Store:
 
     # --- views ---------------------------------------------------------------
 
-    def use_view(self, key: str) -> bool:
-        """Is view ``key`` whole, each file still the blob it was made from? Leases its blobs if so.
+    def use_view(self, key: str, seen: Snapshot | None = None) -> Snapshot | None:
+        """View ``key`` if it is whole, each file still the blob it was made from; its blobs leased.
 
-        This is the warm path: one small read and a stat per file, no hashing.
-        The lease is taken, and the view checked again, under the shared store
-        lock, so an eviction either sees the lease or finished before the check.
+        This is the warm path: one small read and a stat per file, no hashing;
+        with ``seen`` (what an earlier call returned) the stats alone, while
+        they match and this process still leases its blobs (a forked child
+        does not). The lease is taken, and the view checked again, under the
+        shared store lock, so an eviction either sees the lease or finished
+        before the check.
         """
-        shas = self._check_view(key)
-        if shas is None:
-            return False
-        if not set(shas) <= leases.held(self.root):
+        if seen is not None and seen.shas <= leases.held(self.root) and seen.unchanged():
+            _used(seen.manifest)
+            return seen
+        now = self._check_view(key)
+        if now is None:
+            return None
+        if not now.shas <= leases.held(self.root):
             with self._store_lock(shared=True):
-                shas = self._check_view(key)
-                if shas is None:
-                    return False
-                self._take(shas)
-        manifest = self.view_path(key) / MANIFEST
-        if manifest not in _TOUCHED:  # last use, for eviction: once per process is precise enough
-            _TOUCHED.add(manifest)
-            with contextlib.suppress(OSError):
-                os.utime(manifest)
-        return True
+                now = self._check_view(key)
+                if now is None:
+                    return None
+                self._take(now.shas)
+        _used(now.manifest)
+        return now
 
-    def _check_view(self, key: str) -> list[str] | None:
-        return View.read(self.view_path(key)).blobs_if_whole()
+    def _check_view(self, key: str) -> Snapshot | None:
+        return View.read(self.view_path(key)).snapshot()
 
     def build_view(self, key: str, files: Sequence[ViewFile], model: str) -> Path:
         """Make (or repair) view ``key`` showing ``files``; every blob must be present."""
@@ -532,6 +536,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 
+def _used(manifest: str) -> None:
+    """Record a use of the view (its manifest's mtime, for eviction), at most once a minute per process.
+
+    Eviction orders views by last use; a minute is far below the gaps that
+    matter there, and a utime on every warm call would double its cost.
+    """
+    now = time.monotonic()
+    if now - _LAST_USED.get(manifest, -_USE_EVERY) >= _USE_EVERY:
+        _LAST_USED[manifest] = now
+        with contextlib.suppress(OSError):
+            os.utime(manifest)
+
+
 def _thread_lock(key: str) -> threading.Lock:
     """One lock per blob, so that threads of one process queue here rather than poll the file lock."""
     with _THREAD_LOCKS_GUARD:
@@ -540,5 +557,6 @@ def _thread_lock(key: str) -> threading.Lock:
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
-_TOUCHED: set[Path] = set()
+_LAST_USED: dict[str, float] = {}  # manifest -> time.monotonic() of the last utime
+_USE_EVERY = 60.0
 

@@ -11,8 +11,10 @@ Under the cache root::
 
 ``id`` is the (device, inode, size, mtime_ns) of each file as it was linked:
 while every file still has it, the view is whole and shows the bytes that were
-verified, which :meth:`View.blobs_if_whole` checks with one stat per file and
-no hashing. The manifest's mtime is the view's last use, for eviction.
+verified, which :meth:`View.snapshot` checks with one stat per file and no
+hashing. The :class:`Snapshot` it returns repeats that check with the stats
+alone (no manifest to read and parse), which is what a warm ``path()`` costs.
+The manifest's mtime is the view's last use, for eviction.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from .hashing import file_identity
 
-__all__ = ["MANIFEST", "ViewFile", "View", "build", "scan"]
+__all__ = ["MANIFEST", "ViewFile", "View", "Snapshot", "build", "scan"]
 
 MANIFEST = ".modelfix.json"
 
@@ -65,14 +67,15 @@ class View:
     def shas(self) -> set[str]:
         return {f["sha256"] for f in self.files}
 
-    def blobs_if_whole(self) -> list[str] | None:
-        """The blobs shown, in order, or None if the view is absent, broken or a file in it changed."""
+    def snapshot(self) -> Snapshot | None:
+        """The view as it is now if it is whole (every file still the one linked); else None."""
         try:
-            if not self.files or any(list(file_identity(self.path / f["name"])) != f["id"] for f in self.files):
-                return None
-        except (OSError, KeyError):
+            files = tuple((str(self.path / f["name"]), tuple(f["id"])) for f in self.files)
+            shas = frozenset(f["sha256"] for f in self.files)
+        except (KeyError, TypeError):
             return None
-        return [f["sha256"] for f in self.files]
+        seen = Snapshot(str(self.path / MANIFEST), files, shas)
+        return seen if files and seen.unchanged() else None
 
     def last_used(self) -> float | None:
         """When a process last used the view (its manifest's mtime); None if it is gone."""
@@ -80,6 +83,25 @@ class View:
             return (self.path / MANIFEST).stat().st_mtime
         except OSError:
             return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A whole view as :meth:`View.snapshot` found it: each file's path and identity, the blobs shown."""
+
+    manifest: str
+    files: tuple[tuple[str, tuple[int, ...]], ...]
+    shas: frozenset[str]
+
+    def unchanged(self) -> bool:
+        """Does every file still have its identity? One stat each; no pathlib, no manifest."""
+        try:
+            for path, ident in self.files:
+                if file_identity(path) != ident:
+                    return False
+        except OSError:
+            return False
+        return True
 
 
 def scan(folder: Path) -> Iterator[View]:

@@ -17,6 +17,21 @@ def test_environment_is_read_at_call_time(monkeypatch, tmp_path):
     assert CacheSettings.resolve().root == tmp_path / "b"
 
 
+def test_a_relative_or_default_root_follows_the_working_folder_and_xdg(monkeypatch, tmp_path):
+    for folder in ("a", "b", "xdg-a", "xdg-b"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", "cache")
+    monkeypatch.chdir(tmp_path / "a")
+    assert CacheSettings.resolve().root == tmp_path / "a" / "cache"
+    monkeypatch.chdir(tmp_path / "b")
+    assert CacheSettings.resolve().root == tmp_path / "b" / "cache"
+
+    monkeypatch.delenv("MODELFIX_CACHE_DIR")
+    for xdg in ("xdg-a", "xdg-b"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / xdg))
+        assert CacheSettings.resolve().root == tmp_path / xdg / "modelfix"
+
+
 def test_arguments_win(monkeypatch, tmp_path):
     monkeypatch.setenv("MODELFIX_OFFLINE", "1")
     monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "1GB")

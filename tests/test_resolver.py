@@ -8,13 +8,19 @@ offline mode says exactly what to sync, and a cancel leaves a resumable partial.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import modelfix
+import modelfix.resolver
 import modelfix.store
+import modelfix.views
 from modelfix.config import CacheSettings
 from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
 from modelfix.jobs import Cancelled, jobs
@@ -27,13 +33,24 @@ from modelfix.testing.hub import Fault
 REPO, MODEL = "org/tiny", "tiny-Q4_K_M.gguf"
 
 
-
 def _store() -> Store:
     return Store(CacheSettings.resolve().root)
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cli(*args: str, cwd: Path) -> None:
+    """``modelfix ARGS`` in another process, as a second terminal would run it."""
+    done = subprocess.run([sys.executable, "-m", "modelfix", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+    assert done.returncode in (0, 1), done.stderr  # 1: `verify` found a problem
+
+
 def _byte_gets(hub, name=MODEL):
-    return [r for r in hub.requests if r.filename == name and r.method == "GET" and r.status in (200, 206)]
+    """GETs that carried bytes, of file ``name`` (every file if None)."""
+    return [r for r in hub.requests if name in (None, r.filename) and r.method == "GET" and r.status in (200, 206)]
 
 
 def test_files_names_every_file_of_the_entry_in_its_view(lock, tiny_files):
@@ -55,21 +72,104 @@ def test_entries_pinning_the_same_bytes_share_one_view(lock):
     assert modelfix.files("chat-again", lock).view == modelfix.files("chat", lock).view
 
 
-def test_a_warm_path_makes_no_request_hashes_nothing_and_is_fast(lock, hub, monkeypatch):
-    modelfix.path("chat", lock)
+@pytest.mark.parametrize("lock_arg", ["given", "found upward"])
+def test_a_warm_path_makes_no_request_hashes_and_parses_nothing_and_is_fast(lock, hub, monkeypatch, lock_arg):
+    given = lock if lock_arg == "given" else None
+    an_hour_ago = time.time() - 3600  # as a project's lockfile is: its stat alone is trusted
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    first = modelfix.path("chat", given)
     hub.clear_log()
 
-    def no_hashing(*args, **kwargs):
-        raise AssertionError("a warm path() must not hash")
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a warm path() must not hash, read a view's manifest or parse the lockfile")
 
-    monkeypatch.setattr(modelfix.store, "hash_file", no_hashing)
+    monkeypatch.setattr(modelfix.store, "hash_file", forbidden)
+    monkeypatch.setattr(modelfix.views.View, "read", forbidden)
+    monkeypatch.setattr(modelfix.resolver.Lockfile, "parse", forbidden)
     started = time.perf_counter()
     for _ in range(200):
-        modelfix.path("chat", lock)
+        assert modelfix.path("chat", given) == first
     per_call = (time.perf_counter() - started) / 200
 
     assert hub.requests == []
-    assert per_call < 0.002
+    assert per_call < 0.0005
+
+
+def _cache_rm(m, lock) -> None:
+    _cli("cache", "rm", "chat", cwd=lock.parent)
+
+
+def _verify_after_bit_rot(m, lock) -> None:
+    blob = _store().blob_path(m.entry.files[0].sha256)
+    before = blob.stat()
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:  # one bit flipped, same size, same mtime: only a hash can tell
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    _cli("verify", "chat", cwd=lock.parent)
+
+
+def _one_file_deleted(m, lock) -> None:
+    m.files[1].unlink()
+
+
+@pytest.mark.parametrize(("change", "downloads"), [
+    (_cache_rm, []),  # the blobs stay: this process leases them
+    (_verify_after_bit_rot, [MODEL]),
+    (_one_file_deleted, []),
+], ids=["cache rm in another process", "verify in another process removes a rotten blob", "a view file deleted"])
+def test_a_warm_path_notices_a_view_changed_under_it(lock, hub, change, downloads):
+    m = modelfix.files("chat", lock)
+    modelfix.files("chat", lock)  # warm
+    change(m, lock)
+    hub.clear_log()
+
+    again = modelfix.files("chat", lock)
+
+    assert again.files == m.files
+    assert [_sha(f) for f in again.files] == [p.sha256 for p in m.entry.files]
+    assert [r.filename for r in _byte_gets(hub, None)] == downloads
+
+
+def _repinned(lock: Path) -> None:
+    add("chat", f"{REPO}:Q8_0", lock)
+
+
+def _swapped_in_place(lock: Path) -> None:
+    """``chat`` and ``talk`` trade tables: same size, same inode, and the mtime put back."""
+    before = lock.stat()
+    text = lock.read_text().replace("[models.chat]", "[models.tmp_]").replace("[models.talk]", "[models.chat]")
+    with open(lock, "r+", encoding="utf-8") as f:
+        f.write(text.replace("[models.tmp_]", "[models.talk]"))
+    os.utime(lock, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (lock.stat().st_ino, lock.stat().st_size) == (before.st_ino, before.st_size)
+
+
+@pytest.mark.parametrize("edit", [_repinned, _swapped_in_place], ids=["re-pinned", "rewritten in place"])
+def test_a_warm_path_follows_an_edited_lockfile(lock, edit):
+    add("talk", f"{REPO}:Q8_0", lock)
+    assert modelfix.path("chat", lock).name == MODEL
+    assert modelfix.path("chat", lock).name == MODEL  # warm
+
+    edit(lock)
+
+    assert modelfix.path("chat", lock).name == "tiny-Q8_0.gguf"
+
+
+def test_a_warm_path_follows_the_cache_dir_of_the_moment(lock, hub, monkeypatch, tmp_path):
+    first = modelfix.path("chat", lock)
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "other-cache"))
+    hub.clear_log()
+
+    moved = modelfix.path("chat", lock)
+
+    assert moved.is_relative_to(tmp_path / "other-cache") and not first.is_relative_to(tmp_path / "other-cache")
+    assert sorted(r.filename for r in _byte_gets(hub, None)) == ["mmproj-tiny-f16.gguf", "preset.ini", MODEL]
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache"))
+    assert modelfix.path("chat", lock) == first
 
 
 def test_unpinned_and_stale_entries_ask_for_modelfix_lock(lock):
@@ -95,6 +195,21 @@ def test_offline_names_every_missing_model_and_the_sync_that_fixes_it(lock, hub,
     assert "split: tiny-Q2_K-00001-of-00003.gguf" in message and "modelfix sync split" in message
     assert "modelfix sync chat" not in message
     assert hub.requests == []
+
+
+def test_offline_lists_for_each_model_every_file_it_lacks_shared_ones_too(lock, monkeypatch):
+    monkeypatch.setenv("MODELFIX_OFFLINE", "1")
+    lockfile = Lockfile.load(lock)
+
+    with pytest.raises(OfflineError) as info:
+        modelfix.sync(lock=lock)
+
+    listed = {line.split(":")[0].strip(): line for line in str(info.value).splitlines() if "->" in line}
+    assert listed.keys() == {"chat", "split"}
+    for name, line in listed.items():
+        lacking = [p.path for model, p in missing(lockfile, CacheSettings.resolve()) if model == name]
+        assert lacking == [p.path for p in lockfile.entry(name).files]  # mmproj and preset.ini included
+        assert all(f" {path} (" in line for path in lacking), line
 
 
 def test_corrupt_bytes_once_are_fetched_again_cleanly(lock, hub):

@@ -12,11 +12,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import modelfix
+import modelfix.store
 from modelfix.config import CacheSettings
 from modelfix.events import events
 from modelfix.locking import add
@@ -101,6 +103,19 @@ def test_a_flipped_byte_in_a_committed_blob_is_caught_and_removed(lock, hub, ful
     assert _sha(modelfix.path("a", lock)) == m.entry.files[0].sha256  # fetched again
     assert _byte_downloads(hub) == 1
     assert modelfix.verify(["a"], lock, full=True) == []
+
+
+def test_a_warm_use_records_the_views_last_use_at_most_once_a_minute(lock, monkeypatch):
+    manifest = modelfix.files("a", lock).view / ".modelfix.json"
+    os.utime(manifest, (1000, 1000))
+
+    modelfix.files("a", lock)
+    assert manifest.stat().st_mtime == 1000  # recorded a moment ago: a warm call writes nothing
+
+    monkeypatch.setattr(modelfix.store, "_USE_EVERY", 0.0)  # as if a minute had passed
+    modelfix.files("a", lock)
+    assert manifest.stat().st_mtime > time.time() - 60
+    assert _store().usage().views[0]["last_used"] == manifest.stat().st_mtime
 
 
 def test_a_blob_whose_identity_moved_is_rehashed_and_kept_if_good(lock):
