@@ -447,7 +447,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._status = code
+        # Logged before the answer leaves: a client that counts requests right after
+        # its call returns must see this one.
+        self._record()
         super().send_response(code, message)
+
+    def _record(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        split = urlsplit(self.path)
+        with self.server.hub._lock:
+            self.server.hub._log.append(
+                Request(
+                    self.server.origin, self.command, unquote(split.path), split.query,
+                    self.headers.get("Range"), self._status, self._repo_id, self._filename,
+                )
+            )
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -456,15 +472,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- dispatch ----------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        hub = self.server.hub
         split = urlsplit(self.path)
         segs = [unquote(s) for s in split.path.split("/")[1:]]  # split first: %2F stays in one segment
         while segs and not segs[-1]:
             segs.pop()
         self._status, self._repo_id, self._filename = 0, None, None
+        self._logged = False
         # Read any body up front, so that an early error answer leaves the connection in sync.
         self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if segs[:2] == ["_modelfix", "requests"]:
+            self._logged = True  # the log does not log reads of itself
             return self._admin()
         try:
             if self.server.origin == "cdn":
@@ -482,13 +499,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(500, {"error": f"LocalHub: {type(e).__name__}: {e}"})
         finally:
-            with hub._lock:
-                hub._log.append(
-                    Request(
-                        self.server.origin, self.command, unquote(split.path), split.query,
-                        self.headers.get("Range"), self._status, self._repo_id, self._filename,
-                    )
-                )
+            self._record()  # answers that never got a status line (a reset) are logged too
 
     def _admin(self) -> None:
         hub = self.server.hub
