@@ -20,9 +20,14 @@ from collections.abc import Sequence
 
 from ..errors import ModelfixError, redact
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "count"]
 
 _GROUPS = ("lock", "cache", "run")
+
+
+def count(n: int, thing: str) -> str:
+    """``1 model``, ``2 models``."""
+    return f"{n} {thing}{'s' if n != 1 else ''}"
 
 
 def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from . import count
 from ..eviction import format_size
 
 if TYPE_CHECKING:
@@ -60,10 +61,6 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
     from ..config import CacheSettings
 
     return CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline, **overrides)
-
-
-def _count(n: int, thing: str) -> str:
-    return f"{n} {thing}{'s' if n != 1 else ''}"
 
 
 @contextmanager
@@ -120,8 +117,8 @@ def _sync(args: argparse.Namespace) -> int:
     with _progress():
         done = sync(args.names or None, args.lock, settings=_settings(args), workers=max(1, args.jobs))
     for m in done:
-        print(f"{m.name}: {_count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
-    print(f"{_count(len(done), 'model')} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        print(f"{m.name}: {count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
+    print(f"{count(len(done), 'model')} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 

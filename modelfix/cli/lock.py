@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import count
 from ..eviction import format_size
 from ..lockfile import ENTRY_SETTINGS, Lockfile, Pins
 
@@ -37,7 +38,7 @@ def _short(pins: Pins | None) -> str:
     if pins is None:
         return "unpinned"
     where = pins.revision[:12] if pins.revision else "content"
-    return f"{where} ({len(pins.files)} files, {format_size(sum(f.size for f in pins.files))})"
+    return f"{where} ({count(len(pins.files), 'file')}, {format_size(sum(f.size for f in pins.files))})"
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -67,7 +68,7 @@ def _lock(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        print(f"{lockfile.path}: {len(lockfile.entries)} models, all pinned")
+        print(f"{lockfile.path}: {count(len(lockfile.entries), 'model')}, all pinned")
         return 0
     result = lock(args.lock, upgrade=args.upgrade, models=args.model)
     for name, (old, new) in result.changed.items():
@@ -75,7 +76,7 @@ def _lock(args: argparse.Namespace) -> int:
         change = f"{_short(old)} -> {_short(new)}" if old else _short(new)
         print(f"{verb} {name}: {change}")
     if not result.changed:
-        print(f"{result.path}: up to date ({len(result.unchanged)} models)")
+        print(f"{result.path}: up to date ({count(len(result.unchanged), 'model')})")
     return 0
 
 
