@@ -92,7 +92,8 @@ class CacheSettings:
             offline = env_flag("MODELFIX_OFFLINE") or env_flag("HF_HUB_OFFLINE")
         raw_size = max_size if max_size is not None else os.environ.get("MODELFIX_CACHE_MAX_SIZE")
         try:
-            size = parse_size(raw_size, "MODELFIX_CACHE_MAX_SIZE") if raw_size not in (None, "") else math.inf
+            what = "MODELFIX_CACHE_MAX_SIZE" if max_size is None else "--max-size"
+            size = parse_size(raw_size, what) if raw_size not in (None, "") else math.inf
         except ValueError as exc:
             raise CacheError(str(exc)) from None
         remote = remote if remote is not None else (os.environ.get("MODELFIX_REMOTE") or None)

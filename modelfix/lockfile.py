@@ -195,6 +195,11 @@ class Lockfile:
                 "Valid keys: version, models, routing."
             )
         version = data.get("version", SCHEMA_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise LockError(
+                f"{_where(path, text, key='version')}: `version` must be an integer: "
+                f"version = {SCHEMA_VERSION}, not {version!r}."
+            )
         if version != SCHEMA_VERSION:
             raise LockError(
                 f"{_where(path, text, key='version')}: lockfile version {version!r} is not "

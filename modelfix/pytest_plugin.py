@@ -234,6 +234,7 @@ class ModelfixSession:
     @contextlib.contextmanager
     def _working_on(self, name: str) -> Iterator[None]:
         """Around each fetch or load for a test: what the core reports meanwhile is this run's."""
+        self.lockfile.entry(name)  # a name not in the lockfile fails here, and is not "used"
         self.stats.use(name)
         if self._bridge is None:
             # Late on purpose: by the first model, collection has imported every conftest.py.

@@ -172,7 +172,12 @@ def select_file(paths: list[str], path: str, *, repo: str = "") -> ModelGroup:
         if path in group.parts:
             return group
     if path in paths:
-        return ModelGroup(key=path, parts=(path,))
+        if posixpath.basename(path).lower().endswith(".gguf"):
+            return ModelGroup(key=path, parts=(path,))  # e.g. an mmproj named on purpose
+        raise SourceError(
+            f"file {path!r} in {repo or 'the repository'} is not a GGUF model file. "
+            f"Model files there: {_available(model_groups(paths))}"
+        )
     raise SourceError(
         f"file {path!r} does not exist in {repo or 'the repository'}. "
         f"Model files there: {_available(model_groups(paths))}"
@@ -219,11 +224,17 @@ def _pick_mmproj(paths: list[str], model: ModelGroup, tag: str | None) -> str | 
             depth += 1
         return depth
 
-    def score(path: str) -> tuple[int, int, int]:
-        tag_hit = 1 if tag and _tag_re(tag).search(posixpath.basename(path)) else 0
+    def score(path: str) -> tuple[int, int, int, int]:
+        name = posixpath.basename(path)
+        # 2: the tag as a whole word ("F16" in "x-f16.gguf"), 1: inside a longer one ("x-bf16.gguf")
+        tag_hit = 0
+        if tag and _tag_re(tag).search(name):
+            tag_hit = 2 if re.search(r"(?<![a-z0-9])" + _tag_re(tag).pattern, name, re.IGNORECASE) else 1
         bits = _bits(path)
         distance = abs(bits - model_bits) if bits is not None and model_bits is not None else 99
-        return (-shared_depth(path), -tag_hit, distance)
+        # at equal width, f16 is the 16-bit projector (bf16 only on a tag match)
+        not_f16 = 0 if re.search(r"(?<![a-z0-9])f16[.-]", name, re.IGNORECASE) else 1
+        return (-shared_depth(path), -tag_hit, distance, not_f16)
 
     return min(candidates, key=lambda p: (score(p), p))
 

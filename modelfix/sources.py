@@ -50,6 +50,7 @@ _CHUNK = 8 * 1024 * 1024
 _REPO_PART = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?"
 _REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+_REF_SLOT = "\x00ref\x00"  # stands in for a refs/pr/N revision while a Hub source is parsed
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ class HubSource:
     def parse(cls, text: str) -> HubSource:
         body = text[len("hf://"):] if text.startswith("hf://") else text
         body = body.removeprefix("models/")
+        # A pull-request or convert ref (@refs/pr/1) holds slashes of its own: set it aside so they
+        # are not read as ORG/REPO/path separators.
+        special = re.search(r"@(refs/[^/:@]+/[^/:@]+)", body)
+        if special:
+            body = body[: special.start(1)] + _REF_SLOT + body[special.end(1):]
         repo_part, _, rest = body.partition("/")
         name_part, slash, file = rest.partition("/")
         revision = None
@@ -135,6 +141,8 @@ class HubSource:
             )
         if tag is not None and not re.match(r"^[\w.-]+$", tag):
             raise SourceError(f"bad tag {tag!r} in source {text!r}: expected a quantization like Q4_K_M.")
+        if special and revision == _REF_SLOT:
+            revision = special[1]
         return cls(text=text, repo=repo, tag=tag, file=file, revision=revision or None)
 
     def describe(self) -> dict[str, str]:

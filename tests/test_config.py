@@ -55,3 +55,9 @@ def test_bad_cap_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "huge")
     with pytest.raises(CacheError, match="MODELFIX_CACHE_MAX_SIZE 'huge'"):
         CacheSettings.resolve()
+
+
+def test_bad_max_size_argument_names_the_option_not_the_variable(monkeypatch):
+    monkeypatch.delenv("MODELFIX_CACHE_MAX_SIZE", raising=False)
+    with pytest.raises(CacheError, match="--max-size '2XB'"):
+        CacheSettings.resolve(max_size="2XB")

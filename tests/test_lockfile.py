@@ -49,6 +49,7 @@ BAD = [
     ("[models.chat\nsource = 1", r"model-lock.toml:1:\d+: invalid TOML"),
     ('version = 1\nfoo = 2\n', r"model-lock.toml:2: unknown top-level key 'foo'"),
     ('version = 2\n', r"lockfile version 2 is not supported"),
+    ('version = "1"\n', r"model-lock.toml:1: `version` must be an integer: version = 1, not '1'"),
     ('[models.chat]\nn_ctx = 5\n', r"model-lock.toml:1: \[models.chat\] has no `source`"),
     ('[models.chat]\nsource = "a/b"\ncolour = "red"\n', r"model-lock.toml:3: unknown key 'colour'.*Valid keys: source, n_ctx"),
     ('[models.chat]\nsource = "a/b"\nn_gpu_layers = 99\n', r"model-lock.toml:3: 'n_gpu_layers' is a machine setting.*MODELFIX_GPU_LAYERS"),

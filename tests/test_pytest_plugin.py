@@ -223,6 +223,27 @@ def test_offline_missing_model_fails_with_one_clear_message(suite: pytest.Pytest
     assert hub.requests == []
 
 
+def test_a_misspelt_model_name_is_one_clear_error_and_not_reported_as_used(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model("tiny")
+        def test_right(llama):
+            pass
+
+        @pytest.mark.model("tinny")
+        def test_typo(llama):
+            pass
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(passed=1, errors=1)
+    text = result.stdout.str()
+    assert "no model named 'tinny'" in text and "Traceback" not in text
+    result.stdout.re_match_lines([r"models used: tiny$"])
+
+
 def test_xdist_workers_share_the_store_and_download_each_blob_once(suite: pytest.Pytester, hub) -> None:
     suite.makepyfile(
         "\n".join(

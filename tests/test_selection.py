@@ -83,6 +83,10 @@ def test_split_parts_of_one_set_are_not_ambiguous():
         (LISTING, "F32", "mmproj-Model-f16.gguf"),  # 16 is nearest 32
         (["sub/m-Q4_0.gguf", "mmproj-f16.gguf", "sub/mmproj-f32.gguf"], "Q4_0", "sub/mmproj-f32.gguf"),  # deepest shared folder
         (["m-Q4_0.gguf"], "Q4_0", None),
+        # f16 and bf16 are both 16 bits: f16 is the one for F16 and for the nearest-width fallback
+        (["m-F16.gguf", "mmproj-m-bf16.gguf", "mmproj-m-f16.gguf"], "F16", "mmproj-m-f16.gguf"),
+        (["m-Q4_K_M.gguf", "mmproj-BF16.gguf", "mmproj-F16.gguf", "mmproj-F32.gguf"], None, "mmproj-F16.gguf"),
+        (["m-BF16.gguf", "mmproj-m-bf16.gguf", "mmproj-m-f16.gguf"], "BF16", "mmproj-m-bf16.gguf"),
     ],
 )
 def test_mmproj_choice(listing, tag, expected):
@@ -119,3 +123,8 @@ def test_tag_is_a_substring_match_as_in_llama_cpp():
     # llama.cpp matches "F16" inside "BF16" too; two models matching is an error here.
     with pytest.raises(SourceError, match="matches 2 different models"):
         select(["m-F16.gguf", "m-BF16.gguf"], "F16")
+
+
+def test_an_explicit_file_that_is_not_gguf_is_refused():
+    with pytest.raises(SourceError, match="'README.md' in org/x is not a GGUF model file.*Model files there: "):
+        select_file(["README.md", "config.json", "m-Q4_0.gguf"], "README.md", repo="org/x")

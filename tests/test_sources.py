@@ -25,6 +25,9 @@ def sha256(path: Path) -> str:
         ("hf://org/repo:Q4_K_M@dev", "org/repo", "Q4_K_M", None, "dev"),
         ("org/repo@v1.0:Q8_0", "org/repo", "Q8_0", None, "v1.0"),
         ("org/repo:Q8_0@refs/pr/1", "org/repo", "Q8_0", None, "refs/pr/1"),
+        # the documented @REV-before-TAG form, and a named file, with a ref that holds slashes
+        ("org/repo@refs/pr/1:Q8_0", "org/repo", "Q8_0", None, "refs/pr/1"),
+        ("hf://org/repo@refs/pr/1/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", "refs/pr/1"),
         ("hf://org/repo/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", None),
         ("hf://org/repo@" + "a" * 40 + "/m.gguf", "org/repo", None, "m.gguf", "a" * 40),
     ],
@@ -106,6 +109,13 @@ def test_revisions_branch_tag_and_commit(hub, tiny_files):
     assert parse_source(f"{TINY_REPO}@v1").resolve().revision == first
     assert parse_source(f"{TINY_REPO}:Q4_K_M@dev").resolve().revision == first
     assert parse_source(f"{TINY_REPO}@{first}").resolve().files[0].sha256 == sha256(tiny_files["tiny-Q4_K_M.gguf"])
+
+
+def test_a_pull_request_ref_resolves_in_every_form(hub, tiny_files):
+    pr = hub.create_branch(TINY_REPO, "refs/pr/1")
+    for text in (f"{TINY_REPO}@refs/pr/1:Q4_K_M", f"{TINY_REPO}:Q4_K_M@refs/pr/1",
+                 f"hf://{TINY_REPO}@refs/pr/1/tiny-Q4_K_M.gguf"):
+        assert parse_source(text).resolve().revision == pr, text
 
 
 def test_missing_revision(hub):
