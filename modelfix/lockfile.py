@@ -52,6 +52,7 @@ __all__ = [
     "write_pins",
     "add_entry",
     "check_relative_path",
+    "replace_text",
 ]
 
 LOCK_NAME = "model-lock.toml"
@@ -384,7 +385,8 @@ def _where(path: Path, text: str, name: str | None = None, key: str | None = Non
         if start is None:
             return str(path)
     if key is not None:
-        key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+        # `key = ...` inside the table, or a top-level `[key]` / `[[key.x]]` table header.
+        key_re = re.compile(r"^\s*(" + re.escape(key) + r"\s*=|\[+\s*" + re.escape(key) + r"\s*[.\]])")
         for i in range(start + (1 if name else 0), len(lines)):
             if name is not None and i > start and lines[i].lstrip().startswith("["):
                 break
@@ -453,7 +455,12 @@ def _files_array(files: tuple[FilePin, ...]):
     return array.multiline(True)
 
 
-def _write_if_changed(path: Path, old: str, new: str) -> bool:
+def replace_text(path: Path, text: str) -> None:
+    """Atomically replace the whole file with ``text`` (temp file + rename)."""
+    _write_if_changed(path, None, text)
+
+
+def _write_if_changed(path: Path, old: str | None, new: str) -> bool:
     if new == old:
         return False
     if not path.parent.is_dir():

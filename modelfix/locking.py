@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LockError, ModelfixError
-from .lockfile import Entry, Lockfile, Pins, add_entry, write_pins
+from .lockfile import Entry, Lockfile, Pins, add_entry, replace_text, write_pins
 from .sources import source_for
 
 __all__ = ["LockResult", "Problem", "lock", "add", "check"]
@@ -94,17 +94,17 @@ def add(name: str, source: str, path: Path | str | None = None, **settings) -> L
     except LockError:
         lock_path = Path.cwd() / LOCK_NAME
     pins = source_for(source, lock_path).resolve()  # fail before touching the file
-    existed = lock_path.exists()
-    previous = lock_path.read_text(encoding="utf-8") if existed else None
+    previous = lock_path.read_text(encoding="utf-8") if lock_path.exists() else None
+    before = Lockfile.parse(previous, lock_path).entries.get(name) if previous is not None else None
     add_entry(lock_path, name, source, settings)
     try:
-        old = Lockfile.load(lock_path).entries[name].pins
         written = write_pins(lock_path, {name: pins})
     except BaseException:
         # Leave the file as the user had it rather than with an unpinned entry.
         if previous is None:
             lock_path.unlink(missing_ok=True)
         else:
-            lock_path.write_text(previous, encoding="utf-8")
+            replace_text(lock_path, previous)
         raise
+    old = before.pins if before else None
     return LockResult(lock_path, {name: (old, pins)} if old != pins else {}, (), written)

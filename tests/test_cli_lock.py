@@ -134,3 +134,10 @@ def test_common_options_work_after_the_command_too(hub, tmp_path, workdir, run_c
 def test_lock_in_a_missing_folder_is_a_clear_error(hub, tmp_path, workdir, run_cli):
     code, _, err = run_cli("add", "chat", REPO, "--lock", str(tmp_path / "no" / "model-lock.toml"))
     assert code == 1 and "does not exist. Create it" in err
+
+
+def test_adding_an_existing_name_says_it_updated_it(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    code, out, _ = run_cli("add", "chat", f"{REPO}:Q8_0")
+    assert code == 0 and out.startswith("Updated chat") and "tiny-Q4_K_M.gguf" in out and "-> " in out
+    assert "tiny-Q8_0.gguf" in out.split("->")[1]

@@ -128,3 +128,9 @@ def test_a_failed_write_leaves_no_trace(tmp_path, monkeypatch):
         write_pins(path, {"chat": Pins(None, (FilePin("x.gguf", 1, SHA),), "org/tiny:Q4_K_M")})
     assert path.read_text() == PINNED
     assert [p.name for p in tmp_path.iterdir()] == ["model-lock.toml"]
+
+
+def test_routing_errors_point_at_the_routing_table(tmp_path):
+    text = '[models.a]\nsource = "a/b"\n\n[routing]\nrules = [{pattern = "(", model = "a"}]\n'
+    with pytest.raises(LockError, match=r"model-lock.toml:4: routing.rules\[0\] pattern is not a valid regex"):
+        Lockfile.load(write(tmp_path, text))

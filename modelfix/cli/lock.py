@@ -37,8 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _short(pins: Pins | None) -> str:
     if pins is None:
         return "unpinned"
-    where = pins.revision[:12] if pins.revision else "content"
-    return f"{where} ({count(len(pins.files), 'file')}, {format_size(sum(f.size for f in pins.files))})"
+    where = f"{pins.revision[:12]} " if pins.revision else ""
+    first = next((f.path for f in pins.files if f.role == "model"), pins.files[0].path)
+    return f"{where}{first} ({count(len(pins.files), 'file')}, {format_size(sum(f.size for f in pins.files))})"
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -47,7 +48,11 @@ def _add(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in ENTRY_SETTINGS if getattr(args, k) is not None}
     result = add(args.name, args.source, args.lock, **settings)
     entry = Lockfile.load(result.path).entry(args.name)
-    print(f"Added {args.name} = {args.source!r} to {result.path}: {_short(entry.pins)}")
+    old = result.changed.get(args.name, (None, None))[0]
+    if old is not None:
+        print(f"Updated {args.name} in {result.path}: {_short(old)} -> {_short(entry.pins)}")
+    else:
+        print(f"Added {args.name} = {args.source!r} to {result.path}: {_short(entry.pins)}")
     return 0
 
 
