@@ -10,6 +10,7 @@ import pytest
 from modelfix.config import CacheSettings
 from modelfix.lockfile import Lockfile
 from modelfix.store import Store
+from modelfix.testing.hub import Fault
 
 REPO = "org/tiny"
 
@@ -90,6 +91,32 @@ def test_cache_stats_shows_sizes_and_models(run_cli, lock):
     assert f"cache     {CacheSettings.resolve().root}" in out
     assert "blobs     6 (1.0 MB)" in out
     assert "chat" in out and "split" in out
+
+
+def test_cache_stats_names_every_model_sharing_a_view(run_cli, lock):
+    from modelfix.locking import add
+
+    run_cli("sync")
+    add("chat2", f"{REPO}:Q4_K_M", lock)  # the same pins as chat: one view for both
+    assert run_cli("sync", "chat2")[0] == 0
+
+    code, out, _ = run_cli("cache", "stats")
+
+    assert code == 0
+    rows = [line.split("  ")[0] for line in out.split("MODELS", 1)[1].splitlines()[1:]]
+    assert sorted(rows) == ["chat, chat2", "split"]
+
+
+def test_a_failed_download_prints_its_reason_once(run_cli, lock, hub, monkeypatch):
+    monkeypatch.setenv("MODELFIX_RETRIES", "1")
+    hub.inject(REPO, "tiny-Q4_K_M.gguf", Fault.status(502), times=None)
+
+    code, _, err = run_cli("sync", "chat")
+
+    assert code == 1
+    assert "chat: tiny-Q4_K_M.gguf  failed\n" in err
+    reason = next(line for line in err.splitlines() if line.startswith("error: "))[len("error: "):]
+    assert err.count(reason) == 1, err
 
 
 def test_cache_prune_needs_a_size_and_keeps_the_lockfile_pins(run_cli, lock):

@@ -81,9 +81,10 @@ def _progress() -> Iterator[None]:
         if event.kind != "job":
             return
         if not terminal:
-            if event.status in ("completed", "failed") and event.source != "cache":
-                outcome = event.source if event.status == "completed" else f"failed: {event.message}"
-                print(f"{event.model}: {event.file}  {format_size(event.total)}  {outcome}", file=sys.stderr)
+            if event.status == "completed" and event.source != "cache":
+                print(f"{event.model}: {event.file}  {format_size(event.total)}  {event.source}", file=sys.stderr)
+            elif event.status == "failed":  # the reason follows once, as the command's `error:` line
+                print(f"{event.model}: {event.file}  failed", file=sys.stderr)
             return
         key = (event.model, event.file)
         with lock:
@@ -158,12 +159,34 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"partial   {format_size(usage.partial_bytes)} of interrupted downloads")
     print(f"in use by {usage.live_leases} live processes")
     if usage.views:
+        names = _names_by_view(args.lock)
         print("\nMODELS                          SIZE        LAST USED")
         for view in usage.views:
-            models = ", ".join(view["models"]) or "?"
+            models = ", ".join(sorted({*view["models"], *names.get(view["key"], ())})) or "?"
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(view["last_used"]))
             print(f"{models:<30}  {format_size(view['bytes']):>10}  {used}")
     return 0
+
+
+def _names_by_view(lock: str | None) -> dict[str, list[str]]:
+    """The lockfile's names per view key: empty without a (readable) lockfile.
+
+    A view's manifest names only the model that built it; a second name with the
+    same pins reuses the view as it is, so only the lockfile knows that it shares it.
+    """
+    from ..errors import ModelfixError
+    from ..lockfile import Lockfile, find_lockfile
+    from ..resolver import content_key
+
+    try:
+        entries = Lockfile.load(find_lockfile(lock)).entries
+    except ModelfixError:  # stats describe the cache; a project is optional
+        return {}
+    names: dict[str, list[str]] = {}
+    for name, entry in entries.items():
+        if entry.files:
+            names.setdefault(content_key(entry), []).append(name)
+    return names
 
 
 def _prune(args: argparse.Namespace) -> int:
