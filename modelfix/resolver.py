@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from .hashing import file_identity, sha256_text
 from .jobs import Cancelled, Job, jobs, new_job
 from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile
 from .sources import Location, source_for
-from .store import Store
+from .store import Store, Usage
 from .transports import SourceMissing, Transport, transport_for
 from .views import Snapshot, ViewFile
 
@@ -72,6 +73,7 @@ __all__ = [
     "remove",
     "missing",
     "cached_state",
+    "cache_stats",
     "content_key",
     "jobs",
     "remote_url",
@@ -619,3 +621,27 @@ def remove(name: str, lock: LockLike = None, *, settings: CacheSettings | None =
     """
     entry = _lockfile(lock).entry(name)
     return _open(settings)[1].remove_views([content_key(entry)] if entry.files else [], [p.sha256 for p in entry.files])
+
+
+def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None) -> Usage:
+    """The store's usage, each view naming every lockfile model that shares it.
+
+    A view's manifest names only the model that built it; a second name with the
+    same pins reuses it as it is, so only the lockfile knows. Without a readable
+    lockfile the manifest's names are all there is: stats describe the cache, a
+    project is optional.
+    """
+    settings = settings or CacheSettings.resolve()
+    usage = Store(settings.root).usage()
+    try:
+        entries = _lockfile(lock).entries.values()
+    except ModelfixError:
+        return usage
+    names: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.files:
+            names.setdefault(content_key(entry), set()).add(entry.name)
+    views = tuple(
+        {**view, "models": sorted({*view["models"], *names.get(view["key"], ())})} for view in usage.views
+    )
+    return dataclasses.replace(usage, views=views)

@@ -249,6 +249,13 @@ def test_cache_stats_and_prune(shell, tmp_path: Path) -> None:
     assert "cached" in repr(magic(shell, "models")), "pruning never drops what the lockfile pins"
 
 
+def test_cache_stats_name_every_model_sharing_the_files(shell, lockfile: Path) -> None:
+    add("tiny-again", "hf://org/tiny:Q4_K_M", lockfile)  # same pins, another name
+    magic(shell, "load_model tiny")
+    magic(shell, "load_model tiny-again")
+    assert "<td>tiny, tiny-again</td>" in magic(shell, "modelfix_cache")._repr_html_()
+
+
 def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_path: Path) -> None:
     """The example notebook runs clean; its widgets end in the 'done' state.
 

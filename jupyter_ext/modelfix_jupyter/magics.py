@@ -145,12 +145,12 @@ class ModelfixMagics(Magics):
         args = parse_argstring(self.modelfix_cache, line)
         if args.max_size and not args.prune:
             raise UsageError("%modelfix_cache: --max-size goes with --prune.")
-        from modelfix import store
         from modelfix.config import CacheSettings
+        from modelfix.resolver import cache_stats
 
         cache = CacheSettings.resolve(max_size=args.max_size)
         note = _prune(cache, args.lock) if args.prune else ""
-        return render.cache_view(store.stats(cache), cache, note)
+        return render.cache_view(cache_stats(args.lock, settings=cache), cache, note)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -149,44 +149,22 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ..store import stats
+    from ..resolver import cache_stats
 
     settings = _settings(args)
-    usage = stats(settings)
+    usage = cache_stats(args.lock, settings=settings)
     print(f"cache     {usage.root}")
     print(f"cap       {format_size(settings.max_size)}")
     print(f"blobs     {usage.blobs} ({format_size(usage.blob_bytes)})")
     print(f"partial   {format_size(usage.partial_bytes)} of interrupted downloads")
     print(f"in use by {usage.live_leases} live processes")
     if usage.views:
-        names = _names_by_view(args.lock)
         print("\nMODELS                          SIZE        LAST USED")
         for view in usage.views:
-            models = ", ".join(sorted({*view["models"], *names.get(view["key"], ())})) or "?"
+            models = ", ".join(view["models"]) or "?"
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(view["last_used"]))
             print(f"{models:<30}  {format_size(view['bytes']):>10}  {used}")
     return 0
-
-
-def _names_by_view(lock: str | None) -> dict[str, list[str]]:
-    """The lockfile's names per view key: empty without a (readable) lockfile.
-
-    A view's manifest names only the model that built it; a second name with the
-    same pins reuses the view as it is, so only the lockfile knows that it shares it.
-    """
-    from ..errors import ModelfixError
-    from ..lockfile import Lockfile, find_lockfile
-    from ..resolver import content_key
-
-    try:
-        entries = Lockfile.load(find_lockfile(lock)).entries
-    except ModelfixError:  # stats describe the cache; a project is optional
-        return {}
-    names: dict[str, list[str]] = {}
-    for name, entry in entries.items():
-        if entry.files:
-            names.setdefault(content_key(entry), []).append(name)
-    return names
 
 
 def _prune(args: argparse.Namespace) -> int:
