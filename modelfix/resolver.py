@@ -349,10 +349,13 @@ def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settin
         adopt = adoption_candidates(pin.sha256, repo=getattr(source, "repo", None), filename=pin.path)
         try:
             _obtain(store, pin, label, job, sources, adopt, cancel, policy)
-        except SourceMissing:
+        except SourceMissing as exc:
             if settings.offline:
                 raise OfflineError(_offline_message([(entry.name, pin)])) from None
-            raise
+            raise SourceMissing(
+                f"{exc}. The pinned file is not where its source says: check the source "
+                f"(and HF_ENDPOINT), or re-pin with `modelfix lock --upgrade --model {entry.name}`."
+            ) from None
     except Cancelled:
         job.update("cancelled")
         raise

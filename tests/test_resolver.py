@@ -296,3 +296,12 @@ def test_missing_and_cached_state_follow_the_store(lock):
     assert cached_state(lockfile.entry("split"), settings) == "partial"  # mmproj and preset are shared
     assert {p.path for _, p in missing(lockfile, settings)} == {
         "tiny-Q2_K-00001-of-00003.gguf", "tiny-Q2_K-00002-of-00003.gguf", "tiny-Q2_K-00003-of-00003.gguf"}
+
+
+def test_a_pin_the_origin_no_longer_has_says_how_to_re_pin(lock, hub, workdir):
+    from modelfix.errors import SourceError
+
+    hub.commit(REPO, {}, delete=["tiny-Q4_K_M.gguf"])
+    hub._repos[REPO].lfs.clear()  # the CDN forgets the bytes too, as after a force-push
+    with pytest.raises(SourceError, match=r"tiny-Q4_K_M.gguf.*404.*`modelfix lock --upgrade --model chat`"):
+        modelfix.path("chat", lock)
