@@ -214,17 +214,6 @@ class ModelfixSession:
             return pool.load(name, self.lockfile, frontend=self.options.frontend(),
                              cache_settings=self.options.cache_settings(), **settings)
 
-    def seed(self, name: str, **settings: Any) -> int:
-        """The sampling seed a test's handle starts from: its effective ``seed``, or 0 if unset.
-
-        Unset means llama.cpp's "random seed"; a fixed one makes sampled outputs repeat.
-        """
-        from .settings import LLAMA_DEFAULT_SEED, resolve_settings
-
-        entry = self.lockfile.entry(name).settings
-        seed = resolve_settings(name, settings, frontend=self.options.frontend(), entry=entry).settings.seed
-        return 0 if seed in (LLAMA_DEFAULT_SEED, -1) else seed
-
     def loaded(self) -> list[Any]:
         """What the pool holds now."""
         from . import pool
@@ -399,9 +388,14 @@ def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_mo
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
     from . import pool
 
+    from .settings import LLAMA_DEFAULT_SEED
+
     _, settings, _ = _marker(request.node)
     handle = modelfix.load(modelfix_model, **settings)
-    pool.reset_handle(handle, modelfix.seed(modelfix_model, **settings))
+    # The handle's effective seed, as the pool resolved it; unset (llama.cpp's "random")
+    # becomes 0 so that sampled outputs repeat from test to test.
+    seed = pool.record(handle).settings.seed
+    pool.reset_handle(handle, 0 if seed in (LLAMA_DEFAULT_SEED, -1) else seed)
     yield handle
 
 
