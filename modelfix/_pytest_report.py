@@ -74,7 +74,7 @@ class Counters:
                 self.loads.setdefault(event.model, []).append(event.seconds)
             elif event.kind == "evict" and event.source == "cache":
                 self.cache_evictions += 1
-            elif event.kind == "evict":
+            elif event.kind == "evict" and event.source == "pool":
                 self.pool_evictions += 1
 
     @property
@@ -172,7 +172,7 @@ class Recorder:
 
     def __call__(self, event: Event) -> None:
         # The keep-alive reaper closes handles the fixtures loaded from a thread of its own, later.
-        reaped = event.kind == "evict" and event.source != "cache" and event.model in self.counters.used
+        reaped = event.kind == "evict" and event.source == "pool" and event.model in self.counters.used
         if self._active or reaped:
             self.counters(event)
             self._progress(event)

@@ -15,7 +15,8 @@ What each kind of event carries::
                                                      message: the error, if failed
     evict  (none)                                    file; source "cache" when the store deleted
                                                      it (model: the models whose view showed it),
-                                                     else the pool closed a handle (message: why)
+                                                     "pool" when the pool closed a handle
+                                                     (message: why; total: its estimated bytes)
 """
 
 from __future__ import annotations

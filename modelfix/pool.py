@@ -397,7 +397,8 @@ class Pool:
         # Outside the pool lock: nobody can reach a detached Llama any more.
         for slot, llm in victims:
             llm.close()
-            events.emit(Event("evict", slot.name, slot.model_path.name, total=slot.estimate.total, message=reason))
+            events.emit(Event("evict", slot.name, slot.model_path.name, total=slot.estimate.total,
+                              source="pool", message=reason))
 
     # --- keep-alive --------------------------------------------------------------
 

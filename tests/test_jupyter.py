@@ -301,3 +301,13 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     assert all(b["value"] == b["max"] and b["bar_style"] == "success" for b in bars)
     notes = [m["state"]["value"] for m in state.values() if m["model_name"] == "HTMLModel"]
     assert any("loaded in" in n for n in notes) and any("verified" in n for n in notes)
+
+
+def test_a_cached_file_evicted_is_not_a_released_handle(shell) -> None:
+    from modelfix.events import Event, events
+
+    magic(shell, "load_model tiny")
+    # What the store emits when it deletes a file under its size cap: the handle stays resident.
+    events.emit(Event(kind="evict", model="tiny", file="tiny-Q4_K_M.gguf", source="cache"))
+    text = repr(magic(shell, "models"))
+    assert "released" not in text and "yes" in text

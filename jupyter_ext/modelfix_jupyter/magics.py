@@ -158,7 +158,7 @@ class ModelfixMagics(Magics):
         return [handle for handle, _, _ in self.handed_out.values()]
 
     def _on_event(self, event: Any) -> None:
-        if event.kind == "evict":
+        if event.kind == "evict" and event.source == "pool":  # a handle, not a cached file
             self.released[event.model] = (time.time(), event.message)
 
     def entry_for(self, handle: Any) -> tuple[Any, Any]:

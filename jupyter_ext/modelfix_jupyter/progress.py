@@ -123,7 +123,7 @@ class Reporter:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "evict" and event.message == f"room for {self.model}":
+        if event.kind == "evict" and event.source == "pool" and event.message == f"room for {self.model}":
             with self._lock:
                 self.note(f"released {event.model} to make room ({format_size(event.total)})")
             return
