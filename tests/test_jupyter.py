@@ -184,12 +184,17 @@ def test_showing_a_released_handle_does_not_reload_it(shell, capsys) -> None:
 
 def test_keep_alive_releases_idle_handles_and_models_shows_it(shell) -> None:
     magic(shell, "load_model tiny --keep-alive 0.2s")
+
+    def tiny_row() -> tuple[str, str]:
+        table = repr(magic(shell, "models"))
+        return next(line for line in table.splitlines() if line.startswith("tiny ")), table
+
+    # The release happens on the pool's keep-alive thread, so poll as a user re-running %models would.
     deadline = time.monotonic() + 10
-    while resident() and time.monotonic() < deadline:
+    while "released" not in tiny_row()[0] and time.monotonic() < deadline:
         time.sleep(0.05)
+    row, table = tiny_row()
     assert not resident(), "an idle handle outlived the keep-alive"
-    table = repr(magic(shell, "models"))
-    row = next(line for line in table.splitlines() if line.startswith("tiny "))
     assert "released" in row and "(keep-alive)" in row
     assert "keep-alive 0.2 s" in table.splitlines()[-1]
 
