@@ -59,6 +59,8 @@ class GGUFHeader:
     n_ctx_train: int
     n_vocab: int
     split_count: int = 1
+    model_name: str = ""  # general.name
+    file_type: int | None = None  # general.file_type: llama.cpp's quantization of the file
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ def _header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
         n_ctx_train=int(get("context_length", 0)),
         n_vocab=int(vocab),
         split_count=int(kv.get("split.count", 1)),
+        model_name=str(kv.get("general.name", "")),
+        file_type=kv["general.file_type"] if isinstance(kv.get("general.file_type"), int) else None,
     )
 
 

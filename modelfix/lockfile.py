@@ -213,6 +213,13 @@ class Lockfile:
         rules, default = _routing(data.get("routing", {}), entries, path, text)
         return cls(path=path, entries=MappingProxyType(entries), routing=rules, routing_default=default)
 
+    def where(self, name: str) -> str:
+        """``path:line`` of ``[models.name]``, for messages that point at the entry."""
+        try:
+            return _where(self.path, self.path.read_text(encoding="utf-8"), name)
+        except OSError:
+            return str(self.path)
+
     def entry(self, name: str) -> Entry:
         try:
             return self.entries[name]

@@ -6,6 +6,7 @@ which adds its sub-commands with a ``handler(args) -> int``::
     lock.py   add, lock, list
     cache.py  sync, verify, push, cache {stats,prune,gc,rm,path}
     run.py    run
+    inspect_model.py  inspect
 
 Exit codes: 0 ok, 1 out of date / mismatch / failure, 2 usage error.
 Every :class:`~modelfix.errors.ModelfixError` is printed as one line on
@@ -22,7 +23,7 @@ from ..errors import ModelfixError, redact
 
 __all__ = ["main", "build_parser", "count"]
 
-_GROUPS = ("lock", "cache", "run")
+_GROUPS = ("lock", "cache", "run", "inspect_model")
 
 
 def count(n: int, thing: str) -> str:

@@ -6,7 +6,7 @@ repository, serves it from a :class:`~modelfix.testing.hub.LocalHub` as
 repository's own ``model-lock.toml``::
 
     modelfix lock --upgrade   re-resolves the pins: byte-identical to the committed file
-    modelfix list / sync / verify
+    modelfix list / sync / verify / inspect
     modelfix run tiny "..."   a completion from the tiny model
     pytest examples/          the fixtures, in a test suite
     the example notebook      %load_model, executed headless
@@ -70,6 +70,8 @@ def main() -> int:
         _step("sync: fetch into the content-addressed cache, verified", [*modelfix, "sync"], env)
         _step("verify --full: re-hash every cached file", [*modelfix, "verify", "--full"], env)
         _step("list", [*modelfix, "list"], env)
+        _step("inspect: header, settings and memory at n_ctx 4096 (no network)",
+              [*modelfix, "inspect", "tiny", "--n-ctx", "4096"], env)
         _step("run: load the pinned model and complete a prompt", [*modelfix, "run", "tiny", "Hello", "--max-tokens", "16"], env)
         _step("pytest: fixtures hand out ready handles", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/"], env)
         _step("notebook: %load_model in a real kernel", [sys.executable, "-m", "modelfix_jupyter.run", "jupyter_ext/example.ipynb"], env)
