@@ -9,7 +9,7 @@ only the suites that use its fixtures do::
 
     ------------------------------ modelfix ------------------------------
     models used: tiny, tiny8
-    fetched: 3 files, 517.9 KB; cache hits: 1 models
+    fetched: 3 files, 517.9 KB; cache hits: 1 model
     load times: tiny 0.05s ×2, tiny8 0.04s
     pool evictions: 1; cache evictions: 0 files
 
@@ -103,14 +103,19 @@ class Counters:
             f"{name} {sum(s) / len(s):.2f}s" + (f" ×{len(s)}" if len(s) > 1 else "")
             for name, s in sorted(self.loads.items())
         )
-        fetched = f"{self.fetched_files} files, {format_size(self.fetched_bytes)}"
-        hits = f"{self.cache_hits} models" + (f" (+{self.adopted} files adopted from other caches)" if self.adopted else "")
+        fetched = f"{_count(self.fetched_files, 'file')}, {format_size(self.fetched_bytes)}"
+        adopted = f" (+{_count(self.adopted, 'file')} adopted from other caches)" if self.adopted else ""
+        hits = _count(self.cache_hits, "model") + adopted
         return [
             f"models used: {', '.join(self.used) or 'none'}",
             f"fetched: {fetched}; cache hits: {hits}",
             f"load times: {loads or 'none'}",
-            f"pool evictions: {self.pool_evictions}; cache evictions: {self.cache_evictions} files",
+            f"pool evictions: {self.pool_evictions}; cache evictions: {_count(self.cache_evictions, 'file')}",
         ]
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 class Progress:

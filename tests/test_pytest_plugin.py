@@ -81,7 +81,7 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
 
     warm = run(suite)
     warm.assert_outcomes(passed=3)
-    warm.stdout.re_match_lines([r"fetched: 0 files, 0 B; cache hits: 1 models"])
+    warm.stdout.re_match_lines([r"fetched: 0 files, 0 B; cache hits: 1 model"])
     assert "modelfix: fetching" not in warm.stdout.str()
 
 
@@ -119,7 +119,7 @@ def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.
     )
     result = run(pytester)
     result.assert_outcomes(passed=1)
-    result.stdout.re_match_lines([r"models used: tiny8", r"pool evictions: 0; cache evictions: 1 files"])
+    result.stdout.re_match_lines([r"models used: tiny8", r"pool evictions: 0; cache evictions: 1 file"])
 
 
 def test_several_names_run_once_per_model(pytester: pytest.Pytester, hub) -> None:
