@@ -24,6 +24,7 @@ import hashlib
 import os
 import posixpath
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -223,7 +224,28 @@ class HubSource:
         return self._call(fetch, commit)
 
     def _call(self, fn, revision: str):
-        """Run a Hub call, turning the client's errors into ours (no tokens, with a fix)."""
+        """Run a Hub call, retrying what a retry can fix (5xx, 429, resets), with backoff.
+
+        huggingface_hub does not retry its API calls (``model_info``, the tree listing), so a
+        busy Hub or a flaky proxy would otherwise fail a whole ``modelfix lock``.
+        """
+        from .fetch import FetchPolicy
+
+        policy, failures = FetchPolicy.from_env(), 0
+        while True:
+            try:
+                return self._once(fn, revision)
+            except _Retry as exc:
+                failures += 1
+                if failures >= policy.attempts:
+                    raise NetworkError(
+                        f"{self.repo}: {exc} (gave up after {failures} attempts). Check the network and "
+                        f"{hub_endpoint()}, then run the command again; MODELFIX_RETRIES sets the attempts."
+                    ) from None
+                time.sleep(policy.delay(failures, exc.retry_after))
+
+    def _once(self, fn, revision: str):
+        """Run a Hub call once, turning the client's errors into ours (no tokens, with a fix)."""
         from huggingface_hub import errors as hf
 
         try:
@@ -248,13 +270,35 @@ class HubSource:
         except hf.RemoteEntryNotFoundError as exc:
             raise SourceError(f"{self.repo}@{revision}: {redact(str(exc)).splitlines()[0]}") from None
         except hf.HfHubHTTPError as exc:
-            raise NetworkError(f"{self.repo}: the Hub answered an error: {redact(str(exc)).splitlines()[0]}") from None
+            status = exc.response.status_code if exc.response is not None else 0
+            said = redact(str(getattr(exc, "server_message", None) or "").strip())
+            answer = f"the Hub answered HTTP {status}" + (f" ({said})" if said else "")
+            if status == 403:
+                answer += "; check that HF_TOKEN's account may read this repository"
+            if status == 429 or status >= 500:
+                raise _Retry(answer, _retry_after(exc.response)) from None
+            raise NetworkError(f"{self.repo}: {answer}") from None
         except (OSError, ConnectionError) as exc:
-            raise NetworkError(f"{self.repo}: cannot reach {hub_endpoint()}: {redact(str(exc))}") from None
+            raise _Retry(f"cannot reach {hub_endpoint()}: {redact(str(exc))}") from None
         except Exception as exc:  # httpx2 transport errors have no common stdlib base
             if type(exc).__module__.startswith(("httpx", "httpcore")):
-                raise NetworkError(f"{self.repo}: cannot reach {hub_endpoint()}: {type(exc).__name__}: {redact(str(exc))}") from None
+                raise _Retry(f"cannot reach {hub_endpoint()}: {type(exc).__name__}: {redact(str(exc))}") from None
             raise
+
+
+class _Retry(Exception):
+    """A Hub call failed in a way another try may fix."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: Any) -> float | None:
+    try:
+        return float(response.headers["Retry-After"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 # --- fsspec URLs and local paths -------------------------------------------

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from modelfix.errors import AuthError, LockError, SourceError
+from modelfix.errors import AuthError, LockError, NetworkError, SourceError
 from modelfix.sources import FsspecSource, HubSource, parse_source
+from modelfix.testing.hub import Fault
 
 TINY_REPO = "org/tiny"  # served by the `hub` fixture (conftest.py)
 
@@ -131,6 +132,39 @@ def test_tag_without_match_lists_what_exists(hub):
 def test_missing_repo(hub):
     with pytest.raises(AuthError, match="repository 'org/nothing' was not found.*HF_TOKEN"):
         parse_source("org/nothing").resolve()
+
+
+def _api_answers(hub) -> list[int]:
+    return [r.status for r in hub.requests if r.path.startswith("/api/")]
+
+
+@pytest.mark.parametrize(
+    ("fault", "times"),
+    [(Fault.status(503), 2), (Fault.status(429, retry_after=1), 1), (Fault.reset(), 2)],
+    ids=["503", "429-retry-after", "reset"],
+)
+def test_api_faults_are_retried_and_the_pins_do_not_change(hub, fault, times):
+    clean = parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+    hub.clear_log()
+    hub.inject_api(TINY_REPO, fault, times=times)
+
+    assert parse_source(f"{TINY_REPO}:Q4_K_M").resolve() == clean
+    assert _api_answers(hub)[: times + 1] == [fault.status_code] * times + [200]
+
+
+def test_a_hub_that_keeps_failing_is_a_network_error_naming_the_repo(hub, monkeypatch):
+    monkeypatch.setenv("MODELFIX_RETRIES", "3")
+    hub.inject_api(TINY_REPO, Fault.status(502), times=None)
+    with pytest.raises(NetworkError, match=r"^org/tiny: the Hub answered HTTP 502 \(injected fault: 502\) \(gave up after 3 attempts\)"):
+        parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+    assert _api_answers(hub) == [502] * 3
+
+
+def test_a_client_error_is_not_retried(hub):
+    hub.inject_api(TINY_REPO, Fault.status(400), times=None)
+    with pytest.raises(NetworkError, match=r"^org/tiny: the Hub answered HTTP 400 \(injected fault: 400\)$"):
+        parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+    assert _api_answers(hub) == [400]
 
 
 SECRET = "hf_SecretTokenValue12345"

@@ -176,6 +176,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if segs[:2] == ["api", "models"] and len(segs) > 2:
             repo_id, rest = self._split_repo(segs[2:])
             head = rest[0] if rest else ""
+            if self._api_fault(repo_id):
+                return
             if m == "GET" and not rest:
                 return self._info(repo_id, "main", params)
             if m == "GET" and head == "revision" and len(rest) > 1:
@@ -191,6 +193,24 @@ class HubHandler(BaseHTTPRequestHandler):
             if len(rest) > 2 and rest[0] == "resolve":
                 return self._resolve(repo_id, rest[1], "/".join(rest[2:]))
         raise _HttpError(404, f"LocalHub does not serve {m} {urlsplit(self.path).path}")
+
+    def _api_fault(self, repo_id: str) -> bool:
+        """Apply a fault injected with ``LocalHub.inject_api``; True if it took the answer's place."""
+        fault = self.server.hub._take_fault(repo_id, None)
+        if fault is None:
+            return False
+        if fault.kind == "stall":
+            self.server.hub._stopping.wait(fault.seconds)
+            return False
+        if fault.kind == "status":
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
+            return True
+        # reset / truncate: the connection dies before any answer
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        os.close(self.connection.detach())
+        self.close_connection = True
+        return True
 
     # -- API routes --------------------------------------------------------------------------
     def _lookup(self, repo_id: str, rev: str) -> tuple[_Repo, _Commit]:

@@ -203,7 +203,7 @@ class LocalHub:
         self.page_size = page_size
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
-        self._faults: dict[tuple[str, str], list[list[Any]]] = {}
+        self._faults: dict[tuple[str, str | None], list[list[Any]]] = {}  # None: the repo's API calls
         self._log: list[Request] = []
         self._counter = 0
         self._stopping = threading.Event()
@@ -329,11 +329,18 @@ class LocalHub:
         with self._lock:
             self._faults.setdefault((repo_id, filename), []).append([fault, times])
 
+    def inject_api(self, repo_id: str, fault: Fault, times: int | None = 1) -> None:
+        """Make the next ``times`` API calls about ``repo_id`` (``/api/models/{repo}/...``: info,
+        tree, paths-info, refs) fail as ``fault``: an error status, a reset before any answer, or
+        a stall before answering."""
+        with self._lock:
+            self._faults.setdefault((repo_id, None), []).append([fault, times])
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
 
-    def _take_fault(self, repo_id: str, filename: str) -> Fault | None:
+    def _take_fault(self, repo_id: str, filename: str | None) -> Fault | None:
         with self._lock:
             queue = self._faults.get((repo_id, filename), [])
             while queue and queue[0][1] == 0:
