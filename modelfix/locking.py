@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import LockError, ModelfixError
 from .lockfile import Entry, Lockfile, Pins, add_entry, replace_text, write_pins
-from .sources import source_for
+from .sources import shared_lookups, source_for
 
 __all__ = ["LockResult", "Problem", "lock", "add", "check"]
 
@@ -69,18 +69,19 @@ def lock(
         lockfile.entry(name)  # unknown names fail before any network call
     changed: dict[str, tuple[Pins | None, Pins]] = {}
     unchanged = []
-    for entry in lockfile.entries.values():
-        if not _needs_lock(entry, upgrade, models):
-            unchanged.append(entry.name)
-            continue
-        try:
-            pins = source_for(entry.source, lockfile.path).resolve()
-        except ModelfixError as exc:
-            raise type(exc)(f"model {entry.name!r} ({lockfile.path}): {exc}") from None
-        if pins == entry.pins:
-            unchanged.append(entry.name)
-        else:
-            changed[entry.name] = (entry.pins, pins)
+    with shared_lookups():  # entries from one repository share its commit and file listing
+        for entry in lockfile.entries.values():
+            if not _needs_lock(entry, upgrade, models):
+                unchanged.append(entry.name)
+                continue
+            try:
+                pins = source_for(entry.source, lockfile.path).resolve()
+            except ModelfixError as exc:
+                raise type(exc)(f"model {entry.name!r} ({lockfile.path}): {exc}") from None
+            if pins == entry.pins:
+                unchanged.append(entry.name)
+            else:
+                changed[entry.name] = (entry.pins, pins)
     written = write_pins(lockfile.path, {n: new for n, (_, new) in changed.items()}) if changed else False
     return LockResult(lockfile.path, changed, tuple(unchanged), written)
 

@@ -25,6 +25,9 @@ import os
 import posixpath
 import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -45,6 +48,7 @@ __all__ = [
     "hub_token",
     "BuiltinSources",
     "source_for",
+    "shared_lookups",
 ]
 
 _CHUNK = 8 * 1024 * 1024
@@ -99,6 +103,33 @@ def hub_token() -> str | None:
 
 
 # --- the Hub ---------------------------------------------------------------
+
+_LOOKUPS: ContextVar[dict[tuple[str, ...], Any] | None] = ContextVar("modelfix_hub_lookups", default=None)
+
+
+@contextmanager
+def shared_lookups() -> Iterator[None]:
+    """Inside the block, Hub sources ask the Hub once per repository and revision.
+
+    A lockfile often pins several quantizations of one repository; one ``lock``
+    run then needs the commit, the file tree and ``preset.ini`` only once. The
+    memo lives for the block alone: the next run sees new commits.
+    """
+    token = _LOOKUPS.set({})
+    try:
+        yield
+    finally:
+        _LOOKUPS.reset(token)
+
+
+def _looked_up(key: tuple[str, ...], ask: Callable[[], Any]) -> Any:
+    memo = _LOOKUPS.get()
+    if memo is None:
+        return ask()
+    if key not in memo:
+        memo[key] = ask()  # a failure raises before anything is remembered
+    return memo[key]
+
 
 
 @dataclass(frozen=True)
@@ -169,13 +200,18 @@ class HubSource:
 
         api = HfApi(endpoint=hub_endpoint(), token=hub_token() or None)
         wanted = self.revision or "main"
-        commit = self._call(lambda: api.model_info(self.repo, revision=wanted).sha, wanted)
+        where = (hub_endpoint(), self.repo)
+        commit = _looked_up(
+            ("commit", *where, wanted), lambda: self._call(lambda: api.model_info(self.repo, revision=wanted).sha, wanted)
+        )
         if not commit or not _SHA1_RE.match(commit):
             raise SourceError(f"{self.repo}: the Hub gave no commit for revision {wanted!r}.")
-        entries = self._call(
-            lambda: [e for e in api.list_repo_tree(self.repo, revision=commit, recursive=True) if hasattr(e, "size") and not hasattr(e, "tree_id")],
-            wanted,
-        )
+
+        def listing() -> list[Any]:
+            tree = api.list_repo_tree(self.repo, revision=commit, recursive=True)
+            return [e for e in tree if hasattr(e, "size") and not hasattr(e, "tree_id")]
+
+        entries = _looked_up(("tree", *where, commit), lambda: self._call(listing, wanted))
         for entry in entries:
             check_relative_path(entry.path, f"{self.repo}@{commit[:12]}: the server listed file")
         by_path = {e.path: e for e in entries}
@@ -200,7 +236,8 @@ class HubSource:
             size = lfs.size if hasattr(lfs, "size") else lfs["size"]
         else:
             # Plain git files (preset.ini) have no published sha256: hash their bytes.
-            sha, size = self._hash_plain(entry.path, commit)
+            key = ("plain", hub_endpoint(), self.repo, commit, entry.path)
+            sha, size = _looked_up(key, lambda: self._hash_plain(entry.path, commit))
         return FilePin(path=entry.path, size=int(size), sha256=str(sha).lower(), role=role, join=join)
 
     def _hash_plain(self, path: str, commit: str) -> tuple[str, int]:

@@ -42,6 +42,22 @@ def test_pin_stays_put_until_upgrade(hub, workdir, run_cli, tiny_files):
     assert after.entry("split") == before.entry("split"), "--model limits the upgrade"
 
 
+def test_one_lock_asks_the_hub_once_per_repository(hub, workdir, run_cli, tiny_files):
+    for name, tag in (("q4", "Q4_K_M"), ("q8", "Q8_0"), ("split", "Q2_K")):
+        run_cli("add", name, f"{REPO}:{tag}")
+    before = Lockfile.load(workdir / "model-lock.toml")
+    new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
+    hub.clear_log()
+
+    code, out, err = run_cli("lock", "--upgrade")
+    assert code == 0, err
+    after = Lockfile.load(workdir / "model-lock.toml")
+    assert {e.revision for e in after.entries.values()} == {new_commit}
+    assert [e.files for e in after.entries.values()] == [e.files for e in before.entries.values()]
+    asked = sorted(r.path.split("/")[5] if r.path.startswith("/api/") else r.filename for r in hub.requests)
+    assert asked == ["preset.ini", "revision", "tree"]  # three models, one look at the repository
+
+
 def test_check_finds_unpinned_and_stale_entries_offline(hub, workdir, run_cli):
     run_cli("add", "chat", REPO)
     assert run_cli("lock", "--check")[0] == 0
