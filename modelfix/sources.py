@@ -99,7 +99,21 @@ def hub_endpoint() -> str:
 
 
 def hub_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
+    """The Hub token, found where huggingface_hub finds it, at call time.
+
+    ``HF_TOKEN``, else (unless ``HF_HUB_DISABLE_IMPLICIT_TOKEN`` is set) the token
+    ``hf auth login`` saved: locking and fetching must agree on it, or a private
+    repository would lock and then fail to sync. It is sent to the Hub's origin
+    only and never written anywhere.
+    """
+    from .config import env_flag
+
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if token or env_flag("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+        return token or None
+    from huggingface_hub import get_token
+
+    return get_token() or None
 
 
 # --- the Hub ---------------------------------------------------------------
@@ -198,7 +212,7 @@ class HubSource:
     def resolve(self) -> Pins:
         from huggingface_hub import HfApi
 
-        api = HfApi(endpoint=hub_endpoint(), token=hub_token() or None)
+        api = HfApi(endpoint=hub_endpoint(), token=hub_token() or False)
         wanted = self.revision or "main"
         where = (hub_endpoint(), self.repo)
         commit = _looked_up(
@@ -245,7 +259,7 @@ class HubSource:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = self.locate(FilePin(path, 0, "0" * 64), commit).url
-        headers = build_hf_headers(token=hub_token() or None)
+        headers = build_hf_headers(token=hub_token() or False)
 
         def fetch() -> tuple[str, int]:
             digest, size = hashlib.sha256(), 0
@@ -289,16 +303,16 @@ class HubSource:
             return fn()
         except hf.GatedRepoError:
             raise AuthError(
-                f"{self.repo} is gated: accept its terms on the Hub, then set HF_TOKEN to a token of that account."
+                f"{self.repo} is gated: accept its terms on the Hub, then log in with `hf auth login` or set HF_TOKEN to a token of that account."
             ) from None
         except hf.RepositoryNotFoundError:
             if hub_token():
                 raise SourceError(
-                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or HF_TOKEN has no access to it). Check the name in source {self.text!r}."
+                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or your Hub token has no access to it). Check the name in source {self.text!r}."
                 ) from None
             raise AuthError(
                 f"repository {self.repo!r} was not found at {hub_endpoint()}. If it is private, "
-                "set HF_TOKEN to a token with read access; otherwise check the name."
+                "log in with `hf auth login` or set HF_TOKEN to a token with read access; otherwise check the name."
             ) from None
         except hf.RevisionNotFoundError:
             raise SourceError(
@@ -311,7 +325,7 @@ class HubSource:
             said = redact(str(getattr(exc, "server_message", None) or "").strip())
             answer = f"the Hub answered HTTP {status}" + (f" ({said})" if said else "")
             if status == 403:
-                answer += "; check that HF_TOKEN's account may read this repository"
+                answer += "; check that your Hub token's account may read this repository"
             if status == 429 or status >= 500:
                 raise _Retry(answer, _retry_after(exc.response)) from None
             raise NetworkError(f"{self.repo}: {answer}") from None

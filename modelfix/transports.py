@@ -182,8 +182,8 @@ class HttpTransport:
             raise SourceMissing(f"{self.url}: not found (HTTP {status})")
         if status in (401, 403):
             raise AuthError(
-                f"{self.url}: access denied (HTTP {status}). For a private or gated Hub repo set "
-                "HF_TOKEN to a token with read access."
+                f"{self.url}: access denied (HTTP {status}). For a private or gated Hub repo log in "
+                "with `hf auth login` or set HF_TOKEN to a token with read access."
             )
         if status in (408, 425, 429) or status >= 500:
             raise Transient(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))

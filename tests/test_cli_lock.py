@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +139,46 @@ def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
     assert bad.returncode == 1
     everything = ok.stdout + ok.stderr + bad.stdout + bad.stderr + (workdir / "model-lock.toml").read_text()
     assert SECRET not in everything and "WrongToken" not in everything
+
+
+@pytest.mark.parametrize("how", ["HF_TOKEN", "hf auth login"])
+def test_a_private_repo_locks_and_syncs_with_the_users_token(hub, workdir, tiny_files, how):
+    hub.create_repo("org/private", private=True, token=SECRET)
+    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    env = dict(os.environ)
+    if how == "HF_TOKEN":
+        env["HF_TOKEN"] = SECRET
+    else:  # where `hf auth login` saves it: $HF_HOME/token
+        Path(env["HF_HOME"]).mkdir(parents=True, exist_ok=True)
+        (Path(env["HF_HOME"]) / "token").write_text(SECRET)
+
+    def modelfix(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "modelfix", *args], capture_output=True, text=True, env=env)
+
+    added, synced = modelfix("add", "p", "org/private"), modelfix("sync")
+    assert added.returncode == 0, added.stderr
+    assert synced.returncode == 0, synced.stderr
+    model = Path(synced.stdout.split()[-1])
+    assert model.name == "p-Q4_K_M.gguf" and model.read_bytes() == tiny_files["tiny-Q4_K_M.gguf"].read_bytes()
+    cdn = [r for r in hub.requests if r.origin == "cdn"]
+    assert cdn and all(r.status in (200, 206) for r in cdn)
+    written = [(workdir / "model-lock.toml").read_bytes()]
+    written += [p.read_bytes() for p in Path(env["MODELFIX_CACHE_DIR"]).rglob("*") if p.is_file() and p.stat().st_size < 100_000]
+    assert not any(SECRET.encode() in data for data in written)
+    assert SECRET not in added.stdout + added.stderr + synced.stdout + synced.stderr
+
+
+def test_the_saved_token_is_not_used_when_implicit_tokens_are_off(hub, workdir, tiny_files):
+    hub.create_repo("org/private", private=True, token=SECRET)
+    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    home = Path(os.environ["HF_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "token").write_text(SECRET)
+    env = dict(os.environ, HF_HUB_DISABLE_IMPLICIT_TOKEN="1")
+    result = subprocess.run([sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 1
+    assert "log in with `hf auth login` or set HF_TOKEN" in result.stderr and SECRET not in result.stderr
 
 
 def test_common_options_work_after_the_command_too(hub, tmp_path, workdir, run_cli):
