@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LockError, ModelfixError
+from .errors import LockError, ModelfixError, OfflineError
 from .lockfile import Entry, Lockfile, Pins, add_entry, replace_text, write_pins
 from .sources import shared_lookups, source_for
 
@@ -51,6 +51,28 @@ def check(lockfile: Lockfile) -> list[Problem]:
     return problems
 
 
+def _offline_switch(offline: bool | None) -> str | None:
+    """The switch that turned offline mode on (``--offline``, an environment variable), if any."""
+    from .config import env_flag
+
+    if offline:
+        return "--offline"
+    if offline is None:
+        return next((f"{v}=1" for v in ("MODELFIX_OFFLINE", "HF_HUB_OFFLINE") if env_flag(v)), None)
+    return None
+
+
+def _resolve(source_text: str, lock_path: Path, offline: bool | None) -> Pins:
+    source = source_for(source_text, lock_path)
+    switch = _offline_switch(offline)
+    if switch and getattr(source, "needs_network", False):
+        raise OfflineError(
+            f"pinning {source_text!r} needs the network, but offline mode is on ({switch}). "
+            "Run it online; `modelfix lock --check` is the check that works offline."
+        )
+    return source.resolve()
+
+
 def _needs_lock(entry: Entry, upgrade: bool, models: Sequence[str] | None) -> bool:
     if models and entry.name not in models:
         return False
@@ -62,8 +84,13 @@ def lock(
     *,
     upgrade: bool = False,
     models: Sequence[str] | None = None,
+    offline: bool | None = None,
 ) -> LockResult:
-    """Pin every entry that needs it (all selected entries with ``upgrade``)."""
+    """Pin every entry that needs it (all selected entries with ``upgrade``).
+
+    ``offline`` (default: ``MODELFIX_OFFLINE`` / ``HF_HUB_OFFLINE``) refuses
+    entries whose source needs the network; local files still lock.
+    """
     lockfile = Lockfile.find(path)
     for name in models or ():
         lockfile.entry(name)  # unknown names fail before any network call
@@ -75,7 +102,7 @@ def lock(
                 unchanged.append(entry.name)
                 continue
             try:
-                pins = source_for(entry.source, lockfile.path).resolve()
+                pins = _resolve(entry.source, lockfile.path, offline)
             except ModelfixError as exc:
                 raise type(exc)(f"model {entry.name!r} ({lockfile.path}): {exc}") from None
             if pins == entry.pins:
@@ -86,15 +113,16 @@ def lock(
     return LockResult(lockfile.path, changed, tuple(unchanged), written)
 
 
-def add(name: str, source: str, path: Path | str | None = None, **settings) -> LockResult:
-    """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails."""
+def add(name: str, source: str, path: Path | str | None = None, *, offline: bool | None = None,
+        **settings) -> LockResult:
+    """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails (``offline`` as in :func:`lock`)."""
     from .lockfile import LOCK_NAME, find_lockfile
 
     try:
         lock_path = find_lockfile(path)
     except LockError:
         lock_path = Path.cwd() / LOCK_NAME
-    pins = source_for(source, lock_path).resolve()  # fail before touching the file
+    pins = _resolve(source, lock_path, offline)  # fail before touching the file
     previous = lock_path.read_text(encoding="utf-8") if lock_path.exists() else None
     before = Lockfile.parse(previous, lock_path).entries.get(name) if previous is not None else None
     add_entry(lock_path, name, source, settings)

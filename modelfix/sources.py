@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
-from .errors import AuthError, NetworkError, SourceError, redact
+from .errors import AuthError, NetworkError, OfflineError, SourceError, redact
 from .hooks import hookimpl, plugin_manager
 from .lockfile import FilePin, Pins, check_relative_path
 from .selection import select, select_file, split_siblings
@@ -156,6 +156,7 @@ class HubSource:
     file: str | None = None
     revision: str | None = None
     kind: str = "hub"
+    needs_network = True  # resolving asks the Hub (offline locking refuses it)
 
     @classmethod
     def parse(cls, text: str) -> HubSource:
@@ -329,6 +330,11 @@ class HubSource:
             if status == 429 or status >= 500:
                 raise _Retry(answer, _retry_after(exc.response)) from None
             raise NetworkError(f"{self.repo}: {answer}") from None
+        except hf.OfflineModeIsEnabled:
+            raise OfflineError(
+                f"{self.repo}: huggingface_hub is in offline mode (HF_HUB_OFFLINE=1 when it was imported), "
+                "so the Hub cannot be asked. Unset HF_HUB_OFFLINE to pin this model."
+            ) from None
         except (OSError, ConnectionError) as exc:
             raise _Retry(f"cannot reach {hub_endpoint()}: {redact(str(exc))}") from None
         except Exception as exc:  # httpx2 transport errors have no common stdlib base
@@ -362,6 +368,12 @@ class FsspecSource:
     text: str
     url: str
     kind: str = "url"
+
+    @property
+    def needs_network(self) -> bool:
+        from fsspec.utils import get_protocol
+
+        return get_protocol(self.url) not in ("file", "local")
 
     def describe(self) -> dict[str, str]:
         return {"url": self.url}

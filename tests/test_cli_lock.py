@@ -181,6 +181,35 @@ def test_the_saved_token_is_not_used_when_implicit_tokens_are_off(hub, workdir, 
     assert "log in with `hf auth login` or set HF_TOKEN" in result.stderr and SECRET not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "env", "named"),
+    [(["--offline"], {}, "--offline"), ([], {"MODELFIX_OFFLINE": "1"}, "MODELFIX_OFFLINE=1"),
+     ([], {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1")],
+    ids=["flag", "MODELFIX_OFFLINE", "HF_HUB_OFFLINE"],
+)
+def test_offline_pinning_refuses_hub_sources_without_a_request(hub, workdir, run_cli, monkeypatch, flag, env, named):
+    run_cli("add", "chat", REPO)
+    lock = workdir / "model-lock.toml"
+    before = lock.read_bytes()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    hub.clear_log()
+
+    for argv in (["add", "other", f"{REPO}:Q8_0", *flag], ["lock", "--upgrade", *flag]):
+        code, _, err = run_cli(*argv)
+        assert code == 1
+        assert f"pinning '{REPO}" in err and f"offline mode is on ({named})" in err and "lock --check" in err
+    assert lock.read_bytes() == before and hub.count() == 0
+    code, out, _ = run_cli("lock", *flag)  # nothing to pin: offline is fine
+    assert code == 0 and "up to date" in out
+
+
+def test_a_local_file_pins_offline(workdir, run_cli, tiny_files):
+    code, out, err = run_cli("--offline", "add", "local", str(tiny_files["tiny-Q8_0.gguf"]))
+    assert code == 0, err
+    assert Lockfile.load(workdir / "model-lock.toml").entry("local").is_pinned
+
+
 def test_common_options_work_after_the_command_too(hub, tmp_path, workdir, run_cli):
     other = tmp_path / "elsewhere.toml"
     assert run_cli("add", "chat", REPO, "--lock", str(other))[0] == 0

@@ -46,7 +46,7 @@ def _add(args: argparse.Namespace) -> int:
     from ..locking import add
 
     settings = {k: getattr(args, k) for k in ENTRY_SETTINGS if getattr(args, k) is not None}
-    result = add(args.name, args.source, args.lock, **settings)
+    result = add(args.name, args.source, args.lock, offline=args.offline, **settings)
     entry = Lockfile.load(result.path).entry(args.name)
     old = result.changed.get(args.name, (None, None))[0]
     if old is not None:
@@ -75,7 +75,7 @@ def _lock(args: argparse.Namespace) -> int:
             return 1
         print(f"{lockfile.path}: {count(len(lockfile.entries), 'model')}, all pinned")
         return 0
-    result = lock(args.lock, upgrade=args.upgrade, models=args.model)
+    result = lock(args.lock, upgrade=args.upgrade, models=args.model, offline=args.offline)
     for name, (old, new) in result.changed.items():
         verb = "Updated" if old else "Locked"
         change = f"{_short(old)} -> {_short(new)}" if old else _short(new)
