@@ -5,7 +5,8 @@ process may already be swapping), so the cost comes from the GGUF header and
 the file sizes alone::
 
     weights  = size of every model file (all parts of a split set) + the mmproj
-    kv cache = n_ctx × Σ_layers n_head_kv × (key_length + value_length) × 2 bytes (f16)
+    kv cache = n_ctx × Σ_layers n_head_kv × (key_length + value_length) × 2 bytes (f16),
+               n_ctx rounded up to a multiple of 256 as llama.cpp rounds it
     compute  = n_ubatch × (n_vocab + n_head × n_ctx) × 4 bytes
                (logits and attention scores of one micro-batch, f32; flash
                attention skips the score matrix)
@@ -42,6 +43,7 @@ __all__ = ["GGUFHeader", "Estimate", "read_header", "model_parts", "estimate", "
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_CTX_PAD = 256
 _SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 
 
@@ -187,7 +189,8 @@ def estimate(
 ) -> Estimate:
     """Estimated memory of a handle on ``model_path`` with these settings (``n_ctx=0``: the model's own)."""
     header = read_header(model_path)
-    ctx = n_ctx or header.n_ctx_train
+    # llama.cpp rounds the context up to a multiple of 256 (n_ctx=100 gives n_ctx() == 256).
+    ctx = -(-(n_ctx or header.n_ctx_train) // _CTX_PAD) * _CTX_PAD
     try:
         weights = sum(p.stat().st_size for p in model_parts(model_path))
     except FileNotFoundError as exc:

@@ -59,10 +59,10 @@ def test_missing_split_part_is_named(tmp_path, split):
 
 
 def test_kv_cache_grows_with_n_ctx(single):
-    small, large = estimate(single, n_ctx=128), estimate(single, n_ctx=512)
+    small, large = estimate(single, n_ctx=256), estimate(single, n_ctx=1024)
     assert large.kv_cache == 4 * small.kv_cache
     # 3 layers x 4 kv heads x (16 + 16) dims x 2 bytes (f16) per token
-    assert small.kv_cache == 128 * 3 * 4 * 32 * 2
+    assert small.kv_cache == 256 * 3 * 4 * 32 * 2
     assert small.weights == large.weights == single.stat().st_size
     assert large.total == large.weights + large.kv_cache + large.compute
 
@@ -110,3 +110,14 @@ def test_memory_capacity_is_ram_on_this_cpu_build():
     # No GPU here: asking for VRAM falls back to RAM. (On a GPU machine it is
     # the total memory of the GPU devices ggml reports.)
     assert memory_capacity(offload=True) == ram
+
+
+@pytest.mark.parametrize("asked", [1, 100, 300, 513])
+def test_the_context_is_rounded_up_as_llama_cpp_rounds_it(single, asked):
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(single), n_ctx=asked, verbose=False)
+    try:
+        assert estimate(single, n_ctx=asked).n_ctx == llm.n_ctx()
+    finally:
+        llm.close()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,12 +19,6 @@ from modelfix.estimate import estimate
 from modelfix.events import events
 from modelfix.pool import Pool, PooledLlama, reset_handle
 from modelfix.testing.gguf import write_mmproj, write_tiny_model
-
-
-def rss() -> int:
-    """Resident bytes of this process (the second field of /proc/self/statm, in pages)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture(autouse=True)
@@ -201,24 +198,45 @@ def test_budget_held_by_handles_in_use_is_named(models):
         pool.close()
 
 
-def test_eviction_closes_the_llama_and_memory_comes_back(tmp_path, recorded):
+_RSS_SCRIPT = """
+import gc, json, sys
+from modelfix.events import events
+from modelfix.pool import Pool
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+seen = []
+pool = Pool(memory_budget="inf", keep_alive=-1)
+with events.listening(seen.append):
+    gc.collect()
+    before = rss()
+    llm = pool.acquire(sys.argv[1], "sha-wide", "wide", use_mmap=False)  # weights copied into RAM
+    loaded = rss()
+    pool.unload("wide")
+    gc.collect()
+    after = rss()
+    works = bool(llm("Hello", max_tokens=4, temperature=0)["choices"][0]["text"])  # it reloads
+pool.close()
+print(json.dumps({"before": before, "loaded": loaded, "after": after, "works": works,
+                  "evicted": [e.model for e in seen if e.kind == "evict"]}))
+"""
+
+
+def test_eviction_closes_the_llama_and_memory_comes_back(tmp_path):
+    # A fresh process: in this one, memory freed by earlier tests may be reused by the load,
+    # which would hide how much a load really takes.
     (path,) = write_tiny_model(tmp_path / "wide.gguf", target_bytes=48_000_000)
-    pool = Pool(memory_budget="inf", keep_alive=-1)
-    try:
-        gc.collect()
-        before = rss()
-        llm = pool.acquire(path, "sha-wide", "wide", use_mmap=False)  # weights copied into RAM
-        loaded = rss()
-        pool.unload("wide")
-        gc.collect()
-        after = rss()
-        weights = path.stat().st_size
-        assert loaded - before > 0.9 * weights
-        assert loaded - after > 0.8 * weights, f"only {(loaded - after) / 1e6:.1f} MB came back"
-        assert [e.model for e in recorded if e.kind == "evict"] == ["wide"]
-        assert text(llm)  # the evicted handle is still usable: it reloads
-    finally:
-        pool.close()
+    assert os.sysconf("SC_PAGE_SIZE") == 4096
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)
+    weights = path.stat().st_size
+    assert m["loaded"] - m["before"] > 0.9 * weights
+    assert m["loaded"] - m["after"] > 0.8 * weights, f"only {(m['loaded'] - m['after']) / 1e6:.1f} MB came back"
+    assert m["evicted"] == ["wide"]
+    assert m["works"]  # the evicted handle is still usable: it reloads
 
 
 # --- eviction never crashes a holder ----------------------------------------------------
