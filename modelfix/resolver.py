@@ -555,6 +555,11 @@ def push(
         raise CacheError("no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...).")
     if settings.offline:
         raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
+    if fsspec.utils.get_protocol(settings.remote) in ("http", "https"):
+        raise CacheError(
+            f"MODELFIX_REMOTE={settings.remote} is read-only over HTTP: `modelfix push` to the storage "
+            "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
+        )
     lockfile = _lockfile(lock)
     materialized = sync(names, lockfile, settings=settings)
     fs, _ = fsspec.core.url_to_fs(settings.remote)
@@ -576,9 +581,10 @@ def push(
                 fs.makedirs(os.path.dirname(target), exist_ok=True)
                 fs.put_file(str(store.blob_path(pin.sha256)), staging)
                 fs.mv(staging, target)
-            except OSError as exc:
+            except Exception as exc:  # each fsspec backend raises its own kind (aiohttp, botocore, gcsfs ...)
                 raise CacheError(
-                    f"{item.name}: cannot upload {pin.path} to {settings.remote}: {redact(str(exc))}. Check that "
+                    f"{item.name}: cannot upload {pin.path} to {settings.remote}: {type(exc).__name__}: "
+                    f"{redact(str(exc))}. Check that "
                     "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again."
                 ) from None
             report.append((item.name, pin.path, "uploaded"))

@@ -109,3 +109,41 @@ def test_push_without_a_remote_says_how_to_set_one(lock, monkeypatch):
     monkeypatch.delenv("MODELFIX_REMOTE", raising=False)
     with pytest.raises(modelfix.CacheError, match="set MODELFIX_REMOTE"):
         push(lock=lock)
+
+
+@pytest.fixture
+def http_mirror(tmp_path) -> Iterator[tuple[Path, str]]:
+    """A folder served read-only over HTTP, as a team's web mirror of its remote would be."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_http_mirror_of_the_remote_is_read_but_never_pushed_to(lock, hub, http_mirror, tmp_path, monkeypatch):
+    folder, url = http_mirror
+    monkeypatch.setenv("MODELFIX_REMOTE", str(folder))
+    modelfix.sync(lock=lock)
+    push(lock=lock)
+    monkeypatch.setenv("MODELFIX_REMOTE", url)
+    _fresh_cache(monkeypatch, tmp_path, "other-machine")
+    hub.clear_log()
+
+    assert set(_sources(lambda: modelfix.sync(lock=lock)).values()) == {"remote"}
+    assert [r for r in hub.requests if r.method == "GET"] == []
+    with pytest.raises(modelfix.CacheError, match=r"read-only over HTTP: `modelfix push` to the storage behind it"):
+        push(lock=lock)
