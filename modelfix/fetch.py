@@ -221,6 +221,7 @@ class _Download:
         self._reading: set[Body] = set()
         self._reading_lock = threading.Lock()
         self._may_split = policy.connections > 1 and size >= policy.parallel_min
+        self._ranged = False  # has the server answered a range with a range (206)?
 
     def run(self) -> FileHash:
         ranges = self._plan()
@@ -230,6 +231,7 @@ class _Download:
             except _NoRanges:
                 log.info("%s: %s ignores byte ranges; fetching the whole file", self.label, self.transport.url)
                 self._may_split = False
+                self._stop.clear()  # set by the parallel attempt that found out
                 self.journal.unlink(missing_ok=True)
                 with open(self.partial, "wb"):
                     pass
@@ -310,8 +312,10 @@ class _Download:
                 futures += [pool.submit(fetch, r) for r in self._split_if_slow(pending[0], futures[0], hasher)]
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
-            # A range that found no Range support explains the others' failures.
-            raise next((e for e in errors if isinstance(e, (_NoRanges, Cancelled))), errors[0])
+            # A range that found no Range support explains the others' failures; a range
+            # stopped because another failed explains nothing.
+            raise next((e for e in errors if isinstance(e, _NoRanges)), None) or next(
+                (e for e in errors if not isinstance(e, Cancelled)), errors[0])
 
     def _split_if_slow(self, r: _Range, running: Future, hasher: _Hasher) -> list[_Range]:
         """Watch the single stream for ``split_after`` seconds; if the rest would take longer
@@ -320,6 +324,8 @@ class _Download:
         with contextlib.suppress(FutureTimeout):
             running.exception(timeout=self.policy.split_after)
             return []  # finished (or failed) already
+        if not self._ranged:
+            return []  # the server has not shown it serves ranges: splitting would only restart it
         rate = (r.done - before) / (time.monotonic() - started)
         remaining = r.end - r.pos
         count = min(self.policy.connections, remaining // max(1, self.policy.min_range))
@@ -353,6 +359,7 @@ class _Download:
                 with self.transport.read(r.pos, r.end) as body, self._tracked(body):
                     if body.start != r.pos:
                         raise _NoRanges()
+                    self._ranged = self._ranged or body.ranged
                     if body.total is not None and body.total != self.size:
                         raise IntegrityError(
                             f"{self.transport.url} now has {body.total} bytes, the lockfile pins {self.size}. "

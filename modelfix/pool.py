@@ -448,13 +448,18 @@ def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]
             f"cannot load model {slot.name!r}: the pool holds at most {settings.max_count} handle(s) "
             f"and those resident are in use ({_names(held)}). Raise MODELFIX_MAX_LOADED or finish using one."
         )
-    budget_source = "MODELFIX_MEMORY_BUDGET" if settings.memory_budget is not None else "auto: 80% of memory"
+    budget_source, raise_it = {
+        "auto": ("auto: 80% of memory", "set a larger MODELFIX_MEMORY_BUDGET"),
+        "configure": ("set by a front-end option or modelfix.configure()",
+                      "raise it where it was set (--modelfix-memory-budget, modelfix_memory_budget, "
+                      "modelfix.configure(memory_budget=...))"),
+    }.get(settings.budget_origin, (settings.budget_origin, f"raise {settings.budget_origin}"))
     in_use = f", of which {format_size(exc.held)} is held by handles in use ({_names(held)})" if held else ""
     return MemoryBudgetError(
         f"cannot load model {slot.name!r}: it needs about {format_size(est.total)} (weights "
         f"{format_size(est.weights)} + KV cache {format_size(est.kv_cache)} for n_ctx={est.n_ctx} + compute "
         f"{format_size(est.compute)}) but the memory budget is {format_size(exc.budget)} ({budget_source}){in_use}. "
-        "Raise MODELFIX_MEMORY_BUDGET, lower n_ctx, or release a model."
+        f"To load it, {raise_it}, lower n_ctx, or release a model."
     )
 
 

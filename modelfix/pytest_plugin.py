@@ -134,12 +134,20 @@ class PluginOptions:
             gpu_layers = None if layers is None else int(layers)
         except ValueError:
             raise pytest.UsageError(f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}") from None
+        budget, _ = get("memory_budget")
+        if budget is not None:
+            from .settings import _budget
+
+            try:
+                _budget(budget)
+            except ValueError as exc:
+                raise pytest.UsageError(f"--modelfix-memory-budget / modelfix_memory_budget: {exc}") from None
         return cls(
             lock=path("lock"),
             cache_dir=path("cache_dir"),
             offline=get("offline")[0],
             gpu_layers=gpu_layers,
-            memory_budget=get("memory_budget")[0],
+            memory_budget=budget,
             preload=bool(get("preload")[0]),
             strict=bool(get("strict")[0]),
         )
@@ -333,13 +341,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("modelfix_model", names, indirect=True, ids=names)
 
 
+_NO_GPU = "needs GPU offload (require_gpu=True) and this llama-cpp-python build has none"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A skip marker, not pytest.skip() in setup: the report then points at the test, not at us.
+    needs_gpu = [item for item in items if _marker(item)[2]]
+    if needs_gpu and not _session(config).options.strict and not _gpu_offload():
+        for item in needs_gpu:
+            item.add_marker(pytest.mark.skip(reason=_NO_GPU))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     _, _, require_gpu = _marker(item)
-    if require_gpu and not _gpu_offload():
-        reason = "needs GPU offload (require_gpu=True) and this llama-cpp-python build has none"
-        if _session(item.config).options.strict:
-            pytest.fail(f"{reason} (--modelfix-strict)", pytrace=False)
-        pytest.skip(reason)
+    if require_gpu and _session(item.config).options.strict and not _gpu_offload():
+        pytest.fail(f"{_NO_GPU} (--modelfix-strict)", pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -348,13 +364,19 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     state = _session(config)
     if not state.options.preload or _is_controller(config) or config.option.collectonly:
         return
-    wanted: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+    wanted: dict[tuple[str, str], dict[str, Any]] = {}
     for item in session.items:
         names, settings, _ = _marker(item)
         if "llama" not in getattr(item, "fixturenames", ()):
             continue
-        for name in names or (state.default_model(),):
-            wanted.setdefault((name, tuple(sorted(settings.items(), key=repr))), settings)
+        if not names:
+            try:
+                names = (state.default_model(),)
+            except ModelfixError:
+                continue  # the test itself fails with the error, naming the models to choose from
+        for name in names:
+            # repr, not the values: settings may be lists (tensor_split), which do not hash
+            wanted.setdefault((name, repr(sorted(settings.items()))), settings)
     for (name, _), settings in wanted.items():
         try:
             state.load(name, **settings)

@@ -331,6 +331,8 @@ class PoolSettings:
     memory_budget: float | None = None
     keep_alive: float = 1800.0
     max_count: int | None = None
+    # where memory_budget came from, for the refusal message: "configure", an env var, or "auto"
+    budget_origin: str = "auto"
 
 
 STRATEGIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
@@ -353,7 +355,10 @@ _POOL_ENV = MappingProxyType(
 def _budget(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
-    size = parse_size(value, "memory budget")
+    try:
+        size = parse_size(value, "memory budget")
+    except ValueError:
+        raise ValueError(f"bad memory budget {value!r}: use bytes, a size like 8GB or 2GiB, auto or inf") from None
     if size <= 0:
         raise ValueError(f"bad memory budget {value!r}: must be positive")
     return size
@@ -383,6 +388,7 @@ _POOL_CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
 def resolve_pool_settings(explicit: Mapping[str, Any] | None = None) -> PoolSettings:
     """Explicit values (``None`` = unset) > ``MODELFIX_*`` variables > the strategy's preset."""
     chosen: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for field, var in _POOL_ENV.items():
         value = (explicit or {}).get(field)
         where = "pool argument"
@@ -393,6 +399,7 @@ def resolve_pool_settings(explicit: Mapping[str, Any] | None = None) -> PoolSett
                 chosen[field] = _POOL_CONVERTERS[field](value)
             except (ValueError, TypeError) as exc:
                 raise SettingsError(f"{field} ({where}): {exc}.") from None
+            origins[field] = var if where.startswith("environment") else "configure"
     unknown = set(explicit or {}) - set(_POOL_ENV)
     if unknown:
         raise SettingsError(f"unknown pool setting {sorted(unknown)[0]!r}. Valid: {', '.join(_POOL_ENV)}.")
@@ -403,4 +410,5 @@ def resolve_pool_settings(explicit: Mapping[str, Any] | None = None) -> PoolSett
         memory_budget=chosen.get("memory_budget"),
         keep_alive=chosen.get("keep_alive", preset["keep_alive"]),
         max_count=chosen["max_count"] if "max_count" in chosen else preset["max_count"],
+        budget_origin=origins.get("memory_budget", "auto") if chosen.get("memory_budget") is not None else "auto",
     )

@@ -76,12 +76,15 @@ class Timeouts(Protocol):
 class Body:
     """An answer to ``read(start, end)``: where its bytes begin (0 if the server
     ignored the range), the file's total size if the server said, the bytes, and
-    ``abort()``, callable from any thread, which makes a blocked read fail now."""
+    ``abort()``, callable from any thread, which makes a blocked read fail now.
+    ``ranged`` is False when the server sent the whole file (HTTP 200): then even
+    an answer that starts where asked (at 0) says nothing of range support."""
 
     start: int
     total: int | None
     chunks: Iterator[bytes]
     abort: Callable[[], None] = lambda: None
+    ranged: bool = True
 
 
 class Transport(Protocol):
@@ -163,7 +166,8 @@ class HttpTransport:
             if url != self.url:
                 self._target = url
             body_start, total = self._range_of(response, start)
-            yield Body(body_start, total, self._chunks(response, end - body_start), functools.partial(_shutdown, response))
+            yield Body(body_start, total, self._chunks(response, end - body_start), functools.partial(_shutdown, response),
+                       ranged=response.status_code == 206)
         except httpx2.TransportError as exc:
             raise Transient(_describe(exc)) from None
         finally:

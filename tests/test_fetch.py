@@ -105,7 +105,8 @@ SPLITTING = FetchPolicy(base_delay=0.01, read_timeout=30, parallel_min=100_000, 
 
 
 def test_a_slow_stream_of_a_large_file_is_split_into_parallel_ranges(hub, tiny_files, tmp_path):
-    hub.inject(REPO, FILE, Fault.stall(1.0))  # the first answer comes late
+    # The answer (a 206: ranges work) starts, then the stream goes slow.
+    hub.inject(REPO, FILE, Fault.stall(1.0, after_bytes=20_000))
 
     result, data, partial = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
 
@@ -113,6 +114,15 @@ def test_a_slow_stream_of_a_large_file_is_split_into_parallel_ranges(hub, tiny_f
     assert partial.read_bytes() == data
     ranges = [r.range for r in _byte_gets(hub)]
     assert len(set(ranges)) == 4 and f"bytes=0-{len(data) - 1}" in ranges
+
+
+def test_no_split_before_the_server_shows_it_serves_ranges(hub, tiny_files, tmp_path):
+    hub.inject(REPO, FILE, Fault.stall(1.0))  # no answer at all yet when the split would be decided
+
+    result, data, _ = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(_byte_gets(hub)) == 1
 
 
 def test_a_fast_stream_is_not_split(hub, tiny_files, tmp_path):
@@ -144,6 +154,35 @@ def test_parallel_ranges_resume_each_from_the_journal_after_a_cancel(hub, tiny_f
         first, last = map(int, r.range.removeprefix("bytes=").split("-"))
         fetched += last - first + 1
     assert fetched == size - 4 * 20_000  # nothing fetched twice
+
+
+def test_a_slow_server_that_ignores_ranges_is_not_split(hub, tiny_files, tmp_path):
+    hub.honour_ranges = False  # a mirror or proxy answering every byte request with the whole file
+    hub.inject(REPO, FILE, Fault.stall(1.0, after_bytes=10_000))  # slow enough to want a split
+
+    result, data, partial = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and partial.read_bytes() == data
+    assert [r.status for r in _byte_gets(hub)] == [200]  # one stream, never restarted
+
+
+def test_ranges_resumed_from_a_journal_fall_back_to_the_whole_file_when_ranges_stop_working(
+    hub, tiny_files, tmp_path
+):
+    hub.inject(REPO, FILE, Fault.stall(30, after_bytes=20_000), times=4)  # slow, split, every range stalls
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    with pytest.raises(Cancelled):
+        _fetch(hub, tiny_files, tmp_path, policy=SPLITTING, cancel=cancel)
+    assert (tmp_path / "blob.partial.ranges").exists()
+    hub.clear_faults()
+    hub.honour_ranges = False  # the next run goes through a proxy that ignores ranges
+    hub.clear_log()
+
+    result, data, partial = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and partial.read_bytes() == data
+    assert _byte_gets(hub)[-1].range in (None, "", f"bytes=0-{len(data) - 1}")
 
 
 def test_cancel_stops_a_stalled_download_and_keeps_the_partial(hub, tiny_files, tmp_path):

@@ -175,14 +175,22 @@ def test_a_handle_in_use_is_never_evicted(models):
         pool.close()
 
 
-def test_over_budget_load_is_refused_with_sizes(models):
-    pool = Pool(memory_budget=cost(models, "a") // 2)
+@pytest.mark.parametrize(
+    ("where", "named"),
+    [("env", "(MODELFIX_MEMORY_BUDGET). To load it, raise MODELFIX_MEMORY_BUDGET,"),
+     ("configure", "(set by a front-end option or modelfix.configure()). To load it, raise it where it was set")],
+)
+def test_over_budget_load_is_refused_with_sizes_and_where_the_budget_was_set(models, monkeypatch, where, named):
+    budget = cost(models, "a") // 2
+    if where == "env":
+        monkeypatch.setenv("MODELFIX_MEMORY_BUDGET", str(budget))
+    pool = Pool(memory_budget=budget if where == "configure" else None)
     try:
         with pytest.raises(MemoryBudgetError) as info:
             get(pool, models, "a")
         message = str(info.value)
         assert "'a'" in message and "needs about" in message and "KV cache" in message
-        assert "n_ctx=512" in message and "budget is" in message and "MODELFIX_MEMORY_BUDGET" in message
+        assert "n_ctx=512" in message and "budget is" in message and named in message
         assert pool.metrics()["loads"] == 0 and pool.loaded() == []
     finally:
         pool.close()

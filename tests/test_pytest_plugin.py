@@ -319,7 +319,35 @@ def test_require_gpu_on_a_cpu_build(suite: pytest.Pytester, strict: bool, outcom
     )
     result = run(suite, "-rs", *(["--modelfix-strict"] if strict else []))
     result.assert_outcomes(**outcome)
-    result.stdout.fnmatch_lines(["*needs GPU offload (require_gpu=True)*"])
+    where = "" if strict else "test_require_gpu_on_a_cpu_build.py:*"  # the skip points at the test
+    result.stdout.fnmatch_lines([f"*{where}needs GPU offload (require_gpu=True)*"])
+
+
+def test_preload_survives_what_the_tests_themselves_report(pytester: pytest.Pytester, hub) -> None:
+    lock(pytester, tiny="org/tiny:Q4_K_M", other="org/tiny:Q8_0")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_no_marker_with_two_models(llama):
+            pass
+
+        @pytest.mark.model("tiny", tensor_split=[1.0])
+        def test_list_setting(llama):
+            assert llama.n_ctx() > 0
+        """
+    )
+    result = run(pytester, "--modelfix-preload")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*has several models (tiny, other)*"])
+    assert "INTERNALERROR" not in result.stdout.str()
+
+
+def test_a_bad_memory_budget_option_is_a_usage_error(suite: pytest.Pytester) -> None:
+    suite.makepyfile("def test_nothing():\n    pass\n")
+    result = run(suite, "--modelfix-memory-budget", "lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--modelfix-memory-budget / modelfix_memory_budget: bad memory budget 'lots'*auto or inf*"])
 
 
 def test_import_is_cheap() -> None:

@@ -367,7 +367,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers, "application/json; charset=utf-8")
 
     def _send_blob(self, blob: _Blob, repo_id: str, path: str, headers: dict[str, str]) -> None:
-        start, end, partial = parse_range(self.headers.get("Range"), blob.size)
+        start, end, partial = (parse_range(self.headers.get("Range"), blob.size) if self.server.hub.honour_ranges
+                               else (0, blob.size, False))
         if start < 0:
             return self._send(416, b"", {**headers, "Content-Range": f"bytes */{blob.size}"})
         fault = self.server.hub._take_fault(repo_id, path) if self.command == "GET" else None

@@ -201,6 +201,8 @@ class LocalHub:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0, page_size: int = 1000) -> None:
         self.host, self._port, self._cdn_port = host, port, cdn_port
         self.page_size = page_size
+        # False: every byte request gets the whole file (200), as some mirrors and proxies answer.
+        self.honour_ranges = True
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
         self._faults: dict[tuple[str, str | None], list[list[Any]]] = {}  # None: the repo's API calls
