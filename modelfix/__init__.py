@@ -79,12 +79,19 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+class _NotebookPackageMissing(ModelfixError):
+    """Shown by IPython as one line (its ``_render_traceback_`` protocol), not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"ModelfixError: {self}"]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext modelfix``: hands over to the modelfix-jupyter package."""
     try:
         import modelfix_jupyter
     except ImportError:
-        raise ModelfixError(
+        raise _NotebookPackageMissing(
             "the notebook magics live in the modelfix-jupyter package: "
             "`pip install modelfix-jupyter` (or `pip install -e jupyter_ext` from a checkout), "
             "then `%load_ext modelfix` again."

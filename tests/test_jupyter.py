@@ -76,13 +76,16 @@ def test_load_ext_registers_and_unload_removes(lockfile, extension: str) -> None
     assert handle is not None
 
 
-def test_load_ext_modelfix_without_the_package_says_what_to_install(monkeypatch) -> None:
-    import modelfix
-    from modelfix.errors import ModelfixError
+def test_load_ext_modelfix_without_the_package_says_what_to_install(monkeypatch, capsys) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
 
     monkeypatch.setitem(sys.modules, "modelfix_jupyter", None)  # as if not installed
-    with pytest.raises(ModelfixError, match="pip install modelfix-jupyter"):
-        modelfix.load_ipython_extension(object())
+    result = InteractiveShell.instance().run_cell("%load_ext modelfix")
+
+    assert not result.success
+    out = capsys.readouterr()
+    lines = (out.out + out.err).strip().splitlines()
+    assert len(lines) == 1 and "pip install modelfix-jupyter" in lines[0], lines
 
 
 def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
@@ -160,6 +163,8 @@ def test_unload_model_frees_the_pool_entry(shell, capsys) -> None:
     assert capsys.readouterr().out == "released: tiny (2 handles)\n"
     magic(shell, "unload_model tiny")
     assert capsys.readouterr().out == "tiny was not resident\n"
+    magic(shell, "unload_model tinyy")  # a typo is named as one
+    assert capsys.readouterr().out.endswith("model-lock.toml has no model 'tinyy' (models: tiny)\n")
     magic(shell, "load_model tiny")
     magic(shell, "unload_model --all")
     assert not resident()
@@ -316,3 +321,24 @@ def test_a_cached_file_evicted_is_not_a_released_handle(shell) -> None:
     events.emit(Event(kind="evict", model="tiny", file="tiny-Q4_K_M.gguf", source="cache"))
     text = repr(magic(shell, "models"))
     assert "released" not in text and "yes" in text
+
+
+def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(lockfile, monkeypatch, capfd,
+                                                                            tmp_path: Path) -> None:
+    import nbformat
+
+    from modelfix_jupyter.run import main
+
+    monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
+    cells = ["%load_ext modelfix\nprint('before the failure')", "%load_model nosuch", "print('never')"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbformat.write(notebook, tmp_path / "broken.ipynb")
+
+    code = main([str(tmp_path / "broken.ipynb"), "--output", str(tmp_path / "out.ipynb"), "--timeout", "120"])
+
+    printed, stderr = capfd.readouterr()
+    assert code == 1
+    assert "print('before the failure')\nbefore the failure\n" in printed and "never" not in printed
+    assert "broken.ipynb: code cell 2 of 3 failed: LockError: no model named 'nosuch'" in stderr
+    saved = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert [o.output_type for o in saved.cells[1].outputs] == ["error"]

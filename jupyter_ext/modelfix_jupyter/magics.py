@@ -128,8 +128,10 @@ class ModelfixMagics(Magics):
         done = [f"{name} ({n} handles)" if n > 1 else name for name, n in counts.items() if n]
         if done:
             print(f"released: {', '.join(done)}")
+        elif args.name:
+            print(f"{args.name} was not resident{_unknown_name_note(args.name)}")
         else:
-            print(f"{args.name} was not resident" if args.name else "nothing was resident")
+            print("nothing was resident")
 
     # -- %modelfix_cache -------------------------------------------------------
 
@@ -232,3 +234,17 @@ def unload(shell: Any) -> None:
         render.unregister_formatters(shell)
         errors.uninstall(shell)
         shell._modelfix_magics = None
+
+
+def _unknown_name_note(name: str) -> str:
+    """``; the lockfile has no model 'x' (models: a, b)`` for a likely typo, else nothing."""
+    from modelfix.errors import ModelfixError
+    from modelfix.lockfile import Lockfile
+
+    try:
+        lockfile = Lockfile.find()
+    except ModelfixError:
+        return ""
+    if name in lockfile.entries:
+        return ""
+    return f"; {lockfile.path} has no model {name!r} (models: {', '.join(lockfile.entries) or 'none'})"

@@ -36,13 +36,30 @@ def run_notebook(
 
     Runs in ``cwd`` (default: the current folder). A failing cell raises
     ``nbclient.exceptions.CellExecutionError``; ``output`` saves the executed
-    notebook (with widget state) there.
+    notebook (with widget state) there, also when a cell failed: that is when
+    it is most wanted.
     """
+    nb, error = _execute(path, cwd=cwd, timeout=timeout, output=output)
+    if error is not None:
+        raise error
+    return nb
+
+
+def _execute(
+    path: str | os.PathLike[str],
+    *,
+    cwd: str | os.PathLike[str] | None,
+    timeout: int,
+    output: str | os.PathLike[str] | None,
+) -> tuple[Any, Exception | None]:
+    """(the notebook as far as it ran, the CellExecutionError that stopped it or None)."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
     from traitlets.config import Config
 
     nb = nbformat.read(os.fspath(path), as_version=4)
+    error = None
     with tempfile.TemporaryDirectory(prefix="modelfix-kernel-") as sockets:
         # An absolute socket prefix: a relative one would be resolved against the
         # kernel's working folder by the kernel and against ours by the client.
@@ -55,10 +72,13 @@ def run_notebook(
             store_widget_state=True,
             config=Config({"KernelManager": ipc}),
         )
-        client.execute()
+        try:
+            client.execute()
+        except CellExecutionError as exc:
+            error = exc
     if output is not None:
         nbformat.write(nb, os.fspath(output))
-    return nb
+    return nb, error
 
 
 def _text_of(output: Any, widgets: dict[str, Any]) -> str:
@@ -96,21 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="save the executed notebook here")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (default 300)")
     args = parser.parse_args(argv)
-    from nbclient.exceptions import CellExecutionError
-
-    try:
-        nb = run_notebook(args.notebook, timeout=args.timeout, output=args.output)
-    except CellExecutionError as exc:
-        print(f"{args.notebook}: a cell failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
-        return 1
+    nb, error = _execute(args.notebook, cwd=None, timeout=args.timeout, output=args.output)
     widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    for cell in code:
+        if cell.get("execution_count") is None and not cell.get("outputs"):
+            break  # not reached: an earlier cell failed
         print(f"In [{cell.get('execution_count')}]: {cell.source}")
         for output in cell.get("outputs", []):
             sys.stdout.write(_text_of(output, widgets))
-    print(f"{args.notebook}: {sum(c.cell_type == 'code' for c in nb.cells)} cells executed")
+    if error is not None:
+        # Execution stops at the failing cell: it is the last one that ran.
+        failed = max((i for i, cell in enumerate(code, 1) if cell.get("execution_count") is not None), default=None)
+        where = f"code cell {failed} of {len(code)}" if failed else "a cell"
+        print(f"{args.notebook}: {where} failed: {error.ename}: {error.evalue}", file=sys.stderr)
+        return 1
+    print(f"{args.notebook}: {len(code)} cells executed")
     return 0
 
 
