@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
@@ -97,4 +98,20 @@ class CacheSettings:
         except ValueError as exc:
             raise CacheError(str(exc)) from None
         remote = remote if remote is not None else (os.environ.get("MODELFIX_REMOTE") or None)
-        return cls(root=cache_root(cache_dir), max_size=size, offline=bool(offline), remote=remote)
+        return cls(root=_usable(cache_root(cache_dir)), max_size=size, offline=bool(offline), remote=remote)
+
+
+def _usable(root: Path) -> Path:
+    """``root``, unless it (or a folder above it) is a file, which no command could use (and
+    ``cache stats`` would show as an empty cache). A root that does not exist yet is made on first write."""
+    try:
+        if stat.S_ISDIR(os.stat(root).st_mode):
+            return root
+    except NotADirectoryError:
+        pass
+    except OSError:  # absent (made on first write), or unreadable (the first write says why)
+        return root
+    raise CacheError(
+        f"cannot use {root} as the cache folder: it (or a folder above it) is a file. Set MODELFIX_CACHE_DIR "
+        "(or --cache-dir) to a folder."
+    )

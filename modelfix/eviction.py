@@ -81,7 +81,18 @@ _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 
 
 
 def parse_size(text: str | int | float, what: str = "size") -> float:
-    """``"50GB"``, ``"512MiB"``, ``"1e9"``, ``"inf"`` or a number of bytes."""
+    """``"50GB"``, ``"512MiB"``, ``"1e9"``, ``"inf"`` or a number of bytes; more than zero.
+
+    ``what`` names the setting in the error (``MODELFIX_CACHE_MAX_SIZE``, ``--max-size``).
+    """
+    size = _size(text)
+    if size is None or not size > 0:  # `not >` also refuses NaN, which no comparison would catch
+        raise ValueError(f"bad {what} {text!r}: use bytes or a size like 500MB, 50GB, 2GiB, inf (more than zero)")
+    return size
+
+
+def _size(text: str | int | float) -> float | None:
+    """The bytes ``text`` says, or None if it is no size at all."""
     if isinstance(text, (int, float)):
         return float(text)
     value = text.strip().upper().replace("_", "")
@@ -92,7 +103,7 @@ def parse_size(text: str | int | float, what: str = "size") -> float:
     try:
         return float(number) * _UNITS[unit]
     except (ValueError, KeyError):
-        raise ValueError(f"bad {what} {text!r}: use bytes or a size like 500MB, 50GB, 2GiB, inf") from None
+        return None
 
 
 def format_size(n: float) -> str:

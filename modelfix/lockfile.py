@@ -17,17 +17,15 @@ The file is both the user's manifest and the lock, one table per model::
 ``pinned_from`` records the source the pins were resolved from, so that an
 edited ``source`` is seen as stale without asking the network.
 
-Reading gives frozen :class:`Entry` objects; writing goes through tomlkit so
-comments and hand formatting survive, never rewrites an unchanged file, and
-replaces the file atomically (temp file + rename) so a crash never leaves a
-half-written lockfile.
+Reading gives frozen :class:`Entry` objects and accepts a UTF-8 BOM and CRLF
+line ends; :mod:`modelfix.locking` writes the pins (one writer at a time,
+atomically, keeping comments, layout, line ends and BOM).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -49,10 +47,12 @@ __all__ = [
     "Lockfile",
     "find_lockfile",
     "nearest_lockfile",
-    "write_pins",
-    "add_entry",
     "check_relative_path",
-    "replace_text",
+    "check_name",
+    "is_commit_sha",
+    "MAX_FILE_SIZE",
+    "BOM",
+    "read_raw",
 ]
 
 LOCK_NAME = "model-lock.toml"
@@ -84,6 +84,11 @@ HARDWARE_SETTINGS = frozenset(
 _PIN_KEYS = ("revision", "pinned_from", "files")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# Far above any real model file (the largest GGUFs are a few hundred GB), far below where sizes
+# stop being exact as floats or overflow int64 sums: a bigger `size` is a typo or a tampered file.
+MAX_FILE_SIZE = 2**50
+BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -173,13 +178,7 @@ class Lockfile:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Lockfile:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise LockError(
-                f"{path}: no such lockfile. Create one with `modelfix add NAME SOURCE`."
-            ) from None
-        return cls.parse(text, path)
+        return cls.parse(read_raw(path), path)
 
     @classmethod
     def find(cls, explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Lockfile:
@@ -187,6 +186,7 @@ class Lockfile:
 
     @classmethod
     def parse(cls, text: str, path: Path) -> Lockfile:
+        text = text.removeprefix(BOM)  # editors on Windows may save one; TOML itself has no BOM
         data = _parse_toml(text, path)
         unknown = set(data) - {"version", "models", "routing"}
         if unknown:
@@ -216,8 +216,8 @@ class Lockfile:
     def where(self, name: str) -> str:
         """``path:line`` of ``[models.name]``, for messages that point at the entry."""
         try:
-            return _where(self.path, self.path.read_text(encoding="utf-8"), name)
-        except OSError:
+            return _where(self.path, read_raw(self.path).removeprefix(BOM), name)
+        except LockError:
             return str(self.path)
 
     def entry(self, name: str) -> Entry:
@@ -278,7 +278,7 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
     try:
         return tomlkit.parse(text).unwrap()
     except ParseError as exc:
-        reason = str(exc).split(" at line")[0]
+        reason = str(exc).split(" at line")[0].rstrip(".")  # tomlkit ends some reasons with one
         raise LockError(
             f"{path}:{exc.line}:{exc.col}: invalid TOML: {reason}. Fix the syntax there."
         ) from None
@@ -286,8 +286,7 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
 
 def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
     where = _where(path, text, name)
-    if not _NAME_RE.match(name):
-        raise LockError(f"{where}: model name {name!r} must be letters, digits, '_', '.' or '-'.")
+    check_name(name, where)
     if not isinstance(table, dict):
         raise LockError(f"{where}: [models.{name}] must be a table with a `source` key.")
     for key in table:
@@ -313,8 +312,14 @@ def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
                 raise LockError(f"{_where(path, text, name, key)}: {key} must be {want}, got {value!r}.")
             settings[key] = value
     revision = table.get("revision")
-    if revision is not None and not isinstance(revision, str):
-        raise LockError(f"{_where(path, text, name, 'revision')}: revision must be a string.")
+    # Absent for URL and path sources; for the Hub it goes into download URLs, so nothing but a
+    # full commit sha (never a branch name that moves, never "../x") is trusted there.
+    if revision is not None and not (isinstance(revision, str) and is_commit_sha(revision)):
+        raise LockError(
+            f"{_where(path, text, name, 'revision')}: revision must be a full commit sha "
+            f"(40 lowercase hex characters), got {revision!r}. "
+            f"Run `modelfix lock --upgrade --model {name}` to re-pin."
+        )
     files = tuple(_pin(item, i, name, path, text) for i, item in enumerate(_list(table, "files", name, path, text)))
     pinned_from = table.get("pinned_from")
     return Entry(
@@ -334,8 +339,22 @@ def _list(table: dict, key: str, name: str, path: Path, text: str) -> list:
     return value
 
 
+def is_commit_sha(revision: str) -> bool:
+    """A full commit sha, as Hub pins record it: 40 lowercase hex characters."""
+    return bool(_COMMIT_RE.match(revision))
+
+
+def check_name(name: str, where: str | None = None) -> None:
+    """Refuse a model name that is not letters, digits, `_`, `.`, `-` starting with a letter or digit."""
+    if not _NAME_RE.match(name):
+        raise LockError(
+            f"{where + ': ' if where else ''}model name {name!r} must start with a letter or digit, "
+            "followed by letters, digits, '_', '.' or '-' (e.g. chat or qwen-small)."
+        )
+
+
 def _pin(item: Any, index: int, name: str, path: Path, text: str) -> FilePin:
-    label = f"{_where(path, text, name, 'files')}: files[{index}] of [models.{name}]"
+    label = f"{_where(path, text, name, 'files', index)}: files[{index}] of [models.{name}]"
     if not isinstance(item, dict):
         raise LockError(f"{label} must be an inline table {{ path, size, sha256, role }}.")
     extra = set(item) - {"path", "size", "sha256", "role", "join"}
@@ -345,8 +364,11 @@ def _pin(item: Any, index: int, name: str, path: Path, text: str) -> FilePin:
     if not isinstance(file_path, str):
         raise LockError(f"{label}: missing `path`. Run `modelfix lock --upgrade --model {name}` to re-pin.")
     check_relative_path(file_path, label)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise LockError(f"{label} ({file_path}): size must be a non-negative integer, got {size!r}.")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_SIZE:
+        raise LockError(
+            f"{label} ({file_path}): size must be a non-negative integer of at most 2**50 bytes, "
+            f"got {size!r}. Run `modelfix lock --upgrade --model {name}` to re-pin."
+        )
     if not isinstance(sha, str) or not _SHA256_RE.match(sha):
         raise LockError(
             f"{label} ({file_path}): sha256 must be 64 lowercase hex characters, got {sha!r}. "
@@ -382,8 +404,11 @@ def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[Rou
     return tuple(rules), default
 
 
-def _where(path: Path, text: str, name: str | None = None, key: str | None = None) -> str:
-    """``path:line`` of ``[models.name]`` (and ``key`` inside it) for error messages."""
+def _where(
+    path: Path, text: str, name: str | None = None, key: str | None = None, index: int | None = None
+) -> str:
+    """``path:line`` of ``[models.name]`` (and ``key`` inside it, and the ``index``-th inline
+    table of that key's array) for error messages."""
     lines = text.splitlines()
     start = 0
     if name is not None:
@@ -398,92 +423,46 @@ def _where(path: Path, text: str, name: str | None = None, key: str | None = Non
             if name is not None and i > start and lines[i].lstrip().startswith("["):
                 break
             if key_re.match(lines[i]):
-                return f"{path}:{i + 1}"
+                return f"{path}:{_item_line(lines, i, index) if index is not None else i + 1}"
     return f"{path}:{start + 1}"
 
 
-# --- writing ---------------------------------------------------------------
+# An inline table opens a line or follows `[` or `,`: `files = [{...}, {...}]` or one per line.
+_INLINE_TABLE_RE = re.compile(r"(?:^|[\[,])\s*\{")
 
 
-def write_pins(path: Path, pins: Mapping[str, Pins]) -> bool:
-    """Write ``pins`` into their ``[models.NAME]`` tables; True if the file changed."""
-    import tomlkit
-
-    text = path.read_text(encoding="utf-8")
-    Lockfile.parse(text, path)  # never rewrite a file we could not read back
-    doc = tomlkit.parse(text)
-    for name, pin in pins.items():
-        table = doc["models"][name]
-        if pin.revision is None:
-            table.pop("revision", None)
-        else:
-            table["revision"] = pin.revision
-        table["pinned_from"] = pin.pinned_from
-        table["files"] = _files_array(pin.files)
-    return _write_if_changed(path, text, tomlkit.dumps(doc))
+def _item_line(lines: list[str], first: int, index: int) -> int:
+    """1-based line of the ``index``-th inline table of the array starting on line ``first``."""
+    seen = 0
+    for i in range(first, len(lines)):
+        if i > first and lines[i].lstrip().startswith("[") and "=" not in lines[i]:
+            break  # the next table: the array ended without that many items
+        seen += len(_INLINE_TABLE_RE.findall(lines[i]))
+        if seen > index:
+            return i + 1
+    return first + 1
 
 
-def add_entry(path: Path, name: str, source: str, settings: Mapping[str, Any] | None = None) -> None:
-    """Add (or replace the source of) ``[models.NAME]``, creating the file if needed."""
-    import tomlkit
-
-    if not _NAME_RE.match(name):
-        raise LockError(f"model name {name!r} must be letters, digits, '_', '.' or '-'.")
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
-        Lockfile.parse(text, path)
-        doc = tomlkit.parse(text)
-    else:
-        text = ""
-        doc = tomlkit.document()
-        doc.add(tomlkit.comment("Models pinned by modelfix. Edit `source`; `modelfix lock` writes the pins."))
-        doc["version"] = SCHEMA_VERSION
-    models = doc.setdefault("models", tomlkit.table(is_super_table=True))
-    table = models.get(name)
-    if table is None:
-        table = tomlkit.table()
-        models[name] = table
-    table["source"] = source
-    for key, value in (settings or {}).items():
-        table[key] = value
-    new_text = tomlkit.dumps(doc)
-    Lockfile.parse(new_text, path)
-    _write_if_changed(path, text, new_text)
+# --- the file on disk ------------------------------------------------------
 
 
-def _files_array(files: tuple[FilePin, ...]):
-    import tomlkit
-
-    array = tomlkit.array()
-    for pin in files:
-        inline = tomlkit.inline_table()
-        inline.update(pin.as_toml())
-        array.append(inline)
-    return array.multiline(True)
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Atomically replace the whole file with ``text`` (temp file + rename)."""
-    _write_if_changed(path, None, text)
-
-
-def _write_if_changed(path: Path, old: str | None, new: str) -> bool:
-    if new == old:
-        return False
-    if not path.parent.is_dir():
-        raise LockError(f"{path}: folder {path.parent} does not exist. Create it, or pass another --lock PATH.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def read_raw(path: Path) -> str:
+    """The file's text as it is on disk (BOM and line ends kept), or a LockError that says the fix."""
+    if path.is_dir():
+        raise LockError(f"{path} is a folder, not a lockfile. Pass the file: --lock {path / LOCK_NAME}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(new)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LockError(f"{path}: no such lockfile. Create one with `modelfix add NAME SOURCE`.") from None
+    except PermissionError:
+        raise LockError(f"{path}: permission denied reading the lockfile. Make it readable (chmod u+r).") from None
+    except OSError as exc:
+        raise LockError(f"{path}: cannot read the lockfile ({exc.strerror or exc}).") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise LockError(
+            f"{path}:{line}: the lockfile is not UTF-8 text (byte 0x{data[exc.start]:02x}). "
+            "Save it as UTF-8; TOML files are always UTF-8."
+        ) from None

@@ -1,23 +1,39 @@
-"""Turning sources into pins: what ``modelfix lock``, ``add`` and ``lock --check`` do.
+"""Turning sources into pins, and writing them: what ``modelfix lock``, ``add`` and ``lock --check`` do.
 
-An entry needs (re)locking when it has no pins, or when its ``source`` was
-edited since it was pinned (``pinned_from`` differs). ``upgrade`` re-resolves
-pinned entries too, moving them to the newest upstream commit. Everything is
-resolved first and written once, so a failure on one model leaves the file
-exactly as it was: no half-updated lockfile, no lost pin.
+An entry needs (re)locking when it has no pins, when its ``source`` was edited
+since it was pinned (``pinned_from`` differs), or when its pins hold no model
+file. ``upgrade`` re-resolves pinned entries too, moving them to the newest
+upstream commit.
+
+Writing is safe against failures and against other writers:
+
+* pins are resolved (over the network) first, then written in one atomic
+  replace (temp file + rename): a failure leaves the file exactly as it was;
+* writers of one lockfile take turns (a file lock): each re-reads the file
+  under the lock and writes its whole change at once, so concurrent ``add``
+  and ``lock`` runs never lose each other's pins;
+* comments, layout, line endings and a BOM survive; a symlinked lockfile is
+  written through to its target; an unchanged file is never rewritten.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import LockError, ModelfixError, OfflineError
-from .lockfile import Entry, Lockfile, Pins, add_entry, replace_text, write_pins
+from .errors import LockError, ModelfixError, OfflineError, SourceError
+from .lockfile import (
+    BOM, LOCK_NAME, SCHEMA_VERSION, Entry, Lockfile, Pins, check_name, find_lockfile, is_commit_sha, read_raw,
+)
 from .sources import shared_lookups, source_for
 
-__all__ = ["LockResult", "Problem", "lock", "add", "check"]
+__all__ = ["LockResult", "Problem", "lock", "add", "check", "write_pins", "add_entry"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +48,7 @@ class LockResult:
 
 @dataclass(frozen=True)
 class Problem:
-    """An entry that ``lock --check`` finds unpinned or stale."""
+    """An entry that ``lock --check`` finds unpinned, stale, or pinned to no model file."""
 
     name: str
     reason: str
@@ -40,15 +56,19 @@ class Problem:
 
 def check(lockfile: Lockfile) -> list[Problem]:
     """Entries that need ``modelfix lock``; reads nothing but the file."""
-    problems = []
-    for entry in lockfile.entries.values():
-        if not entry.files:
-            problems.append(Problem(entry.name, "is not pinned"))
-        elif entry.pinned_from != entry.source:
-            problems.append(
-                Problem(entry.name, f"source changed from {entry.pinned_from!r} to {entry.source!r}")
-            )
-    return problems
+    return [Problem(entry.name, reason) for entry in lockfile.entries.values() if (reason := _problem(entry))]
+
+
+def _problem(entry: Entry) -> str | None:
+    if not entry.files:
+        return "is not pinned"
+    if entry.pinned_from != entry.source:
+        return f"source changed from {entry.pinned_from!r} to {entry.source!r}"
+    if not entry.model_files:
+        # Only a hand edit gets here; re-resolving moves a Hub source to its newest commit.
+        return (f'no file in `files` has role = "model". Re-pin it with '
+                f"`modelfix lock --upgrade --model {entry.name}`")
+    return None
 
 
 def _offline_switch(offline: bool | None) -> str | None:
@@ -62,21 +82,32 @@ def _offline_switch(offline: bool | None) -> str | None:
     return None
 
 
-def _resolve(source_text: str, lock_path: Path, offline: bool | None) -> Pins:
-    source = source_for(source_text, lock_path)
-    switch = _offline_switch(offline)
-    if switch and getattr(source, "needs_network", False):
-        raise OfflineError(
-            f"pinning {source_text!r} needs the network, but offline mode is on ({switch}). "
-            "Run it online; `modelfix lock --check` is the check that works offline."
-        )
-    return source.resolve()
+def _resolve(name: str, source_text: str, lock_path: Path, offline: bool | None) -> Pins:
+    """Pins for ``source_text``; errors name the model and the lockfile, as every lock error does."""
+    try:
+        source = source_for(source_text, lock_path)
+        switch = _offline_switch(offline)
+        if switch and getattr(source, "needs_network", False):
+            raise OfflineError(
+                f"pinning {source_text!r} needs the network, but offline mode is on ({switch}). "
+                "Run it online; `modelfix lock --check` is the check that works offline."
+            )
+        pins = source.resolve()
+        if pins.revision is not None and not is_commit_sha(pins.revision):
+            # A source plugin's bug: the lockfile would refuse to read this back.
+            raise SourceError(
+                f"{source_text!r} resolved to revision {pins.revision!r}, not a full commit sha. "
+                "A source must pin a 40-hex commit sha or no revision at all."
+            )
+        return pins
+    except ModelfixError as exc:
+        raise type(exc)(f"model {name!r} ({lock_path}): {exc}") from None
 
 
 def _needs_lock(entry: Entry, upgrade: bool, models: Sequence[str] | None) -> bool:
     if models and entry.name not in models:
         return False
-    return upgrade or not entry.is_pinned
+    return upgrade or _problem(entry) is not None
 
 
 def lock(
@@ -101,10 +132,7 @@ def lock(
             if not _needs_lock(entry, upgrade, models):
                 unchanged.append(entry.name)
                 continue
-            try:
-                pins = _resolve(entry.source, lockfile.path, offline)
-            except ModelfixError as exc:
-                raise type(exc)(f"model {entry.name!r} ({lockfile.path}): {exc}") from None
+            pins = _resolve(entry.name, entry.source, lockfile.path, offline)
             if pins == entry.pins:
                 unchanged.append(entry.name)
             else:
@@ -116,24 +144,199 @@ def lock(
 def add(name: str, source: str, path: Path | str | None = None, *, offline: bool | None = None,
         **settings) -> LockResult:
     """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails (``offline`` as in :func:`lock`)."""
-    from .lockfile import LOCK_NAME, find_lockfile
-
+    check_name(name)
     try:
         lock_path = find_lockfile(path)
     except LockError:
         lock_path = Path.cwd() / LOCK_NAME
-    pins = _resolve(source, lock_path, offline)  # fail before touching the file
-    previous = lock_path.read_text(encoding="utf-8") if lock_path.exists() else None
-    before = Lockfile.parse(previous, lock_path).entries.get(name) if previous is not None else None
-    add_entry(lock_path, name, source, settings)
-    try:
-        written = write_pins(lock_path, {name: pins})
-    except BaseException:
-        # Leave the file as the user had it rather than with an unpinned entry.
-        if previous is None:
-            lock_path.unlink(missing_ok=True)
-        else:
-            replace_text(lock_path, previous)
-        raise
+    if lock_path.exists():
+        Lockfile.load(lock_path)  # a broken lockfile fails before any network call
+    pins = _resolve(name, source, lock_path, offline)
+    before, written = add_entry(lock_path, name, source, settings, pins)
     old = before.pins if before else None
     return LockResult(lock_path, {name: (old, pins)} if old != pins else {}, (), written)
+
+
+# --- writing the file --------------------------------------------------------
+
+
+def _plain(raw: str) -> str:
+    """What tomlkit edits: no BOM, LF line ends (:func:`_styled` puts the file's own back)."""
+    return raw.removeprefix(BOM).replace("\r\n", "\n")
+
+
+def _styled(text: str, like: str | None) -> str:
+    """``text`` in the style of ``like``, the file as it was: its BOM and its first line's ending.
+
+    Rewriting a CRLF file as LF would show every line as changed in git.
+    """
+    if like is None:
+        return text
+    end = like.find("\n")
+    if end > 0 and like[end - 1] == "\r":
+        text = text.replace("\n", "\r\n")
+    return BOM + text if like.startswith(BOM) else text
+
+
+# Taking the writers' lock waits for other modelfix processes; they hold it only to read, edit
+# and write the file (never over the network), so a minute means one of them is stuck.
+_WRITERS_TIMEOUT_S = 60
+
+
+@contextmanager
+def _writers_lock(path: Path) -> Iterator[None]:
+    """Let one modelfix process at a time re-read, edit and write the lockfile at ``path``.
+
+    The lock is not the lockfile itself, which every write replaces (a lock on the old inode
+    would not stop the next writer), and not a ``model-lock.toml.lock`` beside it, which would
+    litter the user's project and its ``git status``: it lives in the temp folder, named by the
+    file's real path so that a symlink and its target, or two spellings of one path, share it.
+    """
+    from filelock import FileLock, Timeout
+
+    key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
+    where = os.path.join(tempfile.gettempdir(), f"modelfix-lockfile-{key}.lock")
+    lock = FileLock(where, mode=0o666)  # another user of a shared project takes the same lock
+    try:
+        lock.acquire(timeout=_WRITERS_TIMEOUT_S)
+    except Timeout:
+        raise LockError(
+            f"{path}: another modelfix process has been writing this lockfile for "
+            f"{_WRITERS_TIMEOUT_S} s. Let it finish (or stop it), then try again."
+        ) from None
+    except OSError as exc:
+        raise LockError(
+            f"{path}: cannot take the writers' lock {where} ({exc.strerror or exc}). "
+            "Make the temp folder writable, or point TMPDIR at one that is."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _update(path: Path, change: Callable[[Lockfile | None, Any], None], *, create: bool = False) -> bool:
+    """Apply ``change(current, document)`` to the file and write it once; True if it changed.
+
+    Under the writers' lock the file is re-read, so no other writer's change is overwritten; the
+    result must parse back before it replaces the file. ``create`` starts a missing file anew.
+    """
+    import tomlkit
+
+    with _writers_lock(path):
+        raw = None if create and not path.exists() else read_raw(path)
+        if raw is None:
+            current, doc = None, _new_document()
+        else:
+            current = Lockfile.parse(raw, path)  # never rewrite a file we could not read back
+            doc = tomlkit.parse(_plain(raw))
+        change(current, doc)
+        new = _styled(tomlkit.dumps(doc), raw)
+        if new == raw:
+            return False
+        Lockfile.parse(new, path)
+        _replace(path, new)
+        return True
+
+
+def _new_document():
+    import tomlkit
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("Models pinned by modelfix. Edit `source`; `modelfix lock` writes the pins."))
+    doc["version"] = SCHEMA_VERSION
+    return doc
+
+
+def write_pins(path: Path, pins: Mapping[str, Pins]) -> bool:
+    """Write ``pins`` into their ``[models.NAME]`` tables; True if the file changed.
+
+    Pins whose entry is gone, or whose ``source`` no longer is the one they were resolved
+    from, are left out: another writer changed that entry meanwhile, and its edit stands.
+    """
+
+    def change(current: Lockfile | None, doc) -> None:
+        for name, pin in pins.items():
+            entry = current.entries.get(name) if current else None
+            if entry is not None and entry.source == pin.pinned_from:
+                _set_pins(doc["models"][name], pin)
+
+    return _update(path, change)
+
+
+def add_entry(
+    path: Path, name: str, source: str, settings: Mapping[str, Any] | None = None, pins: Pins | None = None
+) -> tuple[Entry | None, bool]:
+    """Add or replace ``[models.NAME]``: its source, settings and pins, in one write.
+
+    Creates the file if needed. Returns the entry it replaced (None for a new one) and
+    whether the file changed.
+    """
+    import tomlkit
+
+    check_name(name)
+    replaced: Entry | None = None
+
+    def change(current: Lockfile | None, doc) -> None:
+        nonlocal replaced
+        replaced = current.entries.get(name) if current else None
+        models = doc.setdefault("models", tomlkit.table(is_super_table=True))
+        if name not in models:
+            models[name] = tomlkit.table()
+        table = models[name]
+        table["source"] = source
+        for key, value in (settings or {}).items():
+            table[key] = value
+        if pins is not None:
+            _set_pins(table, pins)
+
+    written = _update(path, change, create=True)
+    return replaced, written
+
+
+def _set_pins(table, pins: Pins) -> None:
+    import tomlkit
+
+    if pins.revision is None:
+        table.pop("revision", None)
+    else:
+        table["revision"] = pins.revision
+    table["pinned_from"] = pins.pinned_from
+    array = tomlkit.array()
+    for pin in pins.files:
+        inline = tomlkit.inline_table()
+        inline.update(pin.as_toml())
+        array.append(inline)
+    table["files"] = array.multiline(True)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Atomically replace the file at ``path`` with ``text`` (temp file + rename)."""
+    # Through a symlink, replace its target: renaming onto the link would turn it into a file.
+    target = Path(os.path.realpath(path))
+    folder = target.parent
+    if not folder.is_dir():
+        raise LockError(f"{path}: folder {folder} does not exist. Create it, or pass another --lock PATH.")
+    # rename() ignores the file's own mode: a lockfile made read-only on purpose stays untouched.
+    if target.exists() and not os.access(target, os.W_OK):
+        raise LockError(f"{path} is read-only. Make it writable (chmod u+w) to let modelfix update it.")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o644)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        if isinstance(exc, PermissionError):
+            raise LockError(
+                f"{path}: permission denied writing the lockfile; it was left as it was. Make {folder} "
+                "writable (the file is replaced through a temporary file there), or pass another --lock PATH."
+            ) from None
+        raise LockError(f"{path}: cannot write the lockfile ({exc.strerror or exc}); it was left as it was.") from None

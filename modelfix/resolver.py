@@ -30,16 +30,14 @@ call takes the cold path again. The cache root is read from the environment
 on every call (:func:`~modelfix.config.cache_root`), so a new
 ``MODELFIX_CACHE_DIR`` is a new memo key.
 
-The remote tier is content-addressed like the store, so any runner can fill it
-and none has to trust it::
-
-    <remote>/blobs/sha256/<sha256>
+The other caches and the remote tier (``push`` included) live in :mod:`modelfix.tiers`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -49,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CacheSettings, cache_root
-from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError, redact
+from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError
 from .eviction import format_size
 from .fetch import FetchPolicy, download
 from .hashing import file_identity, sha256_text
@@ -57,6 +55,7 @@ from .jobs import Cancelled, Job, jobs, new_job
 from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile
 from .sources import Location, source_for
 from .store import Store, Usage
+from .tiers import adoption_candidates, push, remote_url
 from .transports import SourceMissing, Transport, transport_for
 from .views import Snapshot, ViewFile
 
@@ -133,8 +132,8 @@ def _lockfile(lock: LockLike) -> Lockfile:
     try:
         with open(where, encoding="utf-8") as f:
             text = f.read()
-    except OSError:
-        return Lockfile.load(where)
+    except (OSError, UnicodeDecodeError):
+        return Lockfile.load(where)  # which says what is wrong with the file, in one line
     parsed = cached[2] if cached and cached[1] == text else Lockfile.parse(text, Path(where))
     _LOCKS[where] = (stamp, text, parsed)
     return parsed
@@ -182,10 +181,6 @@ def _materialized(entry: Entry, view: Path, key: str) -> Materialized:
         name=entry.name, entry=entry, view=view, files=tuple(view / name for name, _ in layout),
         model_path=model, mmproj_path=first("mmproj"), preset_path=first("preset"), content_key=key,
     )
-
-
-def remote_url(remote: str, sha: str) -> str:
-    return f"{remote.rstrip('/')}/blobs/sha256/{sha}"
 
 
 def _open(settings: CacheSettings | None) -> tuple[CacheSettings, Store]:
@@ -270,6 +265,11 @@ def _warm(store: Store, lockfile: Lockfile, entry: Entry) -> Materialized | None
         return None
     if seen and view is seen.view:
         return seen.materialized
+    # A fresh look (a new process, or the view changed) also checks the pinned blobs, which
+    # use_view put back if deleted from under the view: one a view cannot hold (a legacy part
+    # of a joined file) must be fetched again, or `verify` would call it missing for ever.
+    if not all(store.has(p.sha256) for p in entry.files):
+        return None
     return _remember(slot, entry, view, _materialized(entry, store.view_path(key), key))
 
 
@@ -304,7 +304,8 @@ def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, st
     if settings.offline:
         stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile)}
         if stuck:  # every model lists every file it lacks, those it shares with another too
-            raise OfflineError(_offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck]))
+            raise OfflineError(_offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck],
+                                                lockfile, store))
     if absent and settings.max_size != float("inf"):
         store.make_room(sum(p.size for _, p in absent.values()), settings.max_size, keep=set(wanted),
                         model=", ".join(e.name for e in entries))
@@ -351,7 +352,7 @@ def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settin
             _obtain(store, pin, label, job, sources, adopt, cancel, policy)
         except SourceMissing as exc:
             if settings.offline:
-                raise OfflineError(_offline_message([(entry.name, pin)])) from None
+                raise OfflineError(_offline_message([(entry.name, pin)], lockfile, store)) from None
             raise SourceMissing(
                 f"{exc}. The pinned file is not where its source says: check the source "
                 f"(and HF_ENDPOINT), or re-pin with `modelfix lock --upgrade --model {entry.name}`."
@@ -386,10 +387,13 @@ def _obtain(store: Store, pin: FilePin, label: str, job: Job, sources: Sequence[
             if store.adopt(pin.sha256, pin.size, candidate):
                 job.update("completed")
                 return
-        for i, (name, transport) in enumerate(sources):
-            if _fetch_from(store, pin, name, transport, i == len(sources) - 1, label, job, cancel, policy):
-                job.update("completed", source=name)
-                return
+        try:
+            for i, (name, transport) in enumerate(sources):
+                if _fetch_from(store, pin, name, transport, i == len(sources) - 1, label, job, cancel, policy):
+                    job.update("completed", source=name)
+                    return
+        finally:
+            store.discard_empty_partial(pin.sha256)  # a source that sent nothing leaves nothing behind
     raise SourceMissing(f"{label}: not in the cache and no source to fetch it from")
 
 
@@ -438,46 +442,43 @@ def _adoptable(entry: Entry, pin: FilePin, lockfile: Lockfile) -> bool:
     return bool(adoption_candidates(pin.sha256, repo=repo, filename=pin.path))
 
 
-def adoption_candidates(sha: str, *, repo: str | None = None, filename: str | None = None) -> list[Path]:
-    """Files in huggingface_hub's and llama.cpp's caches that may hold blob ``sha``.
-
-    huggingface_hub keeps LFS files as ``models--ORG--REPO/blobs/<sha256>``;
-    llama.cpp names its downloads ``ORG_REPO_FILE`` (and newer builds use the
-    Hub's layout too). Candidates are only guesses: the store verifies them.
-    """
-    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    roots = [Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))]
-    llama = os.environ.get("LLAMA_CACHE")
-    if not llama:
-        import platformdirs
-
-        llama = platformdirs.user_cache_dir("llama.cpp", appauthor=False)
-    roots.append(Path(llama))
-    found: list[Path] = []
-    for root in roots:
-        if not root.is_dir():
-            continue
-        if repo:
-            found.append(root / f"models--{repo.replace('/', '--')}" / "blobs" / sha)
-        else:
-            found.extend(root.glob(f"models--*/blobs/{sha}"))
-    if repo and filename:
-        found.append(Path(llama) / f"{repo.replace('/', '_')}_{filename.replace('/', '_')}")
-    return [p for p in dict.fromkeys(found) if p.is_file()]
-
-
-def _offline_message(items: Iterable[tuple[str, FilePin]]) -> str:
+def _offline_message(items: Iterable[tuple[str, FilePin]], lockfile: Lockfile, store: Store) -> str:
     by_model: dict[str, list[FilePin]] = {}
     for model, pin in items:
         by_model.setdefault(model, []).append(pin)
     lines = [
-        f"  {model}: {', '.join(f'{p.path} ({format_size(p.size)})' for p in pins)}  ->  modelfix sync {model}"
+        f"  {model}: {', '.join(f'{p.path} ({format_size(p.size)})' for p in pins)}  ->  "
+        f"{_sync_command(model, lockfile, store)}"
         for model, pins in by_model.items()
     ]
     return (
-        "offline mode is on (--offline, MODELFIX_OFFLINE=1 or HF_HUB_OFFLINE=1) and these models are not "
-        "in the cache:\n" + "\n".join(lines) + "\nRun those commands with network access, or turn offline mode off."
+        "offline mode is on (an offline option such as --offline / --modelfix-offline, MODELFIX_OFFLINE=1 or "
+        "HF_HUB_OFFLINE=1) and these models are not in the cache:\n" + "\n".join(lines)
+        + "\nRun those commands with network access, or turn offline mode off."
     )
+
+
+def _sync_command(model: str, lockfile: Lockfile, store: Store) -> str:
+    """The ``modelfix sync`` that fills this store from this lockfile, run from the working folder.
+
+    A plain ``modelfix sync`` finds the nearest lockfile and the default cache; the
+    options are added where this call used others (``--cache-dir``, the pytest
+    plugin's ``--modelfix-cache-dir``, a ``modelfix_lock`` ini key...).
+    """
+    words = ["modelfix", "sync", model]
+    if _default_lockfile() != os.path.realpath(lockfile.path):
+        words += ["--lock", os.path.abspath(lockfile.path)]
+    if store.root != cache_root():
+        words += ["--cache-dir", str(store.root)]
+    return shlex.join(words)
+
+
+def _default_lockfile() -> str | None:
+    """The lockfile a plain ``modelfix`` command would use here, or None if there is none."""
+    try:
+        return os.path.realpath(os.environ.get("MODELFIX_LOCK") or nearest_lockfile())
+    except LockError:
+        return None
 
 
 def verify(
@@ -497,14 +498,17 @@ def verify(
     problems: list[Problem] = []
     checked: dict[str, tuple[str, str] | None] = {}
     for entry in _entries(lockfile, names):
+        store.check_view(content_key(entry))  # puts back blobs deleted from under a whole view
         files = [(pin.path, pin.sha256) for pin in entry.files]
         for name, pins in _layout(entry):  # a joined file is a blob of its own, and the one llama.cpp reads
             if pins[0].join and (joined := store.joined([p.sha256 for p in pins])):
                 files.append((name, joined))
         for name, sha in files:
             if not store.has(sha):
+                # This process's next sync must not trust the view it remembers: the fresh look fetches the blob.
+                _WARM.pop((store.root, lockfile.path, entry.name), None)
                 problems.append(Problem(entry.name, name, f"sha256:{sha}", None,
-                                        f"not in the cache: run `modelfix sync {entry.name}`"))
+                                        f"not in the cache: run `{_sync_command(entry.name, lockfile, store)}`"))
                 continue
             if sha not in checked:
                 checked[sha] = store.verify_blob(sha, full=full)
@@ -513,7 +517,7 @@ def verify(
                 problems.append(Problem(
                     entry.name, name, expected, got,
                     f"corrupt (expected {expected}, got {got}): removed from the cache; "
-                    f"run `modelfix sync {entry.name}` to fetch it again",
+                    f"run `{_sync_command(entry.name, lockfile, store)}` to fetch it again",
                 ))
     return problems
 
@@ -533,62 +537,6 @@ def cached_state(entry: Entry, settings: CacheSettings) -> str:
     if any(present) or any(store.partial_path(p.sha256).exists() for p in entry.files):
         return "partial"
     return "missing"
-
-
-def push(
-    names: Sequence[str] | None = None,
-    lock: LockLike = None,
-    *,
-    settings: CacheSettings | None = None,
-) -> list[tuple[str, str, str]]:
-    """Upload the pinned blobs of ``names`` to the remote tier, skipping those already there.
-
-    Returns (model, file, "uploaded" | "present") per pinned file. Fetches
-    into the local store first what it lacks.
-    """
-    import uuid
-
-    import fsspec
-
-    settings, store = _open(settings)
-    if not settings.remote:
-        raise CacheError("no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...).")
-    if settings.offline:
-        raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
-    if fsspec.utils.get_protocol(settings.remote) in ("http", "https"):
-        raise CacheError(
-            f"MODELFIX_REMOTE={settings.remote} is read-only over HTTP: `modelfix push` to the storage "
-            "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
-        )
-    lockfile = _lockfile(lock)
-    materialized = sync(names, lockfile, settings=settings)
-    fs, _ = fsspec.core.url_to_fs(settings.remote)
-    report, done = [], set()
-    for item in materialized:
-        for pin in item.entry.files:
-            if pin.sha256 in done:
-                report.append((item.name, pin.path, "present"))
-                continue
-            done.add(pin.sha256)
-            _, target = fsspec.core.url_to_fs(remote_url(settings.remote, pin.sha256))
-            try:
-                if fs.exists(target) and fs.size(target) == pin.size:
-                    report.append((item.name, pin.path, "present"))
-                    continue
-                # Upload beside, then rename: readers of the remote never see half a blob
-                # (they would reject it by its hash anyway).
-                staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-                fs.makedirs(os.path.dirname(target), exist_ok=True)
-                fs.put_file(str(store.blob_path(pin.sha256)), staging)
-                fs.mv(staging, target)
-            except Exception as exc:  # each fsspec backend raises its own kind (aiohttp, botocore, gcsfs ...)
-                raise CacheError(
-                    f"{item.name}: cannot upload {pin.path} to {settings.remote}: {type(exc).__name__}: "
-                    f"{redact(str(exc))}. Check that "
-                    "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again."
-                ) from None
-            report.append((item.name, pin.path, "uploaded"))
-    return report
 
 
 # --- cache care that needs to know a lockfile -----------------------------------------

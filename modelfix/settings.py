@@ -357,10 +357,9 @@ def _budget(value: Any) -> float | None:
         return None
     try:
         size = parse_size(value, "memory budget")
-    except ValueError:
-        raise ValueError(f"bad memory budget {value!r}: use bytes, a size like 8GB or 2GiB, auto or inf") from None
-    if size <= 0:
-        raise ValueError(f"bad memory budget {value!r}: must be positive")
+    except ValueError:  # also zero, negative and NaN budgets
+        raise ValueError(f"bad memory budget {value!r}: use bytes (more than zero), a size like 8GB or 2GiB, "
+                         "auto or inf") from None
     return size
 
 

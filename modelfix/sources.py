@@ -8,6 +8,12 @@ Forms understood by the built-in plugin (``BuiltinSources``)::
     https://host/x.gguf, s3://b/x.gguf  any fsspec URL (hashed by streaming)
     file:///abs/x.gguf, ./x.gguf, /abs  local files (relative to the lockfile)
 
+A URL is read through :mod:`modelfix.transports` with the fetch policy's
+retries: a server error or a refused connection is tried again with backoff,
+then reported as a :class:`NetworkError`; only a 404 (no such key) means
+"no such file". Local paths are kept as plain paths, never ``file://`` URLs,
+which fsspec would not decode (a space, an accent).
+
 A :class:`Source` answers two questions: ``resolve()`` (network allowed) gives
 the pins; ``locate(pin, revision)`` says where a pinned file's bytes live, so
 the fetcher needs nothing but the lockfile. Hub pins come from the Hub's LFS
@@ -31,7 +37,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import url2pathname
 
 from .errors import AuthError, NetworkError, OfflineError, SourceError, redact
 from .hooks import hookimpl, plugin_manager
@@ -55,6 +62,7 @@ _CHUNK = 8 * 1024 * 1024
 _REPO_PART = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?"
 _REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _REF_SLOT = "\x00ref\x00"  # stands in for a refs/pr/N revision while a Hub source is parsed
 
 
@@ -363,7 +371,11 @@ def _retry_after(response: Any) -> float | None:
 
 @dataclass(frozen=True)
 class FsspecSource:
-    """One file (or split set) at an fsspec URL or a local path, pinned by hashing."""
+    """One file (or split set) at an fsspec URL or a local path, pinned by hashing.
+
+    ``url`` is a plain absolute path for the built-in local forms; a plugin's
+    ``file://`` URL is percent-decoded here (:func:`_local_path`).
+    """
 
     text: str
     url: str
@@ -371,44 +383,118 @@ class FsspecSource:
 
     @property
     def needs_network(self) -> bool:
-        from fsspec.utils import get_protocol
-
-        return get_protocol(self.url) not in ("file", "local")
+        return _local_path(self.url) is None
 
     def describe(self) -> dict[str, str]:
         return {"url": self.url}
 
-    def _fs(self):
-        import fsspec
-
-        try:
-            return fsspec.core.url_to_fs(self.url)
-        except (ImportError, ValueError) as exc:
-            raise SourceError(f"source {self.text!r}: {exc}") from None
-
     def locate(self, pin: FilePin, revision: str | None) -> Location:
+        local = _local_path(self.url)
+        if local is not None:
+            return Location(url=os.path.join(os.path.dirname(local), pin.path))
         return Location(url=posixpath.join(posixpath.dirname(self.url), pin.path))
 
     def resolve(self) -> Pins:
-        fs, path = self._fs()
-        folder = posixpath.dirname(path)
-        try:
-            if not fs.isfile(path):
-                raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
-            parts = split_siblings(path, fs.isfile)
-            files = tuple(self._hash(fs, p, folder) for p in parts)
-        except (OSError, ConnectionError) as exc:
-            raise NetworkError(f"source {self.text!r}: cannot read {self.url}: {redact(str(exc))}") from None
+        local = _local_path(self.url)
+        if local is not None:
+            return self._resolve_local(local)
+        sizes: dict[str, int | None] = {}
+
+        def exists(url: str) -> bool:
+            sizes[url] = self._retrying(url, _size_of)
+            return sizes[url] is not None
+
+        if not exists(self.url):
+            raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
+        parts = split_siblings(self.url, exists)
+        files = tuple(self._pin(url, *self._retrying(url, _Hashing(sizes[url]))) for url in parts)
         return Pins(revision=None, files=files, pinned_from=self.text)
 
-    def _hash(self, fs, path: str, folder: str) -> FilePin:
-        digest, size = hashlib.sha256(), 0
-        with fs.open(path, "rb", block_size=_CHUNK) as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        rel = posixpath.relpath(path, folder) if folder else path
-        return FilePin(path=rel, size=size, sha256=digest.hexdigest())
+    def _resolve_local(self, path: str) -> Pins:
+        if not os.path.isfile(path):
+            raise SourceError(f"source {self.text!r}: no such file ({path}).")
+        try:
+            files = tuple(self._pin(p, *_hash_local(p)) for p in split_siblings(path, os.path.isfile))
+        except OSError as exc:
+            where = exc.filename or path
+            raise SourceError(f"source {self.text!r}: cannot read {where}: {exc.strerror or exc}.") from None
+        return Pins(revision=None, files=files, pinned_from=self.text)
+
+    @staticmethod
+    def _pin(where: str, sha: str, size: int) -> FilePin:
+        # Split siblings share a folder: each is pinned by its name, which locate() puts back beside the source.
+        return FilePin(path=posixpath.basename(where), size=size, sha256=sha)
+
+    def _retrying(self, url: str, read: Callable[[Any], Any]) -> Any:
+        """``read(transport)`` on ``url``, retrying what a retry can fix (5xx, 429, refused, reset) with backoff.
+
+        A missing file is an answer, not a fault: ``read`` says so itself. Only
+        a server that keeps failing (or cannot be reached) ends in a NetworkError.
+        """
+        from .fetch import FetchPolicy
+        from .transports import Transient, transport_for
+
+        policy, failures = FetchPolicy.from_env(), 0
+        transport = transport_for(Location(url), policy)
+        while True:
+            try:
+                return read(transport)
+            except Transient as exc:
+                failures += 1
+                if failures >= policy.attempts:
+                    raise NetworkError(
+                        f"source {self.text!r}: cannot read {url}: {redact(str(exc))} (gave up after {failures} "
+                        "attempts). Check the network and the server, then run the command again; "
+                        "MODELFIX_RETRIES sets the attempts."
+                    ) from None
+                time.sleep(policy.delay(failures, exc.retry_after))
+
+
+def _local_path(url: str) -> str | None:
+    """The file system path ``url`` names (``file://`` URLs percent-decoded), or None if it is remote."""
+    if url.startswith("file://"):
+        return url2pathname(urlsplit(url).path)
+    return None if _SCHEME_RE.match(url) else url
+
+
+def _size_of(transport: Any) -> int | None:
+    """The size of the file behind ``transport``, or None if there is none (404, no such key)."""
+    from .transports import SourceMissing
+
+    try:
+        with transport.read(0, 1) as body:
+            if body.total is None:
+                raise SourceError(f"{transport.url}: the server does not say the file's size, so it cannot be pinned.")
+            return body.total
+    except SourceMissing:
+        return None
+
+
+class _Hashing:
+    """sha256 of a remote file, read once; a retry resumes where the last attempt stopped."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.done, self.digest = size, 0, hashlib.sha256()
+
+    def __call__(self, transport: Any) -> tuple[str, int]:
+        with transport.read(self.done, self.size) as body:
+            if body.total not in (None, self.size) or body.start not in (0, self.done):
+                raise SourceError(f"{transport.url} changed while it was read; run the command again.")
+            if body.start != self.done:  # the server ignored the range and sent the whole file
+                self.done, self.digest = 0, hashlib.sha256()
+            for chunk in body.chunks:
+                self.digest.update(chunk)
+                self.done += len(chunk)
+        return self.digest.hexdigest(), self.size
+
+
+def _hash_local(path: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 class BuiltinSources:
@@ -418,14 +504,14 @@ class BuiltinSources:
     def modelfix_parse_source(self, text: str, base_dir: Path) -> Source | None:
         if text.startswith("hf://"):
             return HubSource.parse(text)
-        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        if _SCHEME_RE.match(text):
             return FsspecSource(text=text, url=text)
         as_path = Path(os.path.expanduser(text))
         if not as_path.is_absolute():
             as_path = base_dir / as_path
         looks_local = text.startswith((".", "/", "~")) or text.endswith(".gguf") or as_path.exists()
         if looks_local:
-            return FsspecSource(text=text, url=as_path.resolve().as_uri())
+            return FsspecSource(text=text, url=str(as_path.resolve()))
         if text.count("/") == 1 or re.match(r"^[^/]+/[^/@:]+[:@]", text):
             return HubSource.parse(text)
         return None

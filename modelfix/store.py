@@ -15,7 +15,9 @@ Layout under the cache root (:meth:`CacheSettings.resolve().root`)::
       leases/<host>-<pid>-<rand>   blobs a live process uses (see :mod:`modelfix.leases`)
 
 A blob enters ``blobs/`` only by a rename from ``tmp/`` after its size and
-sha256 matched, so no reader ever sees a partial or wrong blob. A partial is
+sha256 matched, so no reader ever sees a partial or wrong blob; the one other
+way back in is a blob deleted from under a whole view, linked back from the
+view's unchanged file (:meth:`Store._relink`). A partial is
 named by its blob, not by its process, so that a download killed outright
 (SIGKILL, a closed laptop) is resumed by whichever process next takes the
 blob's lock; any source may continue it, since the bytes are the same.
@@ -91,6 +93,15 @@ class Store:
         partial = self.partial_path(sha)
         partial.unlink(missing_ok=True)
         partial.with_name(partial.name + ".ranges").unlink(missing_ok=True)
+
+    def discard_empty_partial(self, sha: str) -> None:
+        """Drop blob ``sha``'s partial download if not one byte of it arrived: it has nothing to
+        resume, yet would show the model as partly cached. Best effort: it never hides an error."""
+        partial = self.root / "tmp" / f"{sha}.partial"  # partial_path() would make tmp/ first
+        with contextlib.suppress(OSError):
+            if partial.stat().st_size == 0:
+                partial.unlink()
+                partial.with_name(partial.name + ".ranges").unlink(missing_ok=True)
 
     def view_path(self, key: str) -> Path:
         return self.root / "views" / key
@@ -301,7 +312,37 @@ class Store:
         return now
 
     def _check_view(self, key: str) -> Snapshot | None:
-        return View.read(self.view_path(key)).snapshot()
+        """View ``key`` if it is whole, putting back any blob deleted from under it (see :meth:`_relink`)."""
+        view = View.read(self.view_path(key))
+        snapshot = view.snapshot()
+        if snapshot is not None:
+            self._relink(view)
+        return snapshot
+
+    def check_view(self, key: str) -> bool:
+        """Is view ``key`` whole? Restores blobs deleted from under it, takes no lease (for ``verify``)."""
+        return self._check_view(key) is not None
+
+    def _relink(self, view: View) -> None:
+        """Link back into ``blobs/`` each blob of whole ``view`` that was deleted there.
+
+        A hard-linked view keeps a deleted blob's bytes, and the warm path
+        trusts the view: without this, ``verify`` would call the blob missing
+        while ``sync`` found nothing to fetch. The view's file still has the
+        identity recorded when it was linked from the verified blob, so it is
+        that blob (the memo, keyed by identity, agrees); a copy is re-hashed
+        like any blob whose identity moved. (A symlinked view dangles instead,
+        is not whole, and is rebuilt.) A blob that cannot be linked back
+        (a read-only cache) stays missing: the view still works.
+        """
+        for item in view.files:
+            blob = self.blob_path(item["sha256"])
+            if blob.exists():
+                continue
+            with contextlib.suppress(OSError):
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                os.link(view.path / item["name"], blob)
+                log.info("restored blob %s in %s from view %s", item["sha256"][:12], self.root, view.path.name)
 
     def build_view(self, key: str, files: Sequence[ViewFile], model: str) -> Path:
         """Make (or repair) view ``key`` showing ``files``; every blob must be present."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,7 @@ def test_cache_prune_needs_a_size_and_keeps_the_lockfile_pins(run_cli, lock):
     code, _, err = run_cli("cache", "prune")
     assert code == 1 and "--max-size" in err
 
-    code, out, err = run_cli("cache", "prune", "--max-size", "0")
+    code, out, err = run_cli("cache", "prune", "--max-size", "1")
     assert code == 0 and out.startswith("evicted 0 files; the cache holds 1.0 MB")
     assert "pinned by the lockfile" in err
 
@@ -149,3 +150,75 @@ def test_an_unknown_model_is_one_line_on_stderr(run_cli, lock):
     code, _, err = run_cli("sync", "nope")
 
     assert code == 1 and err.startswith("error: no model named 'nope'") and "Traceback" not in err
+
+
+def test_local_files_with_spaces_and_accents_add_sync_and_verify(run_cli, workdir, tiny_files):
+    names = {"spaced": "a b/x.gguf", "accent": "uu/ü.gguf"}
+    for name, rel in names.items():
+        (workdir / rel).parent.mkdir()
+        (workdir / rel).write_bytes(tiny_files["tiny-Q8_0.gguf"].read_bytes())
+        assert run_cli("add", name, f"./{rel}")[0] == 0
+    assert run_cli("add", "absolute", str(workdir / "a b" / "x.gguf"))[0] == 0
+
+    code, out, err = run_cli("sync")
+
+    assert code == 0, err
+    for name, rel in names.items():
+        shown = Path(next(line for line in out.splitlines() if line.startswith(f"{name}:")).split("  ")[-1])
+        assert shown.name == Path(rel).name and shown.read_bytes() == (workdir / rel).read_bytes()
+    assert run_cli("verify", "--full")[:2] == (0, "all files match (sha256)\n")
+
+
+def test_a_local_file_gone_since_it_was_pinned_leaves_no_partial_download(run_cli, workdir, tiny_files):
+    model = workdir / "m.gguf"
+    model.write_bytes(tiny_files["tiny-Q8_0.gguf"].read_bytes())
+    assert run_cli("add", "m", "./m.gguf")[0] == 0
+    model.unlink()
+
+    code, _, err = run_cli("sync", "m")
+
+    assert code == 1 and "m: m.gguf" in err and "not where its source says" in err
+    assert list((CacheSettings.resolve().root / "tmp").glob("*")) == []
+    assert run_cli("list")[1].splitlines()[-1].split()[-1] == "missing"
+
+
+@pytest.mark.parametrize(("how", "expected"), [
+    ("default", "modelfix sync chat"),
+    ("--cache-dir", "modelfix sync chat --cache-dir {cache}"),
+    ("--lock", "modelfix sync chat --lock {lock}"),
+])
+def test_offline_names_the_sync_that_fixes_it_with_the_options_in_use(run_cli, lock, tmp_path, monkeypatch, how,
+                                                                       expected):
+    cache = tmp_path / "other cache"
+    options = {"default": [], "--cache-dir": ["--cache-dir", str(cache)], "--lock": ["--lock", str(lock)]}[how]
+    if how == "--lock":
+        monkeypatch.chdir(tmp_path)  # no lockfile here or above: a plain `modelfix sync` would find none
+    expected = expected.format(cache=shlex.quote(str(cache)), lock=lock)
+
+    code, _, err = run_cli(*options, "--offline", "sync", "chat")
+
+    assert code == 1
+    assert err.startswith("error: offline mode is on (an offline option such as --offline / --modelfix-offline, "
+                          "MODELFIX_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+    line = next(line for line in err.splitlines() if line.startswith("  chat: "))
+    assert line.endswith(f"  ->  {expected}")
+    assert run_cli(*shlex.split(expected)[1:])[0] == 0  # the fix, as printed, fixes it
+    assert run_cli(*options, "--offline", "sync", "chat")[0] == 0
+
+
+@pytest.mark.parametrize("args", [("cache", "prune", "--max-size", "-1"), ("cache", "prune", "--max-size", "nan")])
+def test_a_size_below_one_byte_is_refused(run_cli, lock, args):
+    code, out, err = run_cli(*args)
+
+    assert code == 1 and out == ""
+    assert err == f"error: bad --max-size '{args[-1]}': use bytes or a size like 500MB, 50GB, 2GiB, inf (more than zero)\n"
+
+
+def test_cache_stats_on_a_file_is_an_error_not_an_empty_cache(run_cli, tmp_path):
+    file = tmp_path / "cache.txt"
+    file.write_text("")
+
+    code, out, err = run_cli("cache", "stats", "--cache-dir", str(file))
+
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: cannot use {file} as the cache folder") and len(err.splitlines()) == 1

@@ -79,6 +79,7 @@ def test_a_failing_add_writes_nothing(hub, workdir, run_cli):
     before = lock.read_bytes()
     code, _, err = run_cli("add", "other", f"{REPO}:Q3_K_S")
     assert code == 1 and "matches no model file" in err
+    assert err.startswith(f"error: model 'other' ({lock}): "), "named like `lock` names it"
     assert lock.read_bytes() == before
     assert sorted(p.name for p in workdir.iterdir()) == ["model-lock.toml"]
 
@@ -227,3 +228,78 @@ def test_adding_an_existing_name_says_it_updated_it(hub, workdir, run_cli):
     code, out, _ = run_cli("add", "chat", f"{REPO}:Q8_0")
     assert code == 0 and out.startswith("Updated chat") and "tiny-Q4_K_M.gguf" in out and "-> " in out
     assert "tiny-Q8_0.gguf" in out.split("->")[1]
+
+
+def test_concurrent_adds_and_lock_keep_every_pin(hub, workdir, run_cli, tiny_files):
+    run_cli("add", "base", f"{REPO}:Q4_K_M")
+    new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
+    tags = ("Q4_K_M", "Q8_0", "Q2_K")
+    commands = [["add", f"m{i}", f"{REPO}:{tags[i % 3]}"] for i in range(6)] + [["lock", "--upgrade", "--model", "base"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "modelfix", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for argv in commands]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [(proc.returncode, err) for proc, err in zip(procs, errors)] == [(0, "")] * len(commands)
+    lock = Lockfile.load(workdir / "model-lock.toml")
+    assert sorted(lock.entries) == ["base"] + [f"m{i}" for i in range(6)]
+    assert all(entry.is_pinned for entry in lock.entries.values())
+    assert lock.entry("base").revision == new_commit, "the concurrent upgrade's pin survived too"
+    assert run_cli("lock", "--check")[0] == 0
+    assert sorted(p.name for p in workdir.iterdir()) == ["model-lock.toml"], "the writers' lock lives elsewhere"
+
+
+def test_check_of_an_unknown_model_fails_like_lock(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    for argv in (["lock", "--model", "nosuch"], ["lock", "--check", "--model", "nosuch"]):
+        code, out, err = run_cli(*argv)
+        assert (code, out) == (1, "") and "no model named 'nosuch'" in err and "(models: chat)" in err
+
+
+def test_pins_without_a_model_file_need_relocking(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    lock = workdir / "model-lock.toml"
+    pinned = Lockfile.load(lock).entry("chat")
+    lock.write_text(lock.read_text().replace('role = "model"', 'role = "preset"'))
+    code, _, err = run_cli("lock", "--check")
+    assert code == 1
+    assert 'chat: no file in `files` has role = "model". Re-pin it with `modelfix lock --upgrade --model chat`' in err
+    code, out, _ = run_cli("lock")
+    assert code == 0 and "Updated chat" in out
+    assert Lockfile.load(lock).entry("chat") == pinned
+    assert run_cli("lock", "--check")[0] == 0
+
+
+def test_unreadable_lockfiles_are_one_line_errors(hub, workdir, run_cli):
+    code, _, err = run_cli("--lock", str(workdir), "add", "chat", REPO)
+    assert code == 1 and err == f"error: {workdir} is a folder, not a lockfile. Pass the file: --lock {workdir}/model-lock.toml.\n"
+    lock = workdir / "model-lock.toml"
+    lock.write_bytes(b'version = 1\n[models.caf\xe9]\n')
+    for argv in (["add", "chat", REPO], ["lock"], ["lock", "--check"], ["list"]):
+        code, _, err = run_cli(*argv)
+        assert code == 1 and err.startswith(f"error: {lock}:2: the lockfile is not UTF-8 text (byte 0xe9). Save it as UTF-8")
+    assert lock.read_bytes() == b'version = 1\n[models.caf\xe9]\n'
+    assert hub.count() == 0, "a broken lockfile fails before any network call"
+
+
+def test_windows_line_endings_a_bom_and_a_symlink_survive_add_and_lock(hub, tmp_path, workdir, run_cli):
+    shared = tmp_path / "shared" / "model-lock.toml"
+    shared.parent.mkdir()
+    assert run_cli("--lock", str(shared), "add", "chat", REPO)[0] == 0
+    shared.write_bytes(b"\xef\xbb\xbf" + shared.read_bytes().replace(b"\n", b"\r\n"))
+    (workdir / "model-lock.toml").symlink_to(shared)
+
+    assert run_cli("add", "split", f"{REPO}:Q2_K")[0] == 0
+    assert run_cli("lock", "--upgrade")[0] == 0
+    assert (workdir / "model-lock.toml").is_symlink()
+    data = shared.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf# Models pinned by modelfix")
+    assert data.count(b"\n") == data.count(b"\r\n")
+    assert sorted(Lockfile.load(shared).entries) == ["chat", "split"]
+
+
+@pytest.mark.parametrize("name", ["_chat", "-chat", "chat/x"])
+def test_a_bad_model_name_states_the_rule(hub, workdir, run_cli, name):
+    code, _, err = run_cli("add", "--", name, REPO)
+    assert code == 1
+    assert err == (f"error: model name {name!r} must start with a letter or digit, followed by letters, digits, "
+                   "'_', '.' or '-' (e.g. chat or qwen-small).\n")
+    assert hub.count() == 0 and not (workdir / "model-lock.toml").exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import llama_cpp
-from modelfix.lockfile import Lockfile, write_pins
+from modelfix.lockfile import Lockfile
+from modelfix.locking import write_pins
 from modelfix.sources import source_for
 from modelfix.testing.gguf import write_tiny_model
 

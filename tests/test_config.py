@@ -51,10 +51,21 @@ def test_defaults(monkeypatch):
     assert settings.root.name == "modelfix" and settings.max_size == math.inf and settings.remote is None
 
 
-def test_bad_cap_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "huge")
-    with pytest.raises(CacheError, match="MODELFIX_CACHE_MAX_SIZE 'huge'"):
+@pytest.mark.parametrize("cap", ["huge", "-5", "nan", "0"])
+def test_bad_cap_is_a_clear_error(monkeypatch, cap):
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", cap)
+    with pytest.raises(CacheError, match=f"MODELFIX_CACHE_MAX_SIZE '{cap}': use bytes or a size like 500MB"):
         CacheSettings.resolve()
+
+
+@pytest.mark.parametrize("where", ["the folder", "a folder above it"])
+def test_a_cache_dir_that_is_a_file_is_a_clear_error(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    root = blocker if where == "the folder" else blocker / "cache"
+
+    with pytest.raises(CacheError, match=f"cannot use {root} as the cache folder: it .* is a file. Set MODELFIX_CACHE_DIR"):
+        CacheSettings.resolve(cache_dir=root)
 
 
 def test_bad_max_size_argument_names_the_option_not_the_variable(monkeypatch):

@@ -56,9 +56,10 @@ def test_parse_size(text, value):
     assert parse_size(text) == value
 
 
-def test_parse_size_error_says_what_works():
-    with pytest.raises(ValueError, match=r"bad MODELFIX_CACHE_MAX_SIZE 'lots': use bytes or a size like 500MB"):
-        parse_size("lots", "MODELFIX_CACHE_MAX_SIZE")
+@pytest.mark.parametrize("text", ["lots", "-5", "0", "nan", "-inf", "-1GB", -5, 0, math.nan])
+def test_parse_size_refuses_what_is_no_size_naming_the_setting_and_what_works(text):
+    with pytest.raises(ValueError, match=rf"^bad --max-size {text!r}: use bytes or a size like 500MB.*more than zero"):
+        parse_size(text, "--max-size")
 
 
 def test_format_size():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from modelfix.errors import LockError
-from modelfix.lockfile import FilePin, Lockfile, Pins, add_entry, find_lockfile, write_pins
+from modelfix.lockfile import FilePin, Lockfile, Pins, find_lockfile
+from modelfix.locking import add_entry, write_pins
 
 SHA = "a" * 64
 PINNED = f"""\
@@ -58,7 +61,12 @@ BAD = [
     ('[models.chat]\nsource = "a/b"\nfiles = [{path = "../m.gguf", size = 1, sha256 = "' + SHA + '"}]\n', r"unsafe file path '../m.gguf'"),
     ('[models.chat]\nsource = "a/b"\nfiles = [{path = "/etc/m.gguf", size = 1, sha256 = "' + SHA + '"}]\n', r"unsafe file path '/etc/m.gguf'"),
     ('[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = -1, sha256 = "' + SHA + '"}]\n', r"size must be a non-negative integer"),
-    ('[models."bad name"]\nsource = "a/b"\n', r"model name 'bad name' must be letters"),
+    ('[models."bad name"]\nsource = "a/b"\n', r"model name 'bad name' must start with a letter or digit, followed by letters"),
+    ('[models._chat]\nsource = "a/b"\n', r"model-lock.toml:1: model name '_chat' must start with a letter or digit"),
+    ('[models.chat]\nsource = "a/b"\nrevision = "../../x"\n', r"model-lock.toml:3: revision must be a full commit sha \(40 lowercase hex characters\), got '../../x'. Run `modelfix lock --upgrade --model chat`"),
+    ('[models.chat]\nsource = "a/b"\nrevision = "main"\n', r"model-lock.toml:3: revision must be a full commit sha"),
+    ('[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = 9223372036854775807, sha256 = "' + SHA + '"}]\n', r"model-lock.toml:3: files\[0\] of \[models.chat\] \(m.gguf\): size must be a non-negative integer of at most 2\*\*50 bytes"),
+    ('[models.a]\nsource = "a/b"\n[models.a]\nsource = "c/d"\n', r'model-lock.toml:4:\d+: invalid TOML: Key "a" already exists. Fix the syntax there.$'),
     ('[models.a]\nsource = "a/b"\n[routing]\ndefault = "zzz"\n', r"routing names model 'zzz'"),
 ]
 
@@ -110,24 +118,108 @@ def test_same_pins_leave_the_file_byte_identical(tmp_path):
 
 def test_add_creates_a_valid_file(tmp_path):
     path = tmp_path / "model-lock.toml"
-    add_entry(path, "chat", "org/tiny:Q4_K_M", {"n_ctx": 256})
+    assert add_entry(path, "chat", "org/tiny:Q4_K_M", {"n_ctx": 256}) == (None, True)
     entry = Lockfile.load(path).entry("chat")
     assert (entry.source, entry.settings["n_ctx"], entry.is_pinned) == ("org/tiny:Q4_K_M", 256, False)
     assert "version = 1" in path.read_text()
 
 
+NEW_PINS = {"chat": Pins(None, (FilePin("x.gguf", 1, SHA),), "org/tiny:Q4_K_M")}
+
+
 def test_a_failed_write_leaves_no_trace(tmp_path, monkeypatch):
     path = write(tmp_path, PINNED)
-    import os
 
     def boom(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
-        write_pins(path, {"chat": Pins(None, (FilePin("x.gguf", 1, SHA),), "org/tiny:Q4_K_M")})
+    with pytest.raises(LockError, match=r"model-lock.toml: cannot write the lockfile \(disk full\); it was left as it was"):
+        write_pins(path, NEW_PINS)
     assert path.read_text() == PINNED
     assert [p.name for p in tmp_path.iterdir()] == ["model-lock.toml"]
+
+
+@pytest.mark.parametrize("step", ["mkstemp", "replace"])
+def test_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch, step):
+    path = write(tmp_path, PINNED)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tempfile if step == "mkstemp" else os, step, denied)
+    with pytest.raises(LockError, match=rf"{path}: permission denied writing the lockfile; it was left as it was. Make {tmp_path} writable"):
+        write_pins(path, NEW_PINS)
+    assert path.read_text() == PINNED
+    assert [p.name for p in tmp_path.iterdir()] == ["model-lock.toml"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files and folders")
+def test_read_only_file_or_folder_is_left_alone(tmp_path):
+    path = write(tmp_path, PINNED)
+    path.chmod(0o444)
+    with pytest.raises(LockError, match=r"is read-only. Make it writable \(chmod u\+w\)"):
+        write_pins(path, NEW_PINS)
+    path.chmod(0o644)
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(LockError, match=r"permission denied writing the lockfile.*Make .* writable"):
+            write_pins(path, NEW_PINS)
+    finally:
+        tmp_path.chmod(0o755)
+    assert path.read_text() == PINNED
+
+
+def test_a_folder_is_not_a_lockfile(tmp_path):
+    with pytest.raises(LockError, match=rf"{tmp_path} is a folder, not a lockfile. Pass the file: --lock {tmp_path}/model-lock.toml"):
+        Lockfile.load(tmp_path)
+
+
+def test_a_lockfile_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "model-lock.toml"
+    path.write_bytes(b'version = 1\n# caf\xe9\n')
+    with pytest.raises(LockError, match=r"model-lock.toml:2: the lockfile is not UTF-8 text \(byte 0xe9\). Save it as UTF-8"):
+        Lockfile.load(path)
+    with pytest.raises(LockError, match="not UTF-8"):
+        write_pins(path, NEW_PINS)
+    assert path.read_bytes() == b'version = 1\n# caf\xe9\n'
+
+
+def test_crlf_line_endings_and_a_bom_are_kept(tmp_path):
+    path = tmp_path / "model-lock.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + PINNED.replace("\n", "\r\n").encode())
+    assert Lockfile.load(path).entry("chat").is_pinned
+    new = Pins("2" * 40, (FilePin("a.gguf", 1, SHA), FilePin("b.gguf", 2, SHA, "mmproj")), "org/tiny:Q4_K_M")
+    assert write_pins(path, {"chat": new}) is True
+    add_entry(path, "other", "org/other:Q8_0", {"seed": 1})
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf# team models\r\n")
+    assert data.count(b"\n") == data.count(b"\r\n") > PINNED.count("\n"), "new lines end in CRLF too"
+    assert Lockfile.load(path).entry("chat").pins == new
+
+
+def test_a_symlinked_lockfile_is_written_through(tmp_path):
+    real = tmp_path / "shared" / "model-lock.toml"
+    real.parent.mkdir()
+    real.write_text(PINNED)
+    link = tmp_path / "model-lock.toml"
+    link.symlink_to(real)
+    assert write_pins(link, NEW_PINS) is True
+    assert link.is_symlink() and Lockfile.load(real).entry("chat").pins == NEW_PINS["chat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-lock.toml", "shared"]
+
+
+def test_an_error_in_a_file_pin_names_its_own_line(tmp_path):
+    bad = PINNED.replace("]\n", '    {path = "b.gguf", size = 1, sha256 = "nope", role = "model"},\n]\n')
+    with pytest.raises(LockError, match=r"model-lock.toml:11: files\[1\] of \[models.chat\] \(b.gguf\): sha256 must be"):
+        Lockfile.load(write(tmp_path, bad))
+
+
+def test_pins_for_a_source_edited_meanwhile_are_not_written(tmp_path):
+    path = write(tmp_path, PINNED.replace('source = "org/tiny:Q4_K_M"', 'source = "org/tiny:Q8_0"'))
+    before = path.read_text()
+    assert write_pins(path, NEW_PINS) is False, "the pins were resolved for the old source"
+    assert path.read_text() == before
 
 
 def test_routing_errors_point_at_the_routing_table(tmp_path):

@@ -451,7 +451,8 @@ def test_llama_cpp_logs_only_when_verbose(pool, models, capfd, verbose):
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A lockfile of local-path sources (a single file and a 3-part split), pinned."""
-    from modelfix.lockfile import Lockfile, write_pins
+    from modelfix.lockfile import Lockfile
+    from modelfix.locking import write_pins
     from modelfix.sources import source_for
 
     folder = tmp_path / "project"

@@ -24,7 +24,8 @@ import modelfix.views
 from modelfix.config import CacheSettings
 from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
 from modelfix.jobs import Cancelled, jobs
-from modelfix.lockfile import Lockfile, add_entry
+from modelfix.lockfile import Lockfile
+from modelfix.locking import add_entry
 from modelfix.locking import add
 from modelfix.resolver import cached_state, missing
 from modelfix.store import Store
@@ -305,3 +306,21 @@ def test_a_pin_the_origin_no_longer_has_says_how_to_re_pin(lock, hub, workdir):
     hub._repos[REPO].lfs.clear()  # the CDN forgets the bytes too, as after a force-push
     with pytest.raises(SourceError, match=r"tiny-Q4_K_M.gguf.*404.*`modelfix lock --upgrade --model chat`"):
         modelfix.path("chat", lock)
+
+
+@pytest.mark.parametrize("command", ["verify", "sync"])
+def test_a_blob_deleted_from_under_its_view_is_put_back_from_it_without_a_download(lock, hub, command):
+    m = modelfix.files("chat", lock)
+    pin = m.entry.files[0]
+    blob = _store().blob_path(pin.sha256)
+    blob.unlink()  # the view's hard link keeps the bytes
+    hub.clear_log()
+
+    done = subprocess.run([sys.executable, "-m", "modelfix", command, "chat"], capture_output=True, text=True,
+                          cwd=lock.parent, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert os.path.samefile(blob, m.model_path)
+    assert cached_state(m.entry, CacheSettings.resolve()) == "cached"
+    assert modelfix.verify(["chat"], lock, full=True) == []
+    assert hub.requests == []

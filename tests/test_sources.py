@@ -223,3 +223,99 @@ def test_a_plugin_adds_a_scheme(tmp_path, tiny_files):
     finally:
         pm.unregister(name="mirror")
     assert pins.files[0].sha256 == sha256(tiny_files["tiny-Q8_0.gguf"])
+
+
+@pytest.mark.parametrize("name", ["a b/x.gguf", "uu/ü.gguf", "100%/x y.gguf"])
+@pytest.mark.parametrize("form", ["relative", "absolute", "file URL"])
+def test_local_paths_with_spaces_and_accents_pin_and_locate(tmp_path, tiny_files, name, form):
+    file = tmp_path / name
+    file.parent.mkdir()
+    file.write_bytes(tiny_files["tiny-Q8_0.gguf"].read_bytes())
+    text = {"relative": f"./{name}", "absolute": str(file), "file URL": file.as_uri()}[form]
+
+    source = parse_source(text, tmp_path)
+    pins = source.resolve()
+
+    assert [(p.path, p.sha256) for p in pins.files] == [(file.name, sha256(file))]
+    located = source.locate(pins.files[0], pins.revision).url
+    assert Path(located).read_bytes() == file.read_bytes()
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A plain web server on a folder whose every file fails its first ``web.failures`` requests with 500."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    state = SimpleNamespace(folder=folder, failures=0, answers=[], failed={})
+
+    class Flaky(SimpleHTTPRequestHandler):
+        def send_head(self):
+            failed = state.failed.setdefault(self.path, 0)
+            if failed < state.failures:
+                state.failed[self.path] = failed + 1
+                state.answers.append((self.path, 500))
+                self.send_error(500)
+                return None
+            # Logged before answering: the client may check the log as soon as it has the answer.
+            state.answers.append((self.path, 200 if Path(self.translate_path(self.path)).is_file() else 404))
+            return super().send_head()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Flaky, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_url_source_retries_server_errors_then_pins_every_part(web, tiny_files):
+    parts = [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    for part in parts:
+        (web.folder / part).write_bytes(tiny_files[part].read_bytes())
+    web.failures = 2  # every file, its existence probed and its bytes read, fails twice first
+
+    pins = parse_source(f"{web.url}/{parts[0]}").resolve()
+
+    assert [(p.path, p.sha256) for p in pins.files] == [(part, sha256(tiny_files[part])) for part in parts]
+    for part in parts:
+        assert [code for path, code in web.answers if path == f"/{part}"][:3] == [500, 500, 200]
+
+
+def test_a_url_source_whose_server_keeps_failing_is_a_network_error_naming_the_url(web, monkeypatch):
+    monkeypatch.setenv("MODELFIX_RETRIES", "3")
+    (web.folder / "m.gguf").write_bytes(b"GGUF")
+    web.failures = 100
+
+    with pytest.raises(NetworkError, match=rf"cannot read {web.url}/m.gguf: HTTP 500 \(gave up after 3 attempts\)"):
+        parse_source(f"{web.url}/m.gguf").resolve()
+    assert web.answers == [("/m.gguf", 500)] * 3
+
+
+def test_a_url_source_on_a_closed_port_is_a_network_error_after_retries(monkeypatch, run_cli, workdir):
+    import socket
+
+    monkeypatch.setenv("MODELFIX_RETRIES", "2")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/m.gguf"
+
+    code, _, err = run_cli("add", "m", url)
+
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert f"cannot read {url}: ConnectError: [Errno 111] Connection refused (gave up after 2 attempts)" in err
+
+
+def test_a_url_that_is_not_there_is_missing_after_one_request(web):
+    with pytest.raises(SourceError, match=rf"no such file \({web.url}/absent.gguf\)"):
+        parse_source(f"{web.url}/absent.gguf").resolve()
+    assert web.answers == [("/absent.gguf", 404)]

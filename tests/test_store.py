@@ -188,6 +188,25 @@ def test_legacy_multi_part_uploads_are_joined_into_one_file_in_the_view(hub_env,
     assert modelfix.files("old", lock).model_path.read_bytes() == parts[0] + parts[1]  # joined again
 
 
+def test_a_legacy_part_deleted_from_the_store_is_fetched_again_by_the_sync_verify_asks_for(hub_env, workdir):
+    hub_env.create_repo("org/legacy")
+    hub_env.commit("org/legacy", {"old.gguf.part1of2": os.urandom(70_000), "old.gguf.part2of2": os.urandom(50_000)})
+    lock = workdir / "model-lock.toml"
+    add("old", "org/legacy", lock)
+    m = modelfix.files("old", lock)
+    part = m.entry.files[1]
+    _store().blob_path(part.sha256).unlink()  # no view shows a part: only the origin has it now
+
+    problems = modelfix.verify(["old"], lock)
+    assert [(p.file, p.message) for p in problems] == [(part.path, "not in the cache: run `modelfix sync old`")]
+    hub_env.clear_log()
+
+    modelfix.sync(["old"], lock)
+
+    assert [r.filename for r in hub_env.requests if r.method == "GET" and r.status in (200, 206)] == [part.path]
+    assert modelfix.verify(["old"], lock, full=True) == []
+
+
 def _python(code: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **kwargs)
@@ -223,14 +242,14 @@ def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
         assert store.usage().blob_bytes <= 1_100_000
 
         # Outside the project no lockfile pins anything: only the lease protects a (and its mmproj, preset).
-        pruned = _cli("cache", "prune", "--max-size", "0", cwd=tmp_path)
+        pruned = _cli("cache", "prune", "--max-size", "1", cwd=tmp_path)
         assert pruned.returncode == 0 and "in use by running processes" in pruned.stderr
         assert blob["a"].exists() and all(p.exists() for p in shared) and not blob["c"].exists()
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
 
-    assert _cli("cache", "prune", "--max-size", "0", cwd=tmp_path).returncode == 0  # the lease died with its process
+    assert _cli("cache", "prune", "--max-size", "1", cwd=tmp_path).returncode == 0  # the lease died with its process
     assert store.usage().blobs == 0 and not blob["a"].exists()
 
 

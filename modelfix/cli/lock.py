@@ -61,6 +61,8 @@ def _lock(args: argparse.Namespace) -> int:
 
     if args.check:
         lockfile = Lockfile.find(args.lock)
+        for name in args.model or ():
+            lockfile.entry(name)  # an unknown name fails here, as it does without --check
         problems = check(lockfile)
         if args.model:
             problems = [p for p in problems if p.name in args.model]
