@@ -52,6 +52,33 @@ _QUEUE_CHUNKS = 16  # bounds the bytes in flight to the hashing thread: memory s
 _JOURNAL_EVERY = 0.5  # seconds between writes of the ranges journal
 
 
+class _Streams:
+    """How many byte streams this process has open, across every file being fetched.
+
+    Splitting a file into ranges only uses connections the other downloads leave
+    spare: the parts of a split model already stream side by side, and four
+    parts each cut into four ranges would only make sixteen streams compete for
+    the same link and the same cores.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open = 0
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        with self._lock:
+            self.open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.open -= 1
+
+
+_STREAMS = _Streams()
+
+
 # --- policy ----------------------------------------------------------------
 
 
@@ -62,8 +89,8 @@ class FetchPolicy:
     ``attempts`` counts consecutive failures that made no progress: a range
     that keeps advancing keeps trying. A file of at least ``parallel_min``
     bytes that still needs more than ``split_after`` seconds after the first
-    ``split_after`` seconds is split into up to ``connections`` ranges of at
-    least ``min_range`` bytes. Splitting only slow streams matters: on a fast
+    ``split_after`` seconds is split into ranges of at least ``min_range``
+    bytes, as many as leave the process at most ``connections`` streams. Splitting only slow streams matters: on a fast
     link a single stream is quicker (one hashing pass straight from memory).
     """
 
@@ -328,7 +355,8 @@ class _Download:
             return []  # the server has not shown it serves ranges: splitting would only restart it
         rate = (r.done - before) / (time.monotonic() - started)
         remaining = r.end - r.pos
-        count = min(self.policy.connections, remaining // max(1, self.policy.min_range))
+        spare = self.policy.connections - _STREAMS.open + 1  # this stream's own connection counts as its first range
+        count = min(spare, remaining // max(1, self.policy.min_range))
         if count < 2 or (rate > 0 and remaining / rate <= self.policy.split_after):
             return []
         with self._journal_lock:
@@ -351,6 +379,10 @@ class _Download:
             raise Cancelled("stopped because another range failed")
 
     def _fetch_range(self, fd: int, r: _Range, hasher: _Hasher) -> None:
+        with _STREAMS.one():
+            self._fetch_range_streaming(fd, r, hasher)
+
+    def _fetch_range_streaming(self, fd: int, r: _Range, hasher: _Hasher) -> None:
         failures = 0
         while r.pos < r.end:
             self._check()

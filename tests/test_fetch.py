@@ -6,6 +6,7 @@ Everything runs against the real ``huggingface_hub`` HTTP client and the local H
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -114,6 +115,31 @@ def test_a_slow_stream_of_a_large_file_is_split_into_parallel_ranges(hub, tiny_f
     assert partial.read_bytes() == data
     ranges = [r.range for r in _byte_gets(hub)]
     assert len(set(ranges)) == 4 and f"bytes=0-{len(data) - 1}" in ranges
+
+
+def test_files_already_streaming_side_by_side_are_not_split_further(hub, tiny_files, tmp_path):
+    # Two slow files and two connections: each stream is one of them, nothing is spare to split with.
+    policy = dataclasses.replace(SPLITTING, connections=2)
+    names = ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]
+    for name in names:
+        hub.inject(REPO, name, Fault.stall(1.0, after_bytes=20_000))
+    results: dict[str, object] = {}
+
+    def fetch(name: str) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        results[name] = _fetch(hub, tiny_files, folder, policy=policy, name=name)
+
+    threads = [threading.Thread(target=fetch, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    for name in names:
+        result, data, _ = results[name]
+        assert result.sha256 == hashlib.sha256(data).hexdigest()
+        assert len(_byte_gets(hub, name)) == 1, name
 
 
 def test_no_split_before_the_server_shows_it_serves_ranges(hub, tiny_files, tmp_path):
