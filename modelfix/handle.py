@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import inspect
 import logging
 import sys
@@ -37,6 +38,37 @@ if TYPE_CHECKING:
     from .settings import LoadSettings
 
 __all__ = ["PooledLlama", "build_llama", "reset_handle"]
+
+
+class Turns:
+    """One thread at a time uses a ``Llama``; the thread using it may use it again.
+
+    llama.cpp's context is not thread-safe: two threads generating on one
+    handle abort the process inside ggml. Threads that share a handle (the
+    pool gives every caller the same one) take turns here. The thread in the
+    middle of a call may call again (``tokenize`` while iterating a stream),
+    and a stream's turn may be given back from any thread (a stream dropped
+    and collected elsewhere), which ``threading.RLock`` would not allow.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def take(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            while self._owner not in (None, me):
+                self._cond.wait()
+            self._owner, self._depth = me, self._depth + 1
+
+    def give_back(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
 
 
 class PooledLlama:
@@ -147,20 +179,33 @@ class _LeasedIterator:
         self.close()
 
 
+# llama-cpp-python silences a load (verbose=False) by pointing the process's file
+# descriptors 1 and 2 at /dev/null and back with dup2. Two loads overlapping in
+# threads restore each other's /dev/null, and the process's output is gone for
+# good: loads and closes take turns process-wide.
+_NATIVE_IO = threading.Lock()
+
+
+def close_llama(llm: llama_cpp.Llama) -> None:
+    with _NATIVE_IO:
+        llm.close()
+
+
 def build_llama(name: str, model_path: Path, settings: LoadSettings, mmproj_path: Path | None) -> llama_cpp.Llama:
     """A new ``llama_cpp.Llama`` for model ``name`` (split siblings are found beside ``model_path``)."""
     import llama_cpp
 
     _route_llama_logs()
     kwargs = settings.llama_kwargs()
-    if settings.mmproj:
-        from llama_cpp import llama_chat_format as formats
-
-        # The generic multimodal handler uses the model's own chat template.
-        handler = getattr(formats, "MTMDChatHandler", None) or formats.Llava15ChatHandler
-        kwargs["chat_handler"] = handler(clip_model_path=str(mmproj_path), verbose=settings.verbose)
     try:
-        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+        with _NATIVE_IO:
+            if settings.mmproj:
+                from llama_cpp import llama_chat_format as formats
+
+                # The generic multimodal handler uses the model's own chat template.
+                handler = getattr(formats, "MTMDChatHandler", None) or formats.Llava15ChatHandler
+                kwargs["chat_handler"] = handler(clip_model_path=str(mmproj_path), verbose=settings.verbose)
+            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
     except (ValueError, RuntimeError) as exc:
         raise ModelfixError(
             f"llama.cpp could not load model {name!r} from {model_path}: {exc}. "

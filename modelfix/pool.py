@@ -42,7 +42,7 @@ from .errors import MemoryBudgetError, SettingsError
 from .estimate import Estimate, estimate, memory_capacity
 from .events import Event, events
 from .eviction import Candidate, NoRoom, format_size, plan
-from .handle import PooledLlama, build_llama, reset_handle, slot_of
+from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
 from .settings import LoadSettings, PoolSettings, ResolvedSettings, resolve_pool_settings, resolve_settings
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class _Slot:
     hits: int = 0
     loads: int = 0
     load_lock: threading.Lock = field(default_factory=threading.Lock)
+    turns: Turns = field(default_factory=Turns)  # calls on this Llama, one thread at a time
     handle: PooledLlama | None = None
 
     @property
@@ -208,7 +209,7 @@ class Pool:
                     slot.handle = PooledLlama(slot)
                     self._slots[key] = slot
         self._enter(slot, lookup=True)
-        self._release(slot, used=False)
+        self._release(slot, used=False, lookup=True)
         assert slot.handle is not None
         return slot.handle
 
@@ -306,7 +307,17 @@ class Pool:
             self._release(slot, used=False)
 
     def _enter(self, slot: _Slot, *, lookup: bool = False) -> llama_cpp.Llama:
-        """Lease ``slot``, loading it if it is not resident."""
+        """Lease ``slot``, loading it if it is not resident; a use (not a lookup) also takes the Llama's turn."""
+        if not lookup:
+            slot.turns.take()  # before the pool's lock: waiting for another thread's call must not block the pool
+            try:
+                return self._lease_for_use(slot, lookup)
+            except BaseException:
+                slot.turns.give_back()
+                raise
+        return self._lease_for_use(slot, lookup)
+
+    def _lease_for_use(self, slot: _Slot, lookup: bool) -> llama_cpp.Llama:
         with self._lock:
             slot.leases += 1
             if slot.llama is not None:
@@ -323,7 +334,9 @@ class Pool:
                 self._cond.notify_all()
             raise
 
-    def _release(self, slot: _Slot, *, used: bool) -> None:
+    def _release(self, slot: _Slot, *, used: bool, lookup: bool = False) -> None:
+        if not lookup:
+            slot.turns.give_back()
         with self._cond:
             slot.leases -= 1
             slot.used = slot.used or used
@@ -396,7 +409,7 @@ class Pool:
     def _close(self, victims: list[tuple[_Slot, llama_cpp.Llama]], reason: str) -> None:
         # Outside the pool lock: nobody can reach a detached Llama any more.
         for slot, llm in victims:
-            llm.close()
+            close_llama(llm)
             events.emit(Event("evict", slot.name, slot.model_path.name, total=slot.estimate.total,
                               source="pool", message=reason))
 

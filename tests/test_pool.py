@@ -247,6 +247,57 @@ def test_eviction_closes_the_llama_and_memory_comes_back(tmp_path):
     assert m["works"]  # the evicted handle is still usable: it reloads
 
 
+# --- threads ---------------------------------------------------------------------------------
+
+_THREADS_SCRIPT = """
+import json, os, sys, threading
+from modelfix.pool import Pool
+
+paths = json.loads(sys.argv[1])
+pool = Pool(memory_budget="inf", keep_alive=-1)
+shared = pool.acquire(paths["a"], "sha-a", "a", n_ctx=256)
+expected = shared("Hello there", max_tokens=8, temperature=0)["choices"][0]["text"]
+outputs, errors = [], []
+
+def generate():  # every thread on the one shared handle, as a threaded server would
+    try:
+        for _ in range(10):
+            outputs.append(shared("Hello there", max_tokens=8, temperature=0)["choices"][0]["text"])
+    except Exception as exc:
+        errors.append(repr(exc))
+
+def load(name):  # loads (and closes) overlapping in threads
+    try:
+        for k in range(4):
+            pool.acquire(paths[name], "sha-" + name, name, n_ctx=256 * (k + 1))("Hi", max_tokens=1)
+            pool.unload(name)
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=generate) for _ in range(3)]
+threads += [threading.Thread(target=load, args=(n,)) for n in ("b", "c")]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+pool.close()
+print(json.dumps({"same": outputs == [expected] * 30, "errors": errors,
+                  "stdout": os.readlink("/proc/self/fd/1"), "stderr": os.readlink("/proc/self/fd/2")}))
+"""
+
+
+def test_threads_sharing_a_handle_take_turns_and_loads_keep_the_process_output(models, tmp_path):
+    # In a subprocess: without turns llama.cpp aborts the whole process, and overlapping silenced
+    # loads used to leave its stdout and stderr pointing at /dev/null for good.
+    paths = json.dumps({k: str(v) for k, v in models.items()})
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, paths], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip(), "the process's output was lost"
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["errors"] == [] and report["same"]
+    assert "/dev/null" not in (report["stdout"], report["stderr"])
+
+
 # --- eviction never crashes a holder ----------------------------------------------------
 
 
