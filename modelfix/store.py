@@ -461,11 +461,14 @@ class Store:
         """
         keys, blobs = set(keys), list(blobs)
         with self._store_lock(shared=False):
+            leased, _ = leases.live(self.root, own=False)  # removing is this process's own decision
             for view in self._views():
                 if view.path.name in keys:  # a joined file is a blob of its own, shown only here
                     blobs += view.shas
-                    shutil.rmtree(view.path, ignore_errors=True)
-            leased, _ = leases.live(self.root, own=False)  # removing is this process's own decision
+                    # A process using these blobs loaded them from this view, and loads them
+                    # from it again after an eviction: the view stays while it lives.
+                    if not view.shas & leased:
+                        shutil.rmtree(view.path, ignore_errors=True)
             shown = {sha for view in self._views() for sha in view.shas}
             freed, kept = 0, []
             for sha in dict.fromkeys(blobs):

@@ -281,6 +281,24 @@ def test_rm_removes_one_model_and_keeps_what_another_view_shows(lock):
     assert all(f.exists() for f in b.files)
 
 
+def test_rm_keeps_the_view_a_running_process_loads_from(lock):
+    # Only the holder process uses the model: this test process never touches it.
+    holder = _python(f"import modelfix, sys; print(modelfix.path('a', {str(lock)!r}), flush=True); sys.stdin.read()",
+                     stdin=subprocess.PIPE)
+    try:
+        model = Path(holder.stdout.readline().strip())
+        removed = _cli("cache", "rm", "a", cwd=lock.parent)
+        assert removed.returncode == 0, removed.stderr
+        # The holder reloads from this path after an eviction: it must still be there.
+        assert model.is_file() and len(list(model.parent.iterdir())) == 4  # 3 files + manifest
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+    assert _cli("cache", "rm", "a", cwd=lock.parent).returncode == 0  # the lease died with its process
+    assert not model.parent.exists()
+
+
 @pytest.mark.parametrize("how", ["under-a-file", "read-only"])
 def test_a_cache_dir_that_cannot_be_written_says_where_and_what_to_do(lock, tmp_path, monkeypatch, how):
     if how == "under-a-file":
