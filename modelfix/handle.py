@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelfixError
+from .errors import ModelfixError, SettingsError
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -196,6 +196,7 @@ def build_llama(name: str, model_path: Path, settings: LoadSettings, mmproj_path
     import llama_cpp
 
     _route_llama_logs()
+    _check_chat_format(name, settings.chat_format)
     kwargs = settings.llama_kwargs()
     try:
         with _NATIVE_IO:
@@ -211,6 +212,20 @@ def build_llama(name: str, model_path: Path, settings: LoadSettings, mmproj_path
             f"llama.cpp could not load model {name!r} from {model_path}: {exc}. "
             f"Check the files with `modelfix verify --full`, or load with verbose=True to see llama.cpp's log."
         ) from None
+
+
+def _check_chat_format(name: str, chat_format: str | None) -> None:
+    """Refuse an unknown ``chat_format`` at load: llama-cpp-python would accept it and fail at the first chat."""
+    if chat_format is None:
+        return
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+
+    known = LlamaChatCompletionHandlerRegistry()._chat_handlers
+    if chat_format not in known:
+        raise SettingsError(
+            f"chat_format {chat_format!r} for model {name!r} is not one llama-cpp-python knows. "
+            f"Use one of: {', '.join(sorted(known))}; or leave it unset for the model's own template."
+        )
 
 
 @functools.lru_cache(maxsize=1)

@@ -421,8 +421,8 @@ def _fetch_from(store: Store, pin: FilePin, name: str, transport: Transport, las
         store.discard_partial(pin.sha256)  # bad bytes never get another chance
         job.advance(0, to=0)
         if not last:
-            log.warning("%s: the copy in the %s tier is corrupt (sha256 %s); using the next source",
-                        label, name, result.sha256)
+            log.warning("%s: the copy in the %s tier is corrupt (sha256 %s); using the next source. "
+                        "`modelfix push --force` repairs it", label, name, result.sha256)
             return False
         if attempt == 2:
             raise IntegrityError(

@@ -68,11 +68,15 @@ def push(
     lock: LockLike = None,
     *,
     settings: CacheSettings | None = None,
+    force: bool = False,
 ) -> list[tuple[str, str, str]]:
     """Upload the pinned blobs of ``names`` to the remote tier, skipping those already there.
 
     Returns (model, file, "uploaded" | "present") per pinned file. Fetches
-    into the local store first what it lacks.
+    into the local store first what it lacks. A copy of the right size is
+    taken as present (checking its bytes means downloading it); ``force``
+    uploads every file again, which repairs a corrupt copy that ``sync``
+    reported.
     """
     import fsspec
 
@@ -100,7 +104,7 @@ def push(
             done.add(pin.sha256)
             _, target = fsspec.core.url_to_fs(remote_url(settings.remote, pin.sha256))
             try:
-                if fs.exists(target) and fs.size(target) == pin.size:
+                if not force and fs.exists(target) and fs.size(target) == pin.size:
                     report.append((item.name, pin.path, "present"))
                     continue
                 # Upload beside, then rename: readers of the remote never see half a blob

@@ -247,6 +247,13 @@ def test_eviction_closes_the_llama_and_memory_comes_back(tmp_path):
     assert m["works"]  # the evicted handle is still usable: it reloads
 
 
+def test_an_unknown_chat_format_is_refused_at_load_naming_the_known_ones(pool, models):
+    with pytest.raises(SettingsError, match=r"chat_format 'no-such-format' for model 'a' .*Use one of: .*chatml"):
+        text(get(pool, models, "a", chat_format="no-such-format"))
+    llm = get(pool, models, "a", chat_format="chatml")
+    assert llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=2)["choices"]
+
+
 # --- threads ---------------------------------------------------------------------------------
 
 _THREADS_SCRIPT = """

@@ -104,6 +104,11 @@ def test_a_corrupt_blob_in_the_remote_is_skipped_for_the_origin(lock, hub, remot
     path = modelfix.path("chat", lock)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256
 
+    # A copy of the right size passes for present; --force uploads it again, repaired.
+    assert {what for *_, what in push(lock=lock)} == {"present"}
+    assert {what for *_, what in push(lock=lock, force=True)} == {"uploaded"}
+    assert hashlib.sha256(fs.cat_file(target)).hexdigest() == pin.sha256
+
 
 def test_push_without_a_remote_says_how_to_set_one(lock, monkeypatch):
     monkeypatch.delenv("MODELFIX_REMOTE", raising=False)

@@ -38,6 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     push = commands.add_parser("push", help="upload the pinned files to the remote tier (MODELFIX_REMOTE)")
     push.add_argument("names", nargs="*", metavar="NAME", help="models to push (default: all)")
+    push.add_argument("--force", action="store_true",
+                      help="upload every file again, also those already there (repairs a corrupt copy)")
     push.set_defaults(handler=_push)
 
     cache = commands.add_parser("cache", help="inspect and clean the cache")
@@ -140,7 +142,7 @@ def _push(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with _progress():
-        report = push(args.names or None, args.lock, settings=settings)
+        report = push(args.names or None, args.lock, settings=settings, force=args.force)
     for model, file, what in report:
         print(f"{model}: {file}: {what}")
     uploaded = sum(1 for *_, what in report if what == "uploaded")
