@@ -388,19 +388,28 @@ def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[Rou
     unknown = set(data) - {"rules", "default"}
     if unknown:
         raise LockError(f"{_where(path, text, key='routing')}: unknown key {sorted(unknown)[0]!r} in [routing] (valid: rules, default).")
+    where = _where(path, text, key="routing")
+    raw_rules = data.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise LockError(f"{where}: routing.rules must be a list of tables: rules = [{{ pattern = \"...\", model = \"NAME\" }}].")
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise LockError(f"{where}: routing.default must be a model name (a string), not {default!r}.")
     rules = []
-    for i, rule in enumerate(data.get("rules", [])):
+    for i, rule in enumerate(raw_rules):
         if not isinstance(rule, dict) or not isinstance(rule.get("pattern"), str) or not isinstance(rule.get("model"), str):
-            raise LockError(f"{_where(path, text, key='routing')}: routing.rules[{i}] needs `pattern` and `model` strings.")
+            raise LockError(f"{where}: routing.rules[{i}] needs `pattern` and `model` strings.")
+        extra = set(rule) - {"pattern", "model"}
+        if extra:
+            raise LockError(f"{where}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] (valid: pattern, model).")
         try:
             re.compile(rule["pattern"])
         except re.error as exc:
-            raise LockError(f"{_where(path, text, key='routing')}: routing.rules[{i}] pattern is not a valid regex: {exc}.") from None
+            raise LockError(f"{where}: routing.rules[{i}] pattern is not a valid regex: {exc}.") from None
         rules.append(RoutingRule(rule["pattern"], rule["model"]))
-    default = data.get("default")
     for model in [r.model for r in rules] + ([default] if default else []):
         if model not in entries:
-            raise LockError(f"{_where(path, text, key='routing')}: routing names model {model!r}, which has no [models.{model}] table.")
+            raise LockError(f"{where}: routing names model {model!r}, which has no [models.{model}] table.")
     return tuple(rules), default
 
 

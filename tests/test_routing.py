@@ -106,3 +106,19 @@ def test_route_is_public_api(lock):
     import modelfix
 
     assert modelfix.route("import os", lock) == "coder"
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        ('rules = "x"', r"routing.rules must be a list of tables"),
+        ('rules = [{ pattern = "x", model = "chat", extra = 1 }]', r"unknown key 'extra' in routing.rules\[0\] \(valid: pattern, model\)"),
+        ("default = 3", r"routing.default must be a model name"),
+        ('rules = [{ pattern = "(", model = "chat" }]', r"routing.rules\[0\] pattern is not a valid regex"),
+    ],
+)
+def test_bad_routing_tables_are_named_with_their_line(tmp_path, routing, message):
+    path = tmp_path / "model-lock.toml"
+    path.write_text(MODELS + f"[routing]\n{routing}\n")
+    with pytest.raises(LockError, match=rf"model-lock.toml:\d+: {message}"):
+        Lockfile.load(path)
