@@ -3,7 +3,10 @@
 Under the cache root::
 
     leases/<host>-<pid>-<rand>   the blobs one process uses from this store: a sha256 a
-                                 line, appended, never rewritten; flock-held until it exits
+                                 line, appended, never rewritten; flock-held until it exits.
+                                 "<sha256> <size>" reserves room for a blob that process is
+                                 about to download, so that other processes syncing under
+                                 the same size cap count it before it exists
 
 Whether a lease is live is asked of the kernel, not inferred from a pid (pids
 are reused, and the store may sit on a disk other hosts share): a lease file
@@ -23,10 +26,10 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["held", "take", "live"]
+__all__ = ["held", "take", "live", "reserved"]
 
 
 class _Registry:
@@ -44,7 +47,7 @@ class _Registry:
         entry = self._files.get((root, os.getpid()))
         return entry[0] if entry else None
 
-    def take(self, root: Path, shas: Iterable[str]) -> None:
+    def take(self, root: Path, shas: Iterable[str], sizes: Mapping[str, int] | None = None) -> None:
         import fcntl
 
         with self._lock:
@@ -59,7 +62,8 @@ class _Registry:
             path, fd, held = self._files[key]
             fresh = [s for s in dict.fromkeys(shas) if s not in held]
             if fresh:
-                os.write(fd, "".join(f"{s}\n" for s in fresh).encode())
+                sizes = sizes or {}
+                os.write(fd, "".join(f"{s} {sizes[s]}\n" if s in sizes else f"{s}\n" for s in fresh).encode())
                 held.update(fresh)
 
 
@@ -71,9 +75,12 @@ def held(root: Path) -> set[str]:
     return _REGISTRY.held(root)
 
 
-def take(root: Path, shas: Iterable[str]) -> None:
-    """Lease blobs ``shas`` of store ``root`` until this process exits (under the shared store lock)."""
-    _REGISTRY.take(root, shas)
+def take(root: Path, shas: Iterable[str], sizes: Mapping[str, int] | None = None) -> None:
+    """Lease blobs ``shas`` of store ``root`` until this process exits (under the shared store lock).
+
+    A sha in ``sizes`` is also a reservation of that many bytes (see the module docstring).
+    """
+    _REGISTRY.take(root, shas, sizes)
 
 
 def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
@@ -81,11 +88,23 @@ def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
 
     Deletes the lease files of processes that are gone on the way.
     """
+    leased, processes = _scan(root, own)
+    return set(leased), processes
+
+
+def reserved(root: Path) -> dict[str, int]:
+    """Bytes other live processes reserved for blobs they are downloading, by sha256."""
+    leased, _ = _scan(root, own=False)
+    return {sha: size for sha, size in leased.items() if size is not None}
+
+
+def _scan(root: Path, own: bool) -> tuple[dict[str, int | None], int]:
     import fcntl
 
     folder = root / "leases"
     mine = _REGISTRY.path(root)
-    leased, processes = set(_REGISTRY.held(root)) if own else set(), 0
+    leased: dict[str, int | None] = dict.fromkeys(_REGISTRY.held(root)) if own else {}
+    processes = 0
     for path in folder.glob("*") if folder.is_dir() else ():
         if path == mine:
             processes += 1
@@ -98,7 +117,10 @@ def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # its process is alive and holds it
             processes += 1
-            leased.update(line for line in path.read_text().split() if len(line) == 64)
+            for line in path.read_text().splitlines():
+                sha, _, size = line.partition(" ")
+                if len(sha) == 64:
+                    leased[sha] = int(size) if size.isdigit() else leased.get(sha)
         else:
             path.unlink(missing_ok=True)  # dead process: the lease died with it
         finally:

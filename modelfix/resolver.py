@@ -307,7 +307,7 @@ def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, st
             raise OfflineError(_offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck],
                                                 lockfile, store))
     if absent and settings.max_size != float("inf"):
-        store.make_room(sum(p.size for _, p in absent.values()), settings.max_size, keep=set(wanted),
+        store.make_room({sha: p.size for sha, (_, p) in absent.items()}, settings.max_size, keep=set(wanted),
                         model=", ".join(e.name for e in entries))
     store.lease(wanted)  # from now on no other process evicts what this sync brings in
     policy = FetchPolicy.from_env()
@@ -563,7 +563,7 @@ def prune(max_size: float | str | None = None, lock: LockLike = None, *,
     settings = settings or CacheSettings.resolve(max_size=max_size)
     if settings.max_size == float("inf"):
         raise CacheError("the cache has no cap to prune to: pass --max-size SIZE (e.g. 20GB) or set MODELFIX_CACHE_MAX_SIZE.")
-    return Store(settings.root).make_room(0, settings.max_size, keep=_kept(lock), best_effort=True)
+    return Store(settings.root).make_room({}, settings.max_size, keep=_kept(lock), best_effort=True)
 
 
 def gc(lock: LockLike = None, *, settings: CacheSettings | None = None) -> dict[str, int]:

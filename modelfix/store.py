@@ -38,7 +38,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,9 +380,9 @@ class Store:
             with self._store_lock(shared=True):
                 self._take(new)
 
-    def _take(self, shas: Iterable[str]) -> None:
+    def _take(self, shas: Iterable[str], sizes: Mapping[str, int] | None = None) -> None:
         with writing(self.root / "leases"):
-            leases.take(self.root, shas)
+            leases.take(self.root, shas, sizes)
 
     # --- care: usage, eviction, gc --------------------------------------------------
 
@@ -405,13 +405,17 @@ class Store:
         return Usage(self.root, len(blobs), sum(s.st_size for s in blobs.values()),
                      tuple(sorted(shown, key=lambda v: -v["last_used"])), partial, leases.live(self.root)[1])
 
-    def make_room(self, incoming: int, budget: float, keep: Iterable[str] = (), *, model: str = "",
+    def make_room(self, incoming: Mapping[str, int], budget: float, keep: Iterable[str] = (), *, model: str = "",
                   best_effort: bool = False) -> list[str]:
-        """Evict least recently used blobs until ``incoming`` more bytes fit in ``budget``.
+        """Evict least recently used blobs until the blobs ``incoming`` (sha256 -> size) fit in ``budget``.
 
         Never evicts a blob in ``keep`` (pinned by the lockfile in use) or
-        leased by a live process. If that cannot reach the budget, raises
-        :class:`CacheError`, or with ``best_effort`` evicts all it may.
+        leased by a live process, and counts the room other processes
+        reserved for downloads still running. If that cannot reach the budget,
+        raises :class:`CacheError`, or with ``best_effort`` evicts all it may.
+        On success the incoming blobs are reserved for this process (leased,
+        with their sizes), in the same turn of the store lock: two processes
+        syncing at once cannot both count on the same free space.
         Returns the evicted shas.
         """
         keep = set(keep)
@@ -426,8 +430,14 @@ class Store:
                 Candidate(sha, st.st_size, last_used.get(sha, st.st_mtime), held=sha in keep or sha in leased)
                 for sha, st in self._blobs()
             ]
+            present = {str(c.key) for c in candidates}
+            # Downloads other processes have room for: held, like a blob in use. A blob they are
+            # fetching that this sync needs too is fetched once: it is not counted again below.
+            others = {sha: size for sha, size in leases.reserved(self.root).items() if sha not in present}
+            candidates += [Candidate(sha, size, time.time(), held=True) for sha, size in others.items()]
+            needed = sum(size for sha, size in incoming.items() if sha not in others)
             try:
-                victims = plan(candidates, budget, incoming)
+                victims = plan(candidates, budget, needed)
             except NoRoom as exc:
                 if best_effort:
                     return self._evict_locked([str(c.key) for c in candidates if not c.held])
@@ -435,7 +445,10 @@ class Store:
                     f"{model or 'the store'}: not enough room under the cache cap: {exc}. Raise "
                     "MODELFIX_CACHE_MAX_SIZE (or --max-size), or remove models with `modelfix cache rm NAME`."
                 ) from None
-            return self._evict_locked([str(v) for v in victims])
+            evicted = self._evict_locked([str(v) for v in victims])
+            if incoming:
+                self._take(incoming.keys(), sizes=incoming)
+            return evicted
 
     def evict(self, shas: Iterable[str]) -> list[str]:
         with self._store_lock(shared=False):

@@ -253,6 +253,31 @@ def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
     assert store.usage().blobs == 0 and not blob["a"].exists()
 
 
+def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(lock, hub):
+    from modelfix.testing.hub import Fault
+
+    store, lockfile = _store(), modelfix.Lockfile.load(lock)
+    a_file = lockfile.entry("a").files[0]
+    cap = "600000"  # a with the shared mmproj and preset fits (518 kB); b beside them does not
+    hub.inject(REPO, a_file.path, Fault.stall(3.0, after_bytes=100_000))  # a is still downloading when b asks
+    first = subprocess.Popen([sys.executable, "-m", "modelfix", "sync", "a"], cwd=lock.parent, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "MODELFIX_CACHE_MAX_SIZE": cap})
+    try:
+        deadline = time.monotonic() + 60
+        while not store.partial_path(a_file.sha256).exists():
+            assert first.poll() is None and time.monotonic() < deadline, "a's download never started"
+            time.sleep(0.05)
+
+        second = _cli("sync", "b", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE=cap)
+
+        assert second.returncode == 1 and "not enough room under the cache cap" in second.stderr
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert store.usage().blob_bytes <= int(cap)
+
+
 def test_gc_keeps_what_views_and_the_lockfile_need_and_drops_the_rest(lock, tmp_path):
     store = _store()
     m = modelfix.files("a", lock)
