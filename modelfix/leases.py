@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["held", "take", "live", "reserved"]
+__all__ = ["held", "take", "unreserve", "live", "reserved"]
 
 
 class _Registry:
@@ -67,6 +67,17 @@ class _Registry:
                 held.update(fresh)
 
 
+    def unreserve(self, root: Path, shas: Iterable[str]) -> None:
+        with self._lock:
+            entry = self._files.get((root, os.getpid()))
+            if entry is None:
+                return
+            _, fd, held = entry
+            done = [s for s in dict.fromkeys(shas) if s in held]
+            if done:  # appended, like everything here: a later line for a sha wins
+                os.write(fd, "".join(f"{s} 0\n" for s in done).encode())
+
+
 _REGISTRY = _Registry()
 
 
@@ -83,6 +94,11 @@ def take(root: Path, shas: Iterable[str], sizes: Mapping[str, int] | None = None
     _REGISTRY.take(root, shas, sizes)
 
 
+def unreserve(root: Path, shas: Iterable[str]) -> None:
+    """Give back the room reserved for ``shas`` (downloads that failed); they stay leased."""
+    _REGISTRY.unreserve(root, shas)
+
+
 def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
     """Blobs leased by live processes (this one too if ``own``) and how many processes hold leases.
 
@@ -95,7 +111,7 @@ def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
 def reserved(root: Path) -> dict[str, int]:
     """Bytes other live processes reserved for blobs they are downloading, by sha256."""
     leased, _ = _scan(root, own=False)
-    return {sha: size for sha, size in leased.items() if size is not None}
+    return {sha: size for sha, size in leased.items() if size}
 
 
 def _scan(root: Path, own: bool) -> tuple[dict[str, int | None], int]:

@@ -327,6 +327,9 @@ def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, st
         for job, _, _ in work:
             if job.status == "queued":
                 job.update("cancelled")
+        # Room reserved for downloads that did not finish goes back to the other processes now,
+        # not when this one (a notebook, say) exits.
+        store.unreserve([sha for sha in absent if not store.has(sha)])
     if errors:
         first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
         if len(errors) > 1 and isinstance(first, ModelfixError):

@@ -380,6 +380,11 @@ class Store:
             with self._store_lock(shared=True):
                 self._take(new)
 
+    def unreserve(self, shas: Iterable[str]) -> None:
+        """Give back the room :meth:`make_room` reserved for blobs whose download did not finish."""
+        with writing(self.root / "leases"):
+            leases.unreserve(self.root, shas)
+
     def _take(self, shas: Iterable[str], sizes: Mapping[str, int] | None = None) -> None:
         with writing(self.root / "leases"):
             leases.take(self.root, shas, sizes)

@@ -278,6 +278,22 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
     assert store.usage().blob_bytes <= int(cap)
 
 
+def test_a_failed_download_gives_its_reserved_room_back_at_once(lock, hub, monkeypatch):
+    from modelfix.testing.hub import Fault
+
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")
+    monkeypatch.setenv("MODELFIX_RETRIES", "1")
+    a_file = modelfix.Lockfile.load(lock).entry("a").files[0]
+    hub.inject(REPO, a_file.path, Fault.status(500), times=None)
+    with pytest.raises(modelfix.NetworkError):
+        modelfix.sync(["a"], lock)  # this process lives on, as a notebook would
+    hub.clear_faults()
+
+    other = _cli("sync", "b", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="600000")
+
+    assert other.returncode == 0, other.stderr
+
+
 def test_gc_keeps_what_views_and_the_lockfile_need_and_drops_the_rest(lock, tmp_path):
     store = _store()
     m = modelfix.files("a", lock)
