@@ -19,12 +19,13 @@ keeping llama.cpp's log quiet unless ``verbose``, and :func:`reset_handle`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
-import threading
 import inspect
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,30 +38,46 @@ if TYPE_CHECKING:
     from .pool import _Slot
     from .settings import LoadSettings
 
+log = logging.getLogger("modelfix")
 __all__ = ["PooledLlama", "build_llama", "reset_handle"]
 
 
 class Turns:
-    """One thread at a time uses a ``Llama``; the thread using it may use it again.
+    """Who may run llama.cpp on one ``Llama`` now: one thread, or one open stream.
 
-    llama.cpp's context is not thread-safe: two threads generating on one
-    handle abort the process inside ggml. Threads that share a handle (the
-    pool gives every caller the same one) take turns here. The thread in the
-    middle of a call may call again (``tokenize`` while iterating a stream),
-    and a stream's turn may be given back from any thread (a stream dropped
-    and collected elsewhere), which ``threading.RLock`` would not allow.
+    llama.cpp's context is not thread-safe (two threads generating on one
+    ``Llama`` abort the process inside ggml) and the pool gives every caller
+    of a model the same handle, so threads take turns here:
+
+    * a call holds the turn while it runs; the thread holding it may call
+      again (re-entrant: ``tokenize`` inside its own call or stream);
+    * a stream holds the turn from its first chunk until it is exhausted or
+      closed, for whichever thread iterates it: the turn moves with the stream
+      to the thread that asks for its next chunk. Between two chunks another
+      completion would overwrite the stream's KV cache, so others wait.
+
+    A turn may be given back from any thread (a stream collected elsewhere),
+    which ``threading.RLock`` would not allow. A wait of more than
+    ``_PATIENCE`` seconds is logged, naming the model: it is almost always a
+    stream that was neither finished nor closed.
     """
 
-    def __init__(self) -> None:
+    _PATIENCE = 10.0
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self._cond = threading.Condition()
         self._owner: int | None = None
         self._depth = 0
+        self.stream: _LeasedIterator | None = None  # the open stream holding the turn
 
     def take(self) -> None:
         me = threading.get_ident()
         with self._cond:
-            while self._owner not in (None, me):
-                self._cond.wait()
+            if not self._cond.wait_for(lambda: self._owner in (None, me), timeout=self._PATIENCE):
+                log.warning("waiting for model %r: another thread's call or an open stream holds it (a stream "
+                            "holds its model until it is exhausted or closed)", self.name)
+                self._cond.wait_for(lambda: self._owner in (None, me))
             self._owner, self._depth = me, self._depth + 1
 
     def give_back(self) -> None:
@@ -69,6 +86,28 @@ class Turns:
             if self._depth == 0:
                 self._owner = None
                 self._cond.notify_all()
+
+    def follow(self, stream: _LeasedIterator) -> None:
+        """Before a chunk of ``stream``: take the turn for it, or move its turn to this thread."""
+        me = threading.get_ident()
+        with self._cond:
+            if self.stream is stream:
+                if self._owner != me:
+                    # Handed to another thread: wait until the old one is not inside a call of its own.
+                    self._cond.wait_for(lambda: self._depth == 1)
+                    self._owner = me
+                return
+        self.take()
+        with self._cond:
+            self.stream = stream
+
+    def end(self, stream: _LeasedIterator) -> None:
+        """``stream`` is exhausted or closed: its turn, if it holds one, goes back."""
+        with self._cond:
+            if self.stream is not stream:
+                return
+            self.stream = None
+        self.give_back()
 
 
 class PooledLlama:
@@ -139,20 +178,27 @@ def slot_of(handle: PooledLlama) -> _Slot:
 
 def _call(slot: _Slot, name: str, *args: Any, **kwargs: Any) -> Any:
     pool = slot.pool
-    llm = pool._enter(slot)
+    slot.turns.take()
     try:
-        result = getattr(llm, name)(*args, **kwargs)
-    except BaseException:
+        llm = pool._enter(slot)
+        try:
+            result = getattr(llm, name)(*args, **kwargs)
+        except BaseException:
+            pool._release(slot, used=True)
+            raise
+        if isinstance(result, Iterator):
+            # stream=True: llama.cpp works while it is iterated, so the stream takes
+            # its own turn at its first chunk; the lease lasts until it ends.
+            return _LeasedIterator(slot, result)
         pool._release(slot, used=True)
-        raise
-    if isinstance(result, Iterator):  # stream=True: llama.cpp works while it is iterated
-        return _LeasedIterator(slot, result)
-    pool._release(slot, used=True)
-    return result
+        return result
+    finally:
+        slot.turns.give_back()
 
 
 class _LeasedIterator:
-    """Holds the lease of a streaming call until it is exhausted, closed or dropped."""
+    """Holds the lease of a streaming call until it is exhausted, closed or dropped,
+    and the handle's turn from its first chunk (see :class:`Turns`)."""
 
     def __init__(self, slot: _Slot, inner: Iterator[Any]) -> None:
         self._slot, self._inner, self._held = slot, inner, True
@@ -161,6 +207,9 @@ class _LeasedIterator:
         return self
 
     def __next__(self) -> Any:
+        if not self._held:
+            raise StopIteration
+        self._slot.turns.follow(self)
         try:
             return next(self._inner)
         except BaseException:
@@ -171,9 +220,12 @@ class _LeasedIterator:
         if self._held:
             self._held = False
             close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-            self._slot.pool._release(self._slot, used=True)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                self._slot.turns.end(self)
+                self._slot.pool._release(self._slot, used=True)
 
     def __del__(self) -> None:
         self.close()
@@ -183,7 +235,9 @@ class _LeasedIterator:
 # descriptors 1 and 2 at /dev/null and back with dup2. Two loads overlapping in
 # threads restore each other's /dev/null, and the process's output is gone for
 # good: loads and closes take turns process-wide.
-_NATIVE_IO = threading.Lock()
+# Re-entrant: a stream collected by the garbage collector inside a load closes
+# its evicted Llama on the thread that holds this lock.
+_NATIVE_IO = threading.RLock()
 
 
 def close_llama(llm: llama_cpp.Llama) -> None:
@@ -263,7 +317,9 @@ def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
     """Forget earlier tokens and the KV cache and set the sampling seed.
 
     After this, a completion depends only on its prompt, its parameters and
-    ``seed`` (the pytest ``llama`` fixture calls it before each test).
+    ``seed`` (the pytest ``llama`` fixture calls it before each test). A
+    stream left open on the handle (a test that read half of one) is closed
+    first: it holds the handle, and its state is what is being forgotten.
     """
     import llama_cpp
 
@@ -276,7 +332,11 @@ def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
 
     if type(llm) is PooledLlama:
         slot = slot_of(llm)
-        with slot.pool._lease(slot) as real:
+        stream = slot.turns.stream
+        if stream is not None:
+            with contextlib.suppress(ValueError):  # one being read right now finishes its chunk first
+                stream.close()
+        with slot.pool._lease(slot) as real:  # takes the handle's turn
             reset(real)
     else:
         reset(llm)

@@ -37,11 +37,16 @@ class _Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._files: dict[tuple[Path, int], tuple[Path, int, set[str]]] = {}
+        # (root, pid) -> (lease file, its fd, leased shas, bytes reserved per sha)
+        self._files: dict[tuple[Path, int], tuple[Path, int, set[str], dict[str, int]]] = {}
 
     def held(self, root: Path) -> set[str]:
         entry = self._files.get((root, os.getpid()))
         return entry[2] if entry else set()
+
+    def sizes(self, root: Path) -> dict[str, int]:
+        entry = self._files.get((root, os.getpid()))
+        return dict(entry[3]) if entry else {}
 
     def path(self, root: Path) -> Path | None:
         entry = self._files.get((root, os.getpid()))
@@ -58,24 +63,25 @@ class _Registry:
                 path = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                self._files[key] = (path, fd, set())
-            path, fd, held = self._files[key]
+                self._files[key] = (path, fd, set(), {})
+            path, fd, held, reserved = self._files[key]
             fresh = [s for s in dict.fromkeys(shas) if s not in held]
             if fresh:
                 sizes = sizes or {}
                 os.write(fd, "".join(f"{s} {sizes[s]}\n" if s in sizes else f"{s}\n" for s in fresh).encode())
                 held.update(fresh)
-
+                reserved.update({s: sizes[s] for s in fresh if s in sizes})
 
     def unreserve(self, root: Path, shas: Iterable[str]) -> None:
         with self._lock:
             entry = self._files.get((root, os.getpid()))
             if entry is None:
                 return
-            _, fd, held = entry
+            _, fd, held, reserved = entry
             done = [s for s in dict.fromkeys(shas) if s in held]
             if done:  # appended, like everything here: a later line for a sha wins
                 os.write(fd, "".join(f"{s} 0\n" for s in done).encode())
+                reserved.update(dict.fromkeys(done, 0))
 
 
 _REGISTRY = _Registry()
@@ -109,8 +115,8 @@ def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
 
 
 def reserved(root: Path) -> dict[str, int]:
-    """Bytes other live processes reserved for blobs they are downloading, by sha256."""
-    leased, _ = _scan(root, own=False)
+    """Bytes live processes (this one too: another thread's sync) reserved for blobs they are downloading."""
+    leased, _ = _scan(root, own=True)
     return {sha: size for sha, size in leased.items() if size}
 
 
@@ -119,7 +125,7 @@ def _scan(root: Path, own: bool) -> tuple[dict[str, int | None], int]:
 
     folder = root / "leases"
     mine = _REGISTRY.path(root)
-    leased: dict[str, int | None] = dict.fromkeys(_REGISTRY.held(root)) if own else {}
+    leased: dict[str, int | None] = {**dict.fromkeys(_REGISTRY.held(root)), **_REGISTRY.sizes(root)} if own else {}
     processes = 0
     for path in folder.glob("*") if folder.is_dir() else ():
         if path == mine:

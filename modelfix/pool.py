@@ -205,11 +205,11 @@ class Pool:
                 slot = self._slots.get(key)
                 if slot is None:
                     mmproj = Path(mmproj_path) if mmproj_path else None
-                    slot = _Slot(self, key, name, Path(model_path), mmproj, resolved, cost)
+                    slot = _Slot(self, key, name, Path(model_path), mmproj, resolved, cost, turns=Turns(name))
                     slot.handle = PooledLlama(slot)
                     self._slots[key] = slot
         self._enter(slot, lookup=True)
-        self._release(slot, used=False, lookup=True)
+        self._release(slot, used=False)
         assert slot.handle is not None
         return slot.handle
 
@@ -223,11 +223,15 @@ class Pool:
         """``with pool.use("chat") as llm:`` the real ``Llama``, never evicted inside the block."""
         handle = target if type(target) is PooledLlama else self.load(target, lock, **settings)
         slot = slot_of(handle)
-        llm = self._enter(slot)
+        slot.turns.take()  # before the pool's lock: waiting for another thread's call must not block the pool
         try:
-            yield llm
+            llm = self._enter(slot)
+            try:
+                yield llm
+            finally:
+                self._release(slot, used=True)
         finally:
-            self._release(slot, used=True)
+            slot.turns.give_back()
 
     def preload(self, names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,
                 **settings: Any) -> list[PooledLlama]:
@@ -300,24 +304,18 @@ class Pool:
 
     @contextmanager
     def _lease(self, slot: _Slot) -> Iterator[llama_cpp.Llama]:
-        llm = self._enter(slot)
+        slot.turns.take()
         try:
-            yield llm
+            llm = self._enter(slot)
+            try:
+                yield llm
+            finally:
+                self._release(slot, used=False)
         finally:
-            self._release(slot, used=False)
+            slot.turns.give_back()
 
     def _enter(self, slot: _Slot, *, lookup: bool = False) -> llama_cpp.Llama:
-        """Lease ``slot``, loading it if it is not resident; a use (not a lookup) also takes the Llama's turn."""
-        if not lookup:
-            slot.turns.take()  # before the pool's lock: waiting for another thread's call must not block the pool
-            try:
-                return self._lease_for_use(slot, lookup)
-            except BaseException:
-                slot.turns.give_back()
-                raise
-        return self._lease_for_use(slot, lookup)
-
-    def _lease_for_use(self, slot: _Slot, lookup: bool) -> llama_cpp.Llama:
+        """Lease ``slot``, loading it if it is not resident (callers that run it hold its turn)."""
         with self._lock:
             slot.leases += 1
             if slot.llama is not None:
@@ -334,9 +332,7 @@ class Pool:
                 self._cond.notify_all()
             raise
 
-    def _release(self, slot: _Slot, *, used: bool, lookup: bool = False) -> None:
-        if not lookup:
-            slot.turns.give_back()
+    def _release(self, slot: _Slot, *, used: bool) -> None:
         with self._cond:
             slot.leases -= 1
             slot.used = slot.used or used

@@ -436,8 +436,8 @@ class Store:
                 for sha, st in self._blobs()
             ]
             present = {str(c.key) for c in candidates}
-            # Downloads other processes have room for: held, like a blob in use. A blob they are
-            # fetching that this sync needs too is fetched once: it is not counted again below.
+            # Downloads other processes (or this one's other threads) have room for: held, like a
+            # blob in use. One they fetch that this sync needs too is fetched once: not counted twice.
             others = {sha: size for sha, size in leases.reserved(self.root).items() if sha not in present}
             candidates += [Candidate(sha, size, time.time(), held=True) for sha, size in others.items()]
             needed = sum(size for sha, size in incoming.items() if sha not in others)

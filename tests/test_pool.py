@@ -293,6 +293,82 @@ print(json.dumps({"same": outputs == [expected] * 30, "errors": errors,
 """
 
 
+_STREAM_SCRIPTS = {
+    # A stream made in one thread and read in another, while the first keeps calling.
+    "handed-over": """
+made = {}
+def make():
+    made["s"] = h("Hello", stream=True, max_tokens=24, temperature=0)
+t = threading.Thread(target=make); t.start(); t.join()
+reader_text = []
+reader = threading.Thread(target=lambda: reader_text.extend(c["choices"][0]["text"] for c in made["s"]))
+reader.start()
+calls = [h("Hi", max_tokens=6, temperature=0)["choices"][0]["text"] for _ in range(5)]
+reader.join()
+result = {"stream": "".join(reader_text) == expected_stream, "calls": calls == [expected_call] * 5}
+""",
+    # The thread reading a stream made elsewhere calls the handle inside its loop.
+    "reader-calls-inside": """
+s = h("Hello", stream=True, max_tokens=24, temperature=0)
+seen = []
+def read():
+    for c in s:
+        seen.append(len(h.tokenize(b"x")) > 0 and bool(h.metadata is not None))
+t = threading.Thread(target=read); t.start(); t.join(60)
+result = {"finished": not t.is_alive(), "all": all(seen) and len(seen) > 1}
+""",
+    # A half-read stream collected by the garbage collector in the middle of another model's load.
+    "collected-during-a-load": """
+pool.configure(keep_alive=0)
+s = h("Hello", stream=True, max_tokens=24)
+next(s)
+class Cycle: pass
+c = Cycle(); c.me, c.s = c, s
+del c, s
+gc.set_threshold(1)
+other = pool.acquire(paths["b"], "sha-b", "b", n_ctx=256)
+result = {"other": bool(other("Hi", max_tokens=2)["choices"])}
+gc.set_threshold(700)
+""",
+    # A stream nobody finishes: another thread waits, says why after a while, and goes on once it is closed.
+    "abandoned": """
+import modelfix.handle
+modelfix.handle.Turns._PATIENCE = 0.3
+s = h("Hello", stream=True, max_tokens=24)
+next(s)
+out = []
+t = threading.Thread(target=lambda: out.append(h("Hi", max_tokens=2)["choices"][0]["text"]))
+t.start(); t.join(1.0)
+waited = t.is_alive()
+s.close(); t.join(60)
+result = {"waited": waited, "then": len(out) == 1}
+""",
+}
+
+_STREAM_PRELUDE = """
+import gc, json, logging, sys, threading
+from modelfix.pool import Pool
+logging.basicConfig(level=logging.WARNING)
+paths = json.loads(sys.argv[1])
+pool = Pool(memory_budget="inf", keep_alive=-1)
+h = pool.acquire(paths["a"], "sha-a", "a", n_ctx=256)
+expected_stream = "".join(c["choices"][0]["text"] for c in h("Hello", stream=True, max_tokens=24, temperature=0))
+expected_call = h("Hi", max_tokens=6, temperature=0)["choices"][0]["text"]
+"""
+
+
+@pytest.mark.parametrize("scenario", list(_STREAM_SCRIPTS))
+def test_streams_and_threads_neither_crash_nor_hang(models, scenario):
+    script = _STREAM_PRELUDE + _STREAM_SCRIPTS[scenario] + "\nprint(json.dumps(result))\n"
+    paths = json.dumps({k: str(v) for k, v in models.items()})
+    out = subprocess.run([sys.executable, "-c", script, paths], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(result.values()), result
+    if scenario == "abandoned":
+        assert "waiting for model 'a'" in out.stderr and "exhausted or closed" in out.stderr
+
+
 def test_threads_sharing_a_handle_take_turns_and_loads_keep_the_process_output(models, tmp_path):
     # In a subprocess: without turns llama.cpp aborts the whole process, and overlapping silenced
     # loads used to leave its stdout and stderr pointing at /dev/null for good.

@@ -195,6 +195,29 @@ def test_handle_state_is_reset_whatever_the_order(suite: pytest.Pytester, monkey
     assert merged(forward)["one"] == merged(forward)["three"]
 
 
+def test_a_stream_a_test_left_half_read_does_not_hang_the_next_test(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import threading
+
+        KEPT = []
+
+        def test_reads_half_a_stream_in_a_thread(llama):
+            def read():
+                stream = llama("Hello", stream=True, max_tokens=32)
+                next(stream)
+                KEPT.append(stream)  # never finished, never closed
+            worker = threading.Thread(target=read)
+            worker.start()
+            worker.join()
+
+        def test_next(llama):
+            assert llama("Hi", max_tokens=2, temperature=0)["choices"]
+        """
+    )
+    run(suite, "-p", "timeout", "--timeout", "60").assert_outcomes(passed=2)
+
+
 def test_offline_missing_model_fails_with_one_clear_message(suite: pytest.Pytester, hub) -> None:
     suite.makepyfile(
         """

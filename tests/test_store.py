@@ -371,3 +371,32 @@ def test_a_full_disk_asks_for_room_and_a_read_only_one_for_another_folder(tmp_pa
     assert message.startswith(f"chat: model.gguf: cannot write {partial}")
     assert os.strerror(code) in message and fix in message and "MODELFIX_CACHE_DIR" in message
 
+
+
+def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(lock, hub, monkeypatch):
+    import threading
+
+    from modelfix.testing.hub import Fault
+
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")  # a (with mmproj and preset) fits; b beside it does not
+    store, a_file = _store(), modelfix.Lockfile.load(lock).entry("a").files[0]
+    hub.inject(REPO, a_file.path, Fault.stall(2.0, after_bytes=100_000))
+    errors: list[BaseException] = []
+
+    def sync(name: str) -> None:
+        try:
+            modelfix.sync([name], lock)
+        except modelfix.CacheError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=sync, args=("a",))
+    first.start()
+    deadline = time.monotonic() + 60
+    while not store.partial_path(a_file.sha256).exists():
+        assert time.monotonic() < deadline, "a's download never started"
+        time.sleep(0.05)
+    sync("b")
+    first.join()
+
+    assert [str(e) for e in errors if "not enough room under the cache cap" in str(e)] != []
+    assert store.usage().blob_bytes <= 600_000
