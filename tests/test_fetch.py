@@ -119,10 +119,11 @@ def test_a_slow_stream_of_a_large_file_is_split_into_parallel_ranges(hub, tiny_f
 
 def test_files_already_streaming_side_by_side_are_not_split_further(hub, tiny_files, tmp_path):
     # Two slow files and two connections: each stream is one of them, nothing is spare to split with.
-    policy = dataclasses.replace(SPLITTING, connections=2)
+    # split_after leaves both threads ample time to open their streams before a split is weighed.
+    policy = dataclasses.replace(SPLITTING, connections=2, split_after=1.0)
     names = ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]
     for name in names:
-        hub.inject(REPO, name, Fault.stall(1.0, after_bytes=20_000))
+        hub.inject(REPO, name, Fault.stall(2.5, after_bytes=20_000))
     results: dict[str, object] = {}
 
     def fetch(name: str) -> None:
