@@ -350,7 +350,8 @@ def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settin
             if settings.remote:
                 sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
             sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
-        adopt = adoption_candidates(pin.sha256, repo=getattr(source, "repo", None), filename=pin.path)
+        adopt = adoption_candidates(pin.sha256, repo=getattr(source, "repo", None), filename=pin.path,
+                                    revision=entry.revision)
         try:
             _obtain(store, pin, label, job, sources, adopt, cancel, policy)
         except SourceMissing as exc:
@@ -442,7 +443,7 @@ def _adoptable(entry: Entry, pin: FilePin, lockfile: Lockfile) -> bool:
         repo = getattr(source_for(entry.source, lockfile.path), "repo", None)
     except ModelfixError:
         repo = None
-    return bool(adoption_candidates(pin.sha256, repo=repo, filename=pin.path))
+    return bool(adoption_candidates(pin.sha256, repo=repo, filename=pin.path, revision=entry.revision))
 
 
 def _offline_message(items: Iterable[tuple[str, FilePin]], lockfile: Lockfile, store: Store) -> str:

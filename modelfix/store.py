@@ -229,6 +229,9 @@ class Store:
         only ever replace files, never write into them).
         """
         try:
+            # A snapshot entry is a relative symlink to the other cache's blob; Linux's link()
+            # would link the symlink itself, which points nowhere from here.
+            candidate = candidate.resolve(strict=True)
             if candidate.stat().st_size != size:
                 return False
         except OSError:

@@ -30,12 +30,15 @@ if TYPE_CHECKING:
 __all__ = ["adoption_candidates", "remote_url", "push"]
 
 
-def adoption_candidates(sha: str, *, repo: str | None = None, filename: str | None = None) -> list[Path]:
+def adoption_candidates(sha: str, *, repo: str | None = None, filename: str | None = None,
+                        revision: str | None = None) -> list[Path]:
     """Files in huggingface_hub's and llama.cpp's caches that may hold blob ``sha``.
 
-    huggingface_hub keeps LFS files as ``models--ORG--REPO/blobs/<sha256>``;
-    llama.cpp names its downloads ``ORG_REPO_FILE`` (and newer builds use the
-    Hub's layout too). Candidates are only guesses: the store verifies them.
+    huggingface_hub keeps LFS files as ``models--ORG--REPO/blobs/<sha256>``,
+    but small plain git files (``preset.ini``) under their git sha1, so those
+    are found through ``snapshots/<revision>/<filename>``; llama.cpp names its
+    downloads ``ORG_REPO_FILE`` (and newer builds use the Hub's layout too).
+    Candidates are only guesses: the store verifies them.
     """
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     roots = [Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))]
@@ -51,6 +54,8 @@ def adoption_candidates(sha: str, *, repo: str | None = None, filename: str | No
             continue
         if repo:
             found.append(root / f"models--{repo.replace('/', '--')}" / "blobs" / sha)
+            if revision and filename:
+                found.append(root / f"models--{repo.replace('/', '--')}" / "snapshots" / revision / filename)
         else:
             found.extend(root.glob(f"models--*/blobs/{sha}"))
     if repo and filename:

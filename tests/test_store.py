@@ -153,6 +153,23 @@ def test_a_blob_already_in_the_huggingface_cache_is_adopted_not_downloaded(lock,
     assert _sha(modelfix.path("a", lock)) == entry.files[0].sha256
 
 
+def test_a_real_huggingface_hub_download_is_adopted_offline_plain_git_files_too(lock, hub, tmp_path, monkeypatch):
+    from huggingface_hub import hf_hub_download
+
+    entry = modelfix.Lockfile.load(lock).entry("a")
+    cache = tmp_path / "hf" / "hub"
+    for pin in entry.files:  # the model and mmproj are LFS blobs; preset.ini is a plain git file
+        hf_hub_download(REPO, pin.path, revision=entry.revision, cache_dir=cache, endpoint=hub.endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("MODELFIX_OFFLINE", "1")
+    hub.clear_log()
+
+    sources = _sources(lambda: modelfix.files("a", lock))
+
+    assert hub.requests == []
+    assert sources == {pin.path: "adopted" for pin in entry.files}
+
+
 def test_a_llama_cpp_download_is_adopted_and_a_wrong_candidate_is_not(lock, hub, tiny_files, tmp_path, monkeypatch):
     llama = tmp_path / "llama-cache"
     llama.mkdir()
