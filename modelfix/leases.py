@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["held", "take", "unreserve", "live", "reserved"]
+__all__ = ["held", "take", "unreserve", "live", "live_with_sizes"]
 
 
 class _Registry:
@@ -114,10 +114,10 @@ def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
     return set(leased), processes
 
 
-def reserved(root: Path) -> dict[str, int]:
-    """Bytes live processes (this one too: another thread's sync) reserved for blobs they are downloading."""
-    leased, _ = _scan(root, own=True)
-    return {sha: size for sha, size in leased.items() if size}
+def live_with_sizes(root: Path) -> dict[str, int | None]:
+    """Every blob live processes (this one too) lease, with the bytes reserved for it while it
+    is still being downloaded (None or 0: nothing reserved). One pass over the lease files."""
+    return _scan(root, own=True)[0]
 
 
 def _scan(root: Path, own: bool) -> tuple[dict[str, int | None], int]:

@@ -43,7 +43,13 @@ from .estimate import Estimate, estimate, memory_capacity
 from .events import Event, events
 from .eviction import Candidate, NoRoom, format_size, plan
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
-from .settings import LoadSettings, PoolSettings, ResolvedSettings, resolve_pool_settings, resolve_settings
+from .settings import (
+    LoadSettings,
+    PoolSettings,
+    ResolvedSettings,
+    resolve_pool_settings,
+    resolve_settings,
+)
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -222,16 +228,8 @@ class Pool:
     ) -> Iterator[llama_cpp.Llama]:
         """``with pool.use("chat") as llm:`` the real ``Llama``, never evicted inside the block."""
         handle = target if type(target) is PooledLlama else self.load(target, lock, **settings)
-        slot = slot_of(handle)
-        slot.turns.take()  # before the pool's lock: waiting for another thread's call must not block the pool
-        try:
-            llm = self._enter(slot)
-            try:
-                yield llm
-            finally:
-                self._release(slot, used=True)
-        finally:
-            slot.turns.give_back()
+        with self._lease(slot_of(handle), used=True) as llm:
+            yield llm
 
     def preload(self, names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,
                 **settings: Any) -> list[PooledLlama]:
@@ -303,14 +301,15 @@ class Pool:
     # --- leases and loading --------------------------------------------------------
 
     @contextmanager
-    def _lease(self, slot: _Slot) -> Iterator[llama_cpp.Llama]:
-        slot.turns.take()
+    def _lease(self, slot: _Slot, *, used: bool = False) -> Iterator[llama_cpp.Llama]:
+        """The real Llama of ``slot``, with its turn, for a block (``used``: it runs a generation)."""
+        slot.turns.take()  # before the pool's lock: waiting for another thread's call must not block the pool
         try:
             llm = self._enter(slot)
             try:
                 yield llm
             finally:
-                self._release(slot, used=False)
+                self._release(slot, used=used)
         finally:
             slot.turns.give_back()
 

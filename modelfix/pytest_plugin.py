@@ -136,10 +136,10 @@ class PluginOptions:
             raise pytest.UsageError(f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}") from None
         budget, _ = get("memory_budget")
         if budget is not None:
-            from .settings import _budget
+            from .settings import parse_memory_budget
 
             try:
-                _budget(budget)
+                parse_memory_budget(budget)
             except ValueError as exc:
                 raise pytest.UsageError(f"--modelfix-memory-budget / modelfix_memory_budget: {exc}") from None
         return cls(

@@ -48,6 +48,7 @@ __all__ = [
     "resolve_settings",
     "resolve_pool_settings",
     "parse_duration",
+    "parse_memory_budget",
 ]
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
@@ -352,7 +353,8 @@ _POOL_ENV = MappingProxyType(
 )
 
 
-def _budget(value: Any) -> float | None:
+def parse_memory_budget(value: Any) -> float | None:
+    """Bytes for a memory budget (``8GB``, ``2GiB``, a number), ``None`` for ``auto``; ``inf`` allowed."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
     try:
@@ -380,7 +382,7 @@ def _strategy(value: Any) -> str:
 
 
 _POOL_CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
-    {"strategy": _strategy, "memory_budget": _budget, "keep_alive": parse_duration, "max_count": _max_count}
+    {"strategy": _strategy, "memory_budget": parse_memory_budget, "keep_alive": parse_duration, "max_count": _max_count}
 )
 
 

@@ -265,7 +265,11 @@ class HubSource:
 
     def _hash_plain(self, path: str, commit: str) -> tuple[str, int]:
         """sha256 of a non-LFS file, streamed: usually a few bytes, but never held whole."""
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import (
+            build_hf_headers,
+            get_session,
+            hf_raise_for_status,
+        )
 
         url = self.locate(FilePin(path, 0, "0" * 64), commit).url
         headers = build_hf_headers(token=hub_token() or False)
@@ -289,24 +293,13 @@ class HubSource:
         huggingface_hub does not retry its API calls (``model_info``, the tree listing), so a
         busy Hub or a flaky proxy would otherwise fail a whole ``modelfix lock``.
         """
-        from .fetch import FetchPolicy
-
-        policy, failures = FetchPolicy.from_env(), 0
-        while True:
-            try:
-                return self._once(fn, revision)
-            except _Retry as exc:
-                failures += 1
-                if failures >= policy.attempts:
-                    raise NetworkError(
-                        f"{self.repo}: {exc} (gave up after {failures} attempts). Check the network and "
-                        f"{hub_endpoint()}, then run the command again; MODELFIX_RETRIES sets the attempts."
-                    ) from None
-                time.sleep(policy.delay(failures, exc.retry_after))
+        return _with_retries(lambda: self._once(fn, revision), f"{self.repo}: ", hub_endpoint())
 
     def _once(self, fn, revision: str):
         """Run a Hub call once, turning the client's errors into ours (no tokens, with a fix)."""
         from huggingface_hub import errors as hf
+
+        from .transports import Transient, parse_retry_after
 
         try:
             return fn()
@@ -336,7 +329,7 @@ class HubSource:
             if status == 403:
                 answer += "; check that your Hub token's account may read this repository"
             if status == 429 or status >= 500:
-                raise _Retry(answer, _retry_after(exc.response)) from None
+                raise Transient(answer, parse_retry_after(exc.response.headers.get("retry-after"))) from None
             raise NetworkError(f"{self.repo}: {answer}") from None
         except hf.OfflineModeIsEnabled:
             raise OfflineError(
@@ -344,26 +337,35 @@ class HubSource:
                 "so the Hub cannot be asked. Unset HF_HUB_OFFLINE to pin this model."
             ) from None
         except (OSError, ConnectionError) as exc:
-            raise _Retry(f"cannot reach {hub_endpoint()}: {redact(str(exc))}") from None
+            raise Transient(f"cannot reach {hub_endpoint()}: {redact(str(exc))}") from None
         except Exception as exc:  # httpx2 transport errors have no common stdlib base
             if type(exc).__module__.startswith(("httpx", "httpcore")):
-                raise _Retry(f"cannot reach {hub_endpoint()}: {type(exc).__name__}: {redact(str(exc))}") from None
+                raise Transient(f"cannot reach {hub_endpoint()}: {type(exc).__name__}: {redact(str(exc))}") from None
             raise
 
 
-class _Retry(Exception):
-    """A Hub call failed in a way another try may fix."""
+def _with_retries(attempt: Callable[[], Any], failure: str, where: str) -> Any:
+    """``attempt()`` again, with the fetch policy's backoff, while it raises ``Transient``.
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+    Then a NetworkError: ``failure`` (what failed, e.g. ``"org/repo: "``) and the last fault,
+    the number of attempts, and ``where`` to look. Downloads retry in :mod:`modelfix.fetch`,
+    which also counts progress; resolving a source reads nothing worth resuming.
+    """
+    from .fetch import FetchPolicy
+    from .transports import Transient
 
-
-def _retry_after(response: Any) -> float | None:
-    try:
-        return float(response.headers["Retry-After"])
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return None
+    policy, failures = FetchPolicy.from_env(), 0
+    while True:
+        try:
+            return attempt()
+        except Transient as exc:
+            failures += 1
+            if failures >= policy.attempts:
+                raise NetworkError(
+                    f"{failure}{redact(str(exc))} (gave up after {failures} attempts). Check the network and "
+                    f"{where}, then run the command again; MODELFIX_RETRIES sets the attempts."
+                ) from None
+            time.sleep(policy.delay(failures, exc.retry_after))
 
 
 # --- fsspec URLs and local paths -------------------------------------------
@@ -426,28 +428,16 @@ class FsspecSource:
         return FilePin(path=posixpath.basename(where), size=size, sha256=sha)
 
     def _retrying(self, url: str, read: Callable[[Any], Any]) -> Any:
-        """``read(transport)`` on ``url``, retrying what a retry can fix (5xx, 429, refused, reset) with backoff.
+        """``read(transport)`` on ``url``, retrying what a retry can fix (5xx, 429, refused, reset).
 
         A missing file is an answer, not a fault: ``read`` says so itself. Only
         a server that keeps failing (or cannot be reached) ends in a NetworkError.
         """
         from .fetch import FetchPolicy
-        from .transports import Transient, transport_for
+        from .transports import transport_for
 
-        policy, failures = FetchPolicy.from_env(), 0
-        transport = transport_for(Location(url), policy)
-        while True:
-            try:
-                return read(transport)
-            except Transient as exc:
-                failures += 1
-                if failures >= policy.attempts:
-                    raise NetworkError(
-                        f"source {self.text!r}: cannot read {url}: {redact(str(exc))} (gave up after {failures} "
-                        "attempts). Check the network and the server, then run the command again; "
-                        "MODELFIX_RETRIES sets the attempts."
-                    ) from None
-                time.sleep(policy.delay(failures, exc.retry_after))
+        transport = transport_for(Location(url), FetchPolicy.from_env())
+        return _with_retries(lambda: read(transport), f"source {self.text!r}: cannot read {url}: ", "the server")
 
 
 def _local_path(url: str) -> str | None:

@@ -428,7 +428,8 @@ class Store:
         """
         keep = set(keep)
         with self._store_lock(shared=False):
-            leased, _ = leases.live(self.root)
+            sizes = leases.live_with_sizes(self.root)
+            leased = set(sizes)
             last_used: dict[str, float] = {}
             for view in self._views():
                 used = view.last_used() or 0.0
@@ -441,7 +442,7 @@ class Store:
             present = {str(c.key) for c in candidates}
             # Downloads other processes (or this one's other threads) have room for: held, like a
             # blob in use. One they fetch that this sync needs too is fetched once: not counted twice.
-            others = {sha: size for sha, size in leases.reserved(self.root).items() if sha not in present}
+            others = {sha: size for sha, size in sizes.items() if size and sha not in present}
             candidates += [Candidate(sha, size, time.time(), held=True) for sha, size in others.items()]
             needed = sum(size for sha, size in incoming.items() if sha not in others)
             try:

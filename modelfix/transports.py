@@ -41,6 +41,7 @@ __all__ = [
     "Transport",
     "Timeouts",
     "Transient",
+    "parse_retry_after",
     "SourceMissing",
     "HttpTransport",
     "FsspecTransport",
@@ -109,7 +110,8 @@ def _short(got: int, wanted: int, failure: str | None = None) -> Transient:
     return Transient(f"{failure or 'truncated body'}: got {got} of {wanted} bytes")
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: a number, or an HTTP date."""
     if not value:
         return None
     try:
@@ -190,7 +192,7 @@ class HttpTransport:
                 "with `hf auth login` or set HF_TOKEN to a token with read access."
             )
         if status in (408, 425, 429) or status >= 500:
-            raise Transient(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
+            raise Transient(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
         if status == 416:
             raise IntegrityError(f"{self.url}: the file at the origin is shorter than pinned (HTTP 416)")
         raise NetworkError(f"{self.url}: unexpected HTTP {status}")
