@@ -330,7 +330,8 @@ def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(lockfi
     from modelfix_jupyter.run import main
 
     monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
-    cells = ["%load_ext modelfix\nprint('before the failure')", "%load_model nosuch", "print('never')"]
+    cells = ["%load_ext modelfix\nprint('before the failure')", "llm = %load_model tiny", "%load_model nosuch",
+             "print('never')"]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nbformat.write(notebook, tmp_path / "broken.ipynb")
 
@@ -339,6 +340,7 @@ def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(lockfi
     printed, stderr = capfd.readouterr()
     assert code == 1
     assert "print('before the failure')\nbefore the failure\n" in printed and "never" not in printed
-    assert "broken.ipynb: code cell 2 of 3 failed: LockError: no model named 'nosuch'" in stderr
+    assert "broken.ipynb: code cell 3 of 4 failed: LockError: no model named 'nosuch'" in stderr
+    assert "llama.cpp  loaded in" in printed  # the progress widget's final state, kept despite the failure
     saved = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    assert [o.output_type for o in saved.cells[1].outputs] == ["error"]
+    assert [o.output_type for o in saved.cells[2].outputs] == ["error"]

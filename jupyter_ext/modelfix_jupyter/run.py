@@ -76,6 +76,7 @@ def _execute(
             client.execute()
         except CellExecutionError as exc:
             error = exc
+            client.set_widgets_metadata()  # nbclient stores widget state only after a clean run
     if output is not None:
         nbformat.write(nb, os.fspath(output))
     return nb, error
