@@ -33,10 +33,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "ROOT", "WORK", "GIB", "PYTHON",
-    "random_file", "big_file", "split_files", "scratch",
-    "Hub", "clean_env", "point_at", "add_model",
-    "Summary", "measure", "Child", "run_child", "machine", "load", "table", "ratio",
+    "ROOT",
+    "WORK",
+    "GIB",
+    "PYTHON",
+    "random_file",
+    "big_file",
+    "split_files",
+    "scratch",
+    "Hub",
+    "clean_env",
+    "point_at",
+    "add_model",
+    "Summary",
+    "measure",
+    "Child",
+    "run_child",
+    "machine",
+    "load",
+    "table",
+    "ratio",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +99,9 @@ def split_files() -> list[Path]:
     mib = _mib("BENCH_SPLIT_MIB")
     part = mib * 2**20 // SPLIT_PARTS
     folder = WORK / "files" / f"split-{mib}MiB"
-    return [random_file(folder / f"big-Q4_K_M-{i:05d}-of-{SPLIT_PARTS:05d}.gguf", part)
-            for i in range(1, SPLIT_PARTS + 1)]
+    return [
+        random_file(folder / f"big-Q4_K_M-{i:05d}-of-{SPLIT_PARTS:05d}.gguf", part) for i in range(1, SPLIT_PARTS + 1)
+    ]
 
 
 @contextlib.contextmanager
@@ -115,8 +132,9 @@ class Hub:
             argv += ["--repo", f"{repo}={folder}"]
         # Its stderr goes nowhere: http.server prints a traceback for every client that
         # resets a keep-alive connection, which is how the clients being measured exit.
-        self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                         env=clean_env())
+        self._process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env()
+        )
         line = self._process.stdout.readline().strip()  # after it hashed every file it serves
         if not line.startswith("HF_ENDPOINT="):
             self.__exit__()
@@ -145,8 +163,11 @@ class Hub:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without settings that would steer a run (tokens, caches, offline)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODELFIX_", "HF_", "HUGGING_FACE_", "LLAMA_", "PYTEST_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MODELFIX_", "HF_", "HUGGING_FACE_", "LLAMA_", "PYTEST_"))
+    }
     env.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1")
     env.update(extra)
     return env
@@ -173,8 +194,9 @@ def point_at(hub: Hub, home: Path) -> None:
 def add_model(lock: Path, name: str, source: str) -> None:
     """``modelfix --lock LOCK add NAME SOURCE`` in a subprocess with this process's environment."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([PYTHON, "-m", "modelfix", "--lock", str(lock), "add", name, source],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [PYTHON, "-m", "modelfix", "--lock", str(lock), "add", name, source], capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"modelfix add {name} {source} failed:\n{result.stderr}")
 
@@ -252,8 +274,10 @@ def machine() -> str:
     from importlib.metadata import version
 
     versions = ", ".join(f"{p} {version(p)}" for p in ("huggingface_hub", "llama_cpp_python", "xxhash"))
-    return (f"{os.cpu_count()} cores ({cpu}), {ram:.0f} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, {versions}; {load()}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {ram:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, {versions}; {load()}"
+    )
 
 
 def load() -> str:

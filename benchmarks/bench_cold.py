@@ -23,8 +23,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (PYTHON, Child, Hub, Summary, add_model, big_file, clean_env, load, machine, point_at, ratio,
-                     run_child, scratch, split_files, table)
+from _common import (
+    PYTHON,
+    Child,
+    Hub,
+    Summary,
+    add_model,
+    big_file,
+    clean_env,
+    load,
+    machine,
+    point_at,
+    ratio,
+    run_child,
+    scratch,
+    split_files,
+    table,
+)
 
 # Each child imports what its side needs, then times the fetch alone and prints {"seconds": ...}.
 MODELFIX = """
@@ -74,8 +89,12 @@ class Run:
 def fetch_once(hub: Hub, code: str, size: int) -> Run:
     """One cold fetch in a fresh process with fresh, empty caches."""
     with scratch("cold-run-") as caches:
-        env = clean_env(HF_ENDPOINT=hub.endpoint, HF_HOME=str(caches / "hf"),
-                        LLAMA_CACHE=str(caches / "llama.cpp"), MODELFIX_CACHE_DIR=str(caches / "modelfix"))
+        env = clean_env(
+            HF_ENDPOINT=hub.endpoint,
+            HF_HOME=str(caches / "hf"),
+            LLAMA_CACHE=str(caches / "llama.cpp"),
+            MODELFIX_CACHE_DIR=str(caches / "modelfix"),
+        )
         hub.clear()
         hub_cpu = hub.cpu_seconds()
         child = run_child([PYTHON, "-c", code], env)
@@ -91,7 +110,7 @@ def alternate(hub: Hub, name: str, size: int, sides: dict[str, str], rounds: int
     """``rounds`` runs of each side, alternating which goes first."""
     runs: dict[str, list[Run]] = {side: [] for side in sides}
     for round_ in range(rounds):
-        for side in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
+        for side in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
             runs[side].append(fetch_once(hub, sides[side], size))
             print(f"  {name} round {round_ + 1}: {side} {runs[side][-1].child.output['seconds']:.2f} s", flush=True)
     return runs
@@ -121,25 +140,50 @@ def main() -> None:
         for name, (_, size) in cases.items():
             rev = pins.entry(name).revision
             anchor, anchor_code = ("hf_hub_download", HF_FILE) if name == "big" else ("snapshot_download", HF_SNAPSHOT)
-            sides = {"modelfix sync": MODELFIX.format(lock=str(lock), name=name),
-                     anchor: anchor_code.format(repo=f"bench/{name}", file=big.name, rev=rev)}
+            sides = {
+                "modelfix sync": MODELFIX.format(lock=str(lock), name=name),
+                anchor: anchor_code.format(repo=f"bench/{name}", file=big.name, rev=rev),
+            }
             runs = alternate(hub, name, size, sides, args.rounds)
             fetch = {side: Summary.of([r.child.output["seconds"] for r in done]) for side, done in runs.items()}
             label = f"{name} ({size / 2**20:.0f} MiB{', 4 parts' if name == 'split' else ''})"
             for side, t in fetch.items():
-                rows.append((
-                    label, side, f"{t.median:.2f} s ({t.low:.2f}–{t.high:.2f})", f"{size / t.median / 1e9:.2f} GB/s",
-                    *(f"{median(runs[side], value):.2f} s"
-                      for value in (lambda r: r.child.cpu, lambda r: r.hub_cpu, lambda r: r.child.wall)),
-                    runs[side][-1].requests, ratio(fetch[anchor].median, t.median),
-                    "yes" if side == "modelfix sync" else "no",
-                ))
+                rows.append(
+                    (
+                        label,
+                        side,
+                        f"{t.median:.2f} s ({t.low:.2f}–{t.high:.2f})",
+                        f"{size / t.median / 1e9:.2f} GB/s",
+                        *(
+                            f"{median(runs[side], value):.2f} s"
+                            for value in (lambda r: r.child.cpu, lambda r: r.hub_cpu, lambda r: r.child.wall)
+                        ),
+                        runs[side][-1].requests,
+                        ratio(fetch[anchor].median, t.median),
+                        "yes" if side == "modelfix sync" else "no",
+                    )
+                )
             speed = fetch[anchor].median / fetch["modelfix sync"].median
-            verdicts.append(f"target: >= 1.0x {anchor} throughput on {label} -> {speed:.2f}x "
-                            f"({'met' if speed >= 1.0 else 'MISSED'})")
+            verdicts.append(
+                f"target: >= 1.0x {anchor} throughput on {label} -> {speed:.2f}x "
+                f"({'met' if speed >= 1.0 else 'MISSED'})"
+            )
     print(f"\ncold fetch, median of {args.rounds} runs per side (alternating), fresh caches each run")
-    table(("case", "side", "fetch time (range)", "throughput", "client CPU", "hub CPU", "process wall",
-           "HTTP requests", "throughput / anchor", "checks sha256"), rows)
+    table(
+        (
+            "case",
+            "side",
+            "fetch time (range)",
+            "throughput",
+            "client CPU",
+            "hub CPU",
+            "process wall",
+            "HTTP requests",
+            "throughput / anchor",
+            "checks sha256",
+        ),
+        rows,
+    )
     print("\n".join(verdicts))
     print(load())
 

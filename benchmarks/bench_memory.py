@@ -19,8 +19,20 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (PYTHON, Hub, Summary, add_model, big_file, clean_env, load, machine, point_at, run_child, scratch,
-                     table)
+from _common import (
+    PYTHON,
+    Hub,
+    Summary,
+    add_model,
+    big_file,
+    clean_env,
+    load,
+    machine,
+    point_at,
+    run_child,
+    scratch,
+    table,
+)
 
 TARGET = 64 * 10**6  # bytes above the baseline
 
@@ -50,8 +62,10 @@ def ways(lock: Path, big_name: str) -> list[Way]:
 
     def hf(name: str, filename: str) -> str:
         rev = pins.entry(name).revision
-        return (f"from huggingface_hub import hf_hub_download\n"
-                f"hf_hub_download('bench/{name}', {filename!r}, revision={rev!r})")
+        return (
+            f"from huggingface_hub import hf_hub_download\n"
+            f"hf_hub_download('bench/{name}', {filename!r}, revision={rev!r})"
+        )
 
     def cli(name: str) -> str:  # what `python -m modelfix --lock LOCK sync NAME` runs
         return f"import sys\nfrom modelfix.cli import main\nsys.exit(main(['--lock', {str(lock)!r}, 'sync', {name!r}]))"
@@ -98,16 +112,26 @@ def main() -> None:
         def above(other: str | None) -> str:
             return f"{(t.median - peak[other].median) / 1e6:+.1f} MB" if other else ""
 
-        rows.append((way.label, f"{t.median / 1e6:.1f} MB ({t.low / 1e6:.1f}–{t.high / 1e6:.1f})",
-                     above(way.baseline), above(way.small)))
+        rows.append(
+            (
+                way.label,
+                f"{t.median / 1e6:.1f} MB ({t.low / 1e6:.1f}–{t.high / 1e6:.1f})",
+                above(way.baseline),
+                above(way.small),
+            )
+        )
     print(f"\npeak RSS fetching a {big.stat().st_size / 2**30:.0f} GiB file, median of {args.rounds} runs")
-    table(("process", "peak RSS (range)", "above `import` of its library", "above the same call on the 0.5 MB model"),
-          rows)
+    table(
+        ("process", "peak RSS (range)", "above `import` of its library", "above the same call on the 0.5 MB model"),
+        rows,
+    )
     for way in (w for w in measured if w.target):
         base = peak[way.baseline].median
         above, worst = peak[way.label].median - base, peak[way.label].high - base
-        print(f"target: {way.label} < 64 MB above `{way.baseline}` -> {above / 1e6:.1f} MB, worst run "
-              f"{worst / 1e6:.1f} MB ({'met' if worst < TARGET else 'MISSED'})")
+        print(
+            f"target: {way.label} < 64 MB above `{way.baseline}` -> {above / 1e6:.1f} MB, worst run "
+            f"{worst / 1e6:.1f} MB ({'met' if worst < TARGET else 'MISSED'})"
+        )
     print(load())
 
 
@@ -117,8 +141,12 @@ def measure_peaks(hub: Hub, measured: list[Way], rounds: int) -> dict[str, list[
     for _ in range(rounds):
         for way in measured:
             with scratch("memory-run-") as caches:
-                env = clean_env(HF_ENDPOINT=hub.endpoint, HF_HOME=str(caches / "hf"),
-                                LLAMA_CACHE=str(caches / "llama.cpp"), MODELFIX_CACHE_DIR=str(caches / "modelfix"))
+                env = clean_env(
+                    HF_ENDPOINT=hub.endpoint,
+                    HF_HOME=str(caches / "hf"),
+                    LLAMA_CACHE=str(caches / "llama.cpp"),
+                    MODELFIX_CACHE_DIR=str(caches / "modelfix"),
+                )
                 peaks[way.label].append(run_child([PYTHON, "-c", REPORT_PEAK + way.code], env).output["peak_rss"])
             if way.small:
                 print(f"  {way.label}: peak {peaks[way.label][-1] / 1e6:.1f} MB", flush=True)

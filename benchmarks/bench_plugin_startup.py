@@ -25,15 +25,15 @@ from pathlib import Path
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
-MODELFIX_SUITE = '''
+MODELFIX_SUITE = """
 import pytest
 
 @pytest.mark.parametrize("i", range({n}))
 def test_complete(llama, i):
     assert llama("Hello", max_tokens=2, temperature=0)["choices"]
-'''
+"""
 
-ANCHOR_SUITE = '''
+ANCHOR_SUITE = """
 import llama_cpp
 import pytest
 
@@ -46,7 +46,7 @@ def llm():
 @pytest.mark.parametrize("i", range({n}))
 def test_complete(llm, i):
     assert llm("Hello", max_tokens=2, temperature=0)["choices"]
-'''
+"""
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -61,7 +61,9 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 def import_ms() -> float:
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import pytest; import modelfix.pytest_plugin"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
     # Cumulative microseconds of the plugin module itself, pytest already imported.
     line = next(l for l in out.splitlines() if l.rstrip().endswith("| modelfix.pytest_plugin"))
@@ -78,8 +80,10 @@ def startup(runs: int, env: dict[str, str]) -> None:
             without.append(timed([*PYTEST, "-p", "no:modelfix"], folder, env)[0])
     a, b = statistics.median(with_plugin), statistics.median(without)
     imports = statistics.median(import_ms() for _ in range(5))
-    print(f"empty suite, median of {runs}: with plugin {a * 1000:.0f} ms, -p no:modelfix {b * 1000:.0f} ms, "
-          f"cost {max(a - b, 0) * 1000:.0f} ms ({a / b:.3f}x)")
+    print(
+        f"empty suite, median of {runs}: with plugin {a * 1000:.0f} ms, -p no:modelfix {b * 1000:.0f} ms, "
+        f"cost {max(a - b, 0) * 1000:.0f} ms ({a / b:.3f}x)"
+    )
     print(f"import modelfix.pytest_plugin (pytest already imported): {imports:.1f} ms")
 
 
@@ -108,8 +112,10 @@ def session(tests: int, env: dict[str, str]) -> None:
         ours, out = timed([*PYTEST, "-n", "2"], project, env)
         theirs, _ = timed([*PYTEST, "-n", "2", "-p", "no:modelfix"], anchor, env)
     loads = re.search(r"load times: (.*)", out)
-    print(f"{tests} tests, -n 2: modelfix llama fixture {ours:.2f} s, a Llama per test {theirs:.2f} s "
-          f"({theirs / ours:.2f}x faster); {loads.group(0) if loads else 'no load line'}")
+    print(
+        f"{tests} tests, -n 2: modelfix llama fixture {ours:.2f} s, a Llama per test {theirs:.2f} s "
+        f"({theirs / ours:.2f}x faster); {loads.group(0) if loads else 'no load line'}"
+    )
 
 
 def main() -> None:

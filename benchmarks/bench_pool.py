@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import llama_cpp
+
 from modelfix.pool import Pool
 from modelfix.testing.gguf import write_tiny_model
 
@@ -71,8 +72,10 @@ def main() -> None:
             fresh = fresh_load(path, a.repeat, mmap)
             miss = pool_miss(path, a.repeat, mmap)
             hit = pool_hit(path, a.hits, mmap)
-            print(f"{label:>6} {str(mmap):>5} {fresh * 1e3:>11.2f} ms {miss * 1e3:>7.2f} ms "
-                  f"{hit * 1e6:>7.1f} µs {fresh / hit:>9.0f}x")
+            print(
+                f"{label:>6} {str(mmap):>5} {fresh * 1e3:>11.2f} ms {miss * 1e3:>7.2f} ms "
+                f"{hit * 1e6:>7.1f} µs {fresh / hit:>9.0f}x"
+            )
 
 
 if __name__ == "__main__":

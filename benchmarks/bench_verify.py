@@ -37,6 +37,7 @@ def digest_of(path: Path, algorithm: str | Callable[[], object]) -> str:
 def command(argv: list[str]) -> Callable[[], None]:
     def run() -> None:
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
     return run
 
 
@@ -63,6 +64,7 @@ def main() -> None:
             def run() -> None:
                 if problems := modelfix.verify(["big"], lock, full=full):
                     raise SystemExit(f"verify found problems: {problems}")
+
             return run
 
         def sha256() -> None:
@@ -87,14 +89,18 @@ def main() -> None:
 
     speed = {label: size / Summary.of(s).median for label, s in samples.items()}
     hashlib_speed = speed["hashlib.file_digest(f, 'sha256')"]
-    rows = [(label, f"{Summary.of(samples[label]).median * 1e3:.0f} ms", f"{s / 1e9:.2f} GB/s",
-             f"{s / hashlib_speed:.2f}x") for label, s in speed.items()]
+    rows = [
+        (label, f"{Summary.of(samples[label]).median * 1e3:.0f} ms", f"{s / 1e9:.2f} GB/s", f"{s / hashlib_speed:.2f}x")
+        for label, s in speed.items()
+    ]
     print(f"\nhashing a page-cached {size / 2**30:.0f} GiB file, median of {args.rounds} runs")
     table(("way", "time", "throughput", "throughput / hashlib sha256"), rows)
     fast, full = speed["modelfix.verify (xxh3)"], speed["modelfix.verify(full=True) (sha256)"]
     print(f"target: xxh3 >= 5 GB/s -> {fast / 1e9:.2f} GB/s ({'met' if fast >= XXH3_TARGET else 'MISSED'})")
-    print(f"target: --full >= 0.9x hashlib -> {full / hashlib_speed:.2f}x "
-          f"({'met' if full >= FULL_TARGET * hashlib_speed else 'MISSED'})")
+    print(
+        f"target: --full >= 0.9x hashlib -> {full / hashlib_speed:.2f}x "
+        f"({'met' if full >= FULL_TARGET * hashlib_speed else 'MISSED'})"
+    )
     print(load())
 
 

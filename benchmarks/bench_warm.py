@@ -111,6 +111,7 @@ def warm(hub: Hub, lock: Path, args: argparse.Namespace) -> None:
         def fresh_listing() -> None:
             HfFileSystem.clear_instance_cache()
             call()
+
         return fresh_listing
 
     path_label, load_label = "modelfix.path(name)", "Llama(modelfix.path(name))"
@@ -119,10 +120,18 @@ def warm(hub: Hub, lock: Path, args: argparse.Namespace) -> None:
         ("modelfix.path(name, lock)", lambda: modelfix.path(NAME, lock), args.calls, path_label),
         ("hf_hub_download(revision=sha)", lambda: hf_hub_download(REPO, FILE, revision=sha), 50, path_label),
         ("hf_hub_download(revision='main')", lambda: hf_hub_download(REPO, FILE), 10, path_label),
-        ("from_pretrained, load skipped, listing cached", lambda: lookup_only.from_pretrained(REPO, FILE), 3,
-         path_label),
-        ("from_pretrained, load skipped, first in process",
-         first_in_process(lambda: lookup_only.from_pretrained(REPO, FILE)), 3, path_label),
+        (
+            "from_pretrained, load skipped, listing cached",
+            lambda: lookup_only.from_pretrained(REPO, FILE),
+            3,
+            path_label,
+        ),
+        (
+            "from_pretrained, load skipped, first in process",
+            first_in_process(lambda: lookup_only.from_pretrained(REPO, FILE)),
+            3,
+            path_label,
+        ),
         ("from_pretrained, listing cached", from_pretrained, 1, load_label),
         ("from_pretrained, first in process", first_in_process(from_pretrained), 1, load_label),
         (load_label, load_with_modelfix, 1, load_label),
@@ -152,8 +161,15 @@ def warm(hub: Hub, lock: Path, args: argparse.Namespace) -> None:
     for label, _, _, equivalent in ways:
         timing, requests = results[label]
         base = results[equivalent][0].median
-        rows.append((label, f"{timing.median * 1e6:,.1f} µs", f"{timing.low * 1e6:,.1f}–{timing.high * 1e6:,.1f}",
-                     requests, f"{ratio(timing.median, base)} {equivalent}"))
+        rows.append(
+            (
+                label,
+                f"{timing.median * 1e6:,.1f} µs",
+                f"{timing.low * 1e6:,.1f}–{timing.high * 1e6:,.1f}",
+                requests,
+                f"{ratio(timing.median, base)} {equivalent}",
+            )
+        )
     print(f"\nwarm calls, same process (median of {args.runs} samples)")
     table(("way", "median", "range (µs)", "HTTP requests per call", "time / modelfix's way"), rows)
 
@@ -167,8 +183,10 @@ def warm(hub: Hub, lock: Path, args: argparse.Namespace) -> None:
         fresh[label] = (Summary.of(samples).median, len(hub.requests()))
     print(f"\nfirst call in a fresh process, import included (median of {args.fresh} processes)")
     base = fresh["modelfix.path"][0]
-    table(("way", "median", "HTTP requests", "time / modelfix.path"),
-          [(label, f"{s * 1e3:.1f} ms", n, ratio(s, base)) for label, (s, n) in fresh.items()])
+    table(
+        ("way", "median", "HTTP requests", "time / modelfix.path"),
+        [(label, f"{s * 1e3:.1f} ms", n, ratio(s, base)) for label, (s, n) in fresh.items()],
+    )
 
     ours, requests = results[path_label]
     print(f"\ntarget: 0 requests -> {requests} ({'met' if requests == 0 else 'MISSED'})")

@@ -50,13 +50,28 @@ class Browser:
     def __init__(self, chromium: str, profile: Path) -> None:
         to_chrome, self._write = os.pipe()
         self._read, from_chrome = os.pipe()
-        argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                "--remote-debugging-pipe", f"--window-size={WIDTH},{HEIGHT}", "about:blank"]
+        argv = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "about:blank",
+        ]
         # Chromium reads commands on fd 3 and answers on fd 4: the shell puts the pipes there.
         command = f"exec {shlex.join(argv)} 3<&{to_chrome} 4>&{from_chrome}"
-        self.process = subprocess.Popen(["sh", "-c", command], pass_fds=(to_chrome, from_chrome),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            ["sh", "-c", command],
+            pass_fds=(to_chrome, from_chrome),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_chrome)
         os.close(from_chrome)
         self._ids, self._buffer, self.session = 0, b"", None
@@ -95,8 +110,10 @@ class Browser:
     def shoot_cell(self, index: int, path: Path, pad: int = 6) -> None:
         self.js(f"{CELLS}[{index}].node.scrollIntoView({{block: 'center'}})")
         time.sleep(0.8)  # let the scroll settle and widgets lay out
-        r = self.js(f"(() => {{ const r = {CELLS}[{index}].node.getBoundingClientRect();"
-                    " return {x: r.x, y: r.y, w: r.width, h: r.height}; })()")
+        r = self.js(
+            f"(() => {{ const r = {CELLS}[{index}].node.getBoundingClientRect();"
+            " return {x: r.x, y: r.y, w: r.width, h: r.height}; })()"
+        )
         # No padding below: the next cell's border would show there.
         clip = {"x": r["x"] - pad, "y": r["y"] - pad, "width": r["w"] + 2 * pad, "height": r["h"] + pad, "scale": 1}
         shot = self.send("Page.captureScreenshot", format="png", clip=clip)
@@ -112,20 +129,32 @@ def _lab_home(home: Path) -> dict[str, str]:
     """Jupyter folders of its own: a kernelspec for this interpreter, no news pop-up."""
     spec = home / "data" / "kernels" / "modelfix"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (modelfix)", "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (modelfix)",
+                "language": "python",
+            }
+        )
+    )
     settings = home / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     notebook = json.loads((ROOT / "jupyter_ext" / "example.ipynb").read_text())
-    notebook["metadata"]["kernelspec"] = {"name": "modelfix", "display_name": "Python 3 (modelfix)",
-                                          "language": "python"}
+    notebook["metadata"]["kernelspec"] = {
+        "name": "modelfix",
+        "display_name": "Python 3 (modelfix)",
+        "language": "python",
+    }
     (home / "notebooks").mkdir()
     (home / "notebooks" / "example.ipynb").write_text(json.dumps(notebook))
-    return {"JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_CONFIG_DIR": str(home / "config"),
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_PLATFORM_DIRS": "1"}
+    return {
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
 
 
 def take(jupyter_lab: str, chromium: str, out: Path, home: Path) -> None:
@@ -137,32 +166,54 @@ def take(jupyter_lab: str, chromium: str, out: Path, home: Path) -> None:
     with LocalHub() as hub:
         hub.create_repo(DEMO_REPO)
         hub.commit(DEMO_REPO, dict(files), message="tiny demo model")
-        env = {**os.environ, **_lab_home(home), "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_TELEMETRY": "1",
-               "MODELFIX_CACHE_DIR": str(home / "cache"), "MODELFIX_LOCK": str(ROOT / "model-lock.toml")}
+        env = {
+            **os.environ,
+            **_lab_home(home),
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "MODELFIX_CACHE_DIR": str(home / "cache"),
+            "MODELFIX_LOCK": str(ROOT / "model-lock.toml"),
+        }
         env.pop("HF_TOKEN", None)
         with open(home / "lab.log", "w") as log:
             lab = subprocess.Popen(
-                [jupyter_lab, "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={PORT}",
-                 f"--IdentityProvider.token={TOKEN}", "--LabApp.expose_app_in_browser=True",
-                 f"--ServerApp.root_dir={home / 'notebooks'}"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    jupyter_lab,
+                    "--no-browser",
+                    "--allow-root",
+                    "--ip=127.0.0.1",
+                    f"--port={PORT}",
+                    f"--IdentityProvider.token={TOKEN}",
+                    "--LabApp.expose_app_in_browser=True",
+                    f"--ServerApp.root_dir={home / 'notebooks'}",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         browser = None
         try:
             _wait_for_server()
             browser = Browser(chromium, home / "chrome")
             browser.send("Emulation.setFocusEmulationEnabled", enabled=True)
-            browser.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=2,
-                         mobile=False)
+            browser.send(
+                "Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=2, mobile=False
+            )
             browser.send("Page.navigate", url=f"http://127.0.0.1:{PORT}/lab/tree/example.ipynb?token={TOKEN}")
-            browser.wait(f"(() => {{ const nb = window.jupyterapp && {NOTEBOOK};"
-                         " const k = nb && nb.sessionContext.session && nb.sessionContext.session.kernel;"
-                         " return !!(k && k.status === 'idle'); })()")
-            browser.js(f"jupyterapp.shell.activateById({NOTEBOOK}.id); jupyterapp.shell.collapseLeft();"
-                       " jupyterapp.shell.collapseRight()")
+            browser.wait(
+                f"(() => {{ const nb = window.jupyterapp && {NOTEBOOK};"
+                " const k = nb && nb.sessionContext.session && nb.sessionContext.session.kernel;"
+                " return !!(k && k.status === 'idle'); })()"
+            )
+            browser.js(
+                f"jupyterapp.shell.activateById({NOTEBOOK}.id); jupyterapp.shell.collapseLeft();"
+                " jupyterapp.shell.collapseRight()"
+            )
             browser.js("jupyterapp.commands.execute('notebook:run-all-cells'), true")
-            browser.wait(f"{CELLS}.every(c => c.model.type !== 'code' || (c.model.executionCount"
-                         " && !c.node.innerText.includes('[*]')))")
+            browser.wait(
+                f"{CELLS}.every(c => c.model.type !== 'code' || (c.model.executionCount"
+                " && !c.node.innerText.includes('[*]')))"
+            )
             time.sleep(2)  # the last comm messages reach the widgets
             find = "(s => {cells}.findIndex(c => c.model.sharedModel.getSource().startsWith(s)))".format(cells=CELLS)
             browser.shoot_cell(browser.js(f"{find}('llm = %load_model tiny')"), out / "load_model.png")
@@ -188,8 +239,12 @@ def _wait_for_server(timeout: float = 60) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jupyter-lab", required=True, metavar="PATH",
-                        help="the jupyter-lab executable of an environment with jupyterlab and ipywidgets")
+    parser.add_argument(
+        "--jupyter-lab",
+        required=True,
+        metavar="PATH",
+        help="the jupyter-lab executable of an environment with jupyterlab and ipywidgets",
+    )
     parser.add_argument("--chromium", default="chromium", metavar="PATH")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img"), metavar="DIR")
     args = parser.parse_args(argv)

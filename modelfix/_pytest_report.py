@@ -83,9 +83,12 @@ class Counters:
         return self.requested or bool(self.used or self.loads or self.fetched_files)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requested": self.requested, "used": list(self.used),
-                "loads": {k: list(v) for k, v in self.loads.items()},
-                **{key: getattr(self, key) for key in _COUNTS}}
+        return {
+            "requested": self.requested,
+            "used": list(self.used),
+            "loads": {k: list(v) for k, v in self.loads.items()},
+            **{key: getattr(self, key) for key in _COUNTS},
+        }
 
     def merge(self, other: Mapping[str, Any]) -> None:
         with self._lock:
@@ -138,7 +141,9 @@ class Progress:
         key = (event.model, event.file)
         if event.status == "downloading" and key not in self._started:
             self._started.add(key)
-            self._write(f"modelfix: fetching {event.model}: {event.file} ({format_size(event.total)}) from {event.source}")
+            self._write(
+                f"modelfix: fetching {event.model}: {event.file} ({format_size(event.total)}) from {event.source}"
+            )
         elif event.status == "completed":
             self._write(f"modelfix: fetched {event.model}: {event.file} ({format_size(event.total)}), verified")
         elif event.status == "failed":

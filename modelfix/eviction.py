@@ -76,8 +76,22 @@ def plan(
     return victims
 
 
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
-          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int | float, what: str = "size") -> float:
@@ -99,7 +113,7 @@ def _size(text: str | int | float) -> float | None:
     if value in ("INF", "INFINITY", "NONE", "UNLIMITED"):
         return math.inf
     number = value.rstrip("KMGTIB ")
-    unit = value[len(number):].strip()
+    unit = value[len(number) :].strip()
     try:
         return float(number) * _UNITS[unit]
     except (ValueError, KeyError):

@@ -210,7 +210,7 @@ class _Hasher(threading.Thread):
     def _take(self, offset: int, chunk: bytes) -> None:
         end = offset + len(chunk)
         if offset <= self._hashed < end:
-            self._digest.update(memoryview(chunk)[self._hashed - offset:])
+            self._digest.update(memoryview(chunk)[self._hashed - offset :])
             self._hashed = end
         elif offset > self._hashed:
             i = self._index(offset)
@@ -236,8 +236,16 @@ class _Hasher(threading.Thread):
 
 
 class _Download:
-    def __init__(self, transport: Transport, partial: Path, size: int, job: Job,
-                 cancel: threading.Event, policy: FetchPolicy, label: str) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        partial: Path,
+        size: int,
+        job: Job,
+        cancel: threading.Event,
+        policy: FetchPolicy,
+        label: str,
+    ) -> None:
         self.transport, self.partial, self.size, self.job = transport, partial, size, job
         self.cancel, self.policy, self.label = cancel, policy, label
         self.journal = partial.with_name(partial.name + ".ranges")
@@ -308,8 +316,9 @@ class _Download:
         finally:
             os.close(fd)
         if result is None:
-            raise NetworkError(f"the download from {self.transport.url} stopped before the end of the file; "
-                               f"{self._resume_hint}")
+            raise NetworkError(
+                f"the download from {self.transport.url} stopped before the end of the file; {self._resume_hint}"
+            )
         return result
 
     def _watch(self, finished: threading.Event) -> None:
@@ -333,7 +342,9 @@ class _Download:
                 self._abort_reads()
                 raise
 
-        with ThreadPoolExecutor(max(len(pending), self.policy.connections), thread_name_prefix="modelfix-range") as pool:
+        with ThreadPoolExecutor(
+            max(len(pending), self.policy.connections), thread_name_prefix="modelfix-range"
+        ) as pool:
             futures = [pool.submit(fetch, r) for r in pending]
             if len(pending) == 1:
                 futures += [pool.submit(fetch, r) for r in self._split_if_slow(pending[0], futures[0], hasher)]
@@ -342,7 +353,8 @@ class _Download:
             # A range that found no Range support explains the others' failures; a range
             # stopped because another failed explains nothing.
             raise next((e for e in errors if isinstance(e, _NoRanges)), None) or next(
-                (e for e in errors if not isinstance(e, Cancelled)), errors[0])
+                (e for e in errors if not isinstance(e, Cancelled)), errors[0]
+            )
 
     def _split_if_slow(self, r: _Range, running: Future, hasher: _Hasher) -> list[_Range]:
         """Watch the single stream for ``split_after`` seconds; if the rest would take longer
@@ -463,8 +475,16 @@ class _Download:
         return f"retry with `modelfix sync {self.job.model}`: the download resumes where it stopped."
 
 
-def download(transport: Transport, partial: Path, size: int, *, job: Job, label: str,
-             cancel: threading.Event | None = None, policy: FetchPolicy | None = None) -> FileHash:
+def download(
+    transport: Transport,
+    partial: Path,
+    size: int,
+    *,
+    job: Job,
+    label: str,
+    cancel: threading.Event | None = None,
+    policy: FetchPolicy | None = None,
+) -> FileHash:
     """Complete ``partial`` (resuming what is there) to ``size`` bytes from ``transport``.
 
     Returns the hashes of the whole file; checking them against the pin is the
@@ -472,8 +492,9 @@ def download(transport: Transport, partial: Path, size: int, *, job: Job, label:
     so that the next call resumes. The caller holds the blob's lock.
     """
     try:
-        return _Download(transport, partial, size, job, cancel or threading.Event(),
-                         policy or FetchPolicy.from_env(), label).run()
+        return _Download(
+            transport, partial, size, job, cancel or threading.Event(), policy or FetchPolicy.from_env(), label
+        ).run()
     except OSError as exc:  # the partial's own file operations: opening, resuming, reading back
         raise cache_error(exc, partial, label=label) from None
     except ModelfixError as exc:

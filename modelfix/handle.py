@@ -75,8 +75,11 @@ class Turns:
         me = threading.get_ident()
         with self._cond:
             if not self._cond.wait_for(lambda: self._owner in (None, me), timeout=self._PATIENCE):
-                log.warning("waiting for model %r: another thread's call or an open stream holds it (a stream "
-                            "holds its model until it is exhausted or closed)", self.name)
+                log.warning(
+                    "waiting for model %r: another thread's call or an open stream holds it (a stream "
+                    "holds its model until it is exhausted or closed)",
+                    self.name,
+                )
                 self._cond.wait_for(lambda: self._owner in (None, me))
             self._owner, self._depth = me, self._depth + 1
 

@@ -90,4 +90,3 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
     """(device, inode, size, mtime_ns): if it is unchanged, so are the bytes we hashed."""
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-

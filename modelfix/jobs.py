@@ -78,8 +78,14 @@ class Job:
     def _emit(self) -> None:
         with _JOBS_LOCK:
             event = Event(
-                kind="job", model=self.model, file=self.file, status=self.status,
-                done=self.done, total=self.size, source=self.source, message=self.error,
+                kind="job",
+                model=self.model,
+                file=self.file,
+                status=self.status,
+                done=self.done,
+                total=self.size,
+                source=self.source,
+                message=self.error,
             )
         events.emit(event)  # outside the lock: a slow listener must not stall other jobs
 

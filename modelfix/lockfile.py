@@ -77,8 +77,16 @@ ENTRY_SETTINGS: Mapping[str, tuple[type, ...]] = MappingProxyType(
 # Settings that describe a machine, not a model: refused in the lockfile.
 HARDWARE_SETTINGS = frozenset(
     {
-        "n_gpu_layers", "main_gpu", "tensor_split", "flash_attn", "offload_kqv",
-        "n_threads", "n_threads_batch", "use_mmap", "use_mlock", "verbose",
+        "n_gpu_layers",
+        "main_gpu",
+        "tensor_split",
+        "flash_attn",
+        "offload_kqv",
+        "n_threads",
+        "n_threads_batch",
+        "use_mmap",
+        "use_mlock",
+        "verbose",
     }
 )
 _PIN_KEYS = ("revision", "pinned_from", "files")
@@ -107,7 +115,10 @@ class FilePin:
 
     def as_toml(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "path": self.path, "size": self.size, "sha256": self.sha256, "role": self.role,
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "role": self.role,
         }
         if self.join:
             data["join"] = self.join
@@ -192,8 +203,7 @@ class Lockfile:
         if unknown:
             key = sorted(unknown)[0]
             raise LockError(
-                f"{_where(path, text, key=key)}: unknown top-level key {key!r}. "
-                "Valid keys: version, models, routing."
+                f"{_where(path, text, key=key)}: unknown top-level key {key!r}. Valid keys: version, models, routing."
             )
         version = data.get("version", SCHEMA_VERSION)
         if not isinstance(version, int) or isinstance(version, bool):
@@ -279,9 +289,7 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
         return tomlkit.parse(text).unwrap()
     except ParseError as exc:
         reason = str(exc).split(" at line")[0].rstrip(".")  # tomlkit ends some reasons with one
-        raise LockError(
-            f"{path}:{exc.line}:{exc.col}: invalid TOML: {reason}. Fix the syntax there."
-        ) from None
+        raise LockError(f"{path}:{exc.line}:{exc.col}: invalid TOML: {reason}. Fix the syntax there.") from None
 
 
 def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
@@ -299,10 +307,12 @@ def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
             )
         if key not in ENTRY_SETTINGS and key not in _PIN_KEYS and key != "source":
             valid = ", ".join(["source", *ENTRY_SETTINGS, *_PIN_KEYS])
-            raise LockError(f"{_where(path, text, name, key)}: unknown key {key!r} in [models.{name}]. Valid keys: {valid}.")
+            raise LockError(
+                f"{_where(path, text, name, key)}: unknown key {key!r} in [models.{name}]. Valid keys: {valid}."
+            )
     source = table.get("source")
     if not isinstance(source, str) or not source.strip():
-        raise LockError(f"{where}: [models.{name}] has no `source`. Add e.g. source = \"org/repo:Q4_K_M\".")
+        raise LockError(f'{where}: [models.{name}] has no `source`. Add e.g. source = "org/repo:Q4_K_M".')
     settings = {}
     for key, types in ENTRY_SETTINGS.items():
         if key in table:
@@ -387,17 +397,25 @@ def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[Rou
         raise LockError(f"{_where(path, text, key='routing')}: [routing] must be a table.")
     unknown = set(data) - {"rules", "default"}
     if unknown:
-        raise LockError(f"{_where(path, text, key='routing')}: unknown key {sorted(unknown)[0]!r} in [routing] (valid: rules, default).")
+        raise LockError(
+            f"{_where(path, text, key='routing')}: unknown key {sorted(unknown)[0]!r} in [routing] (valid: rules, default)."
+        )
     where = _where(path, text, key="routing")
     raw_rules = data.get("rules", [])
     if not isinstance(raw_rules, list):
-        raise LockError(f"{where}: routing.rules must be a list of tables: rules = [{{ pattern = \"...\", model = \"NAME\" }}].")
+        raise LockError(
+            f'{where}: routing.rules must be a list of tables: rules = [{{ pattern = "...", model = "NAME" }}].'
+        )
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         raise LockError(f"{where}: routing.default must be a model name (a string), not {default!r}.")
     rules = []
     for i, rule in enumerate(raw_rules):
-        if not isinstance(rule, dict) or not isinstance(rule.get("pattern"), str) or not isinstance(rule.get("model"), str):
+        if (
+            not isinstance(rule, dict)
+            or not isinstance(rule.get("pattern"), str)
+            or not isinstance(rule.get("model"), str)
+        ):
             raise LockError(f"{where}: routing.rules[{i}] needs `pattern` and `model` strings.")
         extra = set(rule) - {"pattern", "model"}
         if extra:
@@ -413,9 +431,7 @@ def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[Rou
     return tuple(rules), default
 
 
-def _where(
-    path: Path, text: str, name: str | None = None, key: str | None = None, index: int | None = None
-) -> str:
+def _where(path: Path, text: str, name: str | None = None, key: str | None = None, index: int | None = None) -> str:
     """``path:line`` of ``[models.name]`` (and ``key`` inside it, and the ``index``-th inline
     table of that key's array) for error messages."""
     lines = text.splitlines()

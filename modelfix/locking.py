@@ -29,7 +29,16 @@ from typing import Any
 
 from .errors import LockError, ModelfixError, OfflineError, SourceError
 from .lockfile import (
-    BOM, LOCK_NAME, SCHEMA_VERSION, Entry, Lockfile, Pins, check_name, find_lockfile, is_commit_sha, read_raw,
+    BOM,
+    LOCK_NAME,
+    SCHEMA_VERSION,
+    Entry,
+    Lockfile,
+    Pins,
+    check_name,
+    find_lockfile,
+    is_commit_sha,
+    read_raw,
 )
 from .sources import shared_lookups, source_for
 
@@ -66,8 +75,7 @@ def _problem(entry: Entry) -> str | None:
         return f"source changed from {entry.pinned_from!r} to {entry.source!r}"
     if not entry.model_files:
         # Only a hand edit gets here; re-resolving moves a Hub source to its newest commit.
-        return (f'no file in `files` has role = "model". Re-pin it with '
-                f"`modelfix lock --upgrade --model {entry.name}`")
+        return f'no file in `files` has role = "model". Re-pin it with `modelfix lock --upgrade --model {entry.name}`'
     return None
 
 
@@ -141,8 +149,9 @@ def lock(
     return LockResult(lockfile.path, changed, tuple(unchanged), written)
 
 
-def add(name: str, source: str, path: Path | str | None = None, *, offline: bool | None = None,
-        **settings) -> LockResult:
+def add(
+    name: str, source: str, path: Path | str | None = None, *, offline: bool | None = None, **settings
+) -> LockResult:
     """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails (``offline`` as in :func:`lock`)."""
     check_name(name)
     try:

@@ -179,8 +179,13 @@ class Pool:
 
         m = files(name, lock, settings=cache_settings)
         return self.acquire(
-            m.model_path, m.content_key, name, m.entry.settings,
-            mmproj_path=m.mmproj_path, frontend=frontend, **settings,
+            m.model_path,
+            m.content_key,
+            name,
+            m.entry.settings,
+            mmproj_path=m.mmproj_path,
+            frontend=frontend,
+            **settings,
         )
 
     def acquire(
@@ -199,14 +204,19 @@ class Pool:
         if resolved.settings.mmproj and mmproj_path is None:
             raise SettingsError(
                 f"model {name!r} has no mmproj file, so mmproj=True cannot be honoured. "
-                "Pin one (a file with role = \"mmproj\") or drop the setting."
+                'Pin one (a file with role = "mmproj") or drop the setting.'
             )
         key: Key = (content_key, resolved.settings)
         slot = self._slots.get(key)
         if slot is None:
             s = resolved.settings
-            cost = estimate(model_path, n_ctx=s.n_ctx, n_ubatch=min(s.n_batch, s.n_ubatch),
-                            flash_attn=s.flash_attn, mmproj_path=mmproj_path if s.mmproj else None)
+            cost = estimate(
+                model_path,
+                n_ctx=s.n_ctx,
+                n_ubatch=min(s.n_batch, s.n_ubatch),
+                flash_attn=s.flash_attn,
+                mmproj_path=mmproj_path if s.mmproj else None,
+            )
             with self._lock:
                 slot = self._slots.get(key)
                 if slot is None:
@@ -231,8 +241,9 @@ class Pool:
         with self._lease(slot_of(handle), used=True) as llm:
             yield llm
 
-    def preload(self, names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,
-                **settings: Any) -> list[PooledLlama]:
+    def preload(
+        self, names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None, **settings: Any
+    ) -> list[PooledLlama]:
         """Load each model now, so that the first real call does not wait."""
         return [self.load(n, lock, **settings) for n in ([names] if isinstance(names, str) else names)]
 
@@ -370,8 +381,17 @@ class Pool:
                 self._counts["loads"] += 1
                 self._load_seconds[slot.name] = self._load_seconds.get(slot.name, 0.0) + seconds
                 self._cond.notify_all()
-            events.emit(Event("load", slot.name, slot.model_path.name, "loaded",
-                              done=slot.estimate.total, total=slot.estimate.total, seconds=seconds))
+            events.emit(
+                Event(
+                    "load",
+                    slot.name,
+                    slot.model_path.name,
+                    "loaded",
+                    done=slot.estimate.total,
+                    total=slot.estimate.total,
+                    seconds=seconds,
+                )
+            )
             return llm
 
     def _make_room(self, slot: _Slot) -> list[tuple[_Slot, llama_cpp.Llama]]:
@@ -405,8 +425,11 @@ class Pool:
         # Outside the pool lock: nobody can reach a detached Llama any more.
         for slot, llm in victims:
             close_llama(llm)
-            events.emit(Event("evict", slot.name, slot.model_path.name, total=slot.estimate.total,
-                              source="pool", message=reason))
+            events.emit(
+                Event(
+                    "evict", slot.name, slot.model_path.name, total=slot.estimate.total, source="pool", message=reason
+                )
+            )
 
     # --- keep-alive --------------------------------------------------------------
 
@@ -441,8 +464,19 @@ class Pool:
 
 
 def _record(s: _Slot) -> Resident:
-    return Resident(s.name, s.model_path, s.key[0], s.settings, s.estimate, s.last_used_wall,
-                    s.hits, s.loads, s.leases > 0, s.llama is not None, s.resolved.origins)
+    return Resident(
+        s.name,
+        s.model_path,
+        s.key[0],
+        s.settings,
+        s.estimate,
+        s.last_used_wall,
+        s.hits,
+        s.loads,
+        s.leases > 0,
+        s.llama is not None,
+        s.resolved.origins,
+    )
 
 
 def _names(slots: Iterable[_Slot]) -> str:
@@ -458,9 +492,11 @@ def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]
         )
     budget_source, raise_it = {
         "auto": ("auto: 80% of memory", "set a larger MODELFIX_MEMORY_BUDGET"),
-        "configure": ("set by a front-end option or modelfix.configure()",
-                      "raise it where it was set (--modelfix-memory-budget, modelfix_memory_budget, "
-                      "modelfix.configure(memory_budget=...))"),
+        "configure": (
+            "set by a front-end option or modelfix.configure()",
+            "raise it where it was set (--modelfix-memory-budget, modelfix_memory_budget, "
+            "modelfix.configure(memory_budget=...))",
+        ),
     }.get(settings.budget_origin, (settings.budget_origin, f"raise {settings.budget_origin}"))
     in_use = f", of which {format_size(exc.held)} is held by handles in use ({_names(held)})" if held else ""
     return MemoryBudgetError(
@@ -503,8 +539,9 @@ def load(
     return default_pool().load(name, lock, frontend=frontend, cache_settings=cache_settings, **settings)
 
 
-def use(target: PooledLlama | str, lock: Lockfile | str | os.PathLike[str] | None = None,
-        **settings: Any) -> AbstractContextManager[llama_cpp.Llama]:
+def use(
+    target: PooledLlama | str, lock: Lockfile | str | os.PathLike[str] | None = None, **settings: Any
+) -> AbstractContextManager[llama_cpp.Llama]:
     """``with use("chat") as llm:`` a real ``llama_cpp.Llama`` that is never evicted inside the block."""
     return default_pool().use(target, lock, **settings)
 
@@ -522,8 +559,9 @@ def record(handle: PooledLlama) -> Resident:
     return slot_of(handle).pool.record(handle)
 
 
-def preload(names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None,
-            **settings: Any) -> list[PooledLlama]:
+def preload(
+    names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None, **settings: Any
+) -> list[PooledLlama]:
     return default_pool().preload(names, lock, **settings)
 
 

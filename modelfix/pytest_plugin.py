@@ -71,20 +71,38 @@ class ModelfixWarning(pytest.PytestWarning):
 
 _OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     # (name, ini type, help, extra argparse keywords)
-    ("lock", "string", "model-lock.toml to use (default: nearest upward from the invocation folder)",
-     {"metavar": "PATH"}),
-    ("cache_dir", "string", "store root (default: $MODELFIX_CACHE_DIR or the user cache folder)",
-     {"metavar": "DIR"}),
-    ("offline", "bool", "never touch the network: a model missing from the cache fails its tests",
-     {"action": "store_true", "default": None}),
-    ("gpu_layers", "string", "n_gpu_layers for every handle (default: all where the build offloads, else 0)",
-     {"metavar": "N"}),
-    ("memory_budget", "string", "pool memory budget per process: bytes, 8GB, auto or inf",
-     {"metavar": "SIZE"}),
-    ("preload", "bool", "load every model the collected tests mark before the first test runs",
-     {"action": "store_true", "default": None}),
-    ("strict", "bool", "make require_gpu=True an error (not a skip) on builds without GPU offload",
-     {"action": "store_true", "default": None}),
+    (
+        "lock",
+        "string",
+        "model-lock.toml to use (default: nearest upward from the invocation folder)",
+        {"metavar": "PATH"},
+    ),
+    ("cache_dir", "string", "store root (default: $MODELFIX_CACHE_DIR or the user cache folder)", {"metavar": "DIR"}),
+    (
+        "offline",
+        "bool",
+        "never touch the network: a model missing from the cache fails its tests",
+        {"action": "store_true", "default": None},
+    ),
+    (
+        "gpu_layers",
+        "string",
+        "n_gpu_layers for every handle (default: all where the build offloads, else 0)",
+        {"metavar": "N"},
+    ),
+    ("memory_budget", "string", "pool memory budget per process: bytes, 8GB, auto or inf", {"metavar": "SIZE"}),
+    (
+        "preload",
+        "bool",
+        "load every model the collected tests mark before the first test runs",
+        {"action": "store_true", "default": None},
+    ),
+    (
+        "strict",
+        "bool",
+        "make require_gpu=True an error (not a skip) on builds without GPU offload",
+        {"action": "store_true", "default": None},
+    ),
 )
 
 
@@ -133,7 +151,9 @@ class PluginOptions:
         try:
             gpu_layers = None if layers is None else int(layers)
         except ValueError:
-            raise pytest.UsageError(f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}") from None
+            raise pytest.UsageError(
+                f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}"
+            ) from None
         budget, _ = get("memory_budget")
         if budget is not None:
             from .settings import parse_memory_budget
@@ -219,8 +239,13 @@ class ModelfixSession:
         from . import pool
 
         with self._working_on(name):
-            return pool.load(name, self.lockfile, frontend=self.options.frontend(),
-                             cache_settings=self.options.cache_settings(), **settings)
+            return pool.load(
+                name,
+                self.lockfile,
+                frontend=self.options.frontend(),
+                cache_settings=self.options.cache_settings(),
+                **settings,
+            )
 
     def loaded(self) -> list[Any]:
         """What the pool holds now."""
@@ -272,8 +297,11 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _is_controller(config: pytest.Config) -> bool:
-    return not _is_worker(config) and bool(getattr(config.option, "numprocesses", None)) and \
-        getattr(config.option, "dist", "no") != "no"
+    return (
+        not _is_worker(config)
+        and bool(getattr(config.option, "numprocesses", None))
+        and getattr(config.option, "dist", "no") != "no"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -409,7 +437,6 @@ def modelfix_model(request: pytest.FixtureRequest, modelfix: ModelfixSession) ->
 def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[llama_cpp.Llama]:
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
     from . import pool
-
     from .settings import LLAMA_DEFAULT_SEED
 
     _, settings, _ = _marker(request.node)
@@ -446,8 +473,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     else:
         cache, offline = str(cache_settings.root), ", offline" if cache_settings.offline else ""
     names = ", ".join(lock.entries) or "none"
-    return (f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
-            f"GPU offload: {'yes' if _gpu_offload() else 'no'}")
+    return (
+        f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
+        f"GPU offload: {'yes' if _gpu_offload() else 'no'}"
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

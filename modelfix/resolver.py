@@ -35,6 +35,7 @@ The other caches and the remote tier (``push`` included) live in :mod:`modelfix.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -42,7 +43,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,8 +178,14 @@ def _materialized(entry: Entry, view: Path, key: str) -> Materialized:
     if model is None:
         raise LockError(f"model {entry.name!r} pins no model file: run `modelfix lock --upgrade`.")
     return Materialized(
-        name=entry.name, entry=entry, view=view, files=tuple(view / name for name, _ in layout),
-        model_path=model, mmproj_path=first("mmproj"), preset_path=first("preset"), content_key=key,
+        name=entry.name,
+        entry=entry,
+        view=view,
+        files=tuple(view / name for name, _ in layout),
+        model_path=model,
+        mmproj_path=first("mmproj"),
+        preset_path=first("preset"),
+        content_key=key,
     )
 
 
@@ -222,8 +228,14 @@ def sync(
     return _materialize(names or list(lockfile.entries), lockfile, settings, workers=workers, cancel=cancel)
 
 
-def _materialize(names: Sequence[str], lock: LockLike, settings: CacheSettings | None, *,
-                 workers: int, cancel: threading.Event | None) -> list[Materialized]:
+def _materialize(
+    names: Sequence[str],
+    lock: LockLike,
+    settings: CacheSettings | None,
+    *,
+    workers: int,
+    cancel: threading.Event | None,
+) -> list[Materialized]:
     lockfile = _lockfile(lock)
     entries = _entries(lockfile, names)
     store = Store(settings.root if settings else cache_root())  # the warm path needs no other setting
@@ -294,8 +306,14 @@ def _build(entry: Entry, lockfile: Lockfile, store: Store) -> Materialized:
     return _remember((store.root, lockfile.path, entry.name), entry, view, made)
 
 
-def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, store: Store,
-           workers: int, cancel: threading.Event) -> None:
+def _fetch(
+    entries: list[Entry],
+    lockfile: Lockfile,
+    settings: CacheSettings,
+    store: Store,
+    workers: int,
+    cancel: threading.Event,
+) -> None:
     wanted: dict[str, tuple[Entry, FilePin]] = {}
     for entry in entries:
         for pin in entry.files:
@@ -304,11 +322,16 @@ def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, st
     if settings.offline:
         stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile)}
         if stuck:  # every model lists every file it lacks, those it shares with another too
-            raise OfflineError(_offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck],
-                                                lockfile, store))
+            raise OfflineError(
+                _offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck], lockfile, store)
+            )
     if absent and settings.max_size != float("inf"):
-        store.make_room({sha: p.size for sha, (_, p) in absent.items()}, settings.max_size, keep=set(wanted),
-                        model=", ".join(e.name for e in entries))
+        store.make_room(
+            {sha: p.size for sha, (_, p) in absent.items()},
+            settings.max_size,
+            keep=set(wanted),
+            model=", ".join(e.name for e in entries),
+        )
     store.lease(wanted)  # from now on no other process evicts what this sync brings in
     policy = FetchPolicy.from_env()
     work = [(new_job(e.name, p.path, p.size), e, p) for e, p in wanted.values()]
@@ -338,8 +361,16 @@ def _fetch(entries: list[Entry], lockfile: Lockfile, settings: CacheSettings, st
         raise first
 
 
-def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settings: CacheSettings,
-            job: Job, cancel: threading.Event, policy: FetchPolicy) -> None:
+def _ensure(
+    store: Store,
+    entry: Entry,
+    pin: FilePin,
+    lockfile: Lockfile,
+    settings: CacheSettings,
+    job: Job,
+    cancel: threading.Event,
+    policy: FetchPolicy,
+) -> None:
     label = f"{entry.name}: {pin.path}"
     try:
         if cancel.is_set():
@@ -350,8 +381,9 @@ def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settin
             if settings.remote:
                 sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
             sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
-        adopt = adoption_candidates(pin.sha256, repo=getattr(source, "repo", None), filename=pin.path,
-                                    revision=entry.revision)
+        adopt = adoption_candidates(
+            pin.sha256, repo=getattr(source, "repo", None), filename=pin.path, revision=entry.revision
+        )
         try:
             _obtain(store, pin, label, job, sources, adopt, cancel, policy)
         except SourceMissing as exc:
@@ -369,8 +401,16 @@ def _ensure(store: Store, entry: Entry, pin: FilePin, lockfile: Lockfile, settin
         raise
 
 
-def _obtain(store: Store, pin: FilePin, label: str, job: Job, sources: Sequence[tuple[str, Transport]],
-            adopt: Sequence[Path], cancel: threading.Event, policy: FetchPolicy) -> None:
+def _obtain(
+    store: Store,
+    pin: FilePin,
+    label: str,
+    job: Job,
+    sources: Sequence[tuple[str, Transport]],
+    adopt: Sequence[Path],
+    cancel: threading.Event,
+    policy: FetchPolicy,
+) -> None:
     """Make blob ``pin`` present and verified, from the first place that has it.
 
     The store itself ("cache"), another cache's file ("adopted"), then each
@@ -401,13 +441,23 @@ def _obtain(store: Store, pin: FilePin, label: str, job: Job, sources: Sequence[
     raise SourceMissing(f"{label}: not in the cache and no source to fetch it from")
 
 
-def _fetch_from(store: Store, pin: FilePin, name: str, transport: Transport, last: bool, label: str,
-                job: Job, cancel: threading.Event, policy: FetchPolicy) -> bool:
+def _fetch_from(
+    store: Store,
+    pin: FilePin,
+    name: str,
+    transport: Transport,
+    last: bool,
+    label: str,
+    job: Job,
+    cancel: threading.Event,
+    policy: FetchPolicy,
+) -> bool:
     for attempt in (1, 2):
         job.update("downloading", source=name)
         try:
-            result = download(transport, store.partial_path(pin.sha256), pin.size, job=job, label=label,
-                              cancel=cancel, policy=policy)
+            result = download(
+                transport, store.partial_path(pin.sha256), pin.size, job=job, label=label, cancel=cancel, policy=policy
+            )
         except (CacheError, Cancelled):
             raise
         except Exception as exc:  # the remote tier is a shortcut: any trouble there sends us on
@@ -425,8 +475,13 @@ def _fetch_from(store: Store, pin: FilePin, name: str, transport: Transport, las
         store.discard_partial(pin.sha256)  # bad bytes never get another chance
         job.advance(0, to=0)
         if not last:
-            log.warning("%s: the copy in the %s tier is corrupt (sha256 %s); using the next source. "
-                        "`modelfix push --force` repairs it", label, name, result.sha256)
+            log.warning(
+                "%s: the copy in the %s tier is corrupt (sha256 %s); using the next source. "
+                "`modelfix push --force` repairs it",
+                label,
+                name,
+                result.sha256,
+            )
             return False
         if attempt == 2:
             raise IntegrityError(
@@ -457,7 +512,8 @@ def _offline_message(items: Iterable[tuple[str, FilePin]], lockfile: Lockfile, s
     ]
     return (
         "offline mode is on (an offline option such as --offline / --modelfix-offline, MODELFIX_OFFLINE=1 or "
-        "HF_HUB_OFFLINE=1) and these models are not in the cache:\n" + "\n".join(lines)
+        "HF_HUB_OFFLINE=1) and these models are not in the cache:\n"
+        + "\n".join(lines)
         + "\nRun those commands with network access, or turn offline mode off."
     )
 
@@ -511,18 +567,30 @@ def verify(
             if not store.has(sha):
                 # This process's next sync must not trust the view it remembers: the fresh look fetches the blob.
                 _WARM.pop((store.root, lockfile.path, entry.name), None)
-                problems.append(Problem(entry.name, name, f"sha256:{sha}", None,
-                                        f"not in the cache: run `{_sync_command(entry.name, lockfile, store)}`"))
+                problems.append(
+                    Problem(
+                        entry.name,
+                        name,
+                        f"sha256:{sha}",
+                        None,
+                        f"not in the cache: run `{_sync_command(entry.name, lockfile, store)}`",
+                    )
+                )
                 continue
             if sha not in checked:
                 checked[sha] = store.verify_blob(sha, full=full)
             if (bad := checked[sha]) is not None:
                 expected, got = bad
-                problems.append(Problem(
-                    entry.name, name, expected, got,
-                    f"corrupt (expected {expected}, got {got}): removed from the cache; "
-                    f"run `{_sync_command(entry.name, lockfile, store)}` to fetch it again",
-                ))
+                problems.append(
+                    Problem(
+                        entry.name,
+                        name,
+                        expected,
+                        got,
+                        f"corrupt (expected {expected}, got {got}): removed from the cache; "
+                        f"run `{_sync_command(entry.name, lockfile, store)}` to fetch it again",
+                    )
+                )
     return problems
 
 
@@ -557,8 +625,9 @@ def _kept(lock: LockLike) -> set[str]:
     return {p.sha256 for e in lockfile.entries.values() for p in e.files}
 
 
-def prune(max_size: float | str | None = None, lock: LockLike = None, *,
-          settings: CacheSettings | None = None) -> list[str]:
+def prune(
+    max_size: float | str | None = None, lock: LockLike = None, *, settings: CacheSettings | None = None
+) -> list[str]:
     """Evict least recently used blobs until the store fits ``max_size`` (default: the cap).
 
     Keeps what live processes lease and what the lockfile in use pins, even
@@ -566,7 +635,9 @@ def prune(max_size: float | str | None = None, lock: LockLike = None, *,
     """
     settings = settings or CacheSettings.resolve(max_size=max_size)
     if settings.max_size == float("inf"):
-        raise CacheError("the cache has no cap to prune to: pass --max-size SIZE (e.g. 20GB) or set MODELFIX_CACHE_MAX_SIZE.")
+        raise CacheError(
+            "the cache has no cap to prune to: pass --max-size SIZE (e.g. 20GB) or set MODELFIX_CACHE_MAX_SIZE."
+        )
     return Store(settings.root).make_room({}, settings.max_size, keep=_kept(lock), best_effort=True)
 
 
@@ -602,7 +673,5 @@ def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None)
     for entry in entries:
         if entry.files:
             names.setdefault(content_key(entry), set()).add(entry.name)
-    views = tuple(
-        {**view, "models": sorted({*view["models"], *names.get(view["key"], ())})} for view in usage.views
-    )
+    views = tuple({**view, "models": sorted({*view["models"], *names.get(view["key"], ())})} for view in usage.views)
     return dataclasses.replace(usage, views=views)

@@ -79,9 +79,7 @@ def _is_model_name(path: str) -> bool:
     name = posixpath.basename(path).lower()
     if any(word in name for word in _NEVER_MODELS) or name.startswith(_NEVER_PREFIXES):
         return False
-    return name.endswith(".gguf") or bool(
-        _LEGACY_PART_RE.match(name) or _LEGACY_SPLIT_RE.match(name)
-    )
+    return name.endswith(".gguf") or bool(_LEGACY_PART_RE.match(name) or _LEGACY_SPLIT_RE.match(name))
 
 
 def model_groups(paths: list[str]) -> list[ModelGroup]:
@@ -142,9 +140,7 @@ def select(paths: list[str], tag: str | None, *, repo: str = "") -> Selection:
     if tag:
         matches = _matching(groups, tag)
         if not matches:
-            raise SourceError(
-                f"tag {tag!r} matches no model file{where}. Available: {_available(groups)}"
-            )
+            raise SourceError(f"tag {tag!r} matches no model file{where}. Available: {_available(groups)}")
         if len(matches) > 1:
             listed = "\n  ".join(g.key for g in matches)
             raise SourceError(

@@ -162,7 +162,7 @@ def _split(value: Any) -> tuple[float, ...] | None:
     try:
         return tuple(_float(p) for p in parts)
     except (TypeError, ValueError):
-        raise ValueError("a list of numbers (\"3,1\" in the environment)") from None
+        raise ValueError('a list of numbers ("3,1" in the environment)') from None
 
 
 _CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
@@ -218,9 +218,7 @@ def env_var(name: str) -> str:
 def _check(name: str, value: Any, where: str) -> Any:
     convert = _CONVERTERS.get(name)
     if convert is None:
-        raise SettingsError(
-            f"unknown setting {name!r} ({where}). Valid settings: {', '.join(setting_names())}."
-        )
+        raise SettingsError(f"unknown setting {name!r} ({where}). Valid settings: {', '.join(setting_names())}.")
     try:
         return convert(value)
     except ValueError as exc:
@@ -360,8 +358,9 @@ def parse_memory_budget(value: Any) -> float | None:
     try:
         size = parse_size(value, "memory budget")
     except ValueError:  # also zero, negative and NaN budgets
-        raise ValueError(f"bad memory budget {value!r}: use bytes (more than zero), a size like 8GB or 2GiB, "
-                         "auto or inf") from None
+        raise ValueError(
+            f"bad memory budget {value!r}: use bytes (more than zero), a size like 8GB or 2GiB, auto or inf"
+        ) from None
     return size
 
 

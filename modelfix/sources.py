@@ -153,7 +153,6 @@ def _looked_up(key: tuple[str, ...], ask: Callable[[], Any]) -> Any:
     return memo[key]
 
 
-
 @dataclass(frozen=True)
 class HubSource:
     """A Hub repository with a quantization tag, or one named file."""
@@ -168,13 +167,13 @@ class HubSource:
 
     @classmethod
     def parse(cls, text: str) -> HubSource:
-        body = text[len("hf://"):] if text.startswith("hf://") else text
+        body = text[len("hf://") :] if text.startswith("hf://") else text
         body = body.removeprefix("models/")
         # A pull-request or convert ref (@refs/pr/1) holds slashes of its own: set it aside so they
         # are not read as ORG/REPO/path separators.
         special = re.search(r"@(refs/[^/:@]+/[^/:@]+)", body)
         if special:
-            body = body[: special.start(1)] + _REF_SLOT + body[special.end(1):]
+            body = body[: special.start(1)] + _REF_SLOT + body[special.end(1) :]
         repo_part, _, rest = body.partition("/")
         name_part, slash, file = rest.partition("/")
         revision = None
@@ -225,7 +224,8 @@ class HubSource:
         wanted = self.revision or "main"
         where = (hub_endpoint(), self.repo)
         commit = _looked_up(
-            ("commit", *where, wanted), lambda: self._call(lambda: api.model_info(self.repo, revision=wanted).sha, wanted)
+            ("commit", *where, wanted),
+            lambda: self._call(lambda: api.model_info(self.repo, revision=wanted).sha, wanted),
         )
         if not commit or not _SHA1_RE.match(commit):
             raise SourceError(f"{self.repo}: the Hub gave no commit for revision {wanted!r}.")

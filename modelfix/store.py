@@ -46,8 +46,8 @@ from typing import Any
 from . import leases, views
 from .config import CacheSettings
 from .errors import CacheError
-from .eviction import Candidate, NoRoom, plan
 from .events import Event, events
+from .eviction import Candidate, NoRoom, plan
 from .hashing import Digest, FileHash, file_identity, hash_file, sha256_text
 from .jobs import Cancelled
 from .views import Snapshot, View, ViewFile
@@ -404,17 +404,35 @@ class Store:
     def usage(self) -> Usage:
         blobs = dict(self._blobs())
         shown = [
-            {"key": view.path.name, "models": list(view.models), "last_used": used,
-             "bytes": sum(blobs[s].st_size for s in view.shas if s in blobs)}
-            for view in self._views() if (used := view.last_used()) is not None
+            {
+                "key": view.path.name,
+                "models": list(view.models),
+                "last_used": used,
+                "bytes": sum(blobs[s].st_size for s in view.shas if s in blobs),
+            }
+            for view in self._views()
+            if (used := view.last_used()) is not None
         ]
         tmp = self.root / "tmp"
         partial = sum(p.stat().st_size for p in tmp.glob("*.partial")) if tmp.is_dir() else 0
-        return Usage(self.root, len(blobs), sum(s.st_size for s in blobs.values()),
-                     tuple(sorted(shown, key=lambda v: -v["last_used"])), partial, leases.live(self.root)[1])
+        return Usage(
+            self.root,
+            len(blobs),
+            sum(s.st_size for s in blobs.values()),
+            tuple(sorted(shown, key=lambda v: -v["last_used"])),
+            partial,
+            leases.live(self.root)[1],
+        )
 
-    def make_room(self, incoming: Mapping[str, int], budget: float, keep: Iterable[str] = (), *, model: str = "",
-                  best_effort: bool = False) -> list[str]:
+    def make_room(
+        self,
+        incoming: Mapping[str, int],
+        budget: float,
+        keep: Iterable[str] = (),
+        *,
+        model: str = "",
+        best_effort: bool = False,
+    ) -> list[str]:
         """Evict least recently used blobs until the blobs ``incoming`` (sha256 -> size) fit in ``budget``.
 
         Never evicts a blob in ``keep`` (pinned by the lockfile in use) or
@@ -577,8 +595,10 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
 def cache_error(exc: OSError, path: str | os.PathLike[str], *, label: str = "") -> CacheError:
     """The :class:`CacheError` for ``exc``, met writing ``path`` in the cache: where, why, what to do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = ("Make room in the cache (`modelfix cache prune --max-size SIZE`, `modelfix cache gc`) or set "
-               "MODELFIX_CACHE_DIR (or --cache-dir) to a folder on a disk with room.")
+        fix = (
+            "Make room in the cache (`modelfix cache prune --max-size SIZE`, `modelfix cache gc`) or set "
+            "MODELFIX_CACHE_DIR (or --cache-dir) to a folder on a disk with room."
+        )
     else:
         fix = "Point the cache elsewhere: set MODELFIX_CACHE_DIR (or --cache-dir) to a folder you can write to."
     where = f"{label}: " if label else ""
@@ -598,8 +618,6 @@ def _atomic_write(path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(text)
         os.replace(tmp, path)
-
-
 
 
 def _used(manifest: str) -> None:
@@ -625,4 +643,3 @@ _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 _LAST_USED: dict[str, float] = {}  # manifest -> time.monotonic() of the last utime
 _USE_EVERY = 60.0
-

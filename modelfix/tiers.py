@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["adoption_candidates", "remote_url", "push"]
 
 
-def adoption_candidates(sha: str, *, repo: str | None = None, filename: str | None = None,
-                        revision: str | None = None) -> list[Path]:
+def adoption_candidates(
+    sha: str, *, repo: str | None = None, filename: str | None = None, revision: str | None = None
+) -> list[Path]:
     """Files in huggingface_hub's and llama.cpp's caches that may hold blob ``sha``.
 
     huggingface_hub keeps LFS files as ``models--ORG--REPO/blobs/<sha256>``,
@@ -89,7 +90,9 @@ def push(
 
     settings = settings or CacheSettings.resolve()
     if not settings.remote:
-        raise CacheError("no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...).")
+        raise CacheError(
+            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...)."
+        )
     if settings.offline:
         raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
     if fsspec.utils.get_protocol(settings.remote) in ("http", "https"):

@@ -133,8 +133,9 @@ class HttpTransport:
 
     _MAX_REDIRECTS = 10
 
-    def __init__(self, url: str, *, policy: Timeouts, token: str | None = None,
-                 token_origin: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, policy: Timeouts, token: str | None = None, token_origin: str | None = None
+    ) -> None:
         self.url = url
         self._policy = policy
         self._token = token
@@ -168,8 +169,13 @@ class HttpTransport:
             if url != self.url:
                 self._target = url
             body_start, total = self._range_of(response, start)
-            yield Body(body_start, total, self._chunks(response, end - body_start), functools.partial(_shutdown, response),
-                       ranged=response.status_code == 206)
+            yield Body(
+                body_start,
+                total,
+                self._chunks(response, end - body_start),
+                functools.partial(_shutdown, response),
+                ranged=response.status_code == 206,
+            )
         except httpx2.TransportError as exc:
             raise Transient(_describe(exc)) from None
         finally:
@@ -298,6 +304,7 @@ def transport_for(location: Location, policy: Timeouts) -> Transport:
     """
     if location.url.startswith(("http://", "https://")):
         options = location.storage_options
-        return HttpTransport(location.url, policy=policy, token=options.get("token"),
-                             token_origin=options.get("endpoint"))
+        return HttpTransport(
+            location.url, policy=policy, token=options.get("token"), token_origin=options.get("endpoint")
+        )
     return FsspecTransport(location.url, location.storage_options)

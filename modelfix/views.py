@@ -125,8 +125,7 @@ def build(final: Path, files: Sequence[ViewFile], model: str, blob_path: Callabl
             target = staging / item.name
             target.parent.mkdir(parents=True, exist_ok=True)
             how = _link(blob_path(item.sha256), target)
-            entries.append({"name": item.name, "sha256": item.sha256, "how": how,
-                            "id": list(file_identity(target))})
+            entries.append({"name": item.name, "sha256": item.sha256, "how": how, "id": list(file_identity(target))})
         models = sorted({model, *View.read(final).models})
         (staging / MANIFEST).write_text(json.dumps({"files": entries, "models": models}, indent=1))
         if final.exists():

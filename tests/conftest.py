@@ -21,9 +21,20 @@ TINY_REPO = "org/tiny"
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's cache, token or offline switches."""
-    for name in ("HF_TOKEN", "HF_HUB_DISABLE_IMPLICIT_TOKEN", "HF_OIDC_RESOURCE", "MODELFIX_LOCK", "MODELFIX_OFFLINE", "HF_HUB_OFFLINE",
-                 "MODELFIX_REMOTE", "MODELFIX_CACHE_MAX_SIZE", "MODELFIX_GPU_LAYERS",
-                 "MODELFIX_MEMORY_BUDGET", "MODELFIX_KEEP_ALIVE", "MODELFIX_POOL_STRATEGY"):
+    for name in (
+        "HF_TOKEN",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+        "HF_OIDC_RESOURCE",
+        "MODELFIX_LOCK",
+        "MODELFIX_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "MODELFIX_REMOTE",
+        "MODELFIX_CACHE_MAX_SIZE",
+        "MODELFIX_GPU_LAYERS",
+        "MODELFIX_MEMORY_BUDGET",
+        "MODELFIX_KEEP_ALIVE",
+        "MODELFIX_POOL_STRATEGY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

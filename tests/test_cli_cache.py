@@ -16,7 +16,6 @@ from modelfix.testing.hub import Fault
 REPO = "org/tiny"
 
 
-
 def _flip_a_byte(path: Path) -> None:
     before = path.stat()
     os.chmod(path, 0o644)
@@ -116,7 +115,7 @@ def test_a_failed_download_prints_its_reason_once(run_cli, lock, hub, monkeypatc
 
     assert code == 1
     assert "chat: tiny-Q4_K_M.gguf  failed\n" in err
-    reason = next(line for line in err.splitlines() if line.startswith("error: "))[len("error: "):]
+    reason = next(line for line in err.splitlines() if line.startswith("error: "))[len("error: ") :]
     assert err.count(reason) == 1, err
 
 
@@ -182,13 +181,17 @@ def test_a_local_file_gone_since_it_was_pinned_leaves_no_partial_download(run_cl
     assert run_cli("list")[1].splitlines()[-1].split()[-1] == "missing"
 
 
-@pytest.mark.parametrize(("how", "expected"), [
-    ("default", "modelfix sync chat"),
-    ("--cache-dir", "modelfix sync chat --cache-dir {cache}"),
-    ("--lock", "modelfix sync chat --lock {lock}"),
-])
-def test_offline_names_the_sync_that_fixes_it_with_the_options_in_use(run_cli, lock, tmp_path, monkeypatch, how,
-                                                                       expected):
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("default", "modelfix sync chat"),
+        ("--cache-dir", "modelfix sync chat --cache-dir {cache}"),
+        ("--lock", "modelfix sync chat --lock {lock}"),
+    ],
+)
+def test_offline_names_the_sync_that_fixes_it_with_the_options_in_use(
+    run_cli, lock, tmp_path, monkeypatch, how, expected
+):
     cache = tmp_path / "other cache"
     options = {"default": [], "--cache-dir": ["--cache-dir", str(cache)], "--lock": ["--lock", str(lock)]}[how]
     if how == "--lock":
@@ -198,8 +201,10 @@ def test_offline_names_the_sync_that_fixes_it_with_the_options_in_use(run_cli, l
     code, _, err = run_cli(*options, "--offline", "sync", "chat")
 
     assert code == 1
-    assert err.startswith("error: offline mode is on (an offline option such as --offline / --modelfix-offline, "
-                          "MODELFIX_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+    assert err.startswith(
+        "error: offline mode is on (an offline option such as --offline / --modelfix-offline, "
+        "MODELFIX_OFFLINE=1 or HF_HUB_OFFLINE=1)"
+    )
     line = next(line for line in err.splitlines() if line.startswith("  chat: "))
     assert line.endswith(f"  ->  {expected}")
     assert run_cli(*shlex.split(expected)[1:])[0] == 0  # the fix, as printed, fixes it
@@ -211,7 +216,9 @@ def test_a_size_below_one_byte_is_refused(run_cli, lock, args):
     code, out, err = run_cli(*args)
 
     assert code == 1 and out == ""
-    assert err == f"error: bad --max-size '{args[-1]}': use bytes or a size like 500MB, 50GB, 2GiB, inf (more than zero)\n"
+    assert (
+        err == f"error: bad --max-size '{args[-1]}': use bytes or a size like 500MB, 50GB, 2GiB, inf (more than zero)\n"
+    )
 
 
 def test_cache_stats_on_a_file_is_an_error_not_an_empty_cache(run_cli, tmp_path):

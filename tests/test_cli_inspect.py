@@ -62,8 +62,11 @@ def test_n_ctx_changes_the_settings_and_the_kv_cache_estimate(run_cli, lock):
     assert large["settings"]["n_ctx"] == {"value": 1024, "from": "--n-ctx"}
     assert large["memory"]["n_ctx"] == 1024 and small["memory"]["n_ctx"] == 256
     assert large["memory"]["kv_cache"] == 4 * small["memory"]["kv_cache"]
-    assert large["memory"]["weights"] == small["memory"]["weights"] == sum(f["size"] for f in large["files"]
-                                                                           if f["role"] == "model")
+    assert (
+        large["memory"]["weights"]
+        == small["memory"]["weights"]
+        == sum(f["size"] for f in large["files"] if f["role"] == "model")
+    )
 
 
 def test_a_split_model_shows_every_part_and_the_part_count(run_cli, lock):
@@ -77,7 +80,7 @@ def test_a_split_model_shows_every_part_and_the_part_count(run_cli, lock):
 
 
 def test_lockfile_settings_show_where_they_come_from(run_cli, lock):
-    text = lock.read_text().replace('[models.chat]\n', '[models.chat]\nn_ctx = 384\nseed = 7\n')
+    text = lock.read_text().replace("[models.chat]\n", "[models.chat]\nn_ctx = 384\nseed = 7\n")
     lock.write_text(text)
     code, out, err = run_cli("inspect", "chat")
 
@@ -98,5 +101,6 @@ def test_an_unknown_name_is_one_line_naming_the_models(run_cli, lock, args):
     code, out, err = run_cli("inspect", *args)
 
     assert code == 1 and out == ""
-    assert err.strip() == (f"error: no model named 'nope' in {lock} (models: chat, split). "
-                           "Add it with `modelfix add nope ORG/REPO:TAG`.")
+    assert err.strip() == (
+        f"error: no model named 'nope' in {lock} (models: chat, split). Add it with `modelfix add nope ORG/REPO:TAG`."
+    )

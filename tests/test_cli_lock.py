@@ -63,7 +63,10 @@ def test_check_finds_unpinned_and_stale_entries_offline(hub, workdir, run_cli):
     run_cli("add", "chat", REPO)
     assert run_cli("lock", "--check")[0] == 0
     lock = workdir / "model-lock.toml"
-    lock.write_text(lock.read_text().replace(f'source = "{REPO}"', f'source = "{REPO}:Q8_0"') + '\n[models.new]\nsource = "org/other"\n')
+    lock.write_text(
+        lock.read_text().replace(f'source = "{REPO}"', f'source = "{REPO}:Q8_0"')
+        + '\n[models.new]\nsource = "org/other"\n'
+    )
     hub.clear_log()
     code, _, err = run_cli("lock", "--check")
     assert code == 1
@@ -106,7 +109,12 @@ def test_list_shows_each_model(hub, workdir, run_cli):
     code, out, _ = run_cli("list")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:5] == ["NAME", "SOURCE", "REVISION", "FILES", "SIZE"]
-    assert lines[2].split()[:4] == ["split", f"{REPO}:Q2_K", Lockfile.load(workdir / "model-lock.toml").entry("split").revision[:12], "5"]
+    assert lines[2].split()[:4] == [
+        "split",
+        f"{REPO}:Q2_K",
+        Lockfile.load(workdir / "model-lock.toml").entry("split").revision[:12],
+        "5",
+    ]
 
 
 def test_lock_option_points_elsewhere(hub, tmp_path, workdir, run_cli):
@@ -133,10 +141,14 @@ def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
     hub.create_repo("org/private", private=True, token=SECRET)
     hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
     env = dict(os.environ, HF_TOKEN=SECRET)
-    ok = subprocess.run([sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True, text=True, env=env
+    )
     assert ok.returncode == 0, ok.stderr
     env["HF_TOKEN"] = "hf_WrongTokenValue999999"
-    bad = subprocess.run([sys.executable, "-m", "modelfix", "add", "q", "org/private"], capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "modelfix", "add", "q", "org/private"], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 1
     everything = ok.stdout + ok.stderr + bad.stdout + bad.stderr + (workdir / "model-lock.toml").read_text()
     assert SECRET not in everything and "WrongToken" not in everything
@@ -164,7 +176,9 @@ def test_a_private_repo_locks_and_syncs_with_the_users_token(hub, workdir, tiny_
     cdn = [r for r in hub.requests if r.origin == "cdn"]
     assert cdn and all(r.status in (200, 206) for r in cdn)
     written = [(workdir / "model-lock.toml").read_bytes()]
-    written += [p.read_bytes() for p in Path(env["MODELFIX_CACHE_DIR"]).rglob("*") if p.is_file() and p.stat().st_size < 100_000]
+    written += [
+        p.read_bytes() for p in Path(env["MODELFIX_CACHE_DIR"]).rglob("*") if p.is_file() and p.stat().st_size < 100_000
+    ]
     assert not any(SECRET.encode() in data for data in written)
     assert SECRET not in added.stdout + added.stderr + synced.stdout + synced.stderr
 
@@ -176,16 +190,20 @@ def test_the_saved_token_is_not_used_when_implicit_tokens_are_off(hub, workdir, 
     home.mkdir(parents=True, exist_ok=True)
     (home / "token").write_text(SECRET)
     env = dict(os.environ, HF_HUB_DISABLE_IMPLICIT_TOKEN="1")
-    result = subprocess.run([sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 1
     assert "log in with `hf auth login` or set HF_TOKEN" in result.stderr and SECRET not in result.stderr
 
 
 @pytest.mark.parametrize(
     ("flag", "env", "named"),
-    [(["--offline"], {}, "--offline"), ([], {"MODELFIX_OFFLINE": "1"}, "MODELFIX_OFFLINE=1"),
-     ([], {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1")],
+    [
+        (["--offline"], {}, "--offline"),
+        ([], {"MODELFIX_OFFLINE": "1"}, "MODELFIX_OFFLINE=1"),
+        ([], {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1"),
+    ],
     ids=["flag", "MODELFIX_OFFLINE", "HF_HUB_OFFLINE"],
 )
 def test_offline_pinning_refuses_hub_sources_without_a_request(hub, workdir, run_cli, monkeypatch, flag, env, named):
@@ -234,9 +252,15 @@ def test_concurrent_adds_and_lock_keep_every_pin(hub, workdir, run_cli, tiny_fil
     run_cli("add", "base", f"{REPO}:Q4_K_M")
     new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
     tags = ("Q4_K_M", "Q8_0", "Q2_K")
-    commands = [["add", f"m{i}", f"{REPO}:{tags[i % 3]}"] for i in range(6)] + [["lock", "--upgrade", "--model", "base"]]
-    procs = [subprocess.Popen([sys.executable, "-m", "modelfix", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for argv in commands]
+    commands = [["add", f"m{i}", f"{REPO}:{tags[i % 3]}"] for i in range(6)] + [
+        ["lock", "--upgrade", "--model", "base"]
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "modelfix", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for argv in commands
+    ]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
     assert [(proc.returncode, err) for proc, err in zip(procs, errors)] == [(0, "")] * len(commands)
     lock = Lockfile.load(workdir / "model-lock.toml")
@@ -270,13 +294,18 @@ def test_pins_without_a_model_file_need_relocking(hub, workdir, run_cli):
 
 def test_unreadable_lockfiles_are_one_line_errors(hub, workdir, run_cli):
     code, _, err = run_cli("--lock", str(workdir), "add", "chat", REPO)
-    assert code == 1 and err == f"error: {workdir} is a folder, not a lockfile. Pass the file: --lock {workdir}/model-lock.toml.\n"
+    assert (
+        code == 1
+        and err == f"error: {workdir} is a folder, not a lockfile. Pass the file: --lock {workdir}/model-lock.toml.\n"
+    )
     lock = workdir / "model-lock.toml"
-    lock.write_bytes(b'version = 1\n[models.caf\xe9]\n')
+    lock.write_bytes(b"version = 1\n[models.caf\xe9]\n")
     for argv in (["add", "chat", REPO], ["lock"], ["lock", "--check"], ["list"]):
         code, _, err = run_cli(*argv)
-        assert code == 1 and err.startswith(f"error: {lock}:2: the lockfile is not UTF-8 text (byte 0xe9). Save it as UTF-8")
-    assert lock.read_bytes() == b'version = 1\n[models.caf\xe9]\n'
+        assert code == 1 and err.startswith(
+            f"error: {lock}:2: the lockfile is not UTF-8 text (byte 0xe9). Save it as UTF-8"
+        )
+    assert lock.read_bytes() == b"version = 1\n[models.caf\xe9]\n"
     assert hub.count() == 0, "a broken lockfile fails before any network call"
 
 
@@ -300,6 +329,8 @@ def test_windows_line_endings_a_bom_and_a_symlink_survive_add_and_lock(hub, tmp_
 def test_a_bad_model_name_states_the_rule(hub, workdir, run_cli, name):
     code, _, err = run_cli("add", "--", name, REPO)
     assert code == 1
-    assert err == (f"error: model name {name!r} must start with a letter or digit, followed by letters, digits, "
-                   "'_', '.' or '-' (e.g. chat or qwen-small).\n")
+    assert err == (
+        f"error: model name {name!r} must start with a letter or digit, followed by letters, digits, "
+        "'_', '.' or '-' (e.g. chat or qwen-small).\n"
+    )
     assert hub.count() == 0 and not (workdir / "model-lock.toml").exists()

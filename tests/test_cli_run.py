@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
-import llama_cpp
 from modelfix.lockfile import Lockfile
 from modelfix.locking import write_pins
 from modelfix.sources import source_for

@@ -41,8 +41,12 @@ def test_eight_processes_syncing_one_cold_model_download_each_blob_once(hub, wor
     hub.inject(REPO, "tiny-Q4_K_M.gguf", Fault.stall(1.0, after_bytes=100_000))
     hub.clear_log()
 
-    procs = [subprocess.Popen([sys.executable, "-c", _SYNC, str(lock)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SYNC, str(lock)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
 
     assert [p.returncode for p in procs] == [0] * 8, [err for _, err in results if err]
@@ -66,8 +70,12 @@ def test_a_download_killed_mid_file_resumes_from_its_partial(hub_env, workdir, t
     partial = Store(CacheSettings.resolve().root).partial_path(pin.sha256)
     hub_env.inject("org/big", "big-Q4_K_M.gguf", Fault.stall(60, after_bytes=2_500_000))
 
-    victim = subprocess.Popen([sys.executable, "-m", "modelfix", "sync", "big"], cwd=workdir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "modelfix", "sync", "big"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size >= 2_000_000):
         assert victim.poll() is None and time.monotonic() < deadline, "the download never got going"

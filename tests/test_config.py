@@ -64,7 +64,9 @@ def test_a_cache_dir_that_is_a_file_is_a_clear_error(tmp_path, where):
     blocker.write_text("not a folder")
     root = blocker if where == "the folder" else blocker / "cache"
 
-    with pytest.raises(CacheError, match=f"cannot use {root} as the cache folder: it .* is a file. Set MODELFIX_CACHE_DIR"):
+    with pytest.raises(
+        CacheError, match=f"cannot use {root} as the cache folder: it .* is a file. Set MODELFIX_CACHE_DIR"
+    ):
         CacheSettings.resolve(cache_dir=root)
 
 

@@ -18,8 +18,8 @@ from modelfix.errors import IntegrityError, NetworkError
 from modelfix.events import events
 from modelfix.fetch import FetchPolicy, download
 from modelfix.jobs import Cancelled, jobs, new_job
-from modelfix.transports import FsspecTransport, HttpTransport, SourceMissing
 from modelfix.testing.hub import Fault
+from modelfix.transports import FsspecTransport, HttpTransport, SourceMissing
 
 REPO, FILE = "org/tiny", "tiny-Q4_K_M.gguf"
 FAST = FetchPolicy(base_delay=0.01, read_timeout=0.5, attempts=3)
@@ -28,8 +28,15 @@ FAST = FetchPolicy(base_delay=0.01, read_timeout=0.5, attempts=3)
 def _fetch(hub, tiny_files, tmp_path, policy=FAST, cancel=None, name=FILE):
     data = tiny_files[name].read_bytes()
     partial = tmp_path / "blob.partial"
-    result = download(HttpTransport(hub.url(REPO, name), policy=policy), partial, len(data), job=new_job("m", name, len(data)),
-                      label=f"m: {name}", policy=policy, cancel=cancel)
+    result = download(
+        HttpTransport(hub.url(REPO, name), policy=policy),
+        partial,
+        len(data),
+        job=new_job("m", name, len(data)),
+        label=f"m: {name}",
+        policy=policy,
+        cancel=cancel,
+    )
     return result, data, partial
 
 
@@ -86,8 +93,14 @@ def test_a_file_that_is_not_there_is_reported_as_missing(hub, tmp_path):
 def test_a_size_that_changed_upstream_is_an_integrity_error(hub, tiny_files, tmp_path):
     size = tiny_files[FILE].stat().st_size
     with pytest.raises(IntegrityError, match=f"now has {size} bytes.*pins {size + 5}"):
-        download(HttpTransport(hub.url(REPO, FILE), policy=FAST), tmp_path / "p", size + 5,
-                 job=new_job("m", FILE, size + 5), label="m", policy=FAST)
+        download(
+            HttpTransport(hub.url(REPO, FILE), policy=FAST),
+            tmp_path / "p",
+            size + 5,
+            job=new_job("m", FILE, size + 5),
+            label="m",
+            policy=FAST,
+        )
 
 
 def test_a_partial_file_resumes_with_a_range_request(hub, tiny_files, tmp_path):
@@ -101,8 +114,9 @@ def test_a_partial_file_resumes_with_a_range_request(hub, tiny_files, tmp_path):
 
 
 # Small enough that the tiny files count as large; a stall makes the stream slow.
-SPLITTING = FetchPolicy(base_delay=0.01, read_timeout=30, parallel_min=100_000, min_range=65_536,
-                        split_after=0.2, connections=4)
+SPLITTING = FetchPolicy(
+    base_delay=0.01, read_timeout=30, parallel_min=100_000, min_range=65_536, split_after=0.2, connections=4
+)
 
 
 def test_a_slow_stream_of_a_large_file_is_split_into_parallel_ranges(hub, tiny_files, tmp_path):
@@ -193,9 +207,7 @@ def test_a_slow_server_that_ignores_ranges_is_not_split(hub, tiny_files, tmp_pat
     assert [r.status for r in _byte_gets(hub)] == [200]  # one stream, never restarted
 
 
-def test_ranges_resumed_from_a_journal_fall_back_to_the_whole_file_when_ranges_stop_working(
-    hub, tiny_files, tmp_path
-):
+def test_ranges_resumed_from_a_journal_fall_back_to_the_whole_file_when_ranges_stop_working(hub, tiny_files, tmp_path):
     hub.inject(REPO, FILE, Fault.stall(30, after_bytes=20_000), times=4)  # slow, split, every range stalls
     cancel = threading.Event()
     threading.Timer(1.0, cancel.set).start()
@@ -282,8 +294,9 @@ def test_the_token_goes_to_the_hub_origin_only_never_to_the_cdn(tmp_path):
     api, cdn = (f"http://127.0.0.1:{s.server_port}" for s in servers)
     _Recorder.api_port, _Recorder.cdn, _Recorder.seen = servers[0].server_port, cdn, []
     try:
-        transport = HttpTransport(f"{api}/org/x/resolve/main/f.gguf", policy=FAST, token="hf_secret_token_123",
-                                  token_origin=api)
+        transport = HttpTransport(
+            f"{api}/org/x/resolve/main/f.gguf", policy=FAST, token="hf_secret_token_123", token_origin=api
+        )
         size = len(_Recorder.body)
         download(transport, tmp_path / "p", size, job=new_job("m", "f", size), label="m")
     finally:

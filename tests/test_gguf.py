@@ -77,9 +77,7 @@ def test_chat_completion_uses_embedded_template(llama_cpp, single: Path) -> None
     llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
     try:
         assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
-        out = llm.create_chat_completion(
-            messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0
-        )
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0)
         assert out["choices"][0]["message"]["role"] == "assistant"
         assert out["choices"][0]["message"]["content"]
     finally:

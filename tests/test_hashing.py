@@ -8,7 +8,7 @@ import os
 import pytest
 import xxhash
 
-from modelfix.hashing import EMPTY_SHA256, Digest, hash_file, file_identity
+from modelfix.hashing import EMPTY_SHA256, Digest, file_identity, hash_file
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, 9 * 1024 * 1024 + 7])

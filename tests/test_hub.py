@@ -76,11 +76,17 @@ def test_commit_semantics(hub: LocalHub) -> None:
     dev = hub.commit("org/tiny", {"c.gguf": b"c"}, branch="dev")  # new branch, from main's head
     api = HfApi(endpoint=hub.endpoint)
     assert {f.path for f in api.list_repo_tree("org/tiny", revision=dev)} == {
-        "README.md", "b.gguf", "c.gguf", "tiny-Q4_K_M.gguf"}
+        "README.md",
+        "b.gguf",
+        "c.gguf",
+        "tiny-Q4_K_M.gguf",
+    }
     assert "c.gguf" not in {s.rfilename for s in api.model_info("org/tiny", revision=main).siblings}
     refs = api.list_repo_refs("org/tiny")
     assert {(b.name, b.ref, b.target_commit) for b in refs.branches} == {
-        ("main", "refs/heads/main", main), ("dev", "refs/heads/dev", dev)}
+        ("main", "refs/heads/main", main),
+        ("dev", "refs/heads/dev", dev),
+    }
     with pytest.raises(ValueError):
         hub.create_branch("org/tiny", "dev")
 
@@ -92,8 +98,11 @@ def test_tree_pagination_paths_info_and_refs(hub: LocalHub) -> None:
     hub.clear_log()
     tree = list(api.list_repo_tree("org/tiny", recursive=True))
     assert [(type(e).__name__, e.path) for e in tree] == [
-        ("RepoFile", "README.md"), ("RepoFolder", "sub"), ("RepoFile", "sub/x-Q8_0.gguf"),
-        ("RepoFile", "tiny-Q4_K_M.gguf")]
+        ("RepoFile", "README.md"),
+        ("RepoFolder", "sub"),
+        ("RepoFile", "sub/x-Q8_0.gguf"),
+        ("RepoFile", "tiny-Q4_K_M.gguf"),
+    ]
     assert hub.count(method="GET", path_contains="/tree/main") == 2  # 4 entries, 2 a page
     lfs = {e.path: e.lfs for e in tree if hasattr(e, "lfs")}
     assert lfs["tiny-Q4_K_M.gguf"].sha256 == hashlib.sha256(GGUF).hexdigest() and lfs["README.md"] is None
@@ -168,8 +177,10 @@ def test_errors_headers_and_ranges(hub: LocalHub, tmp_path: Path) -> None:
     assert cdn.startswith(hub.cdn_endpoint) and hub.cdn_endpoint != hub.endpoint
     with httpx2.Client() as c:
         for rng, status, body in (
-            ("bytes=10-19", 206, GGUF[10:20]), ("bytes=524000-", 206, GGUF[524000:]),
-            ("bytes=-5", 206, GGUF[-5:]), (None, 200, GGUF),
+            ("bytes=10-19", 206, GGUF[10:20]),
+            ("bytes=524000-", 206, GGUF[524000:]),
+            ("bytes=-5", 206, GGUF[-5:]),
+            (None, 200, GGUF),
         ):
             r = c.get(cdn, headers={"Range": rng} if rng else {})
             assert (r.status_code, r.content) == (status, body)
@@ -229,7 +240,10 @@ def test_request_log_and_admin_api(hub: LocalHub) -> None:
     httpx2.get(hub.url("org/tiny", "tiny-Q4_K_M.gguf"), follow_redirects=True, headers={"Range": "bytes=0-9"})
     log = httpx2.get(f"{hub.endpoint}/_modelfix/requests").json()
     assert [(r["origin"], r["method"], r["status"], r["range"]) for r in log] == [
-        ("api", "GET", 200, None), ("api", "GET", 302, "bytes=0-9"), ("cdn", "GET", 206, "bytes=0-9")]
+        ("api", "GET", 200, None),
+        ("api", "GET", 302, "bytes=0-9"),
+        ("cdn", "GET", 206, "bytes=0-9"),
+    ]
     assert log[0]["query"] == "blobs=true" and log[0]["path"] == "/api/models/org/tiny/revision/main"
     assert hub.count(filename="tiny-Q4_K_M.gguf") == 2 and hub.count(origin="cdn", method="get") == 1
     assert hub.requests[2].repo == "org/tiny"
@@ -264,7 +278,9 @@ def test_cli_serves_a_folder(tmp_path: Path) -> None:
     (tmp_path / "m" / "deep" / "preset.ini").write_bytes(b"[x]\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelfix.testing.hub", "--repo", f"org/cli={tmp_path / 'm'}", "--page-size", "1"],
-        env=child_env(), stdout=subprocess.PIPE, text=True,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline().strip()
@@ -272,7 +288,10 @@ def test_cli_serves_a_folder(tmp_path: Path) -> None:
         endpoint = line.split("=", 1)[1]
         api = HfApi(endpoint=endpoint)
         assert [e.path for e in api.list_repo_tree("org/cli", recursive=True)] == [
-            "cli-Q4_K_M.gguf", "deep", "deep/preset.ini"]
+            "cli-Q4_K_M.gguf",
+            "deep",
+            "deep/preset.ini",
+        ]
         path = hf_hub_download("org/cli", "cli-Q4_K_M.gguf", endpoint=endpoint, cache_dir=tmp_path / "c")
         assert Path(path).read_bytes() == GGUF
         log = json.loads(urllib.request.urlopen(f"{endpoint}/_modelfix/requests").read())

@@ -92,8 +92,10 @@ def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
     llm = magic(shell, "load_model tiny")
     first = capsys.readouterr().out
     model = [line for line in first.splitlines() if "tiny-Q4_K_M.gguf:" in line]
-    assert model[:2] == ["[modelfix] tiny tiny-Q4_K_M.gguf: downloading 500.5 KB",
-                         "[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verifying"]
+    assert model[:2] == [
+        "[modelfix] tiny tiny-Q4_K_M.gguf: downloading 500.5 KB",
+        "[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verifying",
+    ]
     assert model[2].startswith("[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verified · origin · ")
     assert model[2].endswith("B/s") and len(model) == 3  # then the download speed; one line per status
     load = [line for line in first.splitlines() if "llama.cpp:" in line]
@@ -219,11 +221,13 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
 
 @pytest.mark.parametrize(
     "line, message",
-    [("load_model tiny --n-ctx lots", "invalid int value"),
-     ("load_model", "required: name"),
-     ("load_model tiny --keep-alive soon", "bad duration"),
-     ("unload_model", "NAME or --all"),
-     ("modelfix_cache --max-size 1GB", "goes with --prune")],
+    [
+        ("load_model tiny --n-ctx lots", "invalid int value"),
+        ("load_model", "required: name"),
+        ("load_model tiny --keep-alive soon", "bad duration"),
+        ("unload_model", "NAME or --all"),
+        ("modelfix_cache --max-size 1GB", "goes with --prune"),
+    ],
 )
 def test_bad_arguments_are_usage_errors(shell, capsys, line: str, message: str) -> None:
     from IPython.core.error import UsageError
@@ -274,7 +278,6 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     cell is added at the end: an error, which the kernel shows as one line.
     """
     import nbformat
-
     from modelfix_jupyter.run import main
 
     monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
@@ -323,15 +326,19 @@ def test_a_cached_file_evicted_is_not_a_released_handle(shell) -> None:
     assert "released" not in text and "yes" in text
 
 
-def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(lockfile, monkeypatch, capfd,
-                                                                            tmp_path: Path) -> None:
+def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(
+    lockfile, monkeypatch, capfd, tmp_path: Path
+) -> None:
     import nbformat
-
     from modelfix_jupyter.run import main
 
     monkeypatch.setenv("MODELFIX_LOCK", str(lockfile))
-    cells = ["%load_ext modelfix\nprint('before the failure')", "llm = %load_model tiny", "%load_model nosuch",
-             "print('never')"]
+    cells = [
+        "%load_ext modelfix\nprint('before the failure')",
+        "llm = %load_model tiny",
+        "%load_model nosuch",
+        "print('never')",
+    ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nbformat.write(notebook, tmp_path / "broken.ipynb")
 

@@ -20,7 +20,7 @@ version = 1
 [models.chat]   # the default chat model
 source = "org/tiny:Q4_K_M"
 n_ctx = 512
-revision = "{'1' * 40}"
+revision = "{"1" * 40}"
 pinned_from = "org/tiny:Q4_K_M"
 files = [
     {{path = "tiny-Q4_K_M.gguf", size = 10, sha256 = "{SHA}", role = "model"}},
@@ -50,23 +50,55 @@ def test_edited_source_makes_the_entry_stale(tmp_path):
 
 BAD = [
     ("[models.chat\nsource = 1", r"model-lock.toml:1:\d+: invalid TOML"),
-    ('version = 1\nfoo = 2\n', r"model-lock.toml:2: unknown top-level key 'foo'"),
-    ('version = 2\n', r"lockfile version 2 is not supported"),
+    ("version = 1\nfoo = 2\n", r"model-lock.toml:2: unknown top-level key 'foo'"),
+    ("version = 2\n", r"lockfile version 2 is not supported"),
     ('version = "1"\n', r"model-lock.toml:1: `version` must be an integer: version = 1, not '1'"),
-    ('[models.chat]\nn_ctx = 5\n', r"model-lock.toml:1: \[models.chat\] has no `source`"),
-    ('[models.chat]\nsource = "a/b"\ncolour = "red"\n', r"model-lock.toml:3: unknown key 'colour'.*Valid keys: source, n_ctx"),
-    ('[models.chat]\nsource = "a/b"\nn_gpu_layers = 99\n', r"model-lock.toml:3: 'n_gpu_layers' is a machine setting.*MODELFIX_GPU_LAYERS"),
+    ("[models.chat]\nn_ctx = 5\n", r"model-lock.toml:1: \[models.chat\] has no `source`"),
+    (
+        '[models.chat]\nsource = "a/b"\ncolour = "red"\n',
+        r"model-lock.toml:3: unknown key 'colour'.*Valid keys: source, n_ctx",
+    ),
+    (
+        '[models.chat]\nsource = "a/b"\nn_gpu_layers = 99\n',
+        r"model-lock.toml:3: 'n_gpu_layers' is a machine setting.*MODELFIX_GPU_LAYERS",
+    ),
     ('[models.chat]\nsource = "a/b"\nn_ctx = "big"\n', r"model-lock.toml:3: n_ctx must be int, got 'big'"),
-    ('[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = 1, sha256 = "xyz"}]\n', r"sha256 must be 64 lowercase hex.*modelfix lock --upgrade --model chat"),
-    ('[models.chat]\nsource = "a/b"\nfiles = [{path = "../m.gguf", size = 1, sha256 = "' + SHA + '"}]\n', r"unsafe file path '../m.gguf'"),
-    ('[models.chat]\nsource = "a/b"\nfiles = [{path = "/etc/m.gguf", size = 1, sha256 = "' + SHA + '"}]\n', r"unsafe file path '/etc/m.gguf'"),
-    ('[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = -1, sha256 = "' + SHA + '"}]\n', r"size must be a non-negative integer"),
-    ('[models."bad name"]\nsource = "a/b"\n', r"model name 'bad name' must start with a letter or digit, followed by letters"),
+    (
+        '[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = 1, sha256 = "xyz"}]\n',
+        r"sha256 must be 64 lowercase hex.*modelfix lock --upgrade --model chat",
+    ),
+    (
+        '[models.chat]\nsource = "a/b"\nfiles = [{path = "../m.gguf", size = 1, sha256 = "' + SHA + '"}]\n',
+        r"unsafe file path '../m.gguf'",
+    ),
+    (
+        '[models.chat]\nsource = "a/b"\nfiles = [{path = "/etc/m.gguf", size = 1, sha256 = "' + SHA + '"}]\n',
+        r"unsafe file path '/etc/m.gguf'",
+    ),
+    (
+        '[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = -1, sha256 = "' + SHA + '"}]\n',
+        r"size must be a non-negative integer",
+    ),
+    (
+        '[models."bad name"]\nsource = "a/b"\n',
+        r"model name 'bad name' must start with a letter or digit, followed by letters",
+    ),
     ('[models._chat]\nsource = "a/b"\n', r"model-lock.toml:1: model name '_chat' must start with a letter or digit"),
-    ('[models.chat]\nsource = "a/b"\nrevision = "../../x"\n', r"model-lock.toml:3: revision must be a full commit sha \(40 lowercase hex characters\), got '../../x'. Run `modelfix lock --upgrade --model chat`"),
+    (
+        '[models.chat]\nsource = "a/b"\nrevision = "../../x"\n',
+        r"model-lock.toml:3: revision must be a full commit sha \(40 lowercase hex characters\), got '../../x'. Run `modelfix lock --upgrade --model chat`",
+    ),
     ('[models.chat]\nsource = "a/b"\nrevision = "main"\n', r"model-lock.toml:3: revision must be a full commit sha"),
-    ('[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = 9223372036854775807, sha256 = "' + SHA + '"}]\n', r"model-lock.toml:3: files\[0\] of \[models.chat\] \(m.gguf\): size must be a non-negative integer of at most 2\*\*50 bytes"),
-    ('[models.a]\nsource = "a/b"\n[models.a]\nsource = "c/d"\n', r'model-lock.toml:4:\d+: invalid TOML: Key "a" already exists. Fix the syntax there.$'),
+    (
+        '[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = 9223372036854775807, sha256 = "'
+        + SHA
+        + '"}]\n',
+        r"model-lock.toml:3: files\[0\] of \[models.chat\] \(m.gguf\): size must be a non-negative integer of at most 2\*\*50 bytes",
+    ),
+    (
+        '[models.a]\nsource = "a/b"\n[models.a]\nsource = "c/d"\n',
+        r'model-lock.toml:4:\d+: invalid TOML: Key "a" already exists. Fix the syntax there.$',
+    ),
     ('[models.a]\nsource = "a/b"\n[routing]\ndefault = "zzz"\n', r"routing names model 'zzz'"),
 ]
 
@@ -134,7 +166,9 @@ def test_a_failed_write_leaves_no_trace(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(LockError, match=r"model-lock.toml: cannot write the lockfile \(disk full\); it was left as it was"):
+    with pytest.raises(
+        LockError, match=r"model-lock.toml: cannot write the lockfile \(disk full\); it was left as it was"
+    ):
         write_pins(path, NEW_PINS)
     assert path.read_text() == PINNED
     assert [p.name for p in tmp_path.iterdir()] == ["model-lock.toml"]
@@ -148,7 +182,10 @@ def test_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch,
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
     monkeypatch.setattr(tempfile if step == "mkstemp" else os, step, denied)
-    with pytest.raises(LockError, match=rf"{path}: permission denied writing the lockfile; it was left as it was. Make {tmp_path} writable"):
+    with pytest.raises(
+        LockError,
+        match=rf"{path}: permission denied writing the lockfile; it was left as it was. Make {tmp_path} writable",
+    ):
         write_pins(path, NEW_PINS)
     assert path.read_text() == PINNED
     assert [p.name for p in tmp_path.iterdir()] == ["model-lock.toml"]
@@ -171,18 +208,22 @@ def test_read_only_file_or_folder_is_left_alone(tmp_path):
 
 
 def test_a_folder_is_not_a_lockfile(tmp_path):
-    with pytest.raises(LockError, match=rf"{tmp_path} is a folder, not a lockfile. Pass the file: --lock {tmp_path}/model-lock.toml"):
+    with pytest.raises(
+        LockError, match=rf"{tmp_path} is a folder, not a lockfile. Pass the file: --lock {tmp_path}/model-lock.toml"
+    ):
         Lockfile.load(tmp_path)
 
 
 def test_a_lockfile_that_is_not_utf8_names_its_line(tmp_path):
     path = tmp_path / "model-lock.toml"
-    path.write_bytes(b'version = 1\n# caf\xe9\n')
-    with pytest.raises(LockError, match=r"model-lock.toml:2: the lockfile is not UTF-8 text \(byte 0xe9\). Save it as UTF-8"):
+    path.write_bytes(b"version = 1\n# caf\xe9\n")
+    with pytest.raises(
+        LockError, match=r"model-lock.toml:2: the lockfile is not UTF-8 text \(byte 0xe9\). Save it as UTF-8"
+    ):
         Lockfile.load(path)
     with pytest.raises(LockError, match="not UTF-8"):
         write_pins(path, NEW_PINS)
-    assert path.read_bytes() == b'version = 1\n# caf\xe9\n'
+    assert path.read_bytes() == b"version = 1\n# caf\xe9\n"
 
 
 def test_crlf_line_endings_and_a_bom_are_kept(tmp_path):
@@ -211,7 +252,9 @@ def test_a_symlinked_lockfile_is_written_through(tmp_path):
 
 def test_an_error_in_a_file_pin_names_its_own_line(tmp_path):
     bad = PINNED.replace("]\n", '    {path = "b.gguf", size = 1, sha256 = "nope", role = "model"},\n]\n')
-    with pytest.raises(LockError, match=r"model-lock.toml:11: files\[1\] of \[models.chat\] \(b.gguf\): sha256 must be"):
+    with pytest.raises(
+        LockError, match=r"model-lock.toml:11: files\[1\] of \[models.chat\] \(b.gguf\): sha256 must be"
+    ):
         Lockfile.load(write(tmp_path, bad))
 
 

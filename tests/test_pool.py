@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
-import llama_cpp
 from modelfix.errors import MemoryBudgetError, SettingsError
 from modelfix.estimate import estimate
 from modelfix.events import events
@@ -102,9 +102,15 @@ def test_the_handle_is_a_llama(pool, models):
     assert "'a'" in repr(llm) and "resident" in repr(llm)
 
 
-@pytest.mark.parametrize(("via", "layers", "reported"), [
-    ("call", 0, 0), ("call", 3, 3), ("call", -1, 0x7FFFFFFF), ("env", 2, 2),
-])
+@pytest.mark.parametrize(
+    ("via", "layers", "reported"),
+    [
+        ("call", 0, 0),
+        ("call", 3, 3),
+        ("call", -1, 0x7FFFFFFF),
+        ("env", 2, 2),
+    ],
+)
 def test_n_gpu_layers_reaches_llama_cpp(pool, models, monkeypatch, via, layers, reported):
     # This build has no GPU; llama.cpp still records the request in its model
     # params (-1 is stored as INT32_MAX, "every layer"), which is what we check.
@@ -177,8 +183,10 @@ def test_a_handle_in_use_is_never_evicted(models):
 
 @pytest.mark.parametrize(
     ("where", "named"),
-    [("env", "(MODELFIX_MEMORY_BUDGET). To load it, raise MODELFIX_MEMORY_BUDGET,"),
-     ("configure", "(set by a front-end option or modelfix.configure()). To load it, raise it where it was set")],
+    [
+        ("env", "(MODELFIX_MEMORY_BUDGET). To load it, raise MODELFIX_MEMORY_BUDGET,"),
+        ("configure", "(set by a front-end option or modelfix.configure()). To load it, raise it where it was set"),
+    ],
 )
 def test_over_budget_load_is_refused_with_sizes_and_where_the_budget_was_set(models, monkeypatch, where, named):
     budget = cost(models, "a") // 2
@@ -504,7 +512,12 @@ def test_loaded_records_and_metrics(pool, models, recorded):
         a.hits = 2  # type: ignore[misc]
     metrics = pool.metrics()
     assert {k: metrics[k] for k in ("hits", "misses", "loads", "evictions", "resident")} == {
-        "hits": 1, "misses": 2, "loads": 2, "evictions": 0, "resident": 2}
+        "hits": 1,
+        "misses": 2,
+        "loads": 2,
+        "evictions": 0,
+        "resident": 2,
+    }
     assert set(metrics["load_seconds"]) == {"a", "b"} and all(s > 0 for s in metrics["load_seconds"].values())
     loaded_events = [e for e in recorded if e.kind == "load" and e.status == "loaded"]
     assert [e.model for e in loaded_events] == ["a", "b"] and all(e.seconds > 0 for e in loaded_events)
@@ -594,7 +607,7 @@ def project(tmp_path: Path) -> Path:
     write_tiny_model(folder / "tiny-Q2_K.gguf", seed=2, split_parts=3)
     lock = folder / "model-lock.toml"
     lock.write_text(
-        'version = 1\n\n'
+        "version = 1\n\n"
         '[models.tiny]\nsource = "./tiny-Q4_K_M.gguf"\nn_ctx = 256\nseed = 3\n\n'
         '[models.split]\nsource = "./tiny-Q2_K-00001-of-00003.gguf"\n\n'
         '[models.vectors]\nsource = "./tiny-Q4_K_M.gguf"\nembedding = true\n',
@@ -635,7 +648,8 @@ def test_split_model_loads_from_its_first_part(project, shared):
     assert llm.model_path.endswith("-00001-of-00003.gguf")
     assert text(llm)
     assert modelfix.loaded()[0].estimate.weights == sum(
-        p.stat().st_size for p in project.parent.glob("tiny-Q2_K-*.gguf"))
+        p.stat().st_size for p in project.parent.glob("tiny-Q2_K-*.gguf")
+    )
 
 
 def test_embedding_entry_gives_an_embedding_handle(project, shared):

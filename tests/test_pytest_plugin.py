@@ -68,15 +68,17 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
     )
     result = run(suite, "--strict-markers", "-W", "error::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=3)
-    result.stdout.re_match_lines([
-        rf"modelfix: lockfile {re.escape(str(suite.path / 'model-lock.toml'))}, cache .*, models: tiny, "
-        r"GPU offload: (yes|no)",
-        r"-+ modelfix -+",
-        r"models used: tiny",
-        r"fetched: 3 files, 517.9 KB; cache hits: 0 models",
-        r"load times: tiny \d+\.\d\ds.*",
-        r"pool evictions: 0; cache evictions: 0 files",
-    ])
+    result.stdout.re_match_lines(
+        [
+            rf"modelfix: lockfile {re.escape(str(suite.path / 'model-lock.toml'))}, cache .*, models: tiny, "
+            r"GPU offload: (yes|no)",
+            r"-+ modelfix -+",
+            r"models used: tiny",
+            r"fetched: 3 files, 517.9 KB; cache hits: 0 models",
+            r"load times: tiny \d+\.\d\ds.*",
+            r"pool evictions: 0; cache evictions: 0 files",
+        ]
+    )
     result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_K_M.gguf *"])
 
     warm = run(suite)
@@ -105,8 +107,9 @@ def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.
     path = lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
     # Another process fetched tiny (its lease ended with it); under the cap tiny8 can only come in
     # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8).
-    subprocess.run([sys.executable, "-m", "modelfix", "--lock", str(path), "sync", "tiny"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "modelfix", "--lock", str(path), "sync", "tiny"], check=True, capture_output=True
+    )
     monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")
     pytester.makepyfile(
         """
@@ -139,11 +142,15 @@ def test_several_names_run_once_per_model(pytester: pytest.Pytester, hub) -> Non
     )
     result = run(pytester, "-v")
     result.assert_outcomes(passed=4, errors=1)
-    result.stdout.fnmatch_lines_random([
-        "*::test_each[[]tiny-a] PASSED*", "*::test_each[[]tiny-b] PASSED*",
-        "*::test_each[[]tiny8-a] PASSED*", "*::test_each[[]tiny8-b] PASSED*",
-        "*LockError: *has several models (tiny, tiny8)*@pytest.mark.model(\"NAME\")*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*::test_each[[]tiny-a] PASSED*",
+            "*::test_each[[]tiny-b] PASSED*",
+            "*::test_each[[]tiny8-a] PASSED*",
+            "*::test_each[[]tiny8-b] PASSED*",
+            '*LockError: *has several models (tiny, tiny8)*@pytest.mark.model("NAME")*',
+        ]
+    )
     result.stdout.re_match_lines([r"load times: tiny \d.*, tiny8 \d.*"])
 
 
@@ -301,12 +308,16 @@ def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub)
     )
     pytester.makepyfile("def test_nothing(): pass")
     header = run(pytester).stdout
-    header.re_match_lines([
-        rf"modelfix: lockfile {re.escape(str(pytester.path / 'locks' / 'model-lock.toml'))}, "
-        rf"cache {re.escape(str(pytester.path / 'store'))}, offline, models: tiny, .*"
-    ])
+    header.re_match_lines(
+        [
+            rf"modelfix: lockfile {re.escape(str(pytester.path / 'locks' / 'model-lock.toml'))}, "
+            rf"cache {re.escape(str(pytester.path / 'store'))}, offline, models: tiny, .*"
+        ]
+    )
     other = pytester.path / "elsewhere"
-    run(pytester, "--modelfix-cache-dir", str(other)).stdout.re_match_lines([rf".*, cache {re.escape(str(other))}, offline, .*"])
+    run(pytester, "--modelfix-cache-dir", str(other)).stdout.re_match_lines(
+        [rf".*, cache {re.escape(str(other))}, offline, .*"]
+    )
 
 
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
@@ -370,7 +381,9 @@ def test_a_bad_memory_budget_option_is_a_usage_error(suite: pytest.Pytester) -> 
     suite.makepyfile("def test_nothing():\n    pass\n")
     result = run(suite, "--modelfix-memory-budget", "lots")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--modelfix-memory-budget / modelfix_memory_budget: bad memory budget 'lots'*auto or inf*"])
+    result.stderr.fnmatch_lines(
+        ["*--modelfix-memory-budget / modelfix_memory_budget: bad memory budget 'lots'*auto or inf*"]
+    )
 
 
 def test_import_is_cheap() -> None:

@@ -25,8 +25,7 @@ from modelfix.config import CacheSettings
 from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
 from modelfix.jobs import Cancelled, jobs
 from modelfix.lockfile import Lockfile
-from modelfix.locking import add_entry
-from modelfix.locking import add
+from modelfix.locking import add, add_entry
 from modelfix.resolver import cached_state, missing
 from modelfix.store import Store
 from modelfix.testing.hub import Fault
@@ -44,8 +43,9 @@ def _sha(path: Path) -> str:
 
 def _cli(*args: str, cwd: Path) -> None:
     """``modelfix ARGS`` in another process, as a second terminal would run it."""
-    done = subprocess.run([sys.executable, "-m", "modelfix", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfix", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
     assert done.returncode in (0, 1), done.stderr  # 1: `verify` found a problem
 
 
@@ -62,8 +62,11 @@ def test_files_names_every_file_of_the_entry_in_its_view(lock, tiny_files):
     assert m.mmproj_path == m.view / "mmproj-tiny-f16.gguf"
     assert m.preset_path == m.view / "preset.ini"
     for pin, file in zip(m.entry.files, m.files):
-        assert hashlib.sha256(file.read_bytes()).hexdigest() == pin.sha256 == hashlib.sha256(
-            tiny_files[pin.path].read_bytes()).hexdigest()
+        assert (
+            hashlib.sha256(file.read_bytes()).hexdigest()
+            == pin.sha256
+            == hashlib.sha256(tiny_files[pin.path].read_bytes()).hexdigest()
+        )
     assert modelfix.path("split", lock) == m.model_path
 
 
@@ -117,11 +120,15 @@ def _one_file_deleted(m, lock) -> None:
     m.files[1].unlink()
 
 
-@pytest.mark.parametrize(("change", "downloads"), [
-    (_cache_rm, []),  # the blobs stay: this process leases them
-    (_verify_after_bit_rot, [MODEL]),
-    (_one_file_deleted, []),
-], ids=["cache rm in another process", "verify in another process removes a rotten blob", "a view file deleted"])
+@pytest.mark.parametrize(
+    ("change", "downloads"),
+    [
+        (_cache_rm, []),  # the blobs stay: this process leases them
+        (_verify_after_bit_rot, [MODEL]),
+        (_one_file_deleted, []),
+    ],
+    ids=["cache rm in another process", "verify in another process removes a rotten blob", "a view file deleted"],
+)
 def test_a_warm_path_notices_a_view_changed_under_it(lock, hub, change, downloads):
     m = modelfix.files("chat", lock)
     modelfix.files("chat", lock)  # warm
@@ -296,7 +303,10 @@ def test_missing_and_cached_state_follow_the_store(lock):
     assert cached_state(lockfile.entry("chat"), settings) == "cached"
     assert cached_state(lockfile.entry("split"), settings) == "partial"  # mmproj and preset are shared
     assert {p.path for _, p in missing(lockfile, settings)} == {
-        "tiny-Q2_K-00001-of-00003.gguf", "tiny-Q2_K-00002-of-00003.gguf", "tiny-Q2_K-00003-of-00003.gguf"}
+        "tiny-Q2_K-00001-of-00003.gguf",
+        "tiny-Q2_K-00002-of-00003.gguf",
+        "tiny-Q2_K-00003-of-00003.gguf",
+    }
 
 
 def test_a_pin_the_origin_no_longer_has_says_how_to_re_pin(lock, hub, workdir):
@@ -316,8 +326,13 @@ def test_a_blob_deleted_from_under_its_view_is_put_back_from_it_without_a_downlo
     blob.unlink()  # the view's hard link keeps the bytes
     hub.clear_log()
 
-    done = subprocess.run([sys.executable, "-m", "modelfix", command, "chat"], capture_output=True, text=True,
-                          cwd=lock.parent, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfix", command, "chat"],
+        capture_output=True,
+        text=True,
+        cwd=lock.parent,
+        timeout=120,
+    )
 
     assert done.returncode == 0, done.stderr
     assert os.path.samefile(blob, m.model_path)

@@ -112,7 +112,10 @@ def test_route_is_public_api(lock):
     ("routing", "message"),
     [
         ('rules = "x"', r"routing.rules must be a list of tables"),
-        ('rules = [{ pattern = "x", model = "chat", extra = 1 }]', r"unknown key 'extra' in routing.rules\[0\] \(valid: pattern, model\)"),
+        (
+            'rules = [{ pattern = "x", model = "chat", extra = 1 }]',
+            r"unknown key 'extra' in routing.rules\[0\] \(valid: pattern, model\)",
+        ),
         ("default = 3", r"routing.default must be a model name"),
         ('rules = [{ pattern = "(", model = "chat" }]', r"routing.rules\[0\] pattern is not a valid regex"),
     ],

@@ -81,7 +81,11 @@ def test_split_parts_of_one_set_are_not_ambiguous():
         (LISTING, "Q8_0", "mmproj-Model-Q8_0.gguf"),  # exact tag match
         (LISTING, "Q4_K_M", "mmproj-Model-Q8_0.gguf"),  # closest bit width: 8 is nearer 4 than 16
         (LISTING, "F32", "mmproj-Model-f16.gguf"),  # 16 is nearest 32
-        (["sub/m-Q4_0.gguf", "mmproj-f16.gguf", "sub/mmproj-f32.gguf"], "Q4_0", "sub/mmproj-f32.gguf"),  # deepest shared folder
+        (
+            ["sub/m-Q4_0.gguf", "mmproj-f16.gguf", "sub/mmproj-f32.gguf"],
+            "Q4_0",
+            "sub/mmproj-f32.gguf",
+        ),  # deepest shared folder
         (["m-Q4_0.gguf"], "Q4_0", None),
         # f16 and bf16 are both 16 bits: f16 is the one for F16 and for the nearest-width fallback
         (["m-F16.gguf", "mmproj-m-bf16.gguf", "mmproj-m-f16.gguf"], "F16", "mmproj-m-f16.gguf"),

@@ -239,8 +239,19 @@ def test_bad_pool_settings(explicit, fragment):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("0", 0.0), (0, 0.0), ("2.5", 2.5),
-     ("-1", math.inf), (-1, math.inf), ("inf", math.inf), ("500ms", 0.5), ("1d", 86400.0)],
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("0", 0.0),
+        (0, 0.0),
+        ("2.5", 2.5),
+        ("-1", math.inf),
+        (-1, math.inf),
+        ("inf", math.inf),
+        ("500ms", 0.5),
+        ("1d", 86400.0),
+    ],
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds

@@ -71,7 +71,9 @@ def test_bad_sources_say_what_is_expected(text, message):
 def test_single_file_with_mmproj_and_preset(hub, tiny_files):
     pins = parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
     assert [(f.path, f.role) for f in pins.files] == [
-        ("tiny-Q4_K_M.gguf", "model"), ("mmproj-tiny-f16.gguf", "mmproj"), ("preset.ini", "preset"),
+        ("tiny-Q4_K_M.gguf", "model"),
+        ("mmproj-tiny-f16.gguf", "mmproj"),
+        ("preset.ini", "preset"),
     ]
     for pin in pins.files:
         assert (pin.size, pin.sha256) == (tiny_files[pin.path].stat().st_size, sha256(tiny_files[pin.path]))
@@ -114,8 +116,11 @@ def test_revisions_branch_tag_and_commit(hub, tiny_files):
 
 def test_a_pull_request_ref_resolves_in_every_form(hub, tiny_files):
     pr = hub.create_branch(TINY_REPO, "refs/pr/1")
-    for text in (f"{TINY_REPO}@refs/pr/1:Q4_K_M", f"{TINY_REPO}:Q4_K_M@refs/pr/1",
-                 f"hf://{TINY_REPO}@refs/pr/1/tiny-Q4_K_M.gguf"):
+    for text in (
+        f"{TINY_REPO}@refs/pr/1:Q4_K_M",
+        f"{TINY_REPO}:Q4_K_M@refs/pr/1",
+        f"hf://{TINY_REPO}@refs/pr/1/tiny-Q4_K_M.gguf",
+    ):
         assert parse_source(text).resolve().revision == pr, text
 
 
@@ -125,7 +130,9 @@ def test_missing_revision(hub):
 
 
 def test_tag_without_match_lists_what_exists(hub):
-    with pytest.raises(SourceError, match="tag 'Q3_K_S' matches no model file in org/tiny. Available: .*tiny-Q8_0.gguf"):
+    with pytest.raises(
+        SourceError, match="tag 'Q3_K_S' matches no model file in org/tiny. Available: .*tiny-Q8_0.gguf"
+    ):
         parse_source(f"{TINY_REPO}:Q3_K_S").resolve()
 
 
@@ -155,7 +162,9 @@ def test_api_faults_are_retried_and_the_pins_do_not_change(hub, fault, times):
 def test_a_hub_that_keeps_failing_is_a_network_error_naming_the_repo(hub, monkeypatch):
     monkeypatch.setenv("MODELFIX_RETRIES", "3")
     hub.inject_api(TINY_REPO, Fault.status(502), times=None)
-    with pytest.raises(NetworkError, match=r"^org/tiny: the Hub answered HTTP 502 \(injected fault: 502\) \(gave up after 3 attempts\)"):
+    with pytest.raises(
+        NetworkError, match=r"^org/tiny: the Hub answered HTTP 502 \(injected fault: 502\) \(gave up after 3 attempts\)"
+    ):
         parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
     assert _api_answers(hub) == [502] * 3
 

@@ -20,9 +20,9 @@ import pytest
 import modelfix
 import modelfix.store
 from modelfix.config import CacheSettings
+from modelfix.errors import CacheError
 from modelfix.events import events
 from modelfix.locking import add
-from modelfix.errors import CacheError
 from modelfix.store import Store, cache_error
 
 REPO = "org/tiny"
@@ -62,8 +62,11 @@ def test_blobs_are_read_only_and_views_link_them_under_the_pinned_names(lock, ti
     store = _store()
 
     assert [p.name for p in m.files] == [
-        "tiny-Q2_K-00001-of-00003.gguf", "tiny-Q2_K-00002-of-00003.gguf", "tiny-Q2_K-00003-of-00003.gguf",
-        "mmproj-tiny-f16.gguf", "preset.ini",
+        "tiny-Q2_K-00001-of-00003.gguf",
+        "tiny-Q2_K-00002-of-00003.gguf",
+        "tiny-Q2_K-00003-of-00003.gguf",
+        "mmproj-tiny-f16.gguf",
+        "preset.ini",
     ]
     assert {p.parent for p in m.files} == {m.view}  # llama.cpp finds the split siblings beside part 1
     for pin, file in zip(m.entry.files, m.files):
@@ -136,8 +139,9 @@ def _fake_hf_cache(tmp_path: Path, sha: str, data: bytes) -> Path:
 
 
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
-def test_a_blob_already_in_the_huggingface_cache_is_adopted_not_downloaded(lock, hub, tiny_files, tmp_path,
-                                                                           monkeypatch, offline):
+def test_a_blob_already_in_the_huggingface_cache_is_adopted_not_downloaded(
+    lock, hub, tiny_files, tmp_path, monkeypatch, offline
+):
     entry = modelfix.Lockfile.load(lock).entry("a")
     for pin in entry.files:
         _fake_hf_cache(tmp_path, pin.sha256, tiny_files[pin.path].read_bytes())
@@ -225,13 +229,20 @@ def test_a_legacy_part_deleted_from_the_store_is_fetched_again_by_the_sync_verif
 
 
 def _python(code: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def _cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modelfix", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "modelfix", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        timeout=120,
+    )
 
 
 def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
@@ -240,8 +251,10 @@ def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
     blob = {name: store.blob_path(lockfile.entry(name).files[0].sha256) for name in "abc"}
     shared = [store.blob_path(p.sha256) for p in lockfile.entry("a").files[1:]]  # mmproj, preset
     assert _cli("sync", "a", "b", cwd=lock.parent).returncode == 0
-    holder = _python(f"import modelfix, sys; modelfix.path('a', {str(lock)!r}); print('ready', flush=True); sys.stdin.read()",
-                     stdin=subprocess.PIPE)
+    holder = _python(
+        f"import modelfix, sys; modelfix.path('a', {str(lock)!r}); print('ready', flush=True); sys.stdin.read()",
+        stdin=subprocess.PIPE,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
 
@@ -277,9 +290,14 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
     a_file = lockfile.entry("a").files[0]
     cap = "600000"  # a with the shared mmproj and preset fits (518 kB); b beside them does not
     hub.inject(REPO, a_file.path, Fault.stall(3.0, after_bytes=100_000))  # a is still downloading when b asks
-    first = subprocess.Popen([sys.executable, "-m", "modelfix", "sync", "a"], cwd=lock.parent, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "MODELFIX_CACHE_MAX_SIZE": cap})
+    first = subprocess.Popen(
+        [sys.executable, "-m", "modelfix", "sync", "a"],
+        cwd=lock.parent,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MODELFIX_CACHE_MAX_SIZE": cap},
+    )
     try:
         deadline = time.monotonic() + 60
         while not store.partial_path(a_file.sha256).exists():
@@ -341,8 +359,10 @@ def test_rm_removes_one_model_and_keeps_what_another_view_shows(lock):
 
 def test_rm_keeps_the_view_a_running_process_loads_from(lock):
     # Only the holder process uses the model: this test process never touches it.
-    holder = _python(f"import modelfix, sys; print(modelfix.path('a', {str(lock)!r}), flush=True); sys.stdin.read()",
-                     stdin=subprocess.PIPE)
+    holder = _python(
+        f"import modelfix, sys; print(modelfix.path('a', {str(lock)!r}), flush=True); sys.stdin.read()",
+        stdin=subprocess.PIPE,
+    )
     try:
         model = Path(holder.stdout.readline().strip())
         removed = _cli("cache", "rm", "a", cwd=lock.parent)
@@ -378,8 +398,14 @@ def test_a_cache_dir_that_cannot_be_written_says_where_and_what_to_do(lock, tmp_
     assert str(cache) in message and "MODELFIX_CACHE_DIR" in message
 
 
-@pytest.mark.parametrize(("code", "fix"), [(errno.ENOSPC, "modelfix cache prune"), (errno.EDQUOT, "modelfix cache prune"),
-                                           (errno.EROFS, "a folder you can write to")])
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [
+        (errno.ENOSPC, "modelfix cache prune"),
+        (errno.EDQUOT, "modelfix cache prune"),
+        (errno.EROFS, "a folder you can write to"),
+    ],
+)
 def test_a_full_disk_asks_for_room_and_a_read_only_one_for_another_folder(tmp_path, code, fix):
     partial = tmp_path / "cache" / "tmp" / "x.partial"
 
@@ -387,7 +413,6 @@ def test_a_full_disk_asks_for_room_and_a_read_only_one_for_another_folder(tmp_pa
 
     assert message.startswith(f"chat: model.gguf: cannot write {partial}")
     assert os.strerror(code) in message and fix in message and "MODELFIX_CACHE_DIR" in message
-
 
 
 def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(lock, hub, monkeypatch):

@@ -52,13 +52,20 @@ class ModelfixMagics(Magics):
     @magic_arguments()
     @argument("name", help="model name: a [models.NAME] table of model-lock.toml")
     @argument("--n-ctx", type=int, metavar="N", help="context length (default: the lockfile's n_ctx, else 512)")
-    @argument("--gpu-layers", type=int, metavar="N",
-              help="layers to offload to the GPU (-1 = all; default: all where the build can offload)")
+    @argument(
+        "--gpu-layers",
+        type=int,
+        metavar="N",
+        help="layers to offload to the GPU (-1 = all; default: all where the build can offload)",
+    )
     @argument("--lock", metavar="PATH", help=_LOCK_HELP)
     @argument("--offline", action="store_true", help="never touch the network: fail if a file is not cached")
-    @argument("--keep-alive", metavar="T",
-              help="release handles idle for T (30s, 5m, 1h; 0 = after each call, -1 = never); "
-                   "applies to every handle of this kernel")
+    @argument(
+        "--keep-alive",
+        metavar="T",
+        help="release handles idle for T (30s, 5m, 1h; 0 = after each call, -1 = never); "
+        "applies to every handle of this kernel",
+    )
     @line_magic
     def load_model(self, line: str) -> Any:
         """Fetch (if needed), verify and load a pinned model; returns its pooled llama_cpp.Llama.
@@ -100,11 +107,11 @@ class ModelfixMagics(Magics):
         resident = pool.loaded()
         seen = {(r.content_key, r.settings) for r in resident}
         # Released handles these magics handed out still count for "last used".
-        records = resident + [r for r in map(pool.record, self._handles())
-                              if (r.content_key, r.settings) not in seen]
+        records = resident + [r for r in map(pool.record, self._handles()) if (r.content_key, r.settings) not in seen]
         summary = render.pool_summary(pool.default_pool().settings(), pool.pool_metrics())
-        return render.models_table(Lockfile.find(args.lock), CacheSettings.resolve(), records,
-                                   self.released, footer=summary)
+        return render.models_table(
+            Lockfile.find(args.lock), CacheSettings.resolve(), records, self.released, footer=summary
+        )
 
     # -- %unload_model ---------------------------------------------------------
 
@@ -136,9 +143,12 @@ class ModelfixMagics(Magics):
     # -- %modelfix_cache -------------------------------------------------------
 
     @magic_arguments()
-    @argument("--prune", action="store_true",
-              help="delete cached files no lockfile entry or cached model needs, and stale partial "
-                   "downloads; then evict least recently used files down to the cap")
+    @argument(
+        "--prune",
+        action="store_true",
+        help="delete cached files no lockfile entry or cached model needs, and stale partial "
+        "downloads; then evict least recently used files down to the cap",
+    )
     @argument("--max-size", metavar="SIZE", help="the cap to prune to, e.g. 20GB (default: MODELFIX_CACHE_MAX_SIZE)")
     @argument("--lock", metavar="PATH", help="lockfile whose pinned files pruning keeps (default: as %%load_model)")
     @line_magic
@@ -194,8 +204,10 @@ def _prune(cache: Any, lock: str | None) -> str:
     from modelfix.store import stats
 
     report = resolver.gc(lock, settings=cache)
-    line = (f"pruned {format_size(report['bytes'])}: unused files {report['blobs']}, "
-            f"partial downloads {report['partials']}, broken views {report['views']}")
+    line = (
+        f"pruned {format_size(report['bytes'])}: unused files {report['blobs']}, "
+        f"partial downloads {report['partials']}, broken views {report['views']}"
+    )
     if cache.max_size == float("inf"):
         return line + "; no cap to trim to (--max-size or MODELFIX_CACHE_MAX_SIZE)"
     evicted = resolver.prune(lock=lock, settings=cache)

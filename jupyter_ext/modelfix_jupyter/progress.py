@@ -41,8 +41,14 @@ __all__ = ["Reporter", "WidgetReporter", "TextReporter", "reporter_for", "widget
 # Byte progress is redrawn at most this often per row; status changes always redraw.
 _REDRAW_SECONDS = 0.1
 _LOAD_ROW = "llama.cpp"
-_BAR_STYLES = {"verifying": "info", "completed": "success", "loading": "info", "loaded": "success",
-               "failed": "danger", "cancelled": "warning"}
+_BAR_STYLES = {
+    "verifying": "info",
+    "completed": "success",
+    "loading": "info",
+    "loaded": "success",
+    "failed": "danger",
+    "cancelled": "warning",
+}
 
 
 def widgets_available(shell: Any) -> bool:
@@ -196,8 +202,15 @@ class WidgetReporter(Reporter):
 
         self._box()
         if row.label not in self.bars:
-            bar = w.IntProgress(value=0, min=0, max=1, description=_short(row.label), tooltip=row.label,
-                                layout=w.Layout(width="55%"), style={"description_width": "35%"})
+            bar = w.IntProgress(
+                value=0,
+                min=0,
+                max=1,
+                description=_short(row.label),
+                tooltip=row.label,
+                layout=w.Layout(width="55%"),
+                style={"description_width": "35%"},
+            )
             info = w.HTML()
             self.bars[row.label] = (bar, info)
             self.box.children = (*self.box.children, w.HBox([bar, info]))
@@ -221,7 +234,7 @@ def reporter_for(shell: Any, model: str) -> Reporter:
 
 
 def _short(label: str, width: int = 28) -> str:
-    return label if len(label) <= width else "…" + label[-(width - 1):]
+    return label if len(label) <= width else "…" + label[-(width - 1) :]
 
 
 def _escape(text: str) -> str:

@@ -60,8 +60,13 @@ _CSS = (
     ".modelfix-table caption{text-align:left;font-weight:bold;padding:4px 0}</style>"
 )
 # Where a setting came from (modelfix.settings origins), in a notebook user's words.
-_ORIGINS = {"call": "load() argument", "frontend": "%load_model flag", "lockfile": "lockfile",
-            "default": "default", "plugin": "plugin"}
+_ORIGINS = {
+    "call": "load() argument",
+    "frontend": "%load_model flag",
+    "lockfile": "lockfile",
+    "default": "default",
+    "plugin": "plugin",
+}
 
 
 @dataclass(frozen=True)
@@ -215,8 +220,13 @@ def handle_table(handle: Any, entry: Entry | None = None, lock_path: Any = None)
     rows.append(("settings", _settings_text(r)))
     rows.append(("GPU layers offloaded", gpu_layers_offloaded(r.model_path, r.settings.n_gpu_layers)))
     est = r.estimate
-    rows.append(("estimated memory", f"{format_size(est.total)} (weights {format_size(est.weights)}, "
-                                     f"KV cache {format_size(est.kv_cache)}, compute {format_size(est.compute)})"))
+    rows.append(
+        (
+            "estimated memory",
+            f"{format_size(est.total)} (weights {format_size(est.weights)}, "
+            f"KV cache {format_size(est.kv_cache)}, compute {format_size(est.compute)})",
+        )
+    )
     state = "resident" if r.resident else "released (reloads on its next call)"
     rows.append(("state", f"{state} · last used {ago(r.last_used)}"))
     return Table(("", ""), rows, caption=f"{r.name} · llama_cpp.Llama from the modelfix pool")
@@ -272,17 +282,19 @@ def models_table(
         info = _describe_source(entry, lockfile.path)
         mine = [r for r in records if r.name == entry.name]
         resident = [r for r in mine if r.resident]
-        rows.append((
-            entry.name,
-            info.get("repo") or info.get("url") or entry.source,
-            info.get("tag"),
-            (entry.revision or "")[:10] or None,
-            format_size(entry.size),
-            cached_state(entry, cache) if entry.files else "not pinned",
-            _resident_text(len(resident), released.get(entry.name)),
-            format_size(sum(r.cost for r in resident)) if resident else None,
-            ago(max((r.last_used for r in mine), default=None)),
-        ))
+        rows.append(
+            (
+                entry.name,
+                info.get("repo") or info.get("url") or entry.source,
+                info.get("tag"),
+                (entry.revision or "")[:10] or None,
+                format_size(entry.size),
+                cached_state(entry, cache) if entry.files else "not pinned",
+                _resident_text(len(resident), released.get(entry.name)),
+                format_size(sum(r.cost for r in resident)) if resident else None,
+                ago(max((r.last_used for r in mine), default=None)),
+            )
+        )
     header = ("name", "repo", "tag", "revision", "size", "cached", "resident", "est. memory", "last used")
     return Table(header, rows, caption=str(lockfile.path), footer=footer)
 
@@ -313,13 +325,18 @@ def _count(n: int, noun: str) -> str:
 
 def cache_view(usage: Usage, cache: CacheSettings, note: str = "") -> Stack:
     """``%modelfix_cache``: where the cache is and what it holds, then one row per cached model."""
-    totals = Table(("", ""), [
-        ("folder", usage.root),
-        ("cap", format_size(cache.max_size)),
-        ("files", f"{usage.blobs} ({format_size(usage.blob_bytes)})"),
-        ("partial downloads", format_size(usage.partial_bytes)),
-        ("processes using it", usage.live_leases),
-    ], caption="modelfix cache", footer=note)
+    totals = Table(
+        ("", ""),
+        [
+            ("folder", usage.root),
+            ("cap", format_size(cache.max_size)),
+            ("files", f"{usage.blobs} ({format_size(usage.blob_bytes)})"),
+            ("partial downloads", format_size(usage.partial_bytes)),
+            ("processes using it", usage.live_leases),
+        ],
+        caption="modelfix cache",
+        footer=note,
+    )
     views = Table(
         ("models", "size", "last used"),
         [(", ".join(v["models"]) or "?", format_size(v["bytes"]), ago(v["last_used"])) for v in usage.views]

@@ -32,8 +32,15 @@ def count(n: int, thing: str) -> str:
 
 
 def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
-    parser.add_argument("--lock", metavar="PATH", default=default, help="lockfile to use (default: nearest model-lock.toml upward)")
-    parser.add_argument("--cache-dir", metavar="DIR", default=default, help="store root (default: $MODELFIX_CACHE_DIR or the user cache dir)")
+    parser.add_argument(
+        "--lock", metavar="PATH", default=default, help="lockfile to use (default: nearest model-lock.toml upward)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=default,
+        help="store root (default: $MODELFIX_CACHE_DIR or the user cache dir)",
+    )
     parser.add_argument("--offline", action="store_true", default=default, help="never touch the network")
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import count
 from ..eviction import format_size
+from . import count
 
 if TYPE_CHECKING:
     from ..config import CacheSettings
@@ -38,8 +38,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     push = commands.add_parser("push", help="upload the pinned files to the remote tier (MODELFIX_REMOTE)")
     push.add_argument("names", nargs="*", metavar="NAME", help="models to push (default: all)")
-    push.add_argument("--force", action="store_true",
-                      help="upload every file again, also those already there (repairs a corrupt copy)")
+    push.add_argument(
+        "--force",
+        action="store_true",
+        help="upload every file again, also those already there (repairs a corrupt copy)",
+    )
     push.set_defaults(handler=_push)
 
     cache = commands.add_parser("cache", help="inspect and clean the cache")
@@ -93,8 +96,15 @@ def _progress() -> Iterator[None]:
             bar = bars.get(key)
             if bar is None and event.status == "downloading":
                 bar = bars[key] = tqdm(
-                    total=event.total, initial=event.done, unit="B", unit_scale=True, unit_divisor=1000,
-                    desc=f"{event.model}: {event.file}", leave=True, file=sys.stderr, dynamic_ncols=True,
+                    total=event.total,
+                    initial=event.done,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1000,
+                    desc=f"{event.model}: {event.file}",
+                    leave=True,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
                 )
             if bar is None:
                 return
@@ -178,8 +188,10 @@ def _prune(args: argparse.Namespace) -> int:
     size = stats(settings).blob_bytes
     print(f"evicted {len(evicted)} files; the cache holds {format_size(size)}")
     if size > settings.max_size:
-        print(f"the rest is in use by running processes or pinned by the lockfile: above {format_size(settings.max_size)}",
-              file=sys.stderr)
+        print(
+            f"the rest is in use by running processes or pinned by the lockfile: above {format_size(settings.max_size)}",
+            file=sys.stderr,
+        )
     return 0
 
 

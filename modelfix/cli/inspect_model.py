@@ -38,8 +38,13 @@ __all__ = ["register", "describe"]
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("inspect", help="show a model's pins, cache state, GGUF header, settings and memory")
     p.add_argument("names", nargs="*", metavar="NAME", help="models to show (default: all)")
-    p.add_argument("--n-ctx", type=int, default=None, metavar="N",
-                   help="context size for the settings and memory estimate (default: lockfile, then 512)")
+    p.add_argument(
+        "--n-ctx",
+        type=int,
+        default=None,
+        metavar="N",
+        help="context size for the settings and memory estimate (default: lockfile, then 512)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of text")
     p.set_defaults(handler=_inspect)
 
@@ -77,11 +82,15 @@ def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: i
         "files": [{**pin.as_toml(), "cached": store.has(pin.sha256)} for pin in entry.files],
         "size": entry.size,
         "cache": cached_state(entry, cache) if entry.files else "unpinned",
-        "view": None, "gguf": None, "memory": None,
+        "view": None,
+        "gguf": None,
+        "memory": None,
     }
     resolved = resolve_settings(entry.name, {"n_ctx": n_ctx}, entry=entry.settings)
-    report["settings"] = {name: {"value": _plain(value), "from": "--n-ctx" if origin == "call" else origin}
-                          for name, value, origin in resolved.rows()}
+    report["settings"] = {
+        name: {"value": _plain(value), "from": "--n-ctx" if origin == "call" else origin}
+        for name, value, origin in resolved.rows()
+    }
     if report["cache"] != "cached" or not entry.is_pinned:
         return report
 
@@ -90,17 +99,33 @@ def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: i
     m = files(entry.name, lockfile, settings=cache)  # offline: links the cached blobs, fetches nothing
     header = read_header(m.model_path)
     s = resolved.settings
-    cost = estimate(m.model_path, n_ctx=s.n_ctx, n_ubatch=min(s.n_batch, s.n_ubatch), flash_attn=s.flash_attn,
-                    mmproj_path=m.mmproj_path if s.mmproj else None)
+    cost = estimate(
+        m.model_path,
+        n_ctx=s.n_ctx,
+        n_ubatch=min(s.n_batch, s.n_ubatch),
+        flash_attn=s.flash_attn,
+        mmproj_path=m.mmproj_path if s.mmproj else None,
+    )
     report["view"] = str(m.model_path)
     report["gguf"] = {
-        "architecture": header.architecture, "name": header.model_name, "file_type": _file_type(header.file_type),
-        "n_layer": header.n_layer, "n_embd": header.n_embd, "n_head": header.n_head,
-        "n_head_kv": max(header.n_head_kv, default=0), "n_ctx_train": header.n_ctx_train,
-        "n_vocab": header.n_vocab, "split_count": header.split_count,
+        "architecture": header.architecture,
+        "name": header.model_name,
+        "file_type": _file_type(header.file_type),
+        "n_layer": header.n_layer,
+        "n_embd": header.n_embd,
+        "n_head": header.n_head,
+        "n_head_kv": max(header.n_head_kv, default=0),
+        "n_ctx_train": header.n_ctx_train,
+        "n_vocab": header.n_vocab,
+        "split_count": header.split_count,
     }
-    report["memory"] = {"n_ctx": cost.n_ctx, "weights": cost.weights, "kv_cache": cost.kv_cache,
-                        "compute": cost.compute, "total": cost.total}
+    report["memory"] = {
+        "n_ctx": cost.n_ctx,
+        "weights": cost.weights,
+        "kv_cache": cost.kv_cache,
+        "compute": cost.compute,
+        "total": cost.total,
+    }
     return report
 
 
@@ -144,24 +169,35 @@ def _text(r: dict[str, Any]) -> str:
         width = max(len(f["path"]) for f in r["files"])
         for f in r["files"]:
             state = "cached" if f["cached"] else "missing"
-            lines.append(f"            {f['role']:<7} {f['path']:<{width}}  {format_size(f['size']):>9}  "
-                         f"sha256:{f['sha256'][:12]}…  {state}")
+            lines.append(
+                f"            {f['role']:<7} {f['path']:<{width}}  {format_size(f['size']):>9}  "
+                f"sha256:{f['sha256'][:12]}…  {state}"
+            )
     if r["gguf"] is None:
         if r["files"] and r["cache"] != "cached":
-            lines.append(f"  gguf      not cached: `modelfix sync {r['name']}` fetches it, then inspect reads the header")
+            lines.append(
+                f"  gguf      not cached: `modelfix sync {r['name']}` fetches it, then inspect reads the header"
+            )
     else:
         g, mem = r["gguf"], r["memory"]
         lines.append(f"  view      {r['view']}")
         quant = f" · {g['file_type']}" if g["file_type"] else ""
         split = f" · {g['split_count']} parts" if g["split_count"] > 1 else ""
-        lines.append(f"  gguf      {g['architecture']} \"{g['name']}\"{quant}{split} · {g['n_layer']} layers · "
-                     f"{g['n_embd']} embd · {g['n_head']} heads ({g['n_head_kv']} kv) · "
-                     f"ctx {g['n_ctx_train']} trained · vocab {g['n_vocab']}")
-        lines.append(f"  memory    ≈ {format_size(mem['total'])} at n_ctx {mem['n_ctx']}: weights "
-                     f"{format_size(mem['weights'])} + KV cache {format_size(mem['kv_cache'])} + "
-                     f"compute {format_size(mem['compute'])}")
+        lines.append(
+            f'  gguf      {g["architecture"]} "{g["name"]}"{quant}{split} · {g["n_layer"]} layers · '
+            f"{g['n_embd']} embd · {g['n_head']} heads ({g['n_head_kv']} kv) · "
+            f"ctx {g['n_ctx_train']} trained · vocab {g['n_vocab']}"
+        )
+        lines.append(
+            f"  memory    ≈ {format_size(mem['total'])} at n_ctx {mem['n_ctx']}: weights "
+            f"{format_size(mem['weights'])} + KV cache {format_size(mem['kv_cache'])} + "
+            f"compute {format_size(mem['compute'])}"
+        )
     chosen = [f"{k} {_shown(k, v['value'])} ({v['from']})" for k, v in r["settings"].items() if v["from"] != "default"]
-    defaults = [f"{k} {_shown(k, v['value'])}" for k, v in r["settings"].items()
-                if v["from"] == "default" and k in ("n_ctx", "n_gpu_layers", "seed", "n_threads")]
+    defaults = [
+        f"{k} {_shown(k, v['value'])}"
+        for k, v in r["settings"].items()
+        if v["from"] == "default" and k in ("n_ctx", "n_gpu_layers", "seed", "n_threads")
+    ]
     lines.append(f"  settings  {' · '.join(chosen + defaults)}")
     return "\n".join(lines)

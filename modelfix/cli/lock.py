@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import count
 from ..eviction import format_size
 from ..lockfile import ENTRY_SETTINGS, Lockfile, Pins
+from . import count
 
 __all__ = ["register"]
 
@@ -93,9 +93,7 @@ def _list(args: argparse.Namespace) -> int:
     rows = [("NAME", "SOURCE", "REVISION", "FILES", "SIZE", "CACHE")]
     for entry in lockfile.entries.values():
         revision = (entry.revision or "-")[:12] if entry.is_pinned else "unpinned"
-        rows.append(
-            (entry.name, entry.source, revision, str(len(entry.files)), format_size(entry.size), state(entry))
-        )
+        rows.append((entry.name, entry.source, revision, str(len(entry.files)), format_size(entry.size), state(entry)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.chat:
         out = llm.create_chat_completion(
             messages=[{"role": "user", "content": args.prompt}],
-            max_tokens=args.max_tokens, temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
         )
         text = out["choices"][0]["message"]["content"] or ""
     else:
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(text)
     rate = tokens / seconds if seconds > 0 else float("inf")
-    print(f"loaded {args.name} in {load_seconds:.2f} s; {tokens} tokens in {seconds:.2f} s ({rate:.1f} tokens/s)",
-          file=sys.stderr)
+    print(
+        f"loaded {args.name} in {load_seconds:.2f} s; {tokens} tokens in {seconds:.2f} s ({rate:.1f} tokens/s)",
+        file=sys.stderr,
+    )
     return 0

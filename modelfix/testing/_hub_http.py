@@ -114,8 +114,14 @@ class HubHandler(BaseHTTPRequestHandler):
         self._logged = True
         split = urlsplit(self.path)
         self.server.hub._record(
-            self.server.origin, self.command, unquote(split.path), split.query,
-            self.headers.get("Range"), self._status, self._repo_id, self._filename,
+            self.server.origin,
+            self.command,
+            unquote(split.path),
+            split.query,
+            self.headers.get("Range"),
+            self._status,
+            self._repo_id,
+            self._filename,
         )
 
     def do_GET(self) -> None:
@@ -240,10 +246,21 @@ class HubHandler(BaseHTTPRequestHandler):
                     s["lfs"] = {"sha256": b.sha256, "size": b.size, "pointerSize": b.pointer_size}
             siblings.append(s)
         body = {
-            "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "modelId": repo.id,
-            "author": repo.id.split("/")[0], "sha": c.sha, "lastModified": _iso(c.date),
-            "createdAt": _iso(repo.created), "private": repo.private, "gated": False, "disabled": False,
-            "downloads": 0, "likes": 0, "tags": [], "siblings": siblings, "spaces": [],
+            "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24],
+            "id": repo.id,
+            "modelId": repo.id,
+            "author": repo.id.split("/")[0],
+            "sha": c.sha,
+            "lastModified": _iso(c.date),
+            "createdAt": _iso(repo.created),
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
+            "spaces": [],
             "usedStorage": sum(b.size for b in c.tree.values()),
         }
         self._send_json(200, body)
@@ -259,8 +276,12 @@ class HubHandler(BaseHTTPRequestHandler):
                 last = self._last_commit(repo, c, path)
             else:
                 under = sorted(f"{p}\0{b.oid}" for p, b in c.tree.items() if p.startswith(path + "/"))
-                e = {"type": "directory", "oid": hashlib.sha1("\n".join(under).encode()).hexdigest(),
-                     "size": 0, "path": path}
+                e = {
+                    "type": "directory",
+                    "oid": hashlib.sha1("\n".join(under).encode()).hexdigest(),
+                    "size": 0,
+                    "path": path,
+                }
                 last = c
             if expand:
                 e["lastCommit"] = {"id": last.sha, "title": last.message.split("\n")[0], "date": _iso(last.date)}
@@ -329,8 +350,14 @@ class HubHandler(BaseHTTPRequestHandler):
         headers = {"X-Repo-Commit": c.sha}
         if blob.sha256:
             cdn = f"{self.server.hub.cdn_endpoint}/repos/{repo.id}/{blob.sha256}/{quote(path)}"
-            headers.update({"Location": cdn, "ETag": f'"{blob.sha256}"', "X-Linked-Etag": f'"{blob.sha256}"',
-                            "X-Linked-Size": str(blob.size)})
+            headers.update(
+                {
+                    "Location": cdn,
+                    "ETag": f'"{blob.sha256}"',
+                    "X-Linked-Etag": f'"{blob.sha256}"',
+                    "X-Linked-Size": str(blob.size),
+                }
+            )
             return self._send(302, f"Found. Redirecting to {cdn}".encode(), headers, "text/plain; charset=utf-8")
         headers["ETag"] = f'"{blob.oid}"'
         self._send_blob(blob, repo.id, path, headers)
@@ -346,8 +373,10 @@ class HubHandler(BaseHTTPRequestHandler):
                     blob = repo.lfs.get(rest[0]) if repo else None
                 if blob is not None:
                     name = quote(self._filename.rsplit("/", 1)[-1])
-                    headers = {"ETag": f'"{blob.sha256}"',
-                               "Content-Disposition": f"inline; filename*=UTF-8''{name}; filename=\"{name}\";"}
+                    headers = {
+                        "ETag": f'"{blob.sha256}"',
+                        "Content-Disposition": f"inline; filename*=UTF-8''{name}; filename=\"{name}\";",
+                    }
                     return self._send_blob(blob, repo_id, self._filename, headers)
         raise _HttpError(404, "NoSuchKey")
 
@@ -367,8 +396,11 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers, "application/json; charset=utf-8")
 
     def _send_blob(self, blob: _Blob, repo_id: str, path: str, headers: dict[str, str]) -> None:
-        start, end, partial = (parse_range(self.headers.get("Range"), blob.size) if self.server.hub.honour_ranges
-                               else (0, blob.size, False))
+        start, end, partial = (
+            parse_range(self.headers.get("Range"), blob.size)
+            if self.server.hub.honour_ranges
+            else (0, blob.size, False)
+        )
         if start < 0:
             return self._send(416, b"", {**headers, "Content-Range": f"bytes */{blob.size}"})
         fault = self.server.hub._take_fault(repo_id, path) if self.command == "GET" else None
@@ -428,4 +460,3 @@ def parse_range(header: str | None, size: int) -> tuple[int, int, bool]:
     if start >= size or end <= start:
         return -1, -1, True
     return start, end, True
-

@@ -70,11 +70,26 @@ def main() -> int:
         _step("sync: fetch into the content-addressed cache, verified", [*modelfix, "sync"], env)
         _step("verify --full: re-hash every cached file", [*modelfix, "verify", "--full"], env)
         _step("list", [*modelfix, "list"], env)
-        _step("inspect: header, settings and memory at n_ctx 4096 (no network)",
-              [*modelfix, "inspect", "tiny", "--n-ctx", "4096"], env)
-        _step("run: load the pinned model and complete a prompt", [*modelfix, "run", "tiny", "Hello", "--max-tokens", "16"], env)
-        _step("pytest: fixtures hand out ready handles", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/"], env)
-        _step("notebook: %load_model in a real kernel", [sys.executable, "-m", "modelfix_jupyter.run", "jupyter_ext/example.ipynb"], env)
+        _step(
+            "inspect: header, settings and memory at n_ctx 4096 (no network)",
+            [*modelfix, "inspect", "tiny", "--n-ctx", "4096"],
+            env,
+        )
+        _step(
+            "run: load the pinned model and complete a prompt",
+            [*modelfix, "run", "tiny", "Hello", "--max-tokens", "16"],
+            env,
+        )
+        _step(
+            "pytest: fixtures hand out ready handles",
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/"],
+            env,
+        )
+        _step(
+            "notebook: %load_model in a real kernel",
+            [sys.executable, "-m", "modelfix_jupyter.run", "jupyter_ext/example.ipynb"],
+            env,
+        )
         print(f"\nhub requests served: {len(hub.requests)}")
     if not same:
         print("error: the committed model-lock.toml does not match what the hub serves", file=sys.stderr)

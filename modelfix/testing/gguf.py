@@ -22,9 +22,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 import gguf
+import numpy as np
 
 __all__ = [
     "TinyModelSpec",
@@ -60,9 +59,30 @@ def _build_vocab() -> tuple[list[str], list[float], list[int]]:
     # Every multi-character piece has a merge path through shorter pieces, since
     # SPM only merges adjacent symbols whose concatenation is itself a token.
     pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *"HTW", *".,!?"]
-    pieces += ["\u2581t", "\u2581th", "\u2581the", "\u2581a", "\u2581an", "\u2581and",
-               "\u2581i", "\u2581is", "\u2581H", "\u2581He", "he", "ll", "llo", "\u2581Hello",
-               "or", "\u2581w", "\u2581wor", "ld", "\u2581world", "\u2581tiny", "\u2581ti", "ny"]
+    pieces += [
+        "\u2581t",
+        "\u2581th",
+        "\u2581the",
+        "\u2581a",
+        "\u2581an",
+        "\u2581and",
+        "\u2581i",
+        "\u2581is",
+        "\u2581H",
+        "\u2581He",
+        "he",
+        "ll",
+        "llo",
+        "\u2581Hello",
+        "or",
+        "\u2581w",
+        "\u2581wor",
+        "ld",
+        "\u2581world",
+        "\u2581tiny",
+        "\u2581ti",
+        "ny",
+    ]
     tokens += pieces
     types += [T.NORMAL] * len(pieces)
     # Longer pieces score higher so whole words win the merge race.
@@ -274,7 +294,9 @@ def write_preset(path: str | Path, *, values: Mapping[str, str] | None = None) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = "".join(f"{k} = {v}\n" for k, v in (values if values is not None else _DEFAULT_PRESET).items())
-    path.write_text(f"; llama.cpp preset written by modelfix.testing.gguf\nversion = 1\n\n[*]\n{body}", encoding="utf-8")
+    path.write_text(
+        f"; llama.cpp preset written by modelfix.testing.gguf\nversion = 1\n\n[*]\n{body}", encoding="utf-8"
+    )
     return path
 
 
@@ -330,8 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-preset", action="store_true")
     a = ap.parse_args(argv)
     written = tiny_repo_files(
-        a.out_dir, tags=a.tags, split_tags=a.split_tags, split_parts=a.split_parts,
-        mmproj=not a.no_mmproj, preset=not a.no_preset, seed=a.seed, name=a.name,
+        a.out_dir,
+        tags=a.tags,
+        split_tags=a.split_tags,
+        split_parts=a.split_parts,
+        mmproj=not a.no_mmproj,
+        preset=not a.no_preset,
+        seed=a.seed,
+        name=a.name,
     )
     for p in written.values():
         print(p)

@@ -402,8 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cdn-port", type=int, default=0)
-    parser.add_argument("--repo", action="append", default=[], metavar="ORG/NAME=DIR",
-                        help="serve DIR's files (recursive) as one commit on main")
+    parser.add_argument(
+        "--repo",
+        action="append",
+        default=[],
+        metavar="ORG/NAME=DIR",
+        help="serve DIR's files (recursive) as one commit on main",
+    )
     parser.add_argument("--page-size", type=int, default=1000)
     args = parser.parse_args(argv)
     hub = LocalHub(args.host, args.port, args.cdn_port, args.page_size)
