@@ -65,17 +65,17 @@ def test_run_finds_the_lockfile_upward(project, monkeypatch):
     assert result.returncode == 0 and STATS.match(result.stderr.splitlines()[-1]), result.stderr
 
 
-def test_run_on_a_cold_cache_shows_the_download_then_a_warm_run_does_not(lock, run_cli):
+def test_run_on_a_cold_cache_shows_the_download_then_a_warm_run_does_not(lock):
     files = Lockfile.load(lock).entry("chat").files
 
-    code, out, err = run_cli("run", "chat", "Hello", "--max-tokens", "2")
+    result = modelfix("run", "chat", "Hello", "--max-tokens", "2")
 
-    assert code == 0 and out, err
-    *fetched, stats = err.splitlines()
+    assert result.returncode == 0 and result.stdout, result.stderr
+    *fetched, stats = result.stderr.splitlines()
     assert sorted(line.split("  ")[0] for line in fetched) == sorted(f"chat: {pin.path}" for pin in files)
     assert all(line.endswith("  origin") for line in fetched) and stats.startswith("loaded chat in ")
-    code, _, err = run_cli("run", "chat", "Hello", "--max-tokens", "2")
-    assert code == 0 and len(err.splitlines()) == 1, err
+    warm = modelfix("run", "chat", "Hello", "--max-tokens", "2")
+    assert warm.returncode == 0 and len(warm.stderr.splitlines()) == 1, warm.stderr
 
 
 def test_run_unknown_model_is_one_line(project):

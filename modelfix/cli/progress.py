@@ -40,15 +40,17 @@ def progress() -> Iterator[None]:
     terminal = sys.stderr.isatty()
 
     def say(line: str) -> None:
-        if terminal:
-            tqdm.write(line, file=sys.stderr)  # above the bars, not through them
-        else:
-            print(line, file=sys.stderr)
+        """One whole line: events come from several fetch threads at once."""
+        with lock:
+            if terminal:
+                tqdm.write(line, file=sys.stderr)  # above the bars, not through them
+            else:
+                sys.stderr.write(line + "\n")  # one write: print() sends the newline apart
+                sys.stderr.flush()
 
     def on_event(event: Event) -> None:
         if event.kind == "evict" and event.source == "cache":
-            with lock:
-                say(f"evicted {event.model}: {event.file} from the cache")
+            say(f"evicted {event.model}: {event.file} from the cache")
             return
         if event.kind != "job":
             return
