@@ -1,4 +1,4 @@
-"""What the pytest plugin tells the terminal: fetch progress lines and the end-of-run summary.
+"""What the pytest plugin tells the terminal: fetch progress lines, offline errors and the end-of-run summary.
 
 Both are drawn from the core's event stream, but only from the events the
 plugin's own fixtures cause: a :class:`Recorder` passes an event on while a
@@ -36,7 +36,9 @@ import pytest
 
 from .events import Event
 
-__all__ = ["Counters", "Progress", "Recorder"]
+__all__ = ["Counters", "Progress", "Recorder", "OfflineNotes", "WorkerReports", "PRELOAD_LINE"]
+
+PRELOAD_LINE = "modelfix: --modelfix-preload: "  # starts the line that shows a preload's error
 
 _FETCHED_FROM = ("origin", "remote")
 _COUNTS = ("fetched_files", "fetched_bytes", "cache_hits", "adopted", "pool_evictions", "cache_evictions")
@@ -206,3 +208,55 @@ class Recorder:
         if self._active or reaped:
             self.counters(event)
             self.progress(event)
+
+
+class OfflineNotes:
+    """An OfflineError in full the first time, then one line that points there.
+
+    The core's message lists every missing model, its files and the command that fetches
+    them: three lines or more, the same for every test that needs those models.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}  # message -> where it was shown in full
+
+    def note(self, message: str, model: str, where: str, first: str | None = None) -> tuple[str, bool]:
+        """(the report of ``message`` for ``where``, whether it is the full message).
+
+        ``first``: where it was shown in full if this run has not seen it yet (default
+        ``where``); the xdist controller passes each worker's.
+        """
+        first = self._first.setdefault(message, first or where)
+        if first == where:
+            return f"OfflineError: {message}", True
+        return (
+            f"OfflineError: {model} is not in the cache (offline): see {first} for its files "
+            "and the command that fetches them"
+        ), False
+
+    def first(self, message: str) -> str:
+        return self._first[message]
+
+
+class WorkerReports:
+    """Registered on the xdist controller: what the workers' test reports carry for the terminal.
+
+    Their fetch lines are printed (a preload's error once, though each worker preloads);
+    their OfflineErrors are shown in full once per run, the others pointing at that one.
+    """
+
+    def __init__(self, progress: Progress, offline: OfflineNotes) -> None:
+        self._progress = progress
+        self._offline = offline
+        self._preloads: set[str] = set()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for line in getattr(report, "modelfix_lines", ()):
+            if line.startswith(PRELOAD_LINE):
+                if line in self._preloads:
+                    continue
+                self._preloads.add(line)
+            self._progress.write(line)
+        if offline := getattr(report, "modelfix_offline", None):
+            message, model, first = offline
+            report.longrepr = self._offline.note(message, model, report.nodeid, first)[0]

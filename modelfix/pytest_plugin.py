@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, final
 import pytest
 
 from ._pytest_hooks import HookBridge, PytestHookSpecs
-from ._pytest_report import Recorder
+from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports
 from .errors import LockError, ModelfixError, OfflineError
 from .events import events
 
@@ -209,7 +209,7 @@ class ModelfixSession:
         self._pool_configured = False
         self._on_disk: set[str] = set()
         self._model: str | None = None  # the model of the latest fetch or load
-        self._offline_shown: dict[str, str] = {}  # an OfflineError's message -> where it was shown in full
+        self._offline = OfflineNotes()
 
     @property
     def lockfile(self) -> Lockfile:
@@ -231,24 +231,11 @@ class ModelfixSession:
         """The report of ``error`` for the test (or step) ``where``, and whether it is the full message.
 
         An OfflineError is shown in full once; the next ones with the same message are one
-        line that points at where it was.
+        line that points at where it was (see :class:`~modelfix._pytest_report.OfflineNotes`).
         """
         if not isinstance(error, OfflineError):
             return f"{type(error).__name__}: {error}", True
-        return self.offline(str(error), self._model or "the model", where, where)
-
-    def offline(self, message: str, model: str, where: str, first: str) -> tuple[str, bool]:
-        """:meth:`explain` of an OfflineError ``message``; ``first``: where it was shown first, if it is new here.
-
-        The xdist controller calls it too, with each worker's ``first``: one full message per run.
-        """
-        first = self._offline_shown.setdefault(message, first)
-        if first == where:
-            return f"OfflineError: {message}", True
-        return (
-            f"OfflineError: {model} is not in the cache (offline): see {first} for its files "
-            "and the command that fetches them"
-        ), False
+        return self._offline.note(str(error), self._model or "the model", where)
 
     def default_model(self) -> str:
         """The model of a test without a marker: the lockfile's only one."""
@@ -354,7 +341,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION] = session
     config.stash[_UNSUBSCRIBE] = events.subscribe(session.recorder)
     if _is_controller(config):
-        config.pluginmanager.register(_WorkerReports(session), "modelfix-worker-reports")
+        config.pluginmanager.register(WorkerReports(session.recorder.progress, session._offline), "modelfix-workers")
         _warn_budget(config, session.options, int(config.option.numprocesses))
 
 
@@ -476,7 +463,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         except OfflineError as exc:  # said here in full, once; each test that needs it points here
             text, full = state.explain(exc, _PRELOAD)
             if full:
-                state.recorder.progress.write(f"modelfix: --modelfix-preload: {text}")
+                state.recorder.progress.write(PRELOAD_LINE + text)
         except ModelfixError:
             pass  # the tests that need it fail with the error itself
 
@@ -532,32 +519,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if _is_worker(item.config) and isinstance(error, OfflineError):
             # For the controller: each worker shows the first it meets in full; the run, once.
             message = str(error)
-            report.modelfix_offline = [message, state._model or "the model", state._offline_shown[message]]
+            report.modelfix_offline = [message, state._model or "the model", state._offline.first(message)]
     if _is_worker(item.config) and (lines := state.recorder.progress.held()):
         report.modelfix_lines = lines  # xdist sends the report, and this with it, to the controller
-
-
-class _WorkerReports:
-    """Registered on the xdist controller: what the workers' reports carry for the terminal.
-
-    Their fetch lines are printed (a preload's OfflineError once, though each worker preloads);
-    their OfflineErrors are shown in full once per run, the others pointing at that one.
-    """
-
-    def __init__(self, session: ModelfixSession) -> None:
-        self._session = session
-        self._preloads: set[str] = set()
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for line in getattr(report, "modelfix_lines", ()):
-            if line.startswith("modelfix: --modelfix-preload: "):
-                if line in self._preloads:
-                    continue
-                self._preloads.add(line)
-            self._session.recorder.progress.write(line)
-        if offline := getattr(report, "modelfix_offline", None):
-            message, model, first = offline
-            report.longrepr = self._session.offline(message, model, report.nodeid, first)[0]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

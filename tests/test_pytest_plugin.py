@@ -225,7 +225,7 @@ def test_a_stream_a_test_left_half_read_does_not_hang_the_next_test(suite: pytes
     run(suite, "-p", "timeout", "--timeout", "60").assert_outcomes(passed=2)
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["", "xdist"])
+@pytest.mark.parametrize("xdist", [False, True], ids=["one-process", "xdist"])
 @pytest.mark.parametrize("preload", [False, True], ids=["first-test", "preload"])
 def test_offline_missing_model_is_explained_once_then_in_one_line(
     suite: pytest.Pytester, hub, preload: bool, xdist: bool
