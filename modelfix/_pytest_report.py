@@ -1,4 +1,4 @@
-"""What the pytest plugin tells the terminal: fetch progress lines and the end-of-run summary.
+"""What the pytest plugin tells the terminal: fetch progress lines, offline errors and the end-of-run summary.
 
 Both are drawn from the core's event stream, but only from the events the
 plugin's own fixtures cause: a :class:`Recorder` passes an event on while a
@@ -15,6 +15,14 @@ only the suites that use its fixtures do::
 
 Under pytest-xdist each worker counts its own; :meth:`Counters.as_dict` and
 :meth:`Counters.merge` carry the counts to the controller, which prints them.
+A worker has no terminal: it holds its progress lines (:meth:`Progress.held`) and
+sends them with the next test report, for the controller to print::
+
+    worker                                         controller
+    fixture fetches -> Progress holds the lines
+    pytest_runtest_makereport: report.modelfix_lines  --xdist-->  pytest_runtest_logreport
+                                                                  -> Progress.write, each line
+    (lines left at the end: workeroutput["modelfix_lines"]    -->  pytest_testnodedown)
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import pytest
 
 from .events import Event
 
-__all__ = ["Counters", "Progress", "Recorder"]
+__all__ = ["Counters", "Progress", "Recorder", "OfflineNotes", "WorkerReports", "PRELOAD_LINE"]
+
+PRELOAD_LINE = "modelfix: --modelfix-preload: "  # starts the line that shows a preload's error
 
 _FETCHED_FROM = ("origin", "remote")
 _COUNTS = ("fetched_files", "fetched_bytes", "cache_hits", "adopted", "pool_evictions", "cache_evictions")
@@ -132,6 +142,7 @@ class Progress:
         self._config = config
         self._started: set[tuple[str, str | None]] = set()
         self._lock = threading.Lock()
+        self._held: list[str] = []  # an xdist worker's lines, for the controller to print
 
     def __call__(self, event: Event) -> None:
         if event.kind != "job" or event.source not in _FETCHED_FROM:
@@ -141,18 +152,23 @@ class Progress:
         key = (event.model, event.file)
         if event.status == "downloading" and key not in self._started:
             self._started.add(key)
-            self._write(
+            self.write(
                 f"modelfix: fetching {event.model}: {event.file} ({format_size(event.total)}) from {event.source}"
             )
         elif event.status == "completed":
-            self._write(f"modelfix: fetched {event.model}: {event.file} ({format_size(event.total)}), verified")
+            self.write(f"modelfix: fetched {event.model}: {event.file} ({format_size(event.total)}), verified")
         elif event.status == "failed":
-            self._write(f"modelfix: fetching {event.model}: {event.file} failed: {event.message}")
+            self.write(f"modelfix: fetching {event.model}: {event.file} failed: {event.message}")
 
-    def _write(self, line: str) -> None:
+    def write(self, line: str) -> None:
+        """Show ``line`` on the terminal now; an xdist worker holds it for the controller instead."""
+        if hasattr(self._config, "workerinput"):  # its terminal writes where no one reads
+            with self._lock:
+                self._held.append(line)
+            return
         reporter = self._config.pluginmanager.get_plugin("terminalreporter")
         capture = self._config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None:  # xdist workers and -p no:terminal have no terminal
+        if reporter is None:  # -p no:terminal: nowhere to write
             return
         with self._lock:
             if capture is None:
@@ -161,13 +177,19 @@ class Progress:
                 with capture.global_and_fixture_disabled():
                     reporter.write_line(line)
 
+    def held(self) -> list[str]:
+        """The lines held since the last call (on an xdist worker), handed over once."""
+        with self._lock:
+            lines, self._held = self._held, []
+        return lines
+
 
 class Recorder:
     """Subscribed to the event stream for the whole run; passes on only what the fixtures cause."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.counters = Counters()
-        self._progress = Progress(config)
+        self.progress = Progress(config)
         # Only the main thread, where fixtures run, changes it; fetcher threads only read it.
         self._active = 0
 
@@ -185,4 +207,56 @@ class Recorder:
         reaped = event.kind == "evict" and event.source == "pool" and event.model in self.counters.used
         if self._active or reaped:
             self.counters(event)
-            self._progress(event)
+            self.progress(event)
+
+
+class OfflineNotes:
+    """An OfflineError in full the first time, then one line that points there.
+
+    The core's message lists every missing model, its files and the command that fetches
+    them: three lines or more, the same for every test that needs those models.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}  # message -> where it was shown in full
+
+    def note(self, message: str, model: str, where: str, first: str | None = None) -> tuple[str, bool]:
+        """(the report of ``message`` for ``where``, whether it is the full message).
+
+        ``first``: where it was shown in full if this run has not seen it yet (default
+        ``where``); the xdist controller passes each worker's.
+        """
+        first = self._first.setdefault(message, first or where)
+        if first == where:
+            return f"OfflineError: {message}", True
+        return (
+            f"OfflineError: {model} is not in the cache (offline): see {first} for its files "
+            "and the command that fetches them"
+        ), False
+
+    def first(self, message: str) -> str:
+        return self._first[message]
+
+
+class WorkerReports:
+    """Registered on the xdist controller: what the workers' test reports carry for the terminal.
+
+    Their fetch lines are printed (a preload's error once, though each worker preloads);
+    their OfflineErrors are shown in full once per run, the others pointing at that one.
+    """
+
+    def __init__(self, progress: Progress, offline: OfflineNotes) -> None:
+        self._progress = progress
+        self._offline = offline
+        self._preloads: set[str] = set()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for line in getattr(report, "modelfix_lines", ()):
+            if line.startswith(PRELOAD_LINE):
+                if line in self._preloads:
+                    continue
+                self._preloads.add(line)
+            self._progress.write(line)
+        if offline := getattr(report, "modelfix_offline", None):
+            message, model, first = offline
+            report.longrepr = self._offline.note(message, model, report.nodeid, first)[0]

@@ -14,12 +14,30 @@ Writing is safe against failures and against other writers:
   and ``lock`` runs never lose each other's pins;
 * comments, layout, line endings and a BOM survive; a symlinked lockfile is
   written through to its target; an unchanged file is never rewritten.
+
+Removing an entry (``modelfix remove``) cuts its table out of the text, with the
+comment lines right above its header, which describe it::
+
+    version = 1                   version = 1
+
+    # the chat model       ─┐     # three parts
+    [models.chat]           │ ─▶  [models.split]
+    source = "org/a"        │     source = "org/b"
+                           ─┘
+    # three parts
+    [models.split]
+    source = "org/b"
+
+tomlkit alone would keep the comment above a removed table and drop the one above
+the next (it files a comment under the table before it). Should the cut not give
+exactly the lockfile without the entry (an unusual layout), tomlkit removes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,17 +60,18 @@ from .lockfile import (
 )
 from .sources import shared_lookups, source_for
 
-__all__ = ["LockResult", "Problem", "lock", "add", "check", "write_pins", "add_entry"]
+__all__ = ["LockResult", "Problem", "lock", "add", "remove", "check", "write_pins", "add_entry"]
 
 
 @dataclass(frozen=True)
 class LockResult:
-    """What a lock run did: per model, the old and new pins."""
+    """What a lock run did: per model, the old and new pins (``add``: also the entry it replaced)."""
 
     path: Path
     changed: dict[str, tuple[Pins | None, Pins]]
     unchanged: tuple[str, ...]
     written: bool
+    replaced: Entry | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +182,80 @@ def add(
     pins = _resolve(name, source, lock_path, offline)
     before, written = add_entry(lock_path, name, source, settings, pins)
     old = before.pins if before else None
-    return LockResult(lock_path, {name: (old, pins)} if old != pins else {}, (), written)
+    return LockResult(lock_path, {name: (old, pins)} if old != pins else {}, (), written, before)
+
+
+def remove(names: Sequence[str], path: Path | str | None = None) -> tuple[Path, list[Entry]]:
+    """Remove the ``[models.NAME]`` tables of ``names`` in one atomic write; returns (lockfile, removed entries).
+
+    An unknown name, or one that ``[routing]`` names, is a LockError and nothing is written.
+    """
+    lock_path = find_lockfile(path)
+    removed: list[Entry] = []
+
+    def edit(current: Lockfile | None, text: str | None) -> str:
+        assert current is not None and text is not None
+        for name in names:
+            if name not in current.entries:
+                known = ", ".join(current.entries) or "none"
+                raise LockError(f"no model named {name!r} in {lock_path} (models: {known}): nothing removed.")
+            users = [f"routing.rules[{i}]" for i, rule in enumerate(current.routing) if rule.model == name]
+            if current.routing_default == name:
+                users.append("routing.default")
+            if users:
+                raise LockError(
+                    f"{current.where(name)}: {name!r} is named by {' and '.join(users)}. "
+                    "Take it out of [routing] first; nothing removed."
+                )
+        removed[:] = [current.entries[name] for name in dict.fromkeys(names)]
+        return _without_tables(text, [e.name for e in removed])
+
+    _rewrite(lock_path, edit)
+    return lock_path, removed
+
+
+def _without_tables(text: str, names: Sequence[str]) -> str:
+    """``text`` without the ``[models.NAME]`` tables of ``names``, everything else as it was (see the module doc)."""
+    import tomlkit
+
+    lines = text.splitlines(keepends=True)
+    for name in names:
+        header = re.compile(
+            r"\s*\[\s*models\s*\.\s*(" + re.escape(name) + r'|"' + re.escape(name) + r'")\s*\]\s*(#.*)?$'
+        )
+        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+        if start is None:
+            break
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        while end < len(lines) and end > start + 1 and lines[end - 1].lstrip().startswith("#"):
+            end -= 1  # the comment above the next table is that table's
+        while start > 0 and lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        if end == len(lines):  # the last table: the blank lines that set it apart go with it
+            while start > 0 and not lines[start - 1].strip():
+                start -= 1
+        del lines[start:end]
+    cut = "".join(lines)
+    if _same_apart_from(text, cut, names):
+        return cut
+    doc = tomlkit.parse(text)
+    for name in names:
+        del doc["models"][name]
+    return tomlkit.dumps(doc)
+
+
+def _same_apart_from(text: str, cut: str, names: Sequence[str]) -> bool:
+    """Is ``cut`` the document ``text`` minus the ``[models.NAME]`` tables of ``names``, and nothing else?"""
+    import tomlkit
+    from tomlkit.exceptions import ParseError
+
+    try:
+        before, after = tomlkit.parse(text).unwrap(), tomlkit.parse(cut).unwrap()
+    except ParseError:
+        return False
+    for name in names:
+        before.get("models", {}).pop(name, None)
+    return before == after
 
 
 # --- writing the file --------------------------------------------------------
@@ -225,22 +317,29 @@ def _writers_lock(path: Path) -> Iterator[None]:
 
 
 def _update(path: Path, change: Callable[[Lockfile | None, Any], None], *, create: bool = False) -> bool:
-    """Apply ``change(current, document)`` to the file and write it once; True if it changed.
-
-    Under the writers' lock the file is re-read, so no other writer's change is overwritten; the
-    result must parse back before it replaces the file. ``create`` starts a missing file anew.
-    """
+    """Apply ``change(current, document)`` to the file's tomlkit document and write it once (see :func:`_rewrite`)."""
     import tomlkit
 
+    def edit(current: Lockfile | None, text: str | None) -> str:
+        doc = _new_document() if text is None else tomlkit.parse(text)
+        change(current, doc)
+        return tomlkit.dumps(doc)
+
+    return _rewrite(path, edit, create=create)
+
+
+def _rewrite(path: Path, edit: Callable[[Lockfile | None, str | None], str], *, create: bool = False) -> bool:
+    """Replace the file with ``edit(current, text)``, written once; True if it changed.
+
+    Under the writers' lock the file is re-read, so no other writer's change is overwritten;
+    ``edit`` sees it parsed and as plain text (no BOM, LF ends; :func:`_styled` puts the file's
+    own back). The result must parse back before it replaces the file. ``create`` starts a
+    missing file anew (``current`` and ``text`` None).
+    """
     with _writers_lock(path):
         raw = None if create and not path.exists() else read_raw(path)
-        if raw is None:
-            current, doc = None, _new_document()
-        else:
-            current = Lockfile.parse(raw, path)  # never rewrite a file we could not read back
-            doc = tomlkit.parse(_plain(raw))
-        change(current, doc)
-        new = _styled(tomlkit.dumps(doc), raw)
+        current = None if raw is None else Lockfile.parse(raw, path)  # never rewrite a file we could not read back
+        new = _styled(edit(current, None if raw is None else _plain(raw)), raw)
         if new == raw:
             return False
         Lockfile.parse(new, path)
@@ -293,9 +392,10 @@ def add_entry(
         if name not in models:
             models[name] = tomlkit.table()
         table = models[name]
-        table["source"] = source
-        for key, value in (settings or {}).items():
-            table[key] = value
+        with _above_trailing_comments(table):
+            table["source"] = source
+            for key, value in (settings or {}).items():
+                table[key] = value
         if pins is not None:
             _set_pins(table, pins)
 
@@ -306,17 +406,35 @@ def add_entry(
 def _set_pins(table, pins: Pins) -> None:
     import tomlkit
 
-    if pins.revision is None:
-        table.pop("revision", None)
-    else:
-        table["revision"] = pins.revision
-    table["pinned_from"] = pins.pinned_from
     array = tomlkit.array()
     for pin in pins.files:
         inline = tomlkit.inline_table()
         inline.update(pin.as_toml())
         array.append(inline)
-    table["files"] = array.multiline(True)
+    with _above_trailing_comments(table):
+        if pins.revision is None:
+            table.pop("revision", None)
+        else:
+            table["revision"] = pins.revision
+        table["pinned_from"] = pins.pinned_from
+        table["files"] = array.multiline(True)
+
+
+@contextmanager
+def _above_trailing_comments(table) -> Iterator[None]:
+    """Keys added meanwhile go after the table's last key, above the blank lines and comments that end it.
+
+    tomlkit files the comment lines above a table header under the table before it, and
+    appends new keys after them: the comment would move to the wrong table.
+    """
+    body = table.value.body
+    trailing = []
+    while body and body[-1][0] is None:  # keyless items: whitespace and comments
+        trailing.insert(0, body.pop())
+    try:
+        yield
+    finally:
+        body.extend(trailing)
 
 
 def _replace(path: Path, text: str) -> None:

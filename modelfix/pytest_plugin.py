@@ -25,7 +25,13 @@ core's own environment variables and defaults; they are read once, into
 Under pytest-xdist every worker shares the store (one download per blob, the
 store's lock sees to that) and keeps its own handles and counters; each worker
 hands its counters to the controller through ``workeroutput`` and the
-controller prints the one merged summary.
+controller prints the one merged summary. A worker's fetch lines travel with
+its test reports, and the controller prints them (see :mod:`modelfix._pytest_report`).
+
+Offline with a model missing from the cache, the first test that meets it (or
+``--modelfix-preload``, before the tests) shows the core's full OfflineError:
+the models, their files and the command that fetches them. Later tests that
+meet the same error get one line that points there.
 
 The core's pluggy hooks (``modelfix_adjust_settings``, ``modelfix_parse_source``)
 are also pytest hooks here, named ``pytest_modelfix_*`` as pytest requires, so a
@@ -45,8 +51,8 @@ from typing import TYPE_CHECKING, Any, final
 import pytest
 
 from ._pytest_hooks import HookBridge, PytestHookSpecs
-from ._pytest_report import Recorder
-from .errors import LockError, ModelfixError
+from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports
+from .errors import LockError, ModelfixError, OfflineError
 from .events import events
 
 if TYPE_CHECKING:
@@ -202,14 +208,34 @@ class ModelfixSession:
         self._bridge: HookBridge | None = None
         self._pool_configured = False
         self._on_disk: set[str] = set()
+        self._model: str | None = None  # the model of the latest fetch or load
+        self._offline = OfflineNotes()
 
     @property
     def lockfile(self) -> Lockfile:
         if self._lockfile is None:
-            from .lockfile import Lockfile
+            from .lockfile import LOCK_NAME, Lockfile, find_lockfile
 
-            self._lockfile = Lockfile.find(self.options.lock, start=self._config.invocation_params.dir)
+            start = self._config.invocation_params.dir
+            try:
+                path = find_lockfile(self.options.lock, start=start)
+            except LockError:  # none upward: say how to point at one from pytest
+                raise LockError(
+                    f"no {LOCK_NAME} in {start} or any parent folder. Create one with `modelfix add NAME SOURCE`, "
+                    "or pass --modelfix-lock PATH (or set modelfix_lock in the ini file)."
+                ) from None
+            self._lockfile = Lockfile.load(path)
         return self._lockfile
+
+    def explain(self, error: ModelfixError, where: str) -> tuple[str, bool]:
+        """The report of ``error`` for the test (or step) ``where``, and whether it is the full message.
+
+        An OfflineError is shown in full once; the next ones with the same message are one
+        line that points at where it was (see :class:`~modelfix._pytest_report.OfflineNotes`).
+        """
+        if not isinstance(error, OfflineError):
+            return f"{type(error).__name__}: {error}", True
+        return self._offline.note(str(error), self._model or "the model", where)
 
     def default_model(self) -> str:
         """The model of a test without a marker: the lockfile's only one."""
@@ -257,6 +283,7 @@ class ModelfixSession:
     def _working_on(self, name: str) -> Iterator[None]:
         """Around each fetch or load for a test: what the core reports meanwhile is this run's."""
         self.lockfile.entry(name)  # a name not in the lockfile fails here, and is not "used"
+        self._model = name
         self.stats.use(name)
         if self._bridge is None:
             # Late on purpose: by the first model, collection has imported every conftest.py.
@@ -314,6 +341,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION] = session
     config.stash[_UNSUBSCRIBE] = events.subscribe(session.recorder)
     if _is_controller(config):
+        config.pluginmanager.register(WorkerReports(session.recorder.progress, session._offline), "modelfix-workers")
         _warn_budget(config, session.options, int(config.option.numprocesses))
 
 
@@ -338,17 +366,41 @@ def _warn_budget(config: pytest.Config, options: PluginOptions, workers: int) ->
     except (ValueError, OSError, AttributeError):
         return  # a bad budget is reported by the pool, at the first load
     if not math.isinf(budget) and budget * workers > ram:
-        config.issue_config_time_warning(
-            ModelfixWarning(
-                f"modelfix memory budget {format_size(budget)} × {workers} xdist workers = "
-                f"{format_size(budget * workers)}, more than this machine's {format_size(ram)} of RAM: "
-                f"lower --modelfix-memory-budget to {format_size(ram // workers)} or use fewer workers."
-            ),
-            stacklevel=2,
+        setting, (filename, line) = _budget_origin(config, raw)
+        warning = ModelfixWarning(
+            f"modelfix memory budget {format_size(budget)} ({setting}) × {workers} xdist workers = "
+            f"{format_size(budget * workers)}, more than this machine's {format_size(ram)} of RAM: "
+            f"lower it to {format_size(ram // workers)} or use fewer workers."
         )
+        _warn_at(config, warning, filename, line)
+
+
+def _budget_origin(config: pytest.Config, raw: str) -> tuple[str, tuple[str, int]]:
+    """Where the budget was set: (the setting as the user wrote it, (file, line) for the warning's location)."""
+    if config.getoption("modelfix_memory_budget") is not None:
+        return f"--modelfix-memory-budget {raw}", ("<command line>", 1)
+    if config.inipath is not None and config.getini("modelfix_memory_budget") not in ("", None):
+        lines = config.inipath.read_text(encoding="utf-8", errors="replace").splitlines()
+        line = next((i for i, text in enumerate(lines, 1) if text.strip().startswith("modelfix_memory_budget")), 1)
+        return f"modelfix_memory_budget in {config.inipath.name}", (str(config.inipath), line)
+    return f"MODELFIX_MEMORY_BUDGET={raw}", ("<environment>", 1)
+
+
+def _warn_at(config: pytest.Config, warning: Warning, filename: str, line: int) -> None:
+    """``config.issue_config_time_warning(warning)``, located at ``filename:line`` rather than in this plugin.
+
+    pytest takes a configuration warning's location from the frame that issues it, and shows
+    that frame's file, line and source text. So the call is made from code compiled under the
+    user's file name and line: the summary then points at their setting (an ini line, or
+    ``<command line>``), and the warnings filters (-W, filterwarnings) apply as to any warning.
+    """
+    call = compile("\n" * (line - 1) + "issue(warning, stacklevel=2)", filename, "exec")
+    exec(call, {"issue": config.issue_config_time_warning, "warning": warning})
 
 
 # --- marker, parametrisation, preload --------------------------------------------------------
+
+_PRELOAD = "the --modelfix-preload message above the test results"  # where a preload's OfflineError is shown
 
 
 def _marker(node: pytest.Item | pytest.Function) -> tuple[tuple[str, ...], dict[str, Any], bool]:
@@ -408,6 +460,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     for (name, _), settings in wanted.items():
         try:
             state.load(name, **settings)
+        except OfflineError as exc:  # said here in full, once; each test that needs it points here
+            text, full = state.explain(exc, _PRELOAD)
+            if full:
+                state.recorder.progress.write(PRELOAD_LINE + text)
         except ModelfixError:
             pass  # the tests that need it fail with the error itself
 
@@ -455,9 +511,17 @@ def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_mo
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
+    state = _session(item.config)
     # A modelfix error names the model and the fix; a traceback through the core only hides that.
     if call.excinfo is not None and call.excinfo.errisinstance(ModelfixError) and not item.config.option.fulltrace:
-        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+        error = call.excinfo.value
+        report.longrepr = state.explain(error, item.nodeid)[0]
+        if _is_worker(item.config) and isinstance(error, OfflineError):
+            # For the controller: each worker shows the first it meets in full; the run, once.
+            message = str(error)
+            report.modelfix_offline = [message, state._model or "the model", state._offline.first(message)]
+    if _is_worker(item.config) and (lines := state.recorder.progress.held()):
+        report.modelfix_lines = lines  # xdist sends the report, and this with it, to the controller
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -490,14 +554,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _is_worker(session.config):
-        session.config.workeroutput["modelfix"] = _session(session.config).stats.as_dict()
+        state = _session(session.config)
+        session.config.workeroutput["modelfix"] = state.stats.as_dict()
+        session.config.workeroutput["modelfix_lines"] = state.recorder.progress.held()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    stats = getattr(node, "workeroutput", {}).get("modelfix")
-    if stats is not None:
-        _session(node.config).stats.merge(stats)
+    output = getattr(node, "workeroutput", {})
+    state = _session(node.config)
+    for line in output.get("modelfix_lines", ()):
+        state.recorder.progress.write(line)
+    if (stats := output.get("modelfix")) is not None:
+        state.stats.merge(stats)
 
 
 def _gpu_offload() -> bool:

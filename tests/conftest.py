@@ -97,3 +97,27 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def undocumented():
+    """``undocumented(parser)``: each argument, command or `COMMAND --help` of an argparse tree that has no help text."""
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            if not action.help:
+                missing.append(f"{parser.prog}: {name}")
+            if isinstance(action, argparse._SubParsersAction):
+                listed = {choice.dest: choice.help for choice in action._choices_actions}
+                for command, sub in dict(action.choices).items():
+                    if not listed.get(command):
+                        missing.append(f"{parser.prog}: command {command}")
+                    if not sub.description:
+                        missing.append(f"{sub.prog} --help: no description")
+                    missing += walk(sub)
+        return missing
+
+    return walk

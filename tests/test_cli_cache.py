@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,35 @@ def test_cache_stats_on_a_file_is_an_error_not_an_empty_cache(run_cli, tmp_path)
 
     assert (code, out) == (1, "")
     assert err.startswith(f"error: cannot use {file} as the cache folder") and len(err.splitlines()) == 1
+
+
+def _fetch_lines(err: str, name: str, lock: Path) -> list[str]:
+    """The stderr lines about fetching model ``name``'s files (one per file, without a terminal)."""
+    paths = [pin.path for pin in Lockfile.load(lock).entry(name).files]
+    return [line for line in err.splitlines() if any(line.startswith(f"{name}: {p}  ") for p in paths)]
+
+
+def test_cache_path_on_a_cold_cache_shows_the_download_on_stderr(run_cli, lock):
+    code, out, err = run_cli("cache", "path", "chat")
+
+    assert code == 0 and Path(out.strip()).is_file() and out.count("\n") == 1  # stdout: the path only
+    fetched = _fetch_lines(err, "chat", lock)
+    assert len(fetched) == len(Lockfile.load(lock).entry("chat").files) and all(
+        line.endswith("  origin") for line in fetched
+    ), err
+    assert run_cli("cache", "path", "chat")[1:] == (out, ""), "warm: nothing to show"
+
+
+def test_a_sync_that_evicts_to_make_room_says_what_it_evicted(run_cli, lock, monkeypatch):
+    chat, split = (Lockfile.load(lock).entry(n) for n in ("chat", "split"))
+    # Another process fetched chat (its lease ended with it), so its files may be evicted.
+    subprocess.run([sys.executable, "-m", "modelfix", "sync", "chat"], check=True, capture_output=True)
+    # Room for split and nothing more: chat's files that split does not share must go.
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", str(split.size))
+    gone = sorted(p.path for p in chat.files if p.sha256 not in {q.sha256 for q in split.files})
+
+    code, _, err = run_cli("sync", "split")
+
+    assert code == 0, err
+    evicted = sorted(line for line in err.splitlines() if line.startswith("evicted "))
+    assert evicted == [f"evicted chat: {path} from the cache" for path in gone]

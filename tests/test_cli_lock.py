@@ -241,13 +241,6 @@ def test_lock_in_a_missing_folder_is_a_clear_error(hub, tmp_path, workdir, run_c
     assert code == 1 and "does not exist. Create it" in err
 
 
-def test_adding_an_existing_name_says_it_updated_it(hub, workdir, run_cli):
-    run_cli("add", "chat", REPO)
-    code, out, _ = run_cli("add", "chat", f"{REPO}:Q8_0")
-    assert code == 0 and out.startswith("Updated chat") and "tiny-Q4_K_M.gguf" in out and "-> " in out
-    assert "tiny-Q8_0.gguf" in out.split("->")[1]
-
-
 def test_concurrent_adds_and_lock_keep_every_pin(hub, workdir, run_cli, tiny_files):
     run_cli("add", "base", f"{REPO}:Q4_K_M")
     new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
@@ -334,3 +327,137 @@ def test_a_bad_model_name_states_the_rule(hub, workdir, run_cli, name):
         "'_', '.' or '-' (e.g. chat or qwen-small).\n"
     )
     assert hub.count() == 0 and not (workdir / "model-lock.toml").exists()
+
+
+def test_version_is_the_installed_one(run_cli):
+    from importlib.metadata import version
+
+    code, out, err = run_cli("--version")
+    assert (code, out, err) == (0, f"modelfix {version('modelfix')}\n", "")
+
+
+def test_every_command_option_and_argument_has_help(undocumented):
+    from modelfix.cli import build_parser
+
+    assert undocumented(build_parser()) == []
+
+
+def test_add_prints_the_lockfile_it_wrote_as_an_absolute_path(hub, workdir, run_cli, monkeypatch):
+    (workdir / "sub").mkdir()
+    code, out, _ = run_cli("--lock", "model-lock.toml", "add", "chat", REPO)
+    assert code == 0 and f" to {workdir / 'model-lock.toml'}: " in out
+    monkeypatch.chdir(workdir / "sub")  # found upward, from a subfolder
+    code, out, _ = run_cli("add", "other", f"{REPO}:Q8_0")
+    assert code == 0 and f" to {workdir / 'model-lock.toml'}: " in out
+
+
+def test_adding_an_existing_name_says_it_replaces_it_and_what_changed(hub, lock, run_cli):
+    chat = Lockfile.load(lock).entry("chat")
+    split = Lockfile.load(lock).entry("split")
+
+    code, out, _ = run_cli("add", "chat", chat.source, "--n-ctx", "256")  # same source, a new setting
+    assert code == 0, out
+    assert out.splitlines() == [f"Replaced chat in {lock}: n_ctx (unset) -> 256; pins unchanged"]
+
+    code, out, _ = run_cli("add", "chat", split.source)
+    assert code == 0
+    assert out.startswith(f"Replaced chat in {lock}: source {chat.source!r} -> {split.source!r}; pins ")
+    assert split.files[0].path in out.split(" -> ")[-1] and "n_ctx" not in out  # kept, so not a change
+
+    before = lock.read_bytes()
+    code, out, _ = run_cli("add", "chat", split.source)
+    assert (code, out) == (0, f"chat in {lock} already is {split.source!r} with these settings: nothing changed\n")
+    assert lock.read_bytes() == before
+
+
+def test_list_json_gives_every_model_for_scripts(hub, lock, run_cli):
+    import json
+
+    assert run_cli("sync", "chat")[0] == 0
+    code, out, _ = run_cli("list", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    entries = Lockfile.load(lock).entries
+    assert [row["name"] for row in rows] == list(entries)
+    chat = rows[0]
+    assert chat == {
+        "name": "chat",
+        "source": entries["chat"].source,
+        "revision": entries["chat"].revision,
+        "pinned": True,
+        "files": len(entries["chat"].files),
+        "size": entries["chat"].size,
+        "cache": "cached",
+    }
+    assert rows[1]["cache"] == "partial"  # it shares files with chat
+
+
+_COMMENTED = """\
+# Models pinned by modelfix. Edit `source`; `modelfix lock` writes the pins.
+version = 1
+
+# the chat model, for the CLI tests
+[models.chat]
+source = "{chat}"   # a comment on the source
+n_ctx = 256
+
+# three parts: the split loader's test
+[models.split]
+source = "{split}"
+"""
+
+
+@pytest.mark.parametrize("style", ["lf", "crlf+bom"])
+@pytest.mark.parametrize("name", ["chat", "split"])
+def test_remove_deletes_the_entry_and_keeps_the_rest_of_the_file(hub, lock, run_cli, name, style):
+    sources = {n: Lockfile.load(lock).entry(n).source for n in ("chat", "split")}
+    text = _COMMENTED.format(**sources)
+    encode = (lambda s: s.encode()) if style == "lf" else (lambda s: b"\xef\xbb\xbf" + s.replace("\n", "\r\n").encode())
+    lock.write_bytes(encode(text))
+    assert run_cli("lock")[0] == 0  # pins both, as `add` would
+    pinned = lock.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    other = "split" if name == "chat" else "chat"
+    kept = Lockfile.load(lock).entry(other)
+
+    code, out, err = run_cli("remove", name)
+
+    assert code == 0, err
+    assert out.splitlines()[0] == f"Removed {name} ({sources[name]}) from {lock}"
+    assert "modelfix cache gc" in out + err
+    tables = pinned.split("\n\n")  # the header, then each table with the comment above it
+    expected = "\n\n".join(t for t in tables if f"[models.{name}]" not in t).rstrip("\n") + "\n"
+    assert lock.read_bytes() == encode(expected)
+    assert Lockfile.load(lock).entries == {other: kept}
+    assert run_cli("lock", "--check")[0] == 0
+
+
+def test_removing_an_unknown_or_routed_name_is_an_error_that_leaves_the_file_alone(hub, lock, run_cli):
+    before = lock.read_bytes()
+    code, out, err = run_cli("remove", "nosuch")
+    assert (code, out) == (1, "")
+    assert err == f"error: no model named 'nosuch' in {lock} (models: chat, split): nothing removed.\n"
+    assert lock.read_bytes() == before
+
+    lock.write_bytes(before + b'\n[routing]\ndefault = "chat"\nrules = [{ pattern = "x", model = "split" }]\n')
+    routed = lock.read_bytes()
+    for name, how in (("split", "routing.rules[0]"), ("chat", "routing.default")):
+        code, out, err = run_cli("remove", name)
+        assert (code, out) == (1, "") and len(err.splitlines()) == 1
+        assert f"{name!r} is named by {how}" in err and "nothing removed" in err
+        assert lock.read_bytes() == routed
+
+
+def test_concurrent_removes_and_adds_keep_every_other_entry(hub, lock, run_cli, workdir):
+    source = Lockfile.load(lock).entry("chat").source
+    commands = [["add", f"m{i}", source] for i in range(4)]
+    commands += [["remove", "chat"], ["remove", "split"]]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "modelfix", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for argv in commands
+    ]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * len(commands), errors
+    assert sorted(Lockfile.load(lock).entries) == [f"m{i}" for i in range(4)]
+    assert run_cli("lock", "--check")[0] == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from modelfix.eviction import format_size
 from modelfix.lockfile import Lockfile
 from modelfix.locking import write_pins
 from modelfix.sources import source_for
@@ -51,14 +52,30 @@ def test_run_prints_the_completion_then_speed(project, chat):
     result = modelfix("--lock", str(project), "run", "tiny", "Hello", "--max-tokens", "5", *chat_flag)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected(project, "Hello", chat) + "\n"
-    # one line on stderr: llama.cpp's own log stays quiet
-    assert STATS.match(result.stderr.strip()), result.stderr
+    # on a cold cache, one line per file copied in, then the speed; llama.cpp's own log stays quiet
+    *fetched, stats = result.stderr.splitlines()
+    pins = Lockfile.load(project).entry("tiny").files
+    assert fetched == [f"tiny: {pin.path}  {format_size(pin.size)}  origin" for pin in pins], result.stderr
+    assert STATS.match(stats), result.stderr
 
 
 def test_run_finds_the_lockfile_upward(project, monkeypatch):
     monkeypatch.chdir(project.parent)
     result = modelfix("run", "tiny", "Hello", "--max-tokens", "5")
-    assert result.returncode == 0 and STATS.match(result.stderr.strip()), result.stderr
+    assert result.returncode == 0 and STATS.match(result.stderr.splitlines()[-1]), result.stderr
+
+
+def test_run_on_a_cold_cache_shows_the_download_then_a_warm_run_does_not(lock):
+    files = Lockfile.load(lock).entry("chat").files
+
+    result = modelfix("run", "chat", "Hello", "--max-tokens", "2")
+
+    assert result.returncode == 0 and result.stdout, result.stderr
+    *fetched, stats = result.stderr.splitlines()
+    assert sorted(line.split("  ")[0] for line in fetched) == sorted(f"chat: {pin.path}" for pin in files)
+    assert all(line.endswith("  origin") for line in fetched) and stats.startswith("loaded chat in ")
+    warm = modelfix("run", "chat", "Hello", "--max-tokens", "2")
+    assert warm.returncode == 0 and len(warm.stderr.splitlines()) == 1, warm.stderr
 
 
 def test_run_unknown_model_is_one_line(project):

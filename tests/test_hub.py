@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 )
 
 import modelfix.testing.hub as hub_module
+from modelfix.lockfile import Lockfile
 from modelfix.testing.hub import Fault, LocalHub
 
 ROOT = Path(hub_module.__file__).resolve().parents[2]
@@ -299,3 +300,91 @@ def test_cli_serves_a_folder(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_cli_help_describes_every_flag(undocumented) -> None:
+    assert undocumented(hub_module.build_parser()) == []
+    for argv, shown in ((["--help"], "--repo ORG/NAME=DIR"), (["commit", "--help"], "--endpoint URL")):
+        result = subprocess.run(
+            [sys.executable, "-m", "modelfix.testing.hub", *argv], env=child_env(), capture_output=True, text=True
+        )
+        assert result.returncode == 0 and shown in result.stdout and "commit" in result.stdout
+
+
+def _single_models(tiny_files: dict[str, Path]) -> list[str]:
+    return [n for n in tiny_files if n.endswith(".gguf") and "mmproj" not in n and "-of-" not in n]
+
+
+def test_cli_serves_several_commits_and_adds_one_so_lock_upgrade_moves_the_pin(
+    tmp_path: Path, workdir: Path, tiny_files: dict[str, Path]
+) -> None:
+    """As a user tries `lock --upgrade` offline: serve v1 and v2, pin, commit v3 from the command line, upgrade."""
+    model, other = _single_models(tiny_files)[:2]
+    versions = {}
+    for version, content in (("v1", model), ("v2", other), ("v3", model)):
+        folder = tmp_path / version
+        folder.mkdir()
+        data = tiny_files[content].read_bytes() + (b"\0" * 32 if version == "v3" else b"")
+        (folder / model).write_bytes(data)
+        versions[version] = (folder, hashlib.sha256(data).hexdigest())
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [bin_dir / "modelfix-hub", "--repo", f"org/cli={versions['v1'][0]}", "--repo", f"org/cli={versions['v2'][0]}"],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        endpoint = server.stdout.readline().strip().removeprefix("HF_ENDPOINT=")
+        served = [server.stderr.readline().split() for _ in range(2)]  # org/cli  COMMIT  (main)  from DIR
+        assert [(line[0], line[-1]) for line in served] == [
+            ("org/cli", str(versions["v1"][0])),
+            ("org/cli", str(versions["v2"][0])),
+        ]
+        first = served[0][1]
+        env = child_env(HF_ENDPOINT=endpoint)
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+        assert run(bin_dir / "modelfix", "add", "m", f"hf://org/cli/{model}").returncode == 0
+        assert run(bin_dir / "modelfix", "add", "old", f"hf://org/cli@{first}/{model}").returncode == 0
+        pins = Lockfile.load(workdir / "model-lock.toml")
+        assert pins.entry("m").files[0].sha256 == versions["v2"][1], "main is the last --repo's commit"
+        assert pins.entry("old").files[0].sha256 == versions["v1"][1], "and the first is still served"
+
+        added = run(bin_dir / "modelfix-hub", "commit", "org/cli", str(versions["v3"][0]), "-m", "v3")
+        assert added.returncode == 0, added.stderr
+        new_commit = added.stdout.strip()
+        assert len(new_commit) == 40 and added.stderr.startswith(f"org/cli: commit {new_commit} on main, 1 file")
+        assert run(bin_dir / "modelfix", "lock").stdout.endswith("up to date (2 models)\n"), "a pin stays put"
+        assert Lockfile.load(workdir / "model-lock.toml").entry("m") == pins.entry("m")
+
+        upgraded = run(bin_dir / "modelfix", "lock", "--upgrade", "--model", "m")
+        assert upgraded.returncode == 0 and upgraded.stdout.startswith("Updated m: "), upgraded.stderr
+        moved = Lockfile.load(workdir / "model-lock.toml").entry("m")
+        assert (moved.revision, moved.files[0].sha256) == (new_commit, versions["v3"][1])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("case", ["no hub", "no folder", "no endpoint"])
+def test_cli_commit_errors_are_one_line(tmp_path: Path, case: str) -> None:
+    env = child_env() if case == "no endpoint" else child_env(HF_ENDPOINT="http://127.0.0.1:9")
+    folder = tmp_path / ("missing" if case == "no folder" else "v")
+    if case != "no folder":
+        folder.mkdir()
+        (folder / "x.gguf").write_bytes(b"x")
+    result = subprocess.run(
+        [sys.executable, "-m", "modelfix.testing.hub", "commit", "org/x", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 if case != "no folder" else "usage:" in result.stderr
+    expected = {"no hub": "http://127.0.0.1:9", "no folder": str(folder), "no endpoint": "--endpoint"}[case]
+    assert expected in result.stderr

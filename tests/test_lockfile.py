@@ -141,6 +141,35 @@ def test_writing_pins_keeps_comments_and_layout(tmp_path):
     assert Lockfile.load(path).entry("chat").pins == new
 
 
+COMMENTED = """\
+version = 1
+
+# the chat model
+[models.chat]
+source = "org/a"
+
+# the coder, for tests
+[models.coder]
+source = "org/b"
+
+# rules
+[routing]
+default = "chat"
+"""
+
+
+def test_pins_and_settings_go_above_the_comment_that_heads_the_next_table(tmp_path):
+    path = write(tmp_path, COMMENTED)
+    pin = FilePin("x.gguf", 1, SHA)
+    assert write_pins(path, {"chat": Pins(None, (pin,), "org/a"), "coder": Pins(None, (pin,), "org/b")}) is True
+    add_entry(path, "chat", "org/a", {"n_ctx": 256})
+
+    files = f'files = [\n    {{path = "x.gguf", size = 1, sha256 = "{SHA}", role = "model"}},\n]\n'
+    assert path.read_text() == COMMENTED.replace(
+        'source = "org/a"\n', f'source = "org/a"\npinned_from = "org/a"\n{files}n_ctx = 256\n'
+    ).replace('source = "org/b"\n', f'source = "org/b"\npinned_from = "org/b"\n{files}')
+
+
 def test_same_pins_leave_the_file_byte_identical(tmp_path):
     path = write(tmp_path, PINNED)
     before = path.stat().st_mtime_ns

@@ -225,7 +225,11 @@ def test_a_stream_a_test_left_half_read_does_not_hang_the_next_test(suite: pytes
     run(suite, "-p", "timeout", "--timeout", "60").assert_outcomes(passed=2)
 
 
-def test_offline_missing_model_fails_with_one_clear_message(suite: pytest.Pytester, hub) -> None:
+@pytest.mark.parametrize("xdist", [False, True], ids=["one-process", "xdist"])
+@pytest.mark.parametrize("preload", [False, True], ids=["first-test", "preload"])
+def test_offline_missing_model_is_explained_once_then_in_one_line(
+    suite: pytest.Pytester, hub, preload: bool, xdist: bool
+) -> None:
     suite.makepyfile(
         """
         import pytest
@@ -237,20 +241,45 @@ def test_offline_missing_model_fails_with_one_clear_message(suite: pytest.Pytest
         def test_needs_path(modelfix):
             modelfix.path("tiny")
 
+        @pytest.mark.model("tiny")
+        def test_needs_it_again(llama):
+            pass
+
         def test_needs_nothing():
             pass
         """
     )
     hub.clear_log()
-    result = run(suite, "--modelfix-offline")
-    result.assert_outcomes(passed=1, failed=1, errors=1)
+    options = ["--modelfix-preload"] * preload + ["-n", "2"] * xdist
+    result = run(suite, "--modelfix-offline", *options)
+    result.assert_outcomes(passed=1, failed=1, errors=2)
     text = result.stdout.str()
-    # Each failing test reports the core's message: the model, its files and the command.
-    reports = text.split("OfflineError: ")[1:]
-    assert len([r for r in reports if "offline mode is on" in r.splitlines()[0]]) >= 2
-    assert text.count("tiny: tiny-Q4_K_M.gguf") >= 2 and text.count("modelfix sync tiny") >= 2
+    # The core's message in full (the model, its files, the command that fetches them), once:
+    assert text.count("offline mode is on (") == 1 and text.count("modelfix sync tiny") == 1
+    assert text.count("tiny: tiny-Q4_K_M.gguf") == 1
+    shorts = re.findall(r"^E?\s*OfflineError: tiny is not in the cache \(offline\): see (.*) for its files", text, re.M)
+    assert len(shorts) == (3 if preload else 2), text
+    (first,) = set(shorts)  # all point at the one full message
+    if preload:  # said before the first test runs
+        assert first == "the --modelfix-preload message above the test results"
+        assert text.index("offline mode is on (") < text.index("passed")
+    else:
+        assert re.fullmatch(r"test_offline\S*\.py::test_needs_(model|path|it_again)", first), first
+        # The full message is in the report of the test the others point at.
+        sections = re.split(r"^_{3,} (.*?) _{3,}$", text, flags=re.M)
+        shown = {title: body for title, body in zip(sections[1::2], sections[2::2])}
+        (full,) = [title for title, body in shown.items() if "offline mode is on (" in body]
+        assert full.endswith(first.split("::")[1]), (full, first)
     assert "Traceback" not in text and "resolver.py" not in text
     assert hub.requests == []
+
+
+def test_the_header_without_a_lockfile_names_the_pytest_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    header = next(line for line in result.stdout.lines if line.startswith("modelfix: "))
+    assert "--modelfix-lock PATH" in header and "--lock PATH" not in header.replace("--modelfix-lock", "")
 
 
 def test_a_misspelt_model_name_is_one_clear_error_and_not_reported_as_used(suite: pytest.Pytester) -> None:
@@ -290,8 +319,32 @@ def test_{i}(llama):
     result.assert_outcomes(passed=8, warnings=1)
     for name in TINY_FILES:
         assert hub.count(origin="cdn", method="GET", filename=name) == 1, name
-    assert result.stdout.str().count("100.0 TB × 2 xdist workers") == 1
+    text = result.stdout.str()
+    assert text.count("modelfix memory budget 100.0 TB (--modelfix-memory-budget 100TB) × 2 xdist workers") == 1
     result.stdout.re_match_lines([r"models used: tiny", r"load times: tiny \d+\.\d\ds ×2"])
+    # The workers' fetch lines reach the controller's terminal, one per file fetched.
+    for name in TINY_FILES:
+        assert text.count(f"modelfix: fetched tiny: {name} (") == 1, text
+    # The warning points at what the user set, not at the plugin's code.
+    warnings = text.split("warnings summary")[1]
+    assert "pytest_plugin.py" not in warnings and "issue_config_time_warning" not in warnings
+    assert "--modelfix-memory-budget 100TB" in warnings
+
+
+def test_the_budget_warning_points_at_the_ini_line_that_set_it(suite: pytest.Pytester) -> None:
+    suite.makeini(
+        """
+        [pytest]
+        # the team's default
+        modelfix_memory_budget = 100TB
+        """
+    )
+    suite.makepyfile("def test_nothing(): pass")
+    result = run(suite, "-n", "2")
+    result.assert_outcomes(passed=1, warnings=1)
+    warnings = result.stdout.str().split("warnings summary")[1]
+    assert "tox.ini:3" in warnings and "modelfix_memory_budget = 100TB" in warnings
+    assert "pytest_plugin.py" not in warnings
 
 
 def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub) -> None:

@@ -8,6 +8,13 @@ environment (``HF_ENDPOINT``, ``MODELFIX_CACHE_DIR``, ``MODELFIX_LOCK``...).
 Widget state is kept in ``nb.metadata.widgets``, so the executed notebook
 shows its progress bars when rendered later.
 
+The printed text is what a front end would show: each cell's outputs,
+widgets in their final state, and what IPython sends to the pager (``%load_model?``,
+``obj??``), which a kernel returns beside the outputs rather than in them.
+A failing cell stops the run (exit 1) unless ``--allow-errors``: then every cell
+runs, each failure is named, and the run exits 0, as ``jupyter nbconvert
+--allow-errors`` does.
+
 Kernel and client talk over IPC (Unix sockets in a private temporary
 folder) where the platform has it: nothing listens on a TCP port, and the
 kernel has no reason to warn that its TCP traffic is unencrypted.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -31,15 +39,17 @@ def run_notebook(
     cwd: str | os.PathLike[str] | None = None,
     timeout: int = 300,
     output: str | os.PathLike[str] | None = None,
+    allow_errors: bool = False,
 ) -> Any:
     """Execute every cell of ``path`` in a fresh kernel; return the executed notebook.
 
     Runs in ``cwd`` (default: the current folder). A failing cell raises
-    ``nbclient.exceptions.CellExecutionError``; ``output`` saves the executed
+    ``nbclient.exceptions.CellExecutionError``, unless ``allow_errors``: then every
+    cell runs and the errors stay in the cells' outputs. ``output`` saves the executed
     notebook (with widget state) there, also when a cell failed: that is when
     it is most wanted.
     """
-    nb, error = _execute(path, cwd=cwd, timeout=timeout, output=output)
+    nb, error, _ = _execute(path, cwd=cwd, timeout=timeout, output=output, allow_errors=allow_errors)
     if error is not None:
         raise error
     return nb
@@ -51,15 +61,27 @@ def _execute(
     cwd: str | os.PathLike[str] | None,
     timeout: int,
     output: str | os.PathLike[str] | None,
-) -> tuple[Any, Exception | None]:
-    """(the notebook as far as it ran, the CellExecutionError that stopped it or None)."""
+    allow_errors: bool = False,
+) -> tuple[Any, Exception | None, dict[int, str]]:
+    """(the notebook as far as it ran, the error that stopped it or None, pager text per cell index).
+
+    The error: a cell's (CellExecutionError), or the kernel's (a cell's timeout, a dead kernel).
+    """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from traitlets.config import Config
 
     nb = nbformat.read(os.fspath(path), as_version=4)
     error = None
+    pages: dict[int, str] = {}
+
+    def keep_pages(cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
+        for payload in execute_reply.get("content", {}).get("payload", []):
+            if payload.get("source") == "page":
+                text = payload.get("data", {}).get("text/plain", "")
+                pages[cell_index] = pages.get(cell_index, "") + _ANSI.sub("", text)
+
     with tempfile.TemporaryDirectory(prefix="modelfix-kernel-") as sockets:
         # An absolute socket prefix: a relative one would be resolved against the
         # kernel's working folder by the kernel and against ours by the client.
@@ -70,16 +92,21 @@ def _execute(
             timeout=timeout,
             resources={"metadata": {"path": os.fspath(cwd or Path.cwd())}},
             store_widget_state=True,
+            allow_errors=allow_errors,
+            on_cell_executed=keep_pages,
             config=Config({"KernelManager": ipc}),
         )
         try:
             client.execute()
-        except CellExecutionError as exc:
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
             error = exc
             client.set_widgets_metadata()  # nbclient stores widget state only after a clean run
     if output is not None:
         nbformat.write(nb, os.fspath(output))
-    return nb, error
+    return nb, error, pages
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the pager's colours
 
 
 def _text_of(output: Any, widgets: dict[str, Any]) -> str:
@@ -113,26 +140,41 @@ def _widget_text(model_id: str, widgets: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelfix_jupyter.run", description=__doc__.splitlines()[0])
-    parser.add_argument("notebook")
-    parser.add_argument("--output", help="save the executed notebook here")
-    parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (default 300)")
+    parser.add_argument("notebook", help="the .ipynb file to run")
+    parser.add_argument("--output", metavar="PATH", help="save the executed notebook here")
+    parser.add_argument("--timeout", type=int, default=300, metavar="S", help="seconds per cell (default 300)")
+    parser.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="run every cell even after one fails; name each failure on stderr and exit 0",
+    )
     args = parser.parse_args(argv)
-    nb, error = _execute(args.notebook, cwd=None, timeout=args.timeout, output=args.output)
+    nb, error, pages = _execute(
+        args.notebook, cwd=None, timeout=args.timeout, output=args.output, allow_errors=args.allow_errors
+    )
     widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    for cell in code:
+    code = [(index, cell) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    failures = []
+    for number, (index, cell) in enumerate(code, 1):
         if cell.get("execution_count") is None and not cell.get("outputs"):
             break  # not reached: an earlier cell failed
         print(f"In [{cell.get('execution_count')}]: {cell.source}")
         for output in cell.get("outputs", []):
             sys.stdout.write(_text_of(output, widgets))
+            if output.get("output_type") == "error" and "raises-exception" not in cell.metadata.get("tags", ()):
+                failures.append(
+                    f"code cell {number} of {len(code)} failed: {output.get('ename')}: {output.get('evalue')}"
+                )
+        if index in pages:
+            sys.stdout.write(pages[index].rstrip("\n") + "\n")
+    for failure in failures:
+        print(f"{args.notebook}: {failure}", file=sys.stderr)
     if error is not None:
-        # Execution stops at the failing cell: it is the last one that ran.
-        failed = max((i for i, cell in enumerate(code, 1) if cell.get("execution_count") is not None), default=None)
-        where = f"code cell {failed} of {len(code)}" if failed else "a cell"
-        print(f"{args.notebook}: {where} failed: {error.ename}: {error.evalue}", file=sys.stderr)
+        if not failures:  # the kernel died or timed out: no error output names it
+            print(f"{args.notebook}: {type(error).__name__}: {str(error).strip()}", file=sys.stderr)
         return 1
-    print(f"{args.notebook}: {len(code)} cells executed")
+    allowed = f", {len(failures)} failed (--allow-errors)" if failures else ""
+    print(f"{args.notebook}: {len(code)} cells executed{allowed}")
     return 0
 
 

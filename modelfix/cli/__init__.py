@@ -3,10 +3,11 @@
 One module per group of commands, each exposing ``register(subparsers)``
 which adds its sub-commands with a ``handler(args) -> int``::
 
-    lock.py   add, lock, list
+    lock.py   add, remove, lock, list
     cache.py  sync, verify, push, cache {stats,prune,gc,rm,path}
     run.py    run
     inspect_model.py  inspect
+    progress.py       what sync, push, run and cache path show while files arrive
 
 Exit codes: 0 ok, 1 out of date / mismatch / failure, 2 usage error.
 Every :class:`~modelfix.errors.ModelfixError` is printed as one line on
@@ -55,19 +56,36 @@ def _subparsers(parser: argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="modelfix",
         description="Pinned, verified, cached llama.cpp models for tests and notebooks.",
     )
+    parser.add_argument("--version", action="version", version=f"modelfix {__version__}")
     _common_options(parser)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, help="what to do (`modelfix COMMAND --help` for its options)"
+    )
     for group in _GROUPS:
         importlib.import_module(f"{__name__}.{group}").register(commands)
+    _describe(parser)
     # Users type `modelfix sync --offline` as often as `modelfix --offline sync`:
     # every sub-command accepts the common options too, without overriding them.
     for sub in _subparsers(parser):
         _common_options(sub, default=argparse.SUPPRESS)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give each sub-command without a description its line from the command list, for `COMMAND --help`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for listed in action._choices_actions:
+                sub = action.choices[listed.dest]
+                if not sub.description and listed.help:
+                    sub.description = listed.help[0].upper() + listed.help[1:] + "."
+                _describe(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

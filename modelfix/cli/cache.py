@@ -1,26 +1,23 @@
 """``modelfix sync``, ``verify``, ``push`` and ``cache stats|prune|gc|rm|path``.
 
 Handlers are thin: the work is in :mod:`modelfix.resolver` and
-:mod:`modelfix.store`; progress comes from the event stream, drawn as one
-tqdm bar per file being downloaded (name, bytes, speed).
+:mod:`modelfix.store`; what arrives meanwhile is shown by :mod:`.progress`
+(one tqdm bar per file being downloaded: name, bytes, speed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..eviction import format_size
 from . import count
+from .progress import progress
 
 if TYPE_CHECKING:
     from ..config import CacheSettings
-    from ..events import Event
 
 __all__ = ["register"]
 
@@ -46,7 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     push.set_defaults(handler=_push)
 
     cache = commands.add_parser("cache", help="inspect and clean the cache")
-    care = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    care = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True, help="what to do")
     care.add_parser("stats", help="sizes, models and leases").set_defaults(handler=_stats)
     prune = care.add_parser("prune", help="evict least recently used files down to a size")
     prune.add_argument("--max-size", metavar="SIZE", help="target size, e.g. 20GB (default: MODELFIX_CACHE_MAX_SIZE)")
@@ -55,10 +52,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "gc", help="delete files no cached model or the lockfile needs, and stale partial downloads"
     ).set_defaults(handler=_gc)
     rm = care.add_parser("rm", help="remove one model's files from the cache")
-    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("name", metavar="NAME", help="the model whose files to remove")
     rm.set_defaults(handler=_rm)
     path = care.add_parser("path", help="print the cache folder (or a model's file, fetching it if needed)")
-    path.add_argument("name", nargs="?", metavar="NAME")
+    path.add_argument("name", nargs="?", metavar="NAME", help="the model whose first model file to print")
     path.set_defaults(handler=_path)
 
 
@@ -68,66 +65,11 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
     return CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline, **overrides)
 
 
-@contextmanager
-def _progress() -> Iterator[None]:
-    """One tqdm bar per file while it downloads, drawn from the event stream.
-
-    Without a terminal (CI logs) each fetched file gets one line instead.
-    """
-    from tqdm import tqdm
-
-    from ..events import events
-
-    bars: dict[tuple[str, str | None], tqdm] = {}
-    lock = threading.Lock()
-    terminal = sys.stderr.isatty()
-
-    def on_event(event: Event) -> None:
-        if event.kind != "job":
-            return
-        if not terminal:
-            if event.status == "completed" and event.source != "cache":
-                print(f"{event.model}: {event.file}  {format_size(event.total)}  {event.source}", file=sys.stderr)
-            elif event.status == "failed":  # the reason follows once, as the command's `error:` line
-                print(f"{event.model}: {event.file}  failed", file=sys.stderr)
-            return
-        key = (event.model, event.file)
-        with lock:
-            bar = bars.get(key)
-            if bar is None and event.status == "downloading":
-                bar = bars[key] = tqdm(
-                    total=event.total,
-                    initial=event.done,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1000,
-                    desc=f"{event.model}: {event.file}",
-                    leave=True,
-                    file=sys.stderr,
-                    dynamic_ncols=True,
-                )
-            if bar is None:
-                return
-            bar.update(event.done - bar.n)
-            if event.status in ("completed", "failed", "cancelled"):
-                bar.set_postfix_str(event.status if event.status != "completed" else event.source)
-                bar.close()
-                del bars[key]
-
-    with events.listening(on_event):
-        try:
-            yield
-        finally:
-            with lock:
-                for bar in bars.values():
-                    bar.close()
-
-
 def _sync(args: argparse.Namespace) -> int:
     from ..resolver import sync
 
     started = time.perf_counter()
-    with _progress():
+    with progress():
         done = sync(args.names or None, args.lock, settings=_settings(args), workers=max(1, args.jobs))
     for m in done:
         print(f"{m.name}: {count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
@@ -151,7 +93,7 @@ def _push(args: argparse.Namespace) -> int:
     from ..resolver import push
 
     settings = _settings(args)
-    with _progress():
+    with progress():
         report = push(args.names or None, args.lock, settings=settings, force=args.force)
     for model, file, what in report:
         print(f"{model}: {file}: {what}")
@@ -223,5 +165,7 @@ def _path(args: argparse.Namespace) -> int:
         return 0
     from ..resolver import path
 
-    print(path(args.name, args.lock, settings=settings))
+    with progress():  # on a cold cache the model is fetched first
+        found = path(args.name, args.lock, settings=settings)
+    print(found)
     return 0

@@ -1,36 +1,83 @@
-"""``modelfix add``, ``modelfix lock`` and ``modelfix list``."""
+"""``modelfix add``, ``remove``, ``lock`` and ``list``: the commands that read and write the lockfile.
+
+Every message names the lockfile by its absolute path: it may have been found
+in a parent folder, and the path says which file changed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from ..eviction import format_size
-from ..lockfile import ENTRY_SETTINGS, Lockfile, Pins
+from ..lockfile import ENTRY_SETTINGS, Entry, Lockfile, Pins
 from . import count
 
 __all__ = ["register"]
 
+# `add`'s help for each reproducibility setting it writes (docs/lockfile.md has the same words).
+_SETTING_HELP = {
+    "n_ctx": "context length the model is loaded with",
+    "seed": "sampling seed (the pytest `llama` fixture resets to it before each test)",
+    "chat_format": "llama-cpp-python chat format, when the GGUF's own template is not wanted",
+    "embedding": "load for embeddings (llm.embed(...))",
+    "n_batch": "batch size for prompt processing (changes numerics slightly, so it is pinned)",
+    "n_ubatch": "physical batch size (changes numerics slightly, so it is pinned)",
+    "rope_freq_base": "RoPE base frequency override (0: the model's own)",
+    "rope_freq_scale": "RoPE frequency scale override (0: the model's own)",
+    "mmproj": "load the pinned multimodal projector with the model (default: no)",
+}
+
 
 def register(commands: argparse._SubParsersAction) -> None:
-    add = commands.add_parser("add", help="add a model to the lockfile and pin it")
+    add = commands.add_parser(
+        "add",
+        help="add a model to the lockfile and pin it (replaces an entry of that name)",
+        description="Add [models.NAME] to the lockfile (a new model-lock.toml here if none is found upward) "
+        "and pin it: commit, files, sizes and sha256. An existing NAME gets the new source and the settings "
+        "given; the settings not given stay as they were.",
+    )
     add.add_argument("name", help="the name tests and notebooks use, e.g. chat")
     add.add_argument("source", help="ORG/REPO[:TAG][@REV], hf://ORG/REPO/file.gguf, a URL or a path")
     for key, types in ENTRY_SETTINGS.items():
         flag = "--" + key.replace("_", "-")
+        text = f"{_SETTING_HELP[key]}; written into the entry" if key in _SETTING_HELP else None
         if types == (bool,):
-            add.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None)
+            add.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            add.add_argument(flag, dest=key, type=types[-1], default=None, metavar=key.upper())
+            add.add_argument(flag, dest=key, type=types[-1], default=None, metavar=key.upper(), help=text)
     add.set_defaults(handler=_add)
 
-    lock = commands.add_parser("lock", help="pin entries that are unpinned or whose source changed")
+    remove = commands.add_parser(
+        "remove",
+        help="remove models from the lockfile (their cached files stay until `cache gc`)",
+        description="Remove [models.NAME] from the lockfile, keeping the rest of the file as it is. "
+        "The files it pinned stay in the cache until `modelfix cache gc` deletes what no lockfile pins.",
+    )
+    remove.add_argument("names", nargs="+", metavar="NAME", help="models to remove; an unknown name removes none")
+    remove.set_defaults(handler=_remove)
+
+    lock = commands.add_parser(
+        "lock",
+        help="pin entries that are unpinned or whose source changed",
+        description="Pin the entries that need it: unpinned, or whose source was edited since. "
+        "Pinned entries stay put until --upgrade.",
+    )
     lock.add_argument("--upgrade", action="store_true", help="re-resolve to the newest upstream revision")
     lock.add_argument("--model", action="append", metavar="NAME", help="limit to this model (repeatable)")
     lock.add_argument("--check", action="store_true", help="exit 1 if any entry needs locking (no network)")
     lock.set_defaults(handler=_lock)
 
     show = commands.add_parser("list", help="show pinned models and whether they are cached")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON array of {name, source, revision, pinned, files, size, cache} instead of the table",
+    )
     show.set_defaults(handler=_list)
 
 
@@ -47,12 +94,46 @@ def _add(args: argparse.Namespace) -> int:
 
     settings = {k: getattr(args, k) for k in ENTRY_SETTINGS if getattr(args, k) is not None}
     result = add(args.name, args.source, args.lock, offline=args.offline, **settings)
+    path = os.path.abspath(result.path)
     entry = Lockfile.load(result.path).entry(args.name)
-    old = result.changed.get(args.name, (None, None))[0]
-    if old is not None:
-        print(f"Updated {args.name} in {result.path}: {_short(old)} -> {_short(entry.pins)}")
+    before = result.replaced
+    if before is None:
+        print(f"Added {args.name} = {args.source!r} to {path}: {_short(entry.pins)}")
+        return 0
+    changes = _changes(before, entry)
+    if changes:
+        print(f"Replaced {args.name} in {path}: {'; '.join(changes)}")
     else:
-        print(f"Added {args.name} = {args.source!r} to {result.path}: {_short(entry.pins)}")
+        print(f"{args.name} in {path} already is {entry.source!r} with these settings: nothing changed")
+    return 0
+
+
+def _changes(before: Entry, after: Entry) -> list[str]:
+    """What ``add`` changed in an entry it replaced: source, each setting, then the pins."""
+    changes = [f"source {before.source!r} -> {after.source!r}"] if before.source != after.source else []
+    for key in ENTRY_SETTINGS:
+        old, new = before.settings.get(key), after.settings.get(key)
+        if old != new:
+            changes.append(f"{key} {_setting(old)} -> {_setting(new)}")
+    if before.pins != after.pins:
+        changes.append(f"pins {_short(before.pins)} -> {_short(after.pins)}")
+    elif changes:
+        changes.append("pins unchanged")
+    return changes
+
+
+def _setting(value: Any) -> str:
+    return "(unset)" if value is None else json.dumps(value)
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from ..locking import remove
+
+    path, removed = remove(args.names, args.lock)
+    for entry in removed:
+        print(f"Removed {entry.name} ({entry.source}) from {os.path.abspath(path)}")
+    if any(entry.files for entry in removed):
+        print("Cached files stay until `modelfix cache gc` deletes what no lockfile pins.", file=sys.stderr)
     return 0
 
 
@@ -75,7 +156,7 @@ def _lock(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        print(f"{lockfile.path}: {count(len(lockfile.entries), 'model')}, all pinned")
+        print(f"{os.path.abspath(lockfile.path)}: {count(len(lockfile.entries), 'model')}, all pinned")
         return 0
     result = lock(args.lock, upgrade=args.upgrade, models=args.model, offline=args.offline)
     for name, (old, new) in result.changed.items():
@@ -83,13 +164,17 @@ def _lock(args: argparse.Namespace) -> int:
         change = f"{_short(old)} -> {_short(new)}" if old else _short(new)
         print(f"{verb} {name}: {change}")
     if not result.changed:
-        print(f"{result.path}: up to date ({count(len(result.unchanged), 'model')})")
+        print(f"{os.path.abspath(result.path)}: up to date ({count(len(result.unchanged), 'model')})")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     lockfile = Lockfile.find(args.lock)
     state = _cache_state(args)
+    if args.json:
+        rows = [_listed(entry, state(entry) if entry.files else "unpinned") for entry in lockfile.entries.values()]
+        print(json.dumps(rows, indent=2))
+        return 0
     rows = [("NAME", "SOURCE", "REVISION", "FILES", "SIZE", "CACHE")]
     for entry in lockfile.entries.values():
         revision = (entry.revision or "-")[:12] if entry.is_pinned else "unpinned"
@@ -98,6 +183,19 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def _listed(entry: Entry, cache: str) -> Mapping[str, Any]:
+    """One row of ``list --json``: the table's columns, with the full revision and sizes in bytes."""
+    return {
+        "name": entry.name,
+        "source": entry.source,
+        "revision": entry.revision,
+        "pinned": entry.is_pinned,
+        "files": len(entry.files),
+        "size": entry.size,
+        "cache": cache,
+    }
 
 
 def _cache_state(args: argparse.Namespace):

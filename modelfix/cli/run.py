@@ -1,7 +1,8 @@
 """``modelfix run NAME PROMPT``: load a pinned model and generate, as a smoke test after ``sync``.
 
-The completion goes to stdout (so it can be piped); the load time and the
-generation speed go to stderr::
+The completion goes to stdout (so it can be piped); the files fetched on a
+cold cache (as ``sync`` shows them), the load time and the generation speed
+go to stderr::
 
     $ modelfix run chat "Capital of France?" --max-tokens 16 --chat
     Paris is the capital of France.
@@ -31,11 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import CacheSettings
     from ..pool import load
+    from .progress import progress
 
     cache = CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline)
-    started = time.perf_counter()
-    llm = load(args.name, args.lock, cache_settings=cache, n_ctx=args.n_ctx)
-    load_seconds = time.perf_counter() - started
+    with progress():
+        started = time.perf_counter()
+        llm = load(args.name, args.lock, cache_settings=cache, n_ctx=args.n_ctx)
+        load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     if args.chat:

@@ -30,7 +30,17 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 if TYPE_CHECKING:
     from modelfix.testing.hub import LocalHub, _Blob, _Commit, _Repo
 
-__all__ = ["HubServer", "HubHandler", "parse_range"]
+__all__ = ["HubServer", "HubHandler", "parse_range", "UPLOAD_FORMAT"]
+
+UPLOAD_FORMAT = """\
+POST /_modelfix/commit/{ORG/NAME}   (API listener; the repository is created if missing)
+  one JSON line: {"files": [{"path": "a/x.gguf", "size": 123}, ...], "message": "...",
+                  "branch": "main", "delete": ["old.gguf"]}
+  then each file's bytes, in that order; Content-Length = the line + the sizes
+-> 200 {"commit": "<40 hex>", "files": N}, or 400 {"error": "..."}
+"""
+_MAX_UPLOAD_HEAD = 1 << 20  # the JSON line: a million bytes list some ten thousand files
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def _iso(d: datetime) -> str:
@@ -137,6 +147,9 @@ class HubHandler(BaseHTTPRequestHandler):
             segs.pop()
         self._status, self._repo_id, self._filename = 0, None, None
         self._logged = False
+        if segs[:2] == ["_modelfix", "commit"] and self.command == "POST" and self.server.origin == "api":
+            self._logged = True  # an admin call, like the log's: not a request of the Hub's protocol
+            return self._upload("/".join(segs[2:]))
         # Read any body up front, so that an early error answer leaves the connection in sync.
         self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if segs[:2] == ["_modelfix", "requests"]:
@@ -166,6 +179,32 @@ class HubHandler(BaseHTTPRequestHandler):
             hub.clear_log()
             return self._send(204, b"")
         self._send_json(200, [asdict(r) for r in hub.requests])
+
+    def _upload(self, repo_id: str) -> None:
+        """``modelfix-hub commit``: a commit of the files in the body, streamed to disk (see :data:`UPLOAD_FORMAT`)."""
+        hub = self.server.hub
+        try:
+            if not _REPO_ID.fullmatch(repo_id):
+                raise ValueError(f"bad repository id {repo_id!r}: use ORG/NAME")
+            length = int(self.headers.get("Content-Length") or -1)
+            head = self.rfile.readline(_MAX_UPLOAD_HEAD + 1)
+            meta = json.loads(head) if head.endswith(b"\n") else None
+            if not isinstance(meta, dict) or not isinstance(meta.get("files"), list):
+                raise ValueError(
+                    "the body must start with one JSON line {files: [{path, size}], message, branch, delete}"
+                )
+            files = [(f["path"], f["size"]) for f in meta["files"]]
+            if not all(isinstance(p, str) and isinstance(n, int) and n >= 0 for p, n in files):
+                raise ValueError("each file needs a path (string) and a size (bytes)")
+            if len(head) + sum(n for _, n in files) != length:
+                raise ValueError("Content-Length is not the JSON line plus the files' sizes")
+            received = {path: hub._receive(self.rfile, size) for path, size in files}
+            message, branch = str(meta.get("message") or "upload"), str(meta.get("branch") or "main")
+            sha = hub._commit_upload(repo_id, received, message, branch, [str(d) for d in meta.get("delete") or ()])
+        except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            self.close_connection = True  # the rest of the body was not read
+            return self._send_json(400, {"error": f"LocalHub: {exc}"})
+        self._send_json(200, {"commit": sha, "files": len(files)})
 
     def _split_repo(self, segs: list[str]) -> tuple[str, list[str]]:
         """Repo ids are usually org/name; a known one-segment id (gpt2) is accepted too."""

@@ -2,7 +2,9 @@
 
 This module owns the in-process fake Hub used by modelfix's tests (and offered to its users):
 repositories with commits, branches and tags held in memory, files served from bytes or from
-disk, an injectable fault per file, a log of every request, and the ``modelfix-hub`` command.
+disk, an injectable fault per file, a log of every request, and the ``modelfix-hub`` command,
+which serves folders as commits and adds commits to a running hub (``modelfix-hub commit``),
+so that ``modelfix lock --upgrade`` can be tried with no network.
 Nothing is mocked on the client side: point ``HF_ENDPOINT`` (or ``endpoint=``) at
 :attr:`LocalHub.endpoint`. The listeners and the routes below live in
 :mod:`modelfix.testing._hub_http`, which serves this module's state.
@@ -20,6 +22,7 @@ CDN's answer carries no ``X-Repo-Commit`` (see shared/HUB-NOTES.md)::
     CDN   http://127.0.0.1:P2                                                  │
       HEAD|GET /repos/{repo}/{sha256}/{path}   ◀───────────────────────────────┘  200/206
     both  GET|DELETE /_modelfix/requests                       the request log (not logged)
+    API   POST /_modelfix/commit/{repo}                         modelfix-hub commit (not logged)
 
 Faults (:class:`Fault`) apply to byte downloads only: a GET on the CDN, or a GET on resolve
 for a plain (non-LFS) file. No Xet header or field is ever sent, so the client uses plain HTTP.
@@ -29,20 +32,24 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
+import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from modelfix.testing._hub_http import HubHandler, HubServer
 
-__all__ = ["LocalHub", "Fault", "Request", "is_lfs", "main"]
+__all__ = ["LocalHub", "Fault", "Request", "is_lfs", "main", "build_parser"]
 
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 _LFS_NAME = re.compile(r"\.gguf|\.(bin|safetensors)$")
@@ -211,6 +218,7 @@ class LocalHub:
         self._stopping = threading.Event()
         self._servers: list[HubServer] = []
         self._threads: list[threading.Thread] = []
+        self._uploads: str | None = None  # where files committed over HTTP are kept, made on the first
         self.endpoint = ""
         self.cdn_endpoint = ""
 
@@ -241,6 +249,9 @@ class LocalHub:
         for t in self._threads:
             t.join(timeout=5)
         self._servers, self._threads = [], []
+        if self._uploads is not None:  # the files of commits made over HTTP go with the server
+            shutil.rmtree(self._uploads, ignore_errors=True)
+            self._uploads = None
 
     def __enter__(self) -> LocalHub:
         return self.start()
@@ -308,6 +319,31 @@ class LocalHub:
                 raise ValueError(f"{repo_id}: unknown revision {revision!r}")
             refs[name] = commit.sha
             return commit.sha
+
+    def _receive(self, stream: Any, size: int) -> Path:
+        """``size`` bytes of an upload, read from ``stream`` into a file of the hub's own."""
+        with self._lock:
+            if self._uploads is None:
+                self._uploads = tempfile.mkdtemp(prefix="modelfix-hub-")
+        fd, name = tempfile.mkstemp(dir=self._uploads)
+        with os.fdopen(fd, "wb") as f:
+            left = size
+            while left:
+                chunk = stream.read(min(_CHUNK, left))
+                if not chunk:
+                    raise ValueError(f"the upload ended {left} bytes early")
+                f.write(chunk)
+                left -= len(chunk)
+        return Path(name)
+
+    def _commit_upload(
+        self, repo_id: str, files: Mapping[str, Path], message: str, branch: str, delete: Sequence[str]
+    ) -> str:
+        """A commit of uploaded ``files`` on ``branch``; the repository is created if it is new."""
+        with self._lock:
+            if repo_id not in self._repos:
+                self.create_repo(repo_id)
+        return self.commit(repo_id, files, branch=branch, message=message, delete=delete)
 
     def _repo(self, repo_id: str) -> _Repo:
         try:
@@ -396,35 +432,151 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
             yield rel, p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``modelfix-hub``: serve folders as Hub repos until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="modelfix-hub", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cdn-port", type=int, default=0)
+def build_parser() -> argparse.ArgumentParser:
+    """``modelfix-hub``'s options (serving), with the ``commit`` sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="modelfix-hub",
+        description="Serve folders as Hugging Face Hub repositories on this machine, for tests and offline "
+        "try-outs: point HF_ENDPOINT at the URL it prints. Runs until Ctrl-C or SIGTERM. The hub has no "
+        "authentication: whoever can reach its port can read and add commits (it listens on 127.0.0.1 "
+        "unless --host says otherwise).",
+        epilog="Example: modelfix-hub --repo me/tiny-GGUF=./v1, then `export HF_ENDPOINT=...` as it prints, "
+        "`modelfix add tiny me/tiny-GGUF`, `modelfix-hub commit me/tiny-GGUF ./v2` and `modelfix lock --upgrade`.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, metavar="N", help="API port (default: a free one)")
+    parser.add_argument(
+        "--cdn-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="port of the CDN that serves LFS files (default: a free one)",
+    )
     parser.add_argument(
         "--repo",
         action="append",
         default=[],
         metavar="ORG/NAME=DIR",
-        help="serve DIR's files (recursive) as one commit on main",
+        help="serve DIR's files (recursive) as a commit on main of ORG/NAME; repeat an ORG/NAME for several "
+        "commits, in order (the last is main's head)",
     )
-    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument(
+        "--page-size", type=int, default=1000, metavar="N", help="entries per page of a tree listing (default: 1000)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", help="without one: serve")
+    commit = commands.add_parser(
+        "commit",
+        help="add a commit to a running hub",
+        description="Add a commit to a running modelfix-hub: DIR's files (recursive) on top of the branch's "
+        "files, as `hf upload` does. Creates the repository if it is new. Prints the commit's sha.",
+    )
+    commit.add_argument("repo_id", metavar="ORG/NAME", help="the repository to commit to")
+    commit.add_argument("folder", metavar="DIR", help="the folder whose files to commit")
+    commit.add_argument("-m", "--message", help="commit message (default: add DIR)")
+    commit.add_argument("--branch", default="main", help="branch to commit to, made from main if new (default: main)")
+    commit.add_argument(
+        "--delete",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file or folder to remove in the commit (repeatable)",
+    )
+    commit.add_argument("--endpoint", metavar="URL", help="the hub's URL, as it printed it (default: $HF_ENDPOINT)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``modelfix-hub``: serve folders as Hub repos until SIGTERM/SIGINT, or ``commit`` to a running one."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "commit":
+        if not Path(args.folder).is_dir():
+            parser.error(f"commit: {args.folder} is not a folder")
+        try:
+            return _commit(args)
+        except HubCommandError as exc:
+            print(f"modelfix-hub commit: {exc}", file=sys.stderr)
+            return 1
     hub = LocalHub(args.host, args.port, args.cdn_port, args.page_size)
     for spec in args.repo:
         repo_id, sep, folder = spec.partition("=")
         if not sep or not Path(folder).is_dir():
             parser.error(f"--repo wants ORG/NAME=DIR with an existing DIR, got {spec!r}")
-        hub.create_repo(repo_id)
-        hub.commit(repo_id, dict(_walk(Path(folder))), message=f"add {folder}")
+        if repo_id not in hub._repos:
+            hub.create_repo(repo_id)
+        sha = hub.commit(repo_id, dict(_walk(Path(folder))), message=f"add {folder}")
+        print(f"{repo_id}  {sha}  (main)  from {folder}", file=sys.stderr)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     with hub:
         print(f"HF_ENDPOINT={hub.endpoint}", flush=True)
+        print(f"add a commit: modelfix-hub commit ORG/NAME DIR --endpoint {hub.endpoint}", file=sys.stderr, flush=True)
         while not done.wait(0.5):  # a timed wait lets the signal handler run promptly
             pass
+    return 0
+
+
+class HubCommandError(Exception):
+    """``modelfix-hub commit`` could not add its commit; the message says why and what to do."""
+
+
+def _commit(args: argparse.Namespace) -> int:
+    """Send DIR's files to the hub at ``--endpoint`` as one commit (the format: :data:`modelfix.testing._hub_http.UPLOAD_FORMAT`)."""
+    endpoint = args.endpoint or os.environ.get("HF_ENDPOINT")
+    if not endpoint:
+        raise HubCommandError("which hub? Pass --endpoint URL (the HF_ENDPOINT=... line modelfix-hub printed).")
+    url = urlsplit(endpoint)
+    if url.scheme != "http" or not url.hostname:
+        raise HubCommandError(f"--endpoint {endpoint!r} is not a modelfix-hub URL (http://HOST:PORT).")
+    folder = Path(args.folder)
+    files = dict(_walk(folder))
+    head = json.dumps(
+        {
+            "files": [{"path": path, "size": file.stat().st_size} for path, file in files.items()],
+            "message": args.message or f"add {folder}",
+            "branch": args.branch,
+            "delete": args.delete,
+        }
+    ).encode()
+    head += b"\n"
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for file in files.values():
+            with open(file, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    yield chunk
+
+    length = len(head) + sum(file.stat().st_size for file in files.values())
+    connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=600)
+    try:
+        connection.request(
+            "POST",
+            f"{url.path.rstrip('/')}/_modelfix/commit/{quote(args.repo_id)}",
+            body=body(),
+            headers={"Content-Length": str(length), "Content-Type": "application/x-modelfix-commit"},
+        )
+        answer = connection.getresponse()
+        text = answer.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise HubCommandError(
+            f"no hub answers at {endpoint} ({exc.strerror or exc}). Start one with `modelfix-hub --repo ORG/NAME=DIR` "
+            "and pass the HF_ENDPOINT it prints as --endpoint."
+        ) from None
+    finally:
+        connection.close()
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        reply = {}
+    if answer.status != 200 or "commit" not in reply:
+        raise HubCommandError(f"{endpoint} answered {answer.status}: {reply.get('error') or text[:200]}")
+    noun = "file" if len(files) == 1 else "files"
+    print(
+        f"{args.repo_id}: commit {reply['commit']} on {args.branch}, {len(files)} {noun} from {folder}", file=sys.stderr
+    )
+    print(reply["commit"])
     return 0
 
 
