@@ -21,9 +21,9 @@ STATS = re.compile(r"^loaded tiny in [\d.]+ s; 5 tokens in [\d.]+ s \([\d.]+ tok
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     folder = tmp_path / "project"
-    write_tiny_model(folder / "tiny-Q4_K_M.gguf", seed=4)
+    write_tiny_model(folder / "tiny-Q4_0.gguf", seed=4)
     lock = folder / "model-lock.toml"
-    lock.write_text('version = 1\n\n[models.tiny]\nsource = "./tiny-Q4_K_M.gguf"\nn_ctx = 256\n', encoding="utf-8")
+    lock.write_text('version = 1\n\n[models.tiny]\nsource = "./tiny-Q4_0.gguf"\nn_ctx = 256\n', encoding="utf-8")
     entry = Lockfile.load(lock).entry("tiny")
     write_pins(lock, {"tiny": source_for(entry.source, lock).resolve()})
     return lock
@@ -34,7 +34,7 @@ def modelfix(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def expected(project: Path, prompt: str, chat: bool) -> str:
-    llm = llama_cpp.Llama(str(project.parent / "tiny-Q4_K_M.gguf"), n_ctx=256, verbose=False)
+    llm = llama_cpp.Llama(str(project.parent / "tiny-Q4_0.gguf"), n_ctx=256, verbose=False)
     try:
         if chat:
             messages = [{"role": "user", "content": prompt}]

@@ -16,13 +16,13 @@ from modelfix.cli import main as modelfix_cli
 
 pytest_plugins = ["pytester"]
 
-TINY_FILES = ("tiny-Q4_K_M.gguf", "mmproj-tiny-f16.gguf")
+TINY_FILES = ("tiny-Q4_0.gguf", "mmproj-tiny-f16.gguf")
 
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, hub) -> pytest.Pytester:
-    """An inner project folder whose model-lock.toml pins ``tiny`` (Q4_K_M) from the local hub."""
-    lock(pytester, tiny="org/tiny:Q4_K_M")
+    """An inner project folder whose model-lock.toml pins ``tiny`` (Q4_0) from the local hub."""
+    lock(pytester, tiny="org/tiny:Q4_0")
     return pytester
 
 
@@ -61,7 +61,7 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
 
         def test_session_fixture(modelfix):
             path = modelfix.path("tiny")
-            assert path.name == "tiny-Q4_K_M.gguf"
+            assert path.name == "tiny-Q4_0.gguf"
             assert path.stat().st_size == modelfix.lockfile.entry("tiny").model_files[0].size
             assert modelfix.loaded()
         """
@@ -74,12 +74,12 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
             r"GPU offload: (yes|no)",
             r"-+ modelfix -+",
             r"models used: tiny",
-            r"fetched: 3 files, 517.9 KB; cache hits: 0 models",
+            r"fetched: 3 files, 236.3 KB; cache hits: 0 models",
             r"load times: tiny \d+\.\d\ds.*",
             r"pool evictions: 0; cache evictions: 0 files",
         ]
     )
-    result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_K_M.gguf *"])
+    result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_0.gguf *"])
 
     warm = run(suite)
     warm.assert_outcomes(passed=3)
@@ -104,7 +104,7 @@ def test_a_suite_that_uses_no_fixture_gets_no_summary_even_if_it_calls_modelfix(
 
 
 def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.Pytester, hub, monkeypatch) -> None:
-    path = lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
+    path = lock(pytester, tiny="org/tiny:Q4_0", tiny8="org/tiny:Q8_0")
     # Another process fetched tiny (its lease ended with it); under the cap tiny8 can only come in
     # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8).
     subprocess.run(
@@ -126,7 +126,7 @@ def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.
 
 
 def test_several_names_run_once_per_model(pytester: pytest.Pytester, hub) -> None:
-    lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
+    lock(pytester, tiny="org/tiny:Q4_0", tiny8="org/tiny:Q8_0")
     pytester.makepyfile(
         """
         import pytest
@@ -248,7 +248,7 @@ def test_offline_missing_model_fails_with_one_clear_message(suite: pytest.Pytest
     # Each failing test reports the core's message: the model, its files and the command.
     reports = text.split("OfflineError: ")[1:]
     assert len([r for r in reports if "offline mode is on" in r.splitlines()[0]]) >= 2
-    assert text.count("tiny: tiny-Q4_K_M.gguf") >= 2 and text.count("modelfix sync tiny") >= 2
+    assert text.count("tiny: tiny-Q4_0.gguf") >= 2 and text.count("modelfix sync tiny") >= 2
     assert "Traceback" not in text and "resolver.py" not in text
     assert hub.requests == []
 
@@ -296,7 +296,7 @@ def test_{i}(llama):
 
 def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub) -> None:
     (pytester.path / "locks").mkdir()
-    lockfile = lock(pytester, tiny="org/tiny:Q4_K_M")
+    lockfile = lock(pytester, tiny="org/tiny:Q4_0")
     lockfile.rename(pytester.path / "locks" / "model-lock.toml")
     pytester.makeini(
         """
@@ -358,7 +358,7 @@ def test_require_gpu_on_a_cpu_build(suite: pytest.Pytester, strict: bool, outcom
 
 
 def test_preload_survives_what_the_tests_themselves_report(pytester: pytest.Pytester, hub) -> None:
-    lock(pytester, tiny="org/tiny:Q4_K_M", other="org/tiny:Q8_0")
+    lock(pytester, tiny="org/tiny:Q4_0", other="org/tiny:Q8_0")
     pytester.makepyfile(
         """
         import pytest
