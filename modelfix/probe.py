@@ -61,6 +61,7 @@ __all__ = [
     "known_verdict",
     "verdict",
     "use_repack",
+    "repack_text",
     "write_probe_model",
     "main",
 ]
@@ -278,6 +279,15 @@ def use_repack(setting: str, root: Path) -> bool:
             found.crashed,
         )
     return found.repack == "on"
+
+
+def repack_text(setting: str, found: Verdict | None) -> str:
+    """How loads with ``repack = setting`` go, in words: what every front end shows."""
+    if setting != "auto":
+        return f"repack {setting} (set explicitly; the backend probe is not consulted)"
+    if found is None:
+        return "repack auto (not probed yet: the first load probes this host)"
+    return found.summary()
 
 
 def _timeout(timeout: float | None) -> float:

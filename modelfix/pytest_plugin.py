@@ -13,7 +13,8 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
     @pytest.mark.model(NAMES, **settings)
                                 several names = the test runs once per model (ids = names);
                                 require_gpu=True skips on builds without GPU offload
-    pytest_report_header        lockfile, cache dir, models, GPU offload
+    pytest_report_header        lockfile, cache dir, models, GPU offload; the backend probe's
+                                verdict (probing, once per machine, when the lockfile has models)
     pytest_terminal_summary     models used, bytes fetched, cache hits, load times, pool and
                                 cache evictions: only if a test used a fixture (see
                                 :mod:`modelfix._pytest_report`)
@@ -25,7 +26,9 @@ core's own environment variables and defaults; they are read once, into
 Under pytest-xdist every worker shares the store (one download per blob, the
 store's lock sees to that) and keeps its own handles and counters; each worker
 hands its counters to the controller through ``workeroutput`` and the
-controller prints the one merged summary.
+controller prints the one merged summary. A worker that goes down (llama.cpp
+crashed) is named in the summary with the model it was loading or using (see
+:mod:`modelfix._pytest_breadcrumbs`).
 
 The core's pluggy hooks (``modelfix_adjust_settings``, ``modelfix_parse_source``)
 are also pytest hooks here, named ``pytest_modelfix_*`` as pytest requires, so a
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import pytest
 
+from ._pytest_breadcrumbs import Breadcrumbs, crash_report
 from ._pytest_hooks import HookBridge, PytestHookSpecs
 from ._pytest_report import Recorder
 from .errors import LockError, ModelfixError
@@ -202,6 +206,9 @@ class ModelfixSession:
         self._bridge: HookBridge | None = None
         self._pool_configured = False
         self._on_disk: set[str] = set()
+        worker = getattr(config, "workerinput", {})
+        self.breadcrumbs = Breadcrumbs(worker.get("modelfix_breadcrumbs"), worker.get("workerid"))
+        self.crashes: list[str] = []  # the controller's lines on workers that went down
 
     @property
     def lockfile(self) -> Lockfile:
@@ -267,8 +274,10 @@ class ModelfixSession:
 
             pool.configure(memory_budget=self.options.memory_budget)
         self._pool_configured = True
+        self.breadcrumbs.loading(name)
         with self.recorder.recording():
             yield
+        self.breadcrumbs.using(name)
         if name not in self._on_disk:
             self._on_disk.add(name)
             self.stats.ready(name)
@@ -282,6 +291,7 @@ class ModelfixSession:
 
 _SESSION = pytest.StashKey[ModelfixSession]()
 _UNSUBSCRIBE = pytest.StashKey[Callable[[], None]]()
+_BREADCRUMBS = pytest.StashKey[str]()  # the controller's folder of worker breadcrumbs
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -314,7 +324,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION] = session
     config.stash[_UNSUBSCRIBE] = events.subscribe(session.recorder)
     if _is_controller(config):
+        import tempfile
+
         _warn_budget(config, session.options, int(config.option.numprocesses))
+        config.stash[_BREADCRUMBS] = tempfile.mkdtemp(prefix="modelfix-xdist-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -322,6 +335,27 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.stash[_UNSUBSCRIBE]()
     if _SESSION in config.stash:
         _session(config).close()
+    if _BREADCRUMBS in config.stash:
+        import shutil
+
+        shutil.rmtree(config.stash[_BREADCRUMBS], ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller: tell each worker where to leave its breadcrumbs."""
+    if _BREADCRUMBS in node.config.stash:
+        node.workerinput["modelfix_breadcrumbs"] = node.config.stash[_BREADCRUMBS]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    crumbs = _session(item.config).breadcrumbs
+    crumbs.test_started(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        crumbs.test_finished()
 
 
 def _warn_budget(config: pytest.Config, options: PluginOptions, workers: int) -> None:
@@ -460,31 +494,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> str | list[str]:
     state = _session(config)
     try:
         lock = state.lockfile
     except ModelfixError as exc:
         return f"modelfix: {exc}"
+    root = None
     try:
         cache_settings = state.options.cache_settings()
     except ModelfixError as exc:
         cache, offline = f"unusable ({exc})", ""
     else:
         cache, offline = str(cache_settings.root), ", offline" if cache_settings.offline else ""
+        root = cache_settings.root
     names = ", ".join(lock.entries) or "none"
-    return (
+    line = (
         f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
         f"GPU offload: {'yes' if _gpu_offload() else 'no'}"
     )
+    return [line, f"modelfix: llama.cpp {_backend(root)}"] if lock.entries and root is not None else line
+
+
+def _backend(root: Path) -> str:
+    """The backend probe's verdict, as the run's loads will follow it (probed here, once per machine)."""
+    from . import probe
+
+    # MODELFIX_REPACK, else auto (a lockfile entry may still choose; a bad value fails the first load)
+    setting = os.environ.get("MODELFIX_REPACK", "").strip().lower()
+    setting = setting if setting in ("on", "off") else "auto"
+    try:
+        return probe.repack_text(setting, probe.verdict(root) if setting == "auto" else None)
+    except ModelfixError as exc:
+        return f"backend probe failed: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    stats = _session(config).stats
-    if not stats.anything:
+    state = _session(config)
+    stats = state.stats
+    if not stats.anything and not state.crashes:
         return
     terminalreporter.write_sep("-", "modelfix")
-    for line in stats.lines():
+    for line in [*state.crashes, *(stats.lines() if stats.anything else [])]:
         terminalreporter.write_line(line)
 
 
@@ -495,9 +546,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
+    state = _session(node.config)
     stats = getattr(node, "workeroutput", {}).get("modelfix")
     if stats is not None:
-        _session(node.config).stats.merge(stats)
+        state.stats.merge(stats)
+    if error is not None:
+        try:
+            sources = {name: entry.source for name, entry in state.lockfile.entries.items()}
+        except ModelfixError:
+            sources = {}
+        line = crash_report(node.config.stash.get(_BREADCRUMBS, None), node.gateway.id, sources)
+        if line is not None:
+            state.crashes.append(f"modelfix: {line}")
 
 
 def _gpu_offload() -> bool:

@@ -72,6 +72,7 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
         [
             rf"modelfix: lockfile {re.escape(str(suite.path / 'model-lock.toml'))}, cache .*, models: tiny, "
             r"GPU offload: (yes|no)",
+            r"modelfix: llama.cpp repack (on|off)\b.*",
             r"-+ modelfix -+",
             r"models used: tiny",
             r"fetched: 3 files, 236.3 KB; cache hits: 0 models",
@@ -106,11 +107,11 @@ def test_a_suite_that_uses_no_fixture_gets_no_summary_even_if_it_calls_modelfix(
 def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.Pytester, hub, monkeypatch) -> None:
     path = lock(pytester, tiny="org/tiny:Q4_0", tiny8="org/tiny:Q8_0")
     # Another process fetched tiny (its lease ended with it); under the cap tiny8 can only come in
-    # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8).
+    # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8): 236 kB + 260 kB > 400 kB.
     subprocess.run(
         [sys.executable, "-m", "modelfix", "--lock", str(path), "sync", "tiny"], check=True, capture_output=True
     )
-    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "400000")
     pytester.makepyfile(
         """
         import pytest
@@ -393,3 +394,58 @@ def test_import_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("env", "header"),
+    [
+        # Stands in for the AMX crash (this CPU has none): the probe's child dies with repacking on.
+        (
+            {"MODELFIX_PROBE_FAULT": "crash-with-repack"},
+            "modelfix: llama.cpp repack off: llama.cpp's repacked kernels "
+            "crash on this CPU (died by SIGSEGV with repacking on); loads run without",
+        ),
+        ({"MODELFIX_REPACK": "off"}, "modelfix: llama.cpp repack off (set explicitly; the backend probe is not *"),
+    ],
+)
+def test_the_header_says_how_loads_repack(suite: pytest.Pytester, monkeypatch, env, header) -> None:
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    suite.makepyfile(
+        """
+        def test_generates(llama):
+            assert llama("Hello", max_tokens=4, temperature=0)["usage"]["completion_tokens"] == 4
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([header])
+
+
+def test_a_crashed_xdist_worker_is_reported_with_its_model(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_crash="""
+        import os, signal
+        import pytest
+
+        @pytest.mark.model("tiny")
+        def test_dies_inside_llama_cpp(llama):
+            llama("Hello", max_tokens=2)
+            os.kill(os.getpid(), signal.SIGSEGV)  # as a crash in a kernel would, with the model in use
+
+        def test_without_a_model():
+            pass
+        """
+    )
+    result = run(suite, "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines(
+        [
+            r".*worker '?gw\d'? crashed while running .*test_dies_inside_llama_cpp.*",
+            r"-+ modelfix -+",
+            r"modelfix: worker gw\d went down while using model 'tiny' \(org/tiny:Q4_0\) in "
+            r"test_crash.py::test_dies_inside_llama_cpp: llama.cpp may have crashed. Run `modelfix doctor` "
+            r"and add its output to a bug report.",
+        ]
+    )
+    assert result.stdout.str().count("went down") == 1  # the worker without a model is not blamed on one
