@@ -231,9 +231,10 @@ class Pool:
                 if slot is None:
                     mmproj = Path(mmproj_path) if mmproj_path else None
                     slot = _Slot(self, key, name, Path(model_path), mmproj, resolved, cost, turns=Turns(name))
-                    slot.probe_root = Path(probe_root) if probe_root else None
                     slot.handle = PooledLlama(slot)
                     self._slots[key] = slot
+        if probe_root is not None:
+            slot.probe_root = Path(probe_root)  # the latest caller's cache, for its next (re)load
         self._enter(slot, lookup=True)
         self._release(slot, used=False)
         assert slot.handle is not None

@@ -62,6 +62,7 @@ __all__ = [
     "verdict",
     "use_repack",
     "repack_text",
+    "describe",
     "write_probe_model",
     "main",
 ]
@@ -288,6 +289,23 @@ def repack_text(setting: str, found: Verdict | None) -> str:
     if found is None:
         return "repack auto (not probed yet: the first load probes this host)"
     return found.summary()
+
+
+def describe(root: Path, *, probe_now: bool = False) -> str:
+    """How loads in this environment repack, in words: ``MODELFIX_REPACK``, else the verdict.
+
+    ``probe_now`` probes a host that has no verdict yet (once per machine);
+    else such a host reads "not probed yet". Never raises: a failed probe is
+    described. (A lockfile entry or a call may still choose for one model.)
+    """
+    setting = os.environ.get("MODELFIX_REPACK", "").strip().lower()
+    setting = setting if setting in ("on", "off") else "auto"  # a bad value fails the first load, by name
+    if setting != "auto":
+        return repack_text(setting, None)
+    try:
+        return repack_text("auto", verdict(root) if probe_now else known_verdict(root))
+    except BackendError as exc:
+        return f"backend probe failed: {exc}"
 
 
 def _timeout(timeout: float | None) -> float:

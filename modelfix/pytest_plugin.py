@@ -520,13 +520,7 @@ def _backend(root: Path) -> str:
     """The backend probe's verdict, as the run's loads will follow it (probed here, once per machine)."""
     from . import probe
 
-    # MODELFIX_REPACK, else auto (a lockfile entry may still choose; a bad value fails the first load)
-    setting = os.environ.get("MODELFIX_REPACK", "").strip().lower()
-    setting = setting if setting in ("on", "off") else "auto"
-    try:
-        return probe.repack_text(setting, probe.verdict(root) if setting == "auto" else None)
-    except ModelfixError as exc:
-        return f"backend probe failed: {exc}"
+    return probe.describe(root, probe_now=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

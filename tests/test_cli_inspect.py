@@ -104,3 +104,30 @@ def test_an_unknown_name_is_one_line_naming_the_models(run_cli, lock, args):
     assert err.strip() == (
         f"error: no model named 'nope' in {lock} (models: chat, split). Add it with `modelfix add nope ORG/REPO:TAG`."
     )
+
+
+def test_it_says_how_a_load_would_repack(run_cli, lock, monkeypatch, tmp_path):
+    from modelfix import probe
+
+    report = _json(run_cli, "chat")
+    assert report["backend"]["repack"] in ("on", "off") and report["backend"]["verdict"]["key"] == probe.probe_key()
+    assert report["settings"]["repack"] == {"value": "auto", "from": "default"}
+
+    monkeypatch.setattr(probe, "_MEMO", {})
+    # Stands in for the AMX crash (this CPU has none): the probe's child dies with repacking on.
+    monkeypatch.setenv("MODELFIX_PROBE_FAULT", "crash-with-repack")
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "other-cache"))
+    code, out, _ = run_cli("inspect", "chat")
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "  backend   repack off: llama.cpp's repacked kernels crash on this CPU (died by SIGSEGV with repacking on); "
+        "loads run without"
+    )
+
+    monkeypatch.setenv("MODELFIX_REPACK", "on")
+    report = _json(run_cli, "chat")
+    assert report["backend"] == {
+        "repack": "on",
+        "verdict": None,
+        "text": "repack on (set explicitly; the backend probe is not consulted)",
+    }

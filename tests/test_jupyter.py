@@ -141,6 +141,26 @@ def test_models_table_html_and_text(shell) -> None:
     assert "org/tiny" in row and "Q4_0" in row and "cached" in row and "yes" in row
     assert "s ago" in row
     assert "<td>org/tiny</td>" in html
+    # How loads repack, once: the backend probe ran before the first load (AMX hosts: off).
+    assert text.splitlines()[-1].startswith("llama.cpp: repack ") and "<br>llama.cpp: repack " in html
+
+
+def test_models_says_when_auto_turned_repack_off(shell, monkeypatch) -> None:
+    from modelfix import probe
+
+    monkeypatch.setattr(probe, "_MEMO", {})  # this process has not probed yet
+    monkeypatch.setattr(probe, "_ANNOUNCED", set())
+    # Stands in for the AMX crash, which cannot happen on this CPU: the probe's child dies with repacking on.
+    monkeypatch.setenv("MODELFIX_PROBE_FAULT", "crash-with-repack")
+    assert "not probed yet" in repr(magic(shell, "models"))
+
+    llm = magic(shell, "load_model tiny")
+
+    assert llm("Hello", max_tokens=2)["usage"]["completion_tokens"] == 2
+    assert repr(magic(shell, "models")).splitlines()[-1] == (
+        "llama.cpp: repack off: llama.cpp's repacked kernels crash on this CPU "
+        "(died by SIGSEGV with repacking on); loads run without"
+    )
 
 
 def test_handle_and_entry_render_as_html(shell) -> None:
@@ -203,7 +223,7 @@ def test_keep_alive_releases_idle_handles_and_models_shows_it(shell) -> None:
     row, table = tiny_row()
     assert not resident(), "an idle handle outlived the keep-alive"
     assert "released" in row and "(keep-alive)" in row
-    assert "keep-alive 0.2 s" in table.splitlines()[-1]
+    assert "keep-alive 0.2 s" in table.splitlines()[-2]  # the pool line, then the backend line
 
 
 def test_offline_error_is_one_line(shell, capsys) -> None:
