@@ -6,12 +6,12 @@ use with the layer each comes from, and the memory the pool would budget::
 
     $ modelfix inspect tiny --n-ctx 4096
     tiny  model-lock.toml:5
-      source    modelfix-demo/tiny-GGUF:Q4_0 @ 8d04d41ce6a1…
-      files     3 files, 517.9 KB, cached
-                model   tiny-Q4_0.gguf      500.5 KB  sha256:9e84609ec92d…  cached
-      view      ~/.cache/modelfix/views/2b61…/tiny-Q4_0.gguf
-      gguf      llama "tiny" · F32 · 2 layers · 64 embd · 4 heads (4 kv) · ctx 512 trained · vocab 317
-      memory    ≈ 5.6 MB at n_ctx 4096: weights 517.9 KB + KV cache 4.2 MB + compute 0.9 MB
+      source    modelfix-demo/tiny-GGUF:Q4_0 @ d0693e3c77da…
+      files     3 files, 236.3 KB, cached
+                model   tiny-Q4_0.gguf      218.9 KB  sha256:97d76f6252ef…  cached
+      view      ~/.cache/modelfix/views/cf55…/tiny-Q4_0.gguf
+      gguf      llama "tiny" · Q4_0 · 2 layers · 64 embd · 4 heads (4 kv) · ctx 512 trained · vocab 317
+      memory    ≈ 36.5 MB at n_ctx 4096: weights 218.9 KB + KV cache 2.1 MB + compute 34.2 MB
       settings  n_ctx 4096 (call) · seed 42 (lockfile) · n_gpu_layers 0 (default) · …
       backend   repack on (the backend probe's quantized decode ran)
 
