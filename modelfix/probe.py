@@ -428,7 +428,8 @@ def _child(model: str, repack: bool, verbose: bool) -> int:
     if fault == "hang":
         while True:
             time.sleep(3600)
-    out = llm(_PROMPT, max_tokens=4, temperature=0)
+    out = llm.create_completion(_PROMPT, max_tokens=4, temperature=0, stream=False)
+    assert isinstance(out, dict)
     seconds = time.perf_counter() - started
     print(json.dumps({"text": out["choices"][0]["text"], "tokens": out["usage"]["completion_tokens"], "s": seconds}))
     return 0

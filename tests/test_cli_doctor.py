@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -120,3 +121,17 @@ def test_it_runs_as_a_command(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("modelfix ") and "ok: nothing found" in done.stdout
+
+
+def test_help_neither_probes_nor_imports_llama_cpp(tmp_path):
+    code = (
+        "import sys, contextlib, io\n"
+        "from modelfix.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "print(sorted(m for m in ('llama_cpp', 'modelfix.probe', 'subprocess') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "MODELFIX_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"
+    assert not (tmp_path / "cache").exists()

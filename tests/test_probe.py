@@ -231,8 +231,10 @@ def test_the_repack_setting_reaches_llama_cpp(tmp_path, caplog, repack):
     pool = Pool()
 
     with caplog.at_level(logging.DEBUG, logger="modelfix.llama_cpp"):
-        log = _load_log(caplog, pool.acquire(model, "k", "tiny", repack=repack))
+        handle = pool.acquire(model, "k", "tiny", repack=repack)
+        log = _load_log(caplog, handle)
 
+    assert handle.model_params.use_extra_bufts is (repack == "on")  # what the handle's Llama was built with
     assert "model buffer size" in log  # llama.cpp's load log did reach us
     if repack == "on":
         assert any(line in log for line in REPACK_BUFFER), log
