@@ -89,6 +89,25 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def plain_llama(tmp_path_factory):
+    """``llama_cpp.Llama(path, **kwargs)`` as a user writes it, repacking as the backend probe found safe.
+
+    A plain Llama's first decode of a quantized model dies by SIGSEGV on the AMX hosts of issue 9;
+    there the probe says "repack off" and this builds the Llama with ``use_extra_bufts = False``
+    (what modelfix's own loads do). Elsewhere it is exactly ``llama_cpp.Llama(path, **kwargs)``.
+    """
+    from modelfix.handle import open_llama
+    from modelfix.probe import use_repack
+
+    repack = use_repack("auto", tmp_path_factory.mktemp("probe"))
+
+    def make(path, **kwargs):
+        return open_llama(Path(path), kwargs, repack=repack)
+
+    return make
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``modelfix ARGS...`` in-process; returns (exit code, stdout, stderr)."""

@@ -45,17 +45,17 @@ def split(tmp_path_factory) -> list[Path]:
     return write_tiny_model(tmp_path_factory.mktemp("split") / "tiny-Q4_0.gguf", seed=0, split_max_tensors=8)
 
 
-def generate(llama_cpp, path: Path, prompt: str = "Hello") -> str:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, seed=0)
+def generate(plain_llama, path: Path, prompt: str = "Hello") -> str:
+    llm = plain_llama(path, n_ctx=128, verbose=False, seed=0)
     try:
         return llm(prompt, max_tokens=8, temperature=0)["choices"][0]["text"]
     finally:
         llm.close()
 
 
-def test_single_file_loads_generates_and_repeats(llama_cpp, single: Path) -> None:
+def test_single_file_loads_generates_and_repeats(llama_cpp, plain_llama, single: Path) -> None:
     spec = TinyModelSpec()
-    llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
+    llm = plain_llama(single, n_ctx=128, verbose=False, seed=0)
     try:
         assert llm.n_vocab() == spec.n_vocab
         assert llm.n_embd() == spec.n_embd
@@ -74,8 +74,8 @@ def test_single_file_loads_generates_and_repeats(llama_cpp, single: Path) -> Non
         llm.close()
 
 
-def test_chat_completion_uses_embedded_template(llama_cpp, single: Path) -> None:
-    llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
+def test_chat_completion_uses_embedded_template(plain_llama, single: Path) -> None:
+    llm = plain_llama(single, n_ctx=128, verbose=False, seed=0)
     try:
         assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
         out = llm.create_chat_completion(messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0)
@@ -96,8 +96,8 @@ def test_split_set_names_and_metadata(split: list[Path]) -> None:
     assert readers[0].fields["general.architecture"].contents() == "llama"
 
 
-def test_split_loads_from_first_part_and_matches_unsplit(llama_cpp, single: Path, split: list[Path]) -> None:
-    assert generate(llama_cpp, split[0]) == generate(llama_cpp, single)
+def test_split_loads_from_first_part_and_matches_unsplit(plain_llama, single: Path, split: list[Path]) -> None:
+    assert generate(plain_llama, split[0]) == generate(plain_llama, single)
 
 
 @pytest.mark.parametrize("parts", [2, 3, 8, 21])
@@ -122,11 +122,11 @@ def test_deterministic_bytes(tmp_path: Path, single: Path) -> None:
     assert single.stat().st_size == other.stat().st_size
 
 
-def test_target_bytes_grows_model(llama_cpp, tmp_path: Path) -> None:
+def test_target_bytes_grows_model(plain_llama, tmp_path: Path) -> None:
     (path,) = write_tiny_model(tmp_path / "big.gguf", target_bytes=3_000_000)
     assert path.stat().st_size >= 3_000_000
     assert field(path, "llama.embedding_length") > 64
-    assert generate(llama_cpp, path)
+    assert generate(plain_llama, path)
 
 
 def test_mmproj_is_clip(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def test_a_type_it_cannot_write_is_refused_before_writing(tmp_path: Path, tag: s
 
 
 @pytest.mark.parametrize("tag", list(QTYPES))
-def test_a_file_holds_the_type_its_name_says(llama_cpp, tmp_path: Path, tag: str) -> None:
+def test_a_file_holds_the_type_its_name_says(plain_llama, tmp_path: Path, tag: str) -> None:
     path = tiny_repo_files(tmp_path, tags=(tag,), mmproj=False, preset=False)[f"tiny-{tag}.gguf"]
     reader = gguf.GGUFReader(path)
     tensor_type, file_type = QTYPES[tag]
@@ -197,7 +197,7 @@ def test_a_file_holds_the_type_its_name_says(llama_cpp, tmp_path: Path, tag: str
     layer_types = {t.tensor_type for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
     assert layer_types == {tensor_type}
     assert path.stat().st_size - TinyModelSpec(qtype=tag).tensor_bytes() < 12_000  # header and padding only
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, seed=0)
+    llm = plain_llama(path, n_ctx=128, verbose=False, seed=0)
     try:
         # llama.cpp reads the file type back, as `modelfix inspect` shows it
         assert llm.metadata["general.file_type"] == str(int(file_type))
