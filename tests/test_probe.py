@@ -112,6 +112,7 @@ def test_this_host_is_probed_once_then_read_from_the_cache(fresh, root):
     assert 0 < found.seconds < 60 and found.build.startswith("llama-cpp-python ") and "CPU :" in found.build
     saved = Path(found.path)
     assert saved == root / "probe" / f"{found.key}.json" and json.loads(saved.read_text())["repack"] == expected
+    assert saved.stat().st_mode & 0o777 == 0o644  # readable by the other users of a shared cache
     assert probe.verdict(root) is found  # this process remembers it
 
     # A later start reads the file and starts no child: _run_child would fail the test.
