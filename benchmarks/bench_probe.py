@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import PYTHON, WORK, machine, ratio, table
+from _common import PYTHON, WORK, load, machine, ratio, table
 
 # A later start of a process: import llama_cpp (the anchor), then ask for the verdict, counting
 # the child processes the probe starts and the network connections anything opens.
@@ -111,17 +111,13 @@ def throughput(models: list[tuple[str, Path]], runs: int, tokens: int) -> None:
     print(f"\n## Throughput: repacking on vs off ({tokens} generated tokens, 256-token prompt)\n")
     rows = []
     for label, path in models:
-        results: dict[str, list[dict] | str] = {}
-        for repack in ("on", "off"):
-            samples = []
-            for _ in range(runs):
-                got = child(THROUGHPUT_CHILD, str(path), repack, str(tokens))
-                if isinstance(got, str):
-                    results[repack] = got
-                    break
-                samples.append(got)
-            else:
-                results[repack] = samples
+        # on and off take turns, so that other work on the machine weighs on both alike
+        results: dict[str, list[dict] | str] = {"on": [], "off": []}
+        for _ in range(runs):
+            for repack in ("on", "off"):
+                if isinstance(results[repack], list):
+                    got = child(THROUGHPUT_CHILD, str(path), repack, str(tokens))
+                    results[repack] = got if isinstance(got, str) else [*results[repack], got]
         cells = []
         for repack in ("on", "off"):
             found = results[repack]
@@ -140,6 +136,7 @@ def throughput(models: list[tuple[str, Path]], runs: int, tokens: int) -> None:
         else:
             pp = tg = "n/a"
         rows.append((label, *cells, pp, tg))
+    print(load())
     table(
         (
             "model",
