@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -188,12 +189,14 @@ def _verdict_file(root: Path, key: str) -> Path:
 def _read(root: Path, key: str) -> Verdict | None:
     path = _verdict_file(root, key)
     try:
-        # Never through a link: the cache may be shared.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # Never through a link, never blocked by a FIFO: the cache may be shared.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
     try:
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("not a regular file")
             data = json.loads(f.read(_MAX_VERDICT_BYTES))
         found = Verdict(**{k: data[k] for k in ("repack", "key", "build", "crashed", "seconds")})
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -217,6 +217,12 @@ def test_a_verdict_file_is_never_read_through_a_link(fresh, root, tmp_path, monk
     assert probe.verdict(root).repack == "broken"  # probed for real, not taken from the link
 
 
+def test_a_fifo_in_place_of_the_verdict_does_not_block(fresh, root):
+    (root / "probe").mkdir(parents=True)
+    os.mkfifo(root / "probe" / f"{probe.probe_key()}.json")
+    assert probe.known_verdict(root) is None
+
+
 # --- loads -------------------------------------------------------------------------------------
 
 
