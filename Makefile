@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean rebuild-llama
 
 install: $(STAMP)
 
@@ -23,6 +23,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# Rebuild llama-cpp-python from source with the CMAKE_ARGS given (the same version as installed):
+#   make rebuild-llama CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+#   make rebuild-llama CMAKE_ARGS="-DGGML_CUDA=on"
+# make passes CMAKE_ARGS to pip through the environment. --no-cache-dir: pip's wheel cache would
+# hand back the build it kept from `make install`, whatever CMAKE_ARGS says.
+rebuild-llama: $(STAMP)
+	@test -n "$$CMAKE_ARGS" || { echo 'give CMAKE_ARGS, e.g. make rebuild-llama CMAKE_ARGS="-DGGML_CUDA=on"' >&2; exit 2; }
+	$(BIN)/python -m pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python --no-deps \
+		"llama-cpp-python==$$($(BIN)/python -m pip show llama-cpp-python | sed -n 's/^Version: //p')"
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

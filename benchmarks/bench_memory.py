@@ -81,7 +81,7 @@ def ways(lock: Path, big_name: str) -> list[Way]:
         Way("modelfix.sync(['tiny'])", api("tiny"), mf),
         Way("modelfix.sync(['big'])", api("big"), mf, "modelfix.sync(['tiny'])", target=True),
         Way(hh, hh),
-        Way("hf_hub_download tiny", hf("tiny", "tiny-Q4_K_M.gguf"), hh),
+        Way("hf_hub_download tiny", hf("tiny", "tiny-F32.gguf"), hh),
         Way("hf_hub_download big", hf("big", big_name), hh, "hf_hub_download tiny"),
     ]
 
@@ -95,12 +95,12 @@ def main() -> None:
     from modelfix.testing.gguf import tiny_repo_files
 
     with scratch("memory-") as home:
-        tiny_repo_files(home / "tiny", tags=("Q4_K_M",), mmproj=False, preset=False)
+        tiny_repo_files(home / "tiny", tags=("F32",), mmproj=False, preset=False)
         with Hub({"bench/big": big.parent, "bench/tiny": home / "tiny"}) as hub:
             point_at(hub, home)
             lock = home / "project" / "model-lock.toml"
             add_model(lock, "big", "bench/big:Q4_K_M")
-            add_model(lock, "tiny", "bench/tiny:Q4_K_M")
+            add_model(lock, "tiny", "bench/tiny:F32")
             measured = ways(lock, big.name)
             peaks = measure_peaks(hub, measured, args.rounds)
 

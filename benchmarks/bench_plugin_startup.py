@@ -95,7 +95,7 @@ def session(tests: int, env: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory() as tmp, LocalHub() as hub:
         root = Path(tmp)
         hub.create_repo("org/tiny")
-        hub.commit("org/tiny", dict(tiny_repo_files(root / "repo", tags=("Q4_K_M",), split_tags=())), message="tiny")
+        hub.commit("org/tiny", dict(tiny_repo_files(root / "repo", tags=("F32",), split_tags=())), message="tiny")
         env = dict(env, HF_ENDPOINT=hub.endpoint, MODELFIX_CACHE_DIR=str(root / "cache"), HF_HUB_DISABLE_XET="1")
         os.environ.update(env)
         project = root / "project"
@@ -103,7 +103,7 @@ def session(tests: int, env: dict[str, str]) -> None:
         project.mkdir()
         anchor.mkdir()
         lock = project / "model-lock.toml"
-        modelfix_cli(["--lock", str(lock), "add", "tiny", "org/tiny:Q4_K_M", "--n-ctx", "512", "--seed", "42"])
+        modelfix_cli(["--lock", str(lock), "add", "tiny", "org/tiny:F32", "--n-ctx", "512", "--seed", "42"])
         from modelfix import path
 
         model = path("tiny", lock)  # warm the store: both sides time loads, not the download

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from _common import PYTHON, Hub, Summary, add_model, load, machine, measure, point_at, ratio, run_child, scratch, table
 
-REPO, FILE, NAME = "org/tiny", "tiny-Q4_K_M.gguf", "tiny"
+REPO, FILE, NAME = "org/tiny", "tiny-F32.gguf", "tiny"
 
 # First call in a fresh process, import included; each prints {"seconds": ...}.
 FRESH = {
@@ -67,11 +67,11 @@ def main() -> None:
     from modelfix.testing.gguf import tiny_repo_files  # gguf + numpy: no huggingface_hub yet
 
     with scratch("warm-") as home:
-        tiny_repo_files(home / "repo", tags=("Q4_K_M",), mmproj=False, preset=False)
+        tiny_repo_files(home / "repo", tags=("F32",), mmproj=False, preset=False)
         with Hub({REPO: home / "repo"}) as hub:
             point_at(hub, home)  # before huggingface_hub is imported: it reads HF_ENDPOINT once
             lock = home / "project" / "model-lock.toml"
-            add_model(lock, NAME, f"{REPO}:Q4_K_M")
+            add_model(lock, NAME, f"{REPO}:F32")
             warm(hub, lock, args)
 
 

@@ -162,7 +162,7 @@ def take(jupyter_lab: str, chromium: str, out: Path, home: Path) -> None:
     from modelfix.testing.gguf import tiny_repo_files
     from modelfix.testing.hub import LocalHub
 
-    files = tiny_repo_files(home / "repo", tags=("Q4_K_M", "Q8_0"), split_tags=("Q2_K",), split_parts=3)
+    files = tiny_repo_files(home / "repo", tags=("Q4_0", "Q8_0"), split_tags=("Q4_1",), split_parts=3)
     with LocalHub() as hub:
         hub.create_repo(DEMO_REPO)
         hub.commit(DEMO_REPO, dict(files), message="tiny demo model")

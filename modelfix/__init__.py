@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import (
     AuthError,
+    BackendError,
     CacheError,
     IntegrityError,
     LockError,
@@ -66,6 +67,7 @@ __all__ = [
     "OfflineError",
     "SettingsError",
     "MemoryBudgetError",
+    "BackendError",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

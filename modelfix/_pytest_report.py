@@ -9,7 +9,7 @@ only the suites that use its fixtures do::
 
     ------------------------------ modelfix ------------------------------
     models used: tiny, tiny8
-    fetched: 3 files, 517.9 KB; cache hits: 1 model
+    fetched: 3 files, 236.3 KB; cache hits: 1 model
     load times: tiny 0.05s ×2, tiny8 0.04s
     pool evictions: 1; cache evictions: 0 files
 

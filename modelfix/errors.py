@@ -12,7 +12,9 @@ the thing at fault (model, file, lockfile line) and the fix::
      ├── CacheError         the store cannot be written, or is over its cap
      ├── OfflineError       offline mode and something is not cached
      ├── SettingsError      an unknown or invalid load setting
-     └── MemoryBudgetError  a model does not fit in the pool's memory budget
+     ├── MemoryBudgetError  a model does not fit in the pool's memory budget
+     └── BackendError       this llama.cpp build crashes on this CPU (the probe found it), or
+                            the probe could not run
 
 Tokens never appear in messages: build them with :func:`redact`.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "OfflineError",
     "SettingsError",
     "MemoryBudgetError",
+    "BackendError",
     "redact",
 ]
 
@@ -75,6 +78,10 @@ class SettingsError(ModelfixError):
 
 class MemoryBudgetError(ModelfixError):
     """A handle cannot fit in the pool's memory budget even after evicting."""
+
+
+class BackendError(ModelfixError):
+    """llama.cpp's CPU backend dies on this host (see :mod:`modelfix.probe`), or the probe could not run."""
 
 
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")

@@ -13,8 +13,10 @@ never reaches one::
 Each call holds a lease for its duration (a streaming result holds it until
 exhausted, closed or dropped), and a leased handle is never evicted.
 
-Also here: building the ``Llama`` from :class:`~modelfix.settings.LoadSettings`,
-keeping llama.cpp's log quiet unless ``verbose``, and :func:`reset_handle`.
+Also here: building the ``Llama`` from :class:`~modelfix.settings.LoadSettings`
+(with llama.cpp's weight repacking on or off, as :mod:`modelfix.probe` decides
+for ``repack = "auto"``), keeping llama.cpp's log quiet unless ``verbose``, and
+:func:`reset_handle`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from .settings import LoadSettings
 
 log = logging.getLogger("modelfix")
-__all__ = ["PooledLlama", "build_llama", "reset_handle"]
+__all__ = ["PooledLlama", "build_llama", "open_llama", "reset_handle"]
 
 
 class Turns:
@@ -248,10 +250,14 @@ def close_llama(llm: llama_cpp.Llama) -> None:
         llm.close()
 
 
-def build_llama(name: str, model_path: Path, settings: LoadSettings, mmproj_path: Path | None) -> llama_cpp.Llama:
-    """A new ``llama_cpp.Llama`` for model ``name`` (split siblings are found beside ``model_path``)."""
-    import llama_cpp
+def build_llama(
+    name: str, model_path: Path, settings: LoadSettings, mmproj_path: Path | None, *, repack: bool = True
+) -> llama_cpp.Llama:
+    """A new ``llama_cpp.Llama`` for model ``name`` (split siblings are found beside ``model_path``).
 
+    ``repack`` is the effective weight repacking (``settings.repack`` with
+    ``"auto"`` decided by :func:`modelfix.probe.use_repack`).
+    """
     _route_llama_logs()
     _check_chat_format(name, settings.chat_format)
     kwargs = settings.llama_kwargs()
@@ -263,12 +269,57 @@ def build_llama(name: str, model_path: Path, settings: LoadSettings, mmproj_path
                 # The generic multimodal handler uses the model's own chat template.
                 handler = getattr(formats, "MTMDChatHandler", None) or formats.Llava15ChatHandler
                 kwargs["chat_handler"] = handler(clip_model_path=str(mmproj_path), verbose=settings.verbose)
-            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+            return open_llama(model_path, kwargs, repack=repack)
     except (ValueError, RuntimeError) as exc:
         raise ModelfixError(
             f"llama.cpp could not load model {name!r} from {model_path}: {exc}. "
             f"Check the files with `modelfix verify --full`, or load with verbose=True to see llama.cpp's log."
         ) from None
+
+
+def open_llama(model_path: Path, kwargs: dict[str, Any], *, repack: bool = True) -> llama_cpp.Llama:
+    """``llama_cpp.Llama(model_path, **kwargs)``, with llama.cpp's weight repacking on or off.
+
+    Repacking is ``llama_model_params.use_extra_bufts``, which ``Llama()`` takes
+    no keyword for: it fills the struct from ``llama_model_default_params()``
+    and sets only the fields it knows. So while this thread builds its Llama,
+    that function (looked up on ``llama_cpp.llama_cpp`` at call time) answers it
+    with the field off; other threads still get the default.
+    """
+    import llama_cpp
+
+    _route_llama_logs()
+    with _NATIVE_IO:
+        if repack:
+            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+        with _without_extra_bufts():
+            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+
+
+@contextlib.contextmanager
+def _without_extra_bufts() -> Iterator[None]:
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    if "use_extra_bufts" not in {name for name, *_ in lib.llama_model_params._fields_}:
+        raise SettingsError(
+            f"repack = off needs llama_model_params.use_extra_bufts, which llama-cpp-python "
+            f"{llama_cpp.__version__} does not have. Upgrade llama-cpp-python, or set repack = on."
+        )
+    default = lib.llama_model_default_params
+    me = threading.get_ident()
+
+    def params() -> Any:
+        p = default()
+        if threading.get_ident() == me:
+            p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
 
 
 def _check_chat_format(name: str, chat_format: str | None) -> None:

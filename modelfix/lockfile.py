@@ -72,6 +72,7 @@ ENTRY_SETTINGS: Mapping[str, tuple[type, ...]] = MappingProxyType(
         "rope_freq_base": (int, float),
         "rope_freq_scale": (int, float),
         "mmproj": (bool,),
+        "repack": (str,),
     }
 )
 # Settings that describe a machine, not a model: refused in the lockfile.

@@ -38,11 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import cache_root
 from .errors import MemoryBudgetError, SettingsError
 from .estimate import Estimate, estimate, memory_capacity
 from .events import Event, events
 from .eviction import Candidate, NoRoom, format_size, plan
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
+from .probe import use_repack
 from .settings import (
     LoadSettings,
     PoolSettings,
@@ -119,6 +121,7 @@ class _Slot:
     load_lock: threading.Lock = field(default_factory=threading.Lock)
     turns: Turns = field(default_factory=Turns)  # calls on this Llama, one thread at a time
     handle: PooledLlama | None = None
+    probe_root: Path | None = None  # where the backend probe's verdict is cached
 
     @property
     def settings(self) -> LoadSettings:
@@ -185,6 +188,7 @@ class Pool:
             m.entry.settings,
             mmproj_path=m.mmproj_path,
             frontend=frontend,
+            probe_root=cache_settings.root if cache_settings else cache_root(),
             **settings,
         )
 
@@ -197,9 +201,14 @@ class Pool:
         *,
         mmproj_path: str | os.PathLike[str] | None = None,
         frontend: Mapping[str, Any] | None = None,
+        probe_root: str | os.PathLike[str] | None = None,
         **settings: Any,
     ) -> PooledLlama:
-        """A loaded handle for these files and settings; the resident one if the key matches."""
+        """A loaded handle for these files and settings; the resident one if the key matches.
+
+        ``probe_root`` is the cache root that keeps the backend probe's verdict
+        (default: the cache root of the environment), for ``repack = "auto"``.
+        """
         resolved = resolve_settings(name, settings, frontend=frontend, entry=entry_settings)
         if resolved.settings.mmproj and mmproj_path is None:
             raise SettingsError(
@@ -224,6 +233,8 @@ class Pool:
                     slot = _Slot(self, key, name, Path(model_path), mmproj, resolved, cost, turns=Turns(name))
                     slot.handle = PooledLlama(slot)
                     self._slots[key] = slot
+        if probe_root is not None:
+            slot.probe_root = Path(probe_root)  # the latest caller's cache, for its next (re)load
         self._enter(slot, lookup=True)
         self._release(slot, used=False)
         assert slot.handle is not None
@@ -363,10 +374,17 @@ class Pool:
                 slot.loading = True
             self._close(victims, f"room for {slot.name}")
             self._start_reaper()
+            try:
+                # Before the first load of the process: may probe the backend in a child (not load time).
+                repack = use_repack(slot.settings.repack, slot.probe_root or cache_root())
+            except BaseException:
+                with self._lock:
+                    slot.loading = False
+                raise
             events.emit(Event("load", slot.name, slot.model_path.name, "loading", total=slot.estimate.total))
             started = time.perf_counter()
             try:
-                llm = build_llama(slot.name, slot.model_path, slot.settings, slot.mmproj_path)
+                llm = build_llama(slot.name, slot.model_path, slot.settings, slot.mmproj_path, repack=repack)
             except BaseException as exc:
                 events.emit(Event("load", slot.name, slot.model_path.name, "failed", message=str(exc)))
                 raise

@@ -13,7 +13,8 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
     @pytest.mark.model(NAMES, **settings)
                                 several names = the test runs once per model (ids = names);
                                 require_gpu=True skips on builds without GPU offload
-    pytest_report_header        lockfile, cache dir, models, GPU offload
+    pytest_report_header        lockfile, cache dir, models, GPU offload; the backend probe's
+                                verdict (probing, once per machine, when the lockfile has models)
     pytest_terminal_summary     models used, bytes fetched, cache hits, load times, pool and
                                 cache evictions: only if a test used a fixture (see
                                 :mod:`modelfix._pytest_report`)
@@ -27,6 +28,8 @@ store's lock sees to that) and keeps its own handles and counters; each worker
 hands its counters to the controller through ``workeroutput`` and the
 controller prints the one merged summary. A worker's fetch lines travel with
 its test reports, and the controller prints them (see :mod:`modelfix._pytest_report`).
+A worker that goes down (llama.cpp crashed) is named in the summary with the
+model it was loading or using (see :mod:`modelfix._pytest_breadcrumbs`).
 
 Offline with a model missing from the cache, the first test that meets it (or
 ``--modelfix-preload``, before the tests) shows the core's full OfflineError:
@@ -50,6 +53,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import pytest
 
+from ._pytest_breadcrumbs import Breadcrumbs, crash_report
 from ._pytest_hooks import HookBridge, PytestHookSpecs
 from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports
 from .errors import LockError, ModelfixError, OfflineError
@@ -210,6 +214,9 @@ class ModelfixSession:
         self._on_disk: set[str] = set()
         self._model: str | None = None  # the model of the latest fetch or load
         self._offline = OfflineNotes()
+        worker = getattr(config, "workerinput", {})
+        self.breadcrumbs = Breadcrumbs(worker.get("modelfix_breadcrumbs"), worker.get("workerid"))
+        self.crashes: list[str] = []  # the controller's lines on workers that went down
 
     @property
     def lockfile(self) -> Lockfile:
@@ -294,8 +301,10 @@ class ModelfixSession:
 
             pool.configure(memory_budget=self.options.memory_budget)
         self._pool_configured = True
+        self.breadcrumbs.loading(name)
         with self.recorder.recording():
             yield
+        self.breadcrumbs.using(name)
         if name not in self._on_disk:
             self._on_disk.add(name)
             self.stats.ready(name)
@@ -309,6 +318,7 @@ class ModelfixSession:
 
 _SESSION = pytest.StashKey[ModelfixSession]()
 _UNSUBSCRIBE = pytest.StashKey[Callable[[], None]]()
+_BREADCRUMBS = pytest.StashKey[str]()  # the controller's folder of worker breadcrumbs
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -341,8 +351,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION] = session
     config.stash[_UNSUBSCRIBE] = events.subscribe(session.recorder)
     if _is_controller(config):
+        import tempfile
+
         config.pluginmanager.register(WorkerReports(session.recorder.progress, session._offline), "modelfix-workers")
         _warn_budget(config, session.options, int(config.option.numprocesses))
+        config.stash[_BREADCRUMBS] = tempfile.mkdtemp(prefix="modelfix-xdist-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -350,6 +363,27 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.stash[_UNSUBSCRIBE]()
     if _SESSION in config.stash:
         _session(config).close()
+    if _BREADCRUMBS in config.stash:
+        import shutil
+
+        shutil.rmtree(config.stash[_BREADCRUMBS], ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller: tell each worker where to leave its breadcrumbs."""
+    if _BREADCRUMBS in node.config.stash:
+        node.workerinput["modelfix_breadcrumbs"] = node.config.stash[_BREADCRUMBS]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    crumbs = _session(item.config).breadcrumbs
+    crumbs.test_started(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        crumbs.test_finished()
 
 
 def _warn_budget(config: pytest.Config, options: PluginOptions, workers: int) -> None:
@@ -524,31 +558,42 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.modelfix_lines = lines  # xdist sends the report, and this with it, to the controller
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> str | list[str]:
     state = _session(config)
     try:
         lock = state.lockfile
     except ModelfixError as exc:
         return f"modelfix: {exc}"
+    root = None
     try:
         cache_settings = state.options.cache_settings()
     except ModelfixError as exc:
         cache, offline = f"unusable ({exc})", ""
     else:
         cache, offline = str(cache_settings.root), ", offline" if cache_settings.offline else ""
+        root = cache_settings.root
     names = ", ".join(lock.entries) or "none"
-    return (
+    line = (
         f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
         f"GPU offload: {'yes' if _gpu_offload() else 'no'}"
     )
+    return [line, f"modelfix: llama.cpp {_backend(root)}"] if lock.entries and root is not None else line
+
+
+def _backend(root: Path) -> str:
+    """The backend probe's verdict, as the run's loads will follow it (probed here, once per machine)."""
+    from . import probe
+
+    return probe.describe(root, probe_now=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    stats = _session(config).stats
-    if not stats.anything:
+    state = _session(config)
+    stats = state.stats
+    if not stats.anything and not state.crashes:
         return
     terminalreporter.write_sep("-", "modelfix")
-    for line in stats.lines():
+    for line in [*state.crashes, *(stats.lines() if stats.anything else [])]:
         terminalreporter.write_line(line)
 
 
@@ -567,6 +612,14 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.recorder.progress.write(line)
     if (stats := output.get("modelfix")) is not None:
         state.stats.merge(stats)
+    if error is not None:
+        try:
+            sources = {name: entry.source for name, entry in state.lockfile.entries.items()}
+        except ModelfixError:
+            sources = {}
+        line = crash_report(node.config.stash.get(_BREADCRUMBS, None), node.gateway.id, sources)
+        if line is not None:
+            state.crashes.append(f"modelfix: {line}")
 
 
 def _gpu_offload() -> bool:

@@ -5,10 +5,11 @@ that modelfix exposes. Each is taken from the first layer that sets it::
 
     1. call        modelfix.load("chat", n_ctx=4096)
     2. frontend    options a front end passes (pytest --modelfix-gpu-layers, %load_model --n-ctx)
-    3. env         MODELFIX_GPU_LAYERS, MODELFIX_N_CTX, ... (read at every load)
+    3. env         MODELFIX_GPU_LAYERS, MODELFIX_N_CTX, MODELFIX_REPACK, ... (read at every load)
     4. lockfile    [models.chat] n_ctx = 2048 (reproducibility settings only)
     5. default     llama_cpp.Llama's own defaults, except n_gpu_layers (all
-                   layers when the build can offload, else 0) and verbose (off)
+                   layers when the build can offload, else 0), verbose (off) and
+                   repack ("auto": on unless the backend probe found it crashes)
 
 then the ``modelfix_adjust_settings`` plugin hook may edit the result (origin
 ``plugin``). Unknown names and ill-typed values are a :class:`SettingsError`
@@ -77,11 +78,14 @@ class LoadSettings:
     embedding: bool = False
     mmproj: bool = False
     verbose: bool = False
+    # llama.cpp's weight repacking (use_extra_bufts): "auto" follows modelfix.probe's verdict
+    repack: str = "auto"
 
     def llama_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``llama_cpp.Llama`` (``mmproj`` becomes a chat handler in the pool)."""
+        """Keyword arguments for ``llama_cpp.Llama`` (``mmproj`` becomes a chat handler in the pool,
+        ``repack`` a field of llama.cpp's model parameters)."""
         kwargs = dataclasses.asdict(self)
-        del kwargs["mmproj"]
+        del kwargs["mmproj"], kwargs["repack"]
         if self.tensor_split is not None:
             kwargs["tensor_split"] = list(self.tensor_split)
         return kwargs
@@ -155,6 +159,15 @@ def _optional_str(value: Any) -> str | None:
     return value
 
 
+def _repack(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("auto", "on", "off"):
+        return text
+    raise ValueError('"auto" (follow the backend probe), "on" or "off"')
+
+
 def _split(value: Any) -> tuple[float, ...] | None:
     if value is None or value == "":
         return None
@@ -186,6 +199,7 @@ _CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "embedding": _bool,
         "mmproj": _bool,
         "verbose": _bool,
+        "repack": _repack,
     }
 )
 # Hardware settings read best without the "n_" (MODELFIX_GPU_LAYERS, the name

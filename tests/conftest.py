@@ -34,6 +34,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "MODELFIX_MEMORY_BUDGET",
         "MODELFIX_KEEP_ALIVE",
         "MODELFIX_POOL_STRATEGY",
+        "MODELFIX_REPACK",
+        "MODELFIX_PROBE_FAULT",
+        "MODELFIX_PROBE_TIMEOUT",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache"))
@@ -50,9 +53,12 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A Hub-like folder: Q4_K_M and Q8_0 single files, a 3-part Q2_K split, mmproj, preset.ini."""
+    """A Hub-like folder: Q4_0 and Q8_0 single files, a 3-part Q4_1 split, mmproj, preset.ini.
+
+    The weights are really quantized (llama.cpp runs its quantized kernels on them, and repacks Q4_0).
+    """
     folder = tmp_path_factory.mktemp("tiny-repo")
-    return tiny_repo_files(folder, tags=("Q4_K_M", "Q8_0"), split_tags=("Q2_K",), split_parts=3)
+    return tiny_repo_files(folder, tags=("Q4_0", "Q8_0"), split_tags=("Q4_1",), split_parts=3)
 
 
 @pytest.fixture
@@ -65,12 +71,12 @@ def hub(hub_env, tiny_files):
 
 @pytest.fixture
 def lock(hub, workdir: Path) -> Path:
-    """A pinned lockfile in ``workdir``: ``chat`` (org/tiny:Q4_K_M) and ``split`` (the 3-part Q2_K)."""
+    """A pinned lockfile in ``workdir``: ``chat`` (org/tiny:Q4_0) and ``split`` (the 3-part Q4_1)."""
     from modelfix.locking import add
 
     path = workdir / "model-lock.toml"
-    add("chat", f"{TINY_REPO}:Q4_K_M", path)
-    add("split", f"{TINY_REPO}:Q2_K", path)
+    add("chat", f"{TINY_REPO}:Q4_0", path)
+    add("split", f"{TINY_REPO}:Q4_1", path)
     return path
 
 
@@ -81,6 +87,25 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.chdir(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def plain_llama(tmp_path_factory):
+    """``llama_cpp.Llama(path, **kwargs)`` as a user writes it, repacking as the backend probe found safe.
+
+    A plain Llama's first decode of a quantized model dies by SIGSEGV on the AMX hosts of issue 9;
+    there the probe says "repack off" and this builds the Llama with ``use_extra_bufts = False``
+    (what modelfix's own loads do). Elsewhere it is exactly ``llama_cpp.Llama(path, **kwargs)``.
+    """
+    from modelfix.handle import open_llama
+    from modelfix.probe import use_repack
+
+    repack = use_repack("auto", tmp_path_factory.mktemp("probe"))
+
+    def make(path, **kwargs):
+        return open_llama(Path(path), kwargs, repack=repack)
+
+    return make
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelfix.config import CacheSettings
+from modelfix.eviction import format_size
 from modelfix.lockfile import Lockfile
 from modelfix.store import Store
 from modelfix.testing.hub import Fault
@@ -35,7 +36,7 @@ def test_sync_fetches_every_model_and_prints_where_it_is(run_cli, lock):
 
     assert code == 0, err
     assert out.splitlines()[0].startswith("chat: 3 files")
-    assert "split: 5 files" in out and "tiny-Q2_K-00001-of-00003.gguf" in out
+    assert "split: 5 files" in out and "tiny-Q4_1-00001-of-00003.gguf" in out
     assert "2 models ready" in err
 
 
@@ -65,7 +66,7 @@ def test_verify_reports_files_not_yet_synced(run_cli, lock):
     code, _, err = run_cli("verify", "chat")
 
     assert code == 1
-    assert "chat: tiny-Q4_K_M.gguf: not in the cache: run `modelfix sync chat`" in err
+    assert "chat: tiny-Q4_0.gguf: not in the cache: run `modelfix sync chat`" in err
 
 
 def test_offline_sync_lists_what_is_missing(run_cli, lock):
@@ -84,14 +85,22 @@ def test_push_uploads_once(run_cli, lock, tmp_path, monkeypatch):
     assert code == 0 and out.count(": present") == 3
 
 
-def test_cache_stats_shows_sizes_and_models(run_cli, lock):
+def _size(tiny_files: dict[str, Path], *names: str) -> str:
+    return format_size(sum(tiny_files[n].stat().st_size for n in names))
+
+
+SPLIT_PARTS = [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+EVERY_FILE = ["tiny-Q4_0.gguf", *SPLIT_PARTS, "mmproj-tiny-f16.gguf", "preset.ini"]
+
+
+def test_cache_stats_shows_sizes_and_models(run_cli, lock, tiny_files):
     run_cli("sync")
 
     code, out, _ = run_cli("cache", "stats")
 
     assert code == 0
     assert f"cache     {CacheSettings.resolve().root}" in out
-    assert "blobs     6 (1.0 MB)" in out
+    assert f"blobs     6 ({_size(tiny_files, *EVERY_FILE)})" in out
     assert "chat" in out and "split" in out
 
 
@@ -99,7 +108,7 @@ def test_cache_stats_names_every_model_sharing_a_view(run_cli, lock):
     from modelfix.locking import add
 
     run_cli("sync")
-    add("chat2", f"{REPO}:Q4_K_M", lock)  # the same pins as chat: one view for both
+    add("chat2", f"{REPO}:Q4_0", lock)  # the same pins as chat: one view for both
     assert run_cli("sync", "chat2")[0] == 0
 
     code, out, _ = run_cli("cache", "stats")
@@ -111,37 +120,37 @@ def test_cache_stats_names_every_model_sharing_a_view(run_cli, lock):
 
 def test_a_failed_download_prints_its_reason_once(run_cli, lock, hub, monkeypatch):
     monkeypatch.setenv("MODELFIX_RETRIES", "1")
-    hub.inject(REPO, "tiny-Q4_K_M.gguf", Fault.status(502), times=None)
+    hub.inject(REPO, "tiny-Q4_0.gguf", Fault.status(502), times=None)
 
     code, _, err = run_cli("sync", "chat")
 
     assert code == 1
-    assert "chat: tiny-Q4_K_M.gguf  failed\n" in err
+    assert "chat: tiny-Q4_0.gguf  failed\n" in err
     reason = next(line for line in err.splitlines() if line.startswith("error: "))[len("error: ") :]
     assert err.count(reason) == 1, err
 
 
-def test_cache_prune_needs_a_size_and_keeps_the_lockfile_pins(run_cli, lock):
+def test_cache_prune_needs_a_size_and_keeps_the_lockfile_pins(run_cli, lock, tiny_files):
     run_cli("sync")
 
     code, _, err = run_cli("cache", "prune")
     assert code == 1 and "--max-size" in err
 
     code, out, err = run_cli("cache", "prune", "--max-size", "1")
-    assert code == 0 and out.startswith("evicted 0 files; the cache holds 1.0 MB")
+    assert code == 0 and out.startswith(f"evicted 0 files; the cache holds {_size(tiny_files, *EVERY_FILE)}")
     assert "pinned by the lockfile" in err
 
 
-def test_cache_gc_rm_and_path(run_cli, lock):
+def test_cache_gc_rm_and_path(run_cli, lock, tiny_files):
     run_cli("sync")
     root = CacheSettings.resolve().root
 
     assert run_cli("cache", "path")[1] == f"{root}\n"
     code, out, _ = run_cli("cache", "path", "chat")
-    assert code == 0 and out.strip().endswith("tiny-Q4_K_M.gguf") and Path(out.strip()).exists()
+    assert code == 0 and out.strip().endswith("tiny-Q4_0.gguf") and Path(out.strip()).exists()
 
     code, out, _ = run_cli("cache", "rm", "split")
-    assert code == 0 and out.startswith("split: 500.8 KB freed")
+    assert code == 0 and out.startswith(f"split: {_size(tiny_files, *SPLIT_PARTS)} freed")
     code, out, _ = run_cli("cache", "gc")
     assert code == 0 and out.startswith("removed 0 unused files")
     assert Store(root).usage().blobs == 3

@@ -46,7 +46,7 @@ def test_after_sync_it_reads_the_header_without_a_request(run_cli, lock, hub):
     assert hub.requests == []
     assert report["cache"] == "cached" and all(f["cached"] for f in report["files"])
     view = report["view"]
-    assert Path(view).name == "tiny-Q4_K_M.gguf" and Path(view).is_file()
+    assert Path(view).name == "tiny-Q4_0.gguf" and Path(view).is_file()
     g = report["gguf"]
     assert g["architecture"] == _header_field(view, "general.architecture")
     assert g["n_layer"] == _header_field(view, f"{g['architecture']}.block_count")
@@ -75,7 +75,7 @@ def test_a_split_model_shows_every_part_and_the_part_count(run_cli, lock):
 
     assert code == 0, err
     parts = [line.split()[1] for line in out.splitlines() if line.lstrip().startswith("model ")]
-    assert parts == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert parts == [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     assert "· 3 parts ·" in out
 
 
@@ -89,7 +89,7 @@ def test_lockfile_settings_show_where_they_come_from(run_cli, lock):
 
 
 def test_an_edited_source_is_flagged_as_needing_a_lock(run_cli, lock):
-    lock.write_text(lock.read_text().replace('source = "org/tiny:Q4_K_M"', 'source = "org/tiny:Q8_0"'))
+    lock.write_text(lock.read_text().replace('source = "org/tiny:Q4_0"', 'source = "org/tiny:Q8_0"'))
     code, out, _ = run_cli("inspect", "chat")
 
     assert code == 0
@@ -104,3 +104,30 @@ def test_an_unknown_name_is_one_line_naming_the_models(run_cli, lock, args):
     assert err.strip() == (
         f"error: no model named 'nope' in {lock} (models: chat, split). Add it with `modelfix add nope ORG/REPO:TAG`."
     )
+
+
+def test_it_says_how_a_load_would_repack(run_cli, lock, monkeypatch, tmp_path):
+    from modelfix import probe
+
+    report = _json(run_cli, "chat")
+    assert report["backend"]["repack"] in ("on", "off") and report["backend"]["verdict"]["key"] == probe.probe_key()
+    assert report["settings"]["repack"] == {"value": "auto", "from": "default"}
+
+    monkeypatch.setattr(probe, "_MEMO", {})
+    # Stands in for the AMX crash (this CPU has none): the probe's child dies with repacking on.
+    monkeypatch.setenv("MODELFIX_PROBE_FAULT", "crash-with-repack")
+    monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "other-cache"))
+    code, out, _ = run_cli("inspect", "chat")
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "  backend   repack off: llama.cpp's repacked kernels crash on this CPU (died by SIGSEGV with repacking on); "
+        "loads run without"
+    )
+
+    monkeypatch.setenv("MODELFIX_REPACK", "on")
+    report = _json(run_cli, "chat")
+    assert report["backend"] == {
+        "repack": "on",
+        "verdict": None,
+        "text": "repack on (set explicitly; the backend probe is not consulted)",
+    }

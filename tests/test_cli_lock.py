@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from modelfix.lockfile import Lockfile
+from modelfix.testing.gguf import write_tiny_model
 
 REPO = "org/tiny"
 SECRET = "hf_SecretTokenValue12345"
 
 
 def test_add_then_lock_again_is_byte_identical(hub, workdir, run_cli):
-    code, out, _ = run_cli("add", "chat", f"{REPO}:Q4_K_M", "--n-ctx", "256")
+    code, out, _ = run_cli("add", "chat", f"{REPO}:Q4_0", "--n-ctx", "256")
     assert code == 0 and "Added chat" in out
     lock = workdir / "model-lock.toml"
     first = lock.read_bytes()
@@ -29,11 +30,12 @@ def test_add_then_lock_again_is_byte_identical(hub, workdir, run_cli):
     assert hub.count() == 0, "pinned entries need no network"
 
 
-def test_pin_stays_put_until_upgrade(hub, workdir, run_cli, tiny_files):
+def test_pin_stays_put_until_upgrade(hub, workdir, run_cli, tmp_path):
     run_cli("add", "chat", REPO)
-    run_cli("add", "split", f"{REPO}:Q2_K")
+    run_cli("add", "split", f"{REPO}:Q4_1")
     before = Lockfile.load(workdir / "model-lock.toml")
-    new_commit = hub.commit(REPO, {"tiny-Q4_K_M.gguf": tiny_files["tiny-Q8_0.gguf"]}, message="new weights")
+    (new_weights,) = write_tiny_model(tmp_path / "tiny-Q8_0.gguf", seed=7, qtype="Q8_0")
+    new_commit = hub.commit(REPO, {"tiny-Q8_0.gguf": new_weights}, message="new weights")
     assert run_cli("lock")[0] == 0
     assert Lockfile.load(workdir / "model-lock.toml").entry("chat") == before.entry("chat")
     code, out, _ = run_cli("lock", "--upgrade", "--model", "chat")
@@ -44,7 +46,7 @@ def test_pin_stays_put_until_upgrade(hub, workdir, run_cli, tiny_files):
 
 
 def test_one_lock_asks_the_hub_once_per_repository(hub, workdir, run_cli, tiny_files):
-    for name, tag in (("q4", "Q4_K_M"), ("q8", "Q8_0"), ("split", "Q2_K")):
+    for name, tag in (("q4", "Q4_0"), ("q8", "Q8_0"), ("split", "Q4_1")):
         run_cli("add", name, f"{REPO}:{tag}")
     before = Lockfile.load(workdir / "model-lock.toml")
     new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
@@ -90,7 +92,7 @@ def test_a_failing_add_writes_nothing(hub, workdir, run_cli):
 def test_a_failing_lock_keeps_every_pin(hub, workdir, run_cli):
     run_cli("add", "chat", REPO)
     lock = workdir / "model-lock.toml"
-    lock.write_text(lock.read_text() + '\n[models.broken]\nsource = "org/missing:Q4_K_M"\n')
+    lock.write_text(lock.read_text() + '\n[models.broken]\nsource = "org/missing:Q4_0"\n')
     before = lock.read_bytes()
     code, _, err = run_cli("lock", "--upgrade")
     assert code == 1 and "model 'broken'" in err and "org/missing" in err
@@ -105,13 +107,13 @@ def test_first_add_creates_the_lockfile(hub, workdir, run_cli):
 
 def test_list_shows_each_model(hub, workdir, run_cli):
     run_cli("add", "chat", REPO)
-    run_cli("add", "split", f"{REPO}:Q2_K")
+    run_cli("add", "split", f"{REPO}:Q4_1")
     code, out, _ = run_cli("list")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:5] == ["NAME", "SOURCE", "REVISION", "FILES", "SIZE"]
     assert lines[2].split()[:4] == [
         "split",
-        f"{REPO}:Q2_K",
+        f"{REPO}:Q4_1",
         Lockfile.load(workdir / "model-lock.toml").entry("split").revision[:12],
         "5",
     ]
@@ -139,7 +141,7 @@ def test_errors_are_one_line_without_traceback(hub, workdir):
 
 def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
     hub.create_repo("org/private", private=True, token=SECRET)
-    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    hub.commit("org/private", {"p-Q4_0.gguf": tiny_files["tiny-Q4_0.gguf"]})
     env = dict(os.environ, HF_TOKEN=SECRET)
     ok = subprocess.run(
         [sys.executable, "-m", "modelfix", "add", "p", "org/private"], capture_output=True, text=True, env=env
@@ -157,7 +159,7 @@ def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
 @pytest.mark.parametrize("how", ["HF_TOKEN", "hf auth login"])
 def test_a_private_repo_locks_and_syncs_with_the_users_token(hub, workdir, tiny_files, how):
     hub.create_repo("org/private", private=True, token=SECRET)
-    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    hub.commit("org/private", {"p-Q4_0.gguf": tiny_files["tiny-Q4_0.gguf"]})
     env = dict(os.environ)
     if how == "HF_TOKEN":
         env["HF_TOKEN"] = SECRET
@@ -172,7 +174,7 @@ def test_a_private_repo_locks_and_syncs_with_the_users_token(hub, workdir, tiny_
     assert added.returncode == 0, added.stderr
     assert synced.returncode == 0, synced.stderr
     model = Path(synced.stdout.split()[-1])
-    assert model.name == "p-Q4_K_M.gguf" and model.read_bytes() == tiny_files["tiny-Q4_K_M.gguf"].read_bytes()
+    assert model.name == "p-Q4_0.gguf" and model.read_bytes() == tiny_files["tiny-Q4_0.gguf"].read_bytes()
     cdn = [r for r in hub.requests if r.origin == "cdn"]
     assert cdn and all(r.status in (200, 206) for r in cdn)
     written = [(workdir / "model-lock.toml").read_bytes()]
@@ -185,7 +187,7 @@ def test_a_private_repo_locks_and_syncs_with_the_users_token(hub, workdir, tiny_
 
 def test_the_saved_token_is_not_used_when_implicit_tokens_are_off(hub, workdir, tiny_files):
     hub.create_repo("org/private", private=True, token=SECRET)
-    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    hub.commit("org/private", {"p-Q4_0.gguf": tiny_files["tiny-Q4_0.gguf"]})
     home = Path(os.environ["HF_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     (home / "token").write_text(SECRET)
@@ -242,9 +244,9 @@ def test_lock_in_a_missing_folder_is_a_clear_error(hub, tmp_path, workdir, run_c
 
 
 def test_concurrent_adds_and_lock_keep_every_pin(hub, workdir, run_cli, tiny_files):
-    run_cli("add", "base", f"{REPO}:Q4_K_M")
+    run_cli("add", "base", f"{REPO}:Q4_0")
     new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
-    tags = ("Q4_K_M", "Q8_0", "Q2_K")
+    tags = ("Q4_0", "Q8_0", "Q4_1")
     commands = [["add", f"m{i}", f"{REPO}:{tags[i % 3]}"] for i in range(6)] + [
         ["lock", "--upgrade", "--model", "base"]
     ]
@@ -309,7 +311,7 @@ def test_windows_line_endings_a_bom_and_a_symlink_survive_add_and_lock(hub, tmp_
     shared.write_bytes(b"\xef\xbb\xbf" + shared.read_bytes().replace(b"\n", b"\r\n"))
     (workdir / "model-lock.toml").symlink_to(shared)
 
-    assert run_cli("add", "split", f"{REPO}:Q2_K")[0] == 0
+    assert run_cli("add", "split", f"{REPO}:Q4_1")[0] == 0
     assert run_cli("lock", "--upgrade")[0] == 0
     assert (workdir / "model-lock.toml").is_symlink()
     data = shared.read_bytes()

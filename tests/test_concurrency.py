@@ -35,10 +35,10 @@ def _byte_downloads(hub, name: str) -> int:
 
 def test_eight_processes_syncing_one_cold_model_download_each_blob_once(hub, workdir):
     lock = workdir / "model-lock.toml"
-    add("chat", f"{REPO}:Q4_K_M", lock)
-    add("split", f"{REPO}:Q2_K", lock)
+    add("chat", f"{REPO}:Q4_0", lock)
+    add("split", f"{REPO}:Q4_1", lock)
     # Slow the first download down so that the others arrive while it is in flight.
-    hub.inject(REPO, "tiny-Q4_K_M.gguf", Fault.stall(1.0, after_bytes=100_000))
+    hub.inject(REPO, "tiny-Q4_0.gguf", Fault.stall(1.0, after_bytes=100_000))
     hub.clear_log()
 
     procs = [
@@ -61,14 +61,14 @@ def test_eight_processes_syncing_one_cold_model_download_each_blob_once(hub, wor
 
 
 def test_a_download_killed_mid_file_resumes_from_its_partial(hub_env, workdir, tmp_path):
-    files = write_tiny_model(tmp_path / "repo" / "big-Q4_K_M.gguf", target_bytes=3_000_000)
+    files = write_tiny_model(tmp_path / "repo" / "big-Q4_0.gguf", target_bytes=3_000_000)
     hub_env.create_repo("org/big")
-    hub_env.commit("org/big", {"big-Q4_K_M.gguf": files[0]})
+    hub_env.commit("org/big", {"big-Q4_0.gguf": files[0]})
     lock = workdir / "model-lock.toml"
-    add("big", "org/big:Q4_K_M", lock)
+    add("big", "org/big:Q4_0", lock)
     pin = Lockfile.load(lock).entry("big").files[0]
     partial = Store(CacheSettings.resolve().root).partial_path(pin.sha256)
-    hub_env.inject("org/big", "big-Q4_K_M.gguf", Fault.stall(60, after_bytes=2_500_000))
+    hub_env.inject("org/big", "big-Q4_0.gguf", Fault.stall(60, after_bytes=2_500_000))
 
     victim = subprocess.Popen(
         [sys.executable, "-m", "modelfix", "sync", "big"],
@@ -87,7 +87,7 @@ def test_a_download_killed_mid_file_resumes_from_its_partial(hub_env, workdir, t
 
     path = modelfix.path("big", lock)
 
-    resumed = [r for r in hub_env.requests if r.filename == "big-Q4_K_M.gguf" and r.status == 206]
+    resumed = [r for r in hub_env.requests if r.filename == "big-Q4_0.gguf" and r.status == 206]
     assert [r.range for r in resumed] == [f"bytes={kept}-{pin.size - 1}"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256
     assert not partial.exists()

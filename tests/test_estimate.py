@@ -27,7 +27,7 @@ def single(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> list[Path]:
-    return write_tiny_model(tmp_path_factory.mktemp("est-split") / "tiny-Q2_K.gguf", split_parts=3)
+    return write_tiny_model(tmp_path_factory.mktemp("est-split") / "tiny-Q4_1.gguf", split_parts=3)
 
 
 def test_header_matches_what_gguf_reads(single):
@@ -93,7 +93,7 @@ def test_not_a_gguf_file(tmp_path):
 def test_estimate_is_close_to_what_llama_cpp_takes(tmp_path):
     import llama_cpp
 
-    (path,) = write_tiny_model(tmp_path / "wide.gguf", target_bytes=48_000_000)
+    (path,) = write_tiny_model(tmp_path / "wide.gguf", target_bytes=48_000_000, qtype="F32")
     expected = estimate(path, n_ctx=512).total
     gc.collect()
     before = rss()

@@ -21,7 +21,7 @@ from modelfix.jobs import Cancelled, jobs, new_job
 from modelfix.testing.hub import Fault
 from modelfix.transports import FsspecTransport, HttpTransport, SourceMissing
 
-REPO, FILE = "org/tiny", "tiny-Q4_K_M.gguf"
+REPO, FILE = "org/tiny", "tiny-Q4_0.gguf"
 FAST = FetchPolicy(base_delay=0.01, read_timeout=0.5, attempts=3)
 
 
@@ -115,7 +115,7 @@ def test_a_partial_file_resumes_with_a_range_request(hub, tiny_files, tmp_path):
 
 # Small enough that the tiny files count as large; a stall makes the stream slow.
 SPLITTING = FetchPolicy(
-    base_delay=0.01, read_timeout=30, parallel_min=100_000, min_range=65_536, split_after=0.2, connections=4
+    base_delay=0.01, read_timeout=30, parallel_min=100_000, min_range=32_768, split_after=0.2, connections=4
 )
 
 
@@ -135,7 +135,7 @@ def test_files_already_streaming_side_by_side_are_not_split_further(hub, tiny_fi
     # Two slow files and two connections: each stream is one of them, nothing is spare to split with.
     # split_after leaves both threads ample time to open their streams before a split is weighed.
     policy = dataclasses.replace(SPLITTING, connections=2, split_after=1.0)
-    names = ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]
+    names = ["tiny-Q4_0.gguf", "tiny-Q8_0.gguf"]
     for name in names:
         hub.inject(REPO, name, Fault.stall(2.5, after_bytes=20_000))
     results: dict[str, object] = {}

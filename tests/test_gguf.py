@@ -9,6 +9,7 @@ import gguf
 import pytest
 
 from modelfix.testing.gguf import (
+    QTYPES,
     VOCAB,
     TinyModelSpec,
     main,
@@ -35,26 +36,26 @@ def llama_cpp():
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
-    (path,) = write_tiny_model(tmp_path_factory.mktemp("single") / "tiny-Q4_K_M.gguf", seed=0)
+    (path,) = write_tiny_model(tmp_path_factory.mktemp("single") / "tiny-Q4_0.gguf", seed=0)
     return path
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> list[Path]:
-    return write_tiny_model(tmp_path_factory.mktemp("split") / "tiny-Q4_K_M.gguf", seed=0, split_max_tensors=8)
+    return write_tiny_model(tmp_path_factory.mktemp("split") / "tiny-Q4_0.gguf", seed=0, split_max_tensors=8)
 
 
-def generate(llama_cpp, path: Path, prompt: str = "Hello") -> str:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, seed=0)
+def generate(plain_llama, path: Path, prompt: str = "Hello") -> str:
+    llm = plain_llama(path, n_ctx=128, verbose=False, seed=0)
     try:
         return llm(prompt, max_tokens=8, temperature=0)["choices"][0]["text"]
     finally:
         llm.close()
 
 
-def test_single_file_loads_generates_and_repeats(llama_cpp, single: Path) -> None:
+def test_single_file_loads_generates_and_repeats(llama_cpp, plain_llama, single: Path) -> None:
     spec = TinyModelSpec()
-    llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
+    llm = plain_llama(single, n_ctx=128, verbose=False, seed=0)
     try:
         assert llm.n_vocab() == spec.n_vocab
         assert llm.n_embd() == spec.n_embd
@@ -73,8 +74,8 @@ def test_single_file_loads_generates_and_repeats(llama_cpp, single: Path) -> Non
         llm.close()
 
 
-def test_chat_completion_uses_embedded_template(llama_cpp, single: Path) -> None:
-    llm = llama_cpp.Llama(model_path=str(single), n_ctx=128, verbose=False, seed=0)
+def test_chat_completion_uses_embedded_template(plain_llama, single: Path) -> None:
+    llm = plain_llama(single, n_ctx=128, verbose=False, seed=0)
     try:
         assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
         out = llm.create_chat_completion(messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0)
@@ -85,9 +86,9 @@ def test_chat_completion_uses_embedded_template(llama_cpp, single: Path) -> None
 
 
 def test_split_set_names_and_metadata(split: list[Path]) -> None:
-    assert [p.name for p in split] == [f"tiny-Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert [p.name for p in split] == [f"tiny-Q4_0-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     assert all(p.is_file() for p in split)
-    assert not (split[0].parent / "tiny-Q4_K_M.gguf").exists()
+    assert not (split[0].parent / "tiny-Q4_0.gguf").exists()
     readers = [gguf.GGUFReader(p) for p in split]
     assert [len(r.tensors) for r in readers] == [8, 8, 5]
     assert [r.fields["split.no"].contents() for r in readers] == [0, 1, 2]
@@ -95,8 +96,8 @@ def test_split_set_names_and_metadata(split: list[Path]) -> None:
     assert readers[0].fields["general.architecture"].contents() == "llama"
 
 
-def test_split_loads_from_first_part_and_matches_unsplit(llama_cpp, single: Path, split: list[Path]) -> None:
-    assert generate(llama_cpp, split[0]) == generate(llama_cpp, single)
+def test_split_loads_from_first_part_and_matches_unsplit(plain_llama, single: Path, split: list[Path]) -> None:
+    assert generate(plain_llama, split[0]) == generate(plain_llama, single)
 
 
 @pytest.mark.parametrize("parts", [2, 3, 8, 21])
@@ -114,18 +115,18 @@ def test_split_parts_out_of_range(tmp_path: Path) -> None:
 
 
 def test_deterministic_bytes(tmp_path: Path, single: Path) -> None:
-    (same,) = write_tiny_model(tmp_path / "a" / "tiny-Q4_K_M.gguf", seed=0)
-    (other,) = write_tiny_model(tmp_path / "b" / "tiny-Q4_K_M.gguf", seed=1)
+    (same,) = write_tiny_model(tmp_path / "a" / "tiny-Q4_0.gguf", seed=0)
+    (other,) = write_tiny_model(tmp_path / "b" / "tiny-Q4_0.gguf", seed=1)
     assert sha256(same) == sha256(single)
     assert sha256(other) != sha256(single)
     assert single.stat().st_size == other.stat().st_size
 
 
-def test_target_bytes_grows_model(llama_cpp, tmp_path: Path) -> None:
+def test_target_bytes_grows_model(plain_llama, tmp_path: Path) -> None:
     (path,) = write_tiny_model(tmp_path / "big.gguf", target_bytes=3_000_000)
     assert path.stat().st_size >= 3_000_000
     assert field(path, "llama.embedding_length") > 64
-    assert generate(llama_cpp, path)
+    assert generate(plain_llama, path)
 
 
 def test_mmproj_is_clip(tmp_path: Path) -> None:
@@ -141,17 +142,17 @@ def test_preset(tmp_path: Path) -> None:
 
 
 def test_tiny_repo_files_layout(tmp_path: Path) -> None:
-    files = tiny_repo_files(tmp_path, split_tags=("Q2_K",), split_parts=4)
+    files = tiny_repo_files(tmp_path, split_tags=("Q4_1",), split_parts=4)
     assert sorted(files) == [
         "mmproj-tiny-f16.gguf",
         "preset.ini",
-        *[f"tiny-Q2_K-{i:05d}-of-00004.gguf" for i in range(1, 5)],
-        "tiny-Q4_K_M.gguf",
+        "tiny-Q4_0.gguf",
+        *[f"tiny-Q4_1-{i:05d}-of-00004.gguf" for i in range(1, 5)],
         "tiny-Q8_0.gguf",
     ]
     assert all(p == tmp_path / rel and p.is_file() for rel, p in files.items())
-    assert sha256(files["tiny-Q4_K_M.gguf"]) != sha256(files["tiny-Q8_0.gguf"])
-    (expected,) = write_tiny_model(tmp_path / "x" / "m.gguf", seed=tag_seed(0, "Q8_0"))
+    assert sha256(files["tiny-Q4_0.gguf"]) != sha256(files["tiny-Q8_0.gguf"])
+    (expected,) = write_tiny_model(tmp_path / "x" / "m.gguf", seed=tag_seed(0, "Q8_0"), qtype="Q8_0")
     assert sha256(expected) == sha256(files["tiny-Q8_0.gguf"])
 
     bare = tiny_repo_files(tmp_path / "bare", tags=("F16",), mmproj=False, preset=False, name="m")
@@ -159,7 +160,53 @@ def test_tiny_repo_files_layout(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path), "--tags", "Q4_K_M", "--split-tags", "Q2_K", "--seed", "3"]) == 0
+    assert main([str(tmp_path), "--tags", "Q4_0", "--split-tags", "Q4_1", "--seed", "3"]) == 0
     printed = capsys.readouterr().out.split()
     assert len(printed) == 2 + 3 + 1
     assert all(Path(p).is_file() for p in printed)
+
+
+def test_cli_help_describes_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--tags", "--split-tags", "--split-parts", "--seed", "--name", "--no-mmproj", "--no-preset"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(flag))
+        described = line.split(flag, 1)[1].split(None, 1)
+        # the help text is on the flag's line (after its metavar) or on the next one
+        assert len(described) == 2 or text.split(line, 1)[1].splitlines()[1].strip(), flag
+    assert "out_dir" in text and "Q4_0" in text and "K-quants" in text
+
+
+@pytest.mark.parametrize("tag", ["Q4_K_M", "Q2_K", "nope"])
+def test_a_type_it_cannot_write_is_refused_before_writing(tmp_path: Path, tag: str, capsys) -> None:
+    with pytest.raises(ValueError, match=f"cannot write a tiny model of type '{tag}'.*K-quants"):
+        tiny_repo_files(tmp_path / "repo", tags=("Q8_0", tag))
+    assert not (tmp_path / "repo").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "cli"), "--split-tags", tag])
+    assert exc.value.code == 2 and "K-quants" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tag", list(QTYPES))
+def test_a_file_holds_the_type_its_name_says(plain_llama, tmp_path: Path, tag: str) -> None:
+    path = tiny_repo_files(tmp_path, tags=(tag,), mmproj=False, preset=False)[f"tiny-{tag}.gguf"]
+    reader = gguf.GGUFReader(path)
+    tensor_type, file_type = QTYPES[tag]
+    assert reader.fields["general.file_type"].contents() == file_type
+    layer_types = {t.tensor_type for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+    assert layer_types == {tensor_type}
+    assert path.stat().st_size - TinyModelSpec(qtype=tag).tensor_bytes() < 12_000  # header and padding only
+    llm = plain_llama(path, n_ctx=128, verbose=False, seed=0)
+    try:
+        # llama.cpp reads the file type back, as `modelfix inspect` shows it
+        assert llm.metadata["general.file_type"] == str(int(file_type))
+        assert llm("Hello", max_tokens=4, temperature=0)["usage"]["completion_tokens"] == 4
+    finally:
+        llm.close()
+
+
+def test_quantized_needs_whole_blocks() -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        TinyModelSpec(n_embd=48, n_head=4, qtype="Q8_0")
+    assert TinyModelSpec(n_embd=48, n_head=4, n_ff=96, qtype="F32").n_embd == 48

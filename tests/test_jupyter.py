@@ -4,7 +4,7 @@ Most tests drive ``InteractiveShell`` in this process (fast, and its text
 output is what a terminal IPython user sees); one executes the example
 notebook in a real ipykernel with nbclient and checks the widgets' final
 state as the executed notebook stores it. The model is ``tiny`` pinned to
-``org/tiny:Q4_K_M`` on the local hub.
+``org/tiny:Q4_0`` on the local hub.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ EXAMPLE = ROOT / "jupyter_ext" / "example.ipynb"
 
 @pytest.fixture
 def lockfile(hub, workdir: Path) -> Path:
-    """``tiny`` pinned to org/tiny:Q4_K_M: the name the example notebook and the demo's lockfile use."""
+    """``tiny`` pinned to org/tiny:Q4_0: the name the example notebook and the demo's lockfile use."""
     path = workdir / "model-lock.toml"
-    add("tiny", "org/tiny:Q4_K_M", path)
+    add("tiny", "org/tiny:Q4_0", path)
     return path
 
 
@@ -91,12 +91,12 @@ def test_load_ext_modelfix_without_the_package_says_what_to_install(monkeypatch,
 def test_load_reuses_handle_and_reports_progress(shell, capsys) -> None:
     llm = magic(shell, "load_model tiny")
     first = capsys.readouterr().out
-    model = [line for line in first.splitlines() if "tiny-Q4_K_M.gguf:" in line]
+    model = [line for line in first.splitlines() if "tiny-Q4_0.gguf:" in line]
     assert model[:2] == [
-        "[modelfix] tiny tiny-Q4_K_M.gguf: downloading 500.5 KB",
-        "[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verifying",
+        "[modelfix] tiny tiny-Q4_0.gguf: downloading 218.9 KB",
+        "[modelfix] tiny tiny-Q4_0.gguf: 218.9 KB · verifying",
     ]
-    assert model[2].startswith("[modelfix] tiny tiny-Q4_K_M.gguf: 500.5 KB · verified · origin · ")
+    assert model[2].startswith("[modelfix] tiny tiny-Q4_0.gguf: 218.9 KB · verified · origin · ")
     assert model[2].endswith("B/s") and len(model) == 3  # then the download speed; one line per status
     load = [line for line in first.splitlines() if "llama.cpp:" in line]
     assert load[0].startswith("[modelfix] tiny llama.cpp: loading · ≈ ") and "loaded in" in load[1]
@@ -138,22 +138,42 @@ def test_models_table_html_and_text(shell) -> None:
         assert f"<th>{header}</th>" in html
         assert header in text.splitlines()[1]
     row = next(line for line in text.splitlines() if line.startswith("tiny "))
-    assert "org/tiny" in row and "Q4_K_M" in row and "cached" in row and "yes" in row
+    assert "org/tiny" in row and "Q4_0" in row and "cached" in row and "yes" in row
     assert "s ago" in row
     assert "<td>org/tiny</td>" in html
+    # How loads repack, once: the backend probe ran before the first load (AMX hosts: off).
+    assert text.splitlines()[-1].startswith("llama.cpp: repack ") and "<br>llama.cpp: repack " in html
+
+
+def test_models_says_when_auto_turned_repack_off(shell, monkeypatch) -> None:
+    from modelfix import probe
+
+    monkeypatch.setattr(probe, "_MEMO", {})  # this process has not probed yet
+    monkeypatch.setattr(probe, "_ANNOUNCED", set())
+    # Stands in for the AMX crash, which cannot happen on this CPU: the probe's child dies with repacking on.
+    monkeypatch.setenv("MODELFIX_PROBE_FAULT", "crash-with-repack")
+    assert "not probed yet" in repr(magic(shell, "models"))
+
+    llm = magic(shell, "load_model tiny")
+
+    assert llm("Hello", max_tokens=2)["usage"]["completion_tokens"] == 2
+    assert repr(magic(shell, "models")).splitlines()[-1] == (
+        "llama.cpp: repack off: llama.cpp's repacked kernels crash on this CPU "
+        "(died by SIGSEGV with repacking on); loads run without"
+    )
 
 
 def test_handle_and_entry_render_as_html(shell) -> None:
     llm = magic(shell, "load_model tiny --n-ctx 256")
     data, _ = shell.display_formatter.format(llm)
     html = data["text/html"]
-    for expected in ("org/tiny", "tiny-Q4_K_M.gguf", "revision", "n_ctx=256", "GPU layers offloaded"):
+    for expected in ("org/tiny", "tiny-Q4_0.gguf", "revision", "n_ctx=256", "GPU layers offloaded"):
         assert expected in html
     from modelfix.lockfile import Lockfile
 
     entry = Lockfile.find().entry("tiny")
     data, _ = shell.display_formatter.format(entry)
-    assert entry.revision[:12] in data["text/html"] and "tiny-Q4_K_M.gguf" in data["text/plain"]
+    assert entry.revision[:12] in data["text/html"] and "tiny-Q4_0.gguf" in data["text/plain"]
 
 
 def test_unload_model_frees_the_pool_entry(shell, capsys) -> None:
@@ -203,7 +223,7 @@ def test_keep_alive_releases_idle_handles_and_models_shows_it(shell) -> None:
     row, table = tiny_row()
     assert not resident(), "an idle handle outlived the keep-alive"
     assert "released" in row and "(keep-alive)" in row
-    assert "keep-alive 0.2 s" in table.splitlines()[-1]
+    assert "keep-alive 0.2 s" in table.splitlines()[-2]  # the pool line, then the backend line
 
 
 def test_offline_error_is_one_line(shell, capsys) -> None:
@@ -214,7 +234,7 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
     assert isinstance(result.error_in_exec, OfflineError)
     lines = [line for line in out.splitlines() if line.strip() and not line.startswith("[modelfix]")]
     assert len(lines) == 1, out
-    assert lines[0].startswith("\x1b[31mOfflineError: ") and "tiny-Q4_K_M.gguf" in lines[0]
+    assert lines[0].startswith("\x1b[31mOfflineError: ") and "tiny-Q4_0.gguf" in lines[0]
     assert "modelfix sync tiny" in lines[0], "the line names the fix"
     assert "Traceback" not in out
 
@@ -249,9 +269,9 @@ def test_cache_stats_and_prune(shell, tmp_path: Path) -> None:
     stats = magic(shell, "modelfix_cache")
     text = repr(stats)
     assert f"folder              {tmp_path / 'cache'}" in text
-    assert "files               3 (517.9 KB)" in text
-    assert any(line.split()[:2] == ["tiny", "517.9"] for line in text.splitlines())
-    assert "<td>tiny</td><td>517.9 KB</td>" in stats._repr_html_()
+    assert "files               3 (236.3 KB)" in text
+    assert any(line.split()[:2] == ["tiny", "236.3"] for line in text.splitlines())
+    assert "<td>tiny</td><td>236.3 KB</td>" in stats._repr_html_()
 
     stale = tmp_path / "cache" / "tmp" / f"{'0' * 64}.partial"  # a download nobody will resume
     stale.write_bytes(b"x" * 1000)
@@ -259,12 +279,12 @@ def test_cache_stats_and_prune(shell, tmp_path: Path) -> None:
     assert "pruned 1.0 KB: unused files 0, partial downloads 1, broken views 0" in pruned
     assert not stale.exists()
     capped = repr(magic(shell, "modelfix_cache --prune --max-size 1KB"))
-    assert "to fit 1.0 KB, least recently used files evicted: 0 (still 517.9 KB: the rest is pinned" in capped
+    assert "to fit 1.0 KB, least recently used files evicted: 0 (still 236.3 KB: the rest is pinned" in capped
     assert "cached" in repr(magic(shell, "models")), "pruning never drops what the lockfile pins"
 
 
 def test_cache_stats_name_every_model_sharing_the_files(shell, lockfile: Path) -> None:
-    add("tiny-again", "hf://org/tiny:Q4_K_M", lockfile)  # same pins, another name
+    add("tiny-again", "hf://org/tiny:Q4_0", lockfile)  # same pins, another name
     magic(shell, "load_model tiny")
     magic(shell, "load_model tiny-again")
     assert "<td>tiny, tiny-again</td>" in magic(shell, "modelfix_cache")._repr_html_()
@@ -289,7 +309,7 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     assert main([str(tmp_path / "example.ipynb"), "--output", str(tmp_path / "done.ipynb"), "--timeout", "120"]) == 0
     printed, stderr = capfd.readouterr()
     # The headless run prints the widget's final state as text, a row per file.
-    assert "tiny-Q4_K_M.gguf  500.5 KB · verified · origin" in printed and "llama.cpp  loaded in" in printed
+    assert "tiny-Q4_0.gguf  218.9 KB · verified · origin" in printed and "llama.cpp  loaded in" in printed
     nb = nbformat.read(tmp_path / "done.ipynb", as_version=4)
     outputs = {c.source.splitlines()[0]: c.outputs for c in nb.cells if c.cell_type == "code"}
 
@@ -303,14 +323,14 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     models_html = next(o for o in outputs["%models"] if o.output_type == "execute_result")["data"]["text/html"]
     assert "<td>org/tiny</td>" in models_html and "cached" in models_html
     handle_html = outputs["llm = %load_model tiny"][-1]["data"]["text/html"]
-    assert "tiny-Q4_K_M.gguf" in handle_html and "GPU layers offloaded" in handle_html
+    assert "tiny-Q4_0.gguf" in handle_html and "GPU layers offloaded" in handle_html
     everything = str(nb.cells) + printed + stderr
     assert "IProgress" not in everything and "without encryption" not in everything
 
     state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     bars = [m["state"] for m in state.values() if m["model_name"] == "IntProgressModel"]
     labels = {b["description"] for b in bars}
-    assert {"tiny-Q4_K_M.gguf", "llama.cpp"} <= labels
+    assert {"tiny-Q4_0.gguf", "llama.cpp"} <= labels
     assert all(b["value"] == b["max"] and b["bar_style"] == "success" for b in bars)
     notes = [m["state"]["value"] for m in state.values() if m["model_name"] == "HTMLModel"]
     assert any("loaded in" in n for n in notes) and any("verified" in n for n in notes)
@@ -321,7 +341,7 @@ def test_a_cached_file_evicted_is_not_a_released_handle(shell) -> None:
 
     magic(shell, "load_model tiny")
     # What the store emits when it deletes a file under its size cap: the handle stays resident.
-    events.emit(Event(kind="evict", model="tiny", file="tiny-Q4_K_M.gguf", source="cache"))
+    events.emit(Event(kind="evict", model="tiny", file="tiny-Q4_0.gguf", source="cache"))
     text = repr(magic(shell, "models"))
     assert "released" not in text and "yes" in text
 

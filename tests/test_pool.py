@@ -32,7 +32,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """Three different tiny models, and a 3-part split set."""
     folder = tmp_path_factory.mktemp("pool-models")
     found = {name: write_tiny_model(folder / f"{name}.gguf", seed=i)[0] for i, name in enumerate("abc")}
-    found["split"] = write_tiny_model(folder / "tiny-Q2_K.gguf", seed=9, split_parts=3)[0]
+    found["split"] = write_tiny_model(folder / "tiny-Q4_1.gguf", seed=9, split_parts=3)[0]
     return found
 
 
@@ -243,7 +243,7 @@ print(json.dumps({"before": before, "loaded": loaded, "after": after, "works": w
 def test_eviction_closes_the_llama_and_memory_comes_back(tmp_path):
     # A fresh process: in this one, memory freed by earlier tests may be reused by the load,
     # which would hide how much a load really takes.
-    (path,) = write_tiny_model(tmp_path / "wide.gguf", target_bytes=48_000_000)
+    (path,) = write_tiny_model(tmp_path / "wide.gguf", target_bytes=48_000_000, qtype="F32")
     assert os.sysconf("SC_PAGE_SIZE") == 4096
     out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -603,14 +603,14 @@ def project(tmp_path: Path) -> Path:
     from modelfix.sources import source_for
 
     folder = tmp_path / "project"
-    write_tiny_model(folder / "tiny-Q4_K_M.gguf", seed=1)
-    write_tiny_model(folder / "tiny-Q2_K.gguf", seed=2, split_parts=3)
+    write_tiny_model(folder / "tiny-Q4_0.gguf", seed=1)
+    write_tiny_model(folder / "tiny-Q4_1.gguf", seed=2, split_parts=3)
     lock = folder / "model-lock.toml"
     lock.write_text(
         "version = 1\n\n"
-        '[models.tiny]\nsource = "./tiny-Q4_K_M.gguf"\nn_ctx = 256\nseed = 3\n\n'
-        '[models.split]\nsource = "./tiny-Q2_K-00001-of-00003.gguf"\n\n'
-        '[models.vectors]\nsource = "./tiny-Q4_K_M.gguf"\nembedding = true\n',
+        '[models.tiny]\nsource = "./tiny-Q4_0.gguf"\nn_ctx = 256\nseed = 3\n\n'
+        '[models.split]\nsource = "./tiny-Q4_1-00001-of-00003.gguf"\n\n'
+        '[models.vectors]\nsource = "./tiny-Q4_0.gguf"\nembedding = true\n',
         encoding="utf-8",
     )
     entries = Lockfile.load(lock).entries
@@ -648,7 +648,7 @@ def test_split_model_loads_from_its_first_part(project, shared):
     assert llm.model_path.endswith("-00001-of-00003.gguf")
     assert text(llm)
     assert modelfix.loaded()[0].estimate.weights == sum(
-        p.stat().st_size for p in project.parent.glob("tiny-Q2_K-*.gguf")
+        p.stat().st_size for p in project.parent.glob("tiny-Q4_1-*.gguf")
     )
 
 

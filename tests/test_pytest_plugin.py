@@ -16,13 +16,13 @@ from modelfix.cli import main as modelfix_cli
 
 pytest_plugins = ["pytester"]
 
-TINY_FILES = ("tiny-Q4_K_M.gguf", "mmproj-tiny-f16.gguf")
+TINY_FILES = ("tiny-Q4_0.gguf", "mmproj-tiny-f16.gguf")
 
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, hub) -> pytest.Pytester:
-    """An inner project folder whose model-lock.toml pins ``tiny`` (Q4_K_M) from the local hub."""
-    lock(pytester, tiny="org/tiny:Q4_K_M")
+    """An inner project folder whose model-lock.toml pins ``tiny`` (Q4_0) from the local hub."""
+    lock(pytester, tiny="org/tiny:Q4_0")
     return pytester
 
 
@@ -61,7 +61,7 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
 
         def test_session_fixture(modelfix):
             path = modelfix.path("tiny")
-            assert path.name == "tiny-Q4_K_M.gguf"
+            assert path.name == "tiny-Q4_0.gguf"
             assert path.stat().st_size == modelfix.lockfile.entry("tiny").model_files[0].size
             assert modelfix.loaded()
         """
@@ -72,14 +72,15 @@ def test_marker_fixtures_header_and_summary(suite: pytest.Pytester, hub) -> None
         [
             rf"modelfix: lockfile {re.escape(str(suite.path / 'model-lock.toml'))}, cache .*, models: tiny, "
             r"GPU offload: (yes|no)",
+            r"modelfix: llama.cpp repack (on|off)\b.*",
             r"-+ modelfix -+",
             r"models used: tiny",
-            r"fetched: 3 files, 517.9 KB; cache hits: 0 models",
+            r"fetched: 3 files, 236.3 KB; cache hits: 0 models",
             r"load times: tiny \d+\.\d\ds.*",
             r"pool evictions: 0; cache evictions: 0 files",
         ]
     )
-    result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_K_M.gguf *"])
+    result.stdout.fnmatch_lines(["modelfix: fetching tiny: tiny-Q4_0.gguf *"])
 
     warm = run(suite)
     warm.assert_outcomes(passed=3)
@@ -104,13 +105,13 @@ def test_a_suite_that_uses_no_fixture_gets_no_summary_even_if_it_calls_modelfix(
 
 
 def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.Pytester, hub, monkeypatch) -> None:
-    path = lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
+    path = lock(pytester, tiny="org/tiny:Q4_0", tiny8="org/tiny:Q8_0")
     # Another process fetched tiny (its lease ended with it); under the cap tiny8 can only come in
-    # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8).
+    # by evicting tiny's model file (mmproj and preset.ini it shares with tiny8): 236 kB + 260 kB > 400 kB.
     subprocess.run(
         [sys.executable, "-m", "modelfix", "--lock", str(path), "sync", "tiny"], check=True, capture_output=True
     )
-    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "400000")
     pytester.makepyfile(
         """
         import pytest
@@ -126,7 +127,7 @@ def test_cache_evictions_are_counted_apart_from_pool_evictions(pytester: pytest.
 
 
 def test_several_names_run_once_per_model(pytester: pytest.Pytester, hub) -> None:
-    lock(pytester, tiny="org/tiny:Q4_K_M", tiny8="org/tiny:Q8_0")
+    lock(pytester, tiny="org/tiny:Q4_0", tiny8="org/tiny:Q8_0")
     pytester.makepyfile(
         """
         import pytest
@@ -256,7 +257,7 @@ def test_offline_missing_model_is_explained_once_then_in_one_line(
     text = result.stdout.str()
     # The core's message in full (the model, its files, the command that fetches them), once:
     assert text.count("offline mode is on (") == 1 and text.count("modelfix sync tiny") == 1
-    assert text.count("tiny: tiny-Q4_K_M.gguf") == 1
+    assert text.count("tiny: tiny-Q4_0.gguf") == 1
     shorts = re.findall(r"^E?\s*OfflineError: tiny is not in the cache \(offline\): see (.*) for its files", text, re.M)
     assert len(shorts) == (3 if preload else 2), text
     (first,) = set(shorts)  # all point at the one full message
@@ -349,7 +350,7 @@ def test_the_budget_warning_points_at_the_ini_line_that_set_it(suite: pytest.Pyt
 
 def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub) -> None:
     (pytester.path / "locks").mkdir()
-    lockfile = lock(pytester, tiny="org/tiny:Q4_K_M")
+    lockfile = lock(pytester, tiny="org/tiny:Q4_0")
     lockfile.rename(pytester.path / "locks" / "model-lock.toml")
     pytester.makeini(
         """
@@ -411,7 +412,7 @@ def test_require_gpu_on_a_cpu_build(suite: pytest.Pytester, strict: bool, outcom
 
 
 def test_preload_survives_what_the_tests_themselves_report(pytester: pytest.Pytester, hub) -> None:
-    lock(pytester, tiny="org/tiny:Q4_K_M", other="org/tiny:Q8_0")
+    lock(pytester, tiny="org/tiny:Q4_0", other="org/tiny:Q8_0")
     pytester.makepyfile(
         """
         import pytest
@@ -446,3 +447,58 @@ def test_import_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("env", "header"),
+    [
+        # Stands in for the AMX crash (this CPU has none): the probe's child dies with repacking on.
+        (
+            {"MODELFIX_PROBE_FAULT": "crash-with-repack"},
+            "modelfix: llama.cpp repack off: llama.cpp's repacked kernels "
+            "crash on this CPU (died by SIGSEGV with repacking on); loads run without",
+        ),
+        ({"MODELFIX_REPACK": "off"}, "modelfix: llama.cpp repack off (set explicitly; the backend probe is not *"),
+    ],
+)
+def test_the_header_says_how_loads_repack(suite: pytest.Pytester, monkeypatch, env, header) -> None:
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    suite.makepyfile(
+        """
+        def test_generates(llama):
+            assert llama("Hello", max_tokens=4, temperature=0)["usage"]["completion_tokens"] == 4
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([header])
+
+
+def test_a_crashed_xdist_worker_is_reported_with_its_model(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_crash="""
+        import os, signal
+        import pytest
+
+        @pytest.mark.model("tiny")
+        def test_dies_inside_llama_cpp(llama):
+            llama("Hello", max_tokens=2)
+            os.kill(os.getpid(), signal.SIGSEGV)  # as a crash in a kernel would, with the model in use
+
+        def test_without_a_model():
+            pass
+        """
+    )
+    result = run(suite, "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines(
+        [
+            r".*worker '?gw\d'? crashed while running .*test_dies_inside_llama_cpp.*",
+            r"-+ modelfix -+",
+            r"modelfix: worker gw\d went down while using model 'tiny' \(org/tiny:Q4_0\) in "
+            r"test_crash.py::test_dies_inside_llama_cpp: llama.cpp may have crashed. Run `modelfix doctor` "
+            r"and add its output to a bug report.",
+        ]
+    )
+    assert result.stdout.str().count("went down") == 1  # the worker without a model is not blamed on one

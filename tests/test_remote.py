@@ -61,7 +61,7 @@ def remote(request, tmp_path, monkeypatch) -> Iterator[str]:
 @pytest.fixture
 def lock(hub, workdir) -> Path:
     path = workdir / "model-lock.toml"
-    add("chat", f"{REPO}:Q4_K_M", path)
+    add("chat", f"{REPO}:Q4_0", path)
     return path
 
 

@@ -30,7 +30,7 @@ from modelfix.resolver import cached_state, missing
 from modelfix.store import Store
 from modelfix.testing.hub import Fault
 
-REPO, MODEL = "org/tiny", "tiny-Q4_K_M.gguf"
+REPO, MODEL = "org/tiny", "tiny-Q4_0.gguf"
 
 
 def _store() -> Store:
@@ -58,7 +58,7 @@ def test_files_names_every_file_of_the_entry_in_its_view(lock, tiny_files):
     m = modelfix.files("split", lock)
 
     assert m.name == "split" and m.model_path == m.files[0]
-    assert m.model_path.name == "tiny-Q2_K-00001-of-00003.gguf"
+    assert m.model_path.name == "tiny-Q4_1-00001-of-00003.gguf"
     assert m.mmproj_path == m.view / "mmproj-tiny-f16.gguf"
     assert m.preset_path == m.view / "preset.ini"
     for pin, file in zip(m.entry.files, m.files):
@@ -71,7 +71,7 @@ def test_files_names_every_file_of_the_entry_in_its_view(lock, tiny_files):
 
 
 def test_entries_pinning_the_same_bytes_share_one_view(lock):
-    add("chat-again", f"hf://{REPO}:Q4_K_M", lock)
+    add("chat-again", f"hf://{REPO}:Q4_0", lock)
 
     assert modelfix.files("chat-again", lock).view == modelfix.files("chat", lock).view
 
@@ -200,7 +200,7 @@ def test_offline_names_every_missing_model_and_the_sync_that_fixes_it(lock, hub,
         modelfix.sync(lock=lock)
 
     message = str(info.value)
-    assert "split: tiny-Q2_K-00001-of-00003.gguf" in message and "modelfix sync split" in message
+    assert "split: tiny-Q4_1-00001-of-00003.gguf" in message and "modelfix sync split" in message
     assert "modelfix sync chat" not in message
     assert hub.requests == []
 
@@ -258,7 +258,7 @@ def test_a_network_that_keeps_failing_is_reported_with_the_model_and_file(lock, 
 
 
 def test_a_cancelled_sync_leaves_a_resumable_partial_and_nothing_half_written(lock, hub):
-    hub.inject(REPO, MODEL, Fault.stall(30, after_bytes=300_000))
+    hub.inject(REPO, MODEL, Fault.stall(30, after_bytes=150_000))
     pin = Lockfile.load(lock).entry("chat").files[0]
     store = _store()
     cancel = threading.Event()
@@ -268,14 +268,14 @@ def test_a_cancelled_sync_leaves_a_resumable_partial_and_nothing_half_written(lo
         modelfix.sync(["chat"], lock, cancel=cancel)
 
     assert not store.has(pin.sha256) and not (store.root / "views").exists()
-    assert store.partial_path(pin.sha256).stat().st_size == 300_000
+    assert store.partial_path(pin.sha256).stat().st_size == 150_000
     assert cached_state(Lockfile.load(lock).entry("chat"), CacheSettings.resolve()) == "partial"
     hub.clear_faults()
     hub.clear_log()
 
     modelfix.sync(["chat"], lock)
 
-    assert [r.range for r in _byte_gets(hub)] == [f"bytes=300000-{pin.size - 1}"]
+    assert [r.range for r in _byte_gets(hub)] == [f"bytes=150000-{pin.size - 1}"]
 
 
 def test_jobs_can_be_watched_from_another_thread_while_sync_runs(lock, hub):
@@ -303,18 +303,18 @@ def test_missing_and_cached_state_follow_the_store(lock):
     assert cached_state(lockfile.entry("chat"), settings) == "cached"
     assert cached_state(lockfile.entry("split"), settings) == "partial"  # mmproj and preset are shared
     assert {p.path for _, p in missing(lockfile, settings)} == {
-        "tiny-Q2_K-00001-of-00003.gguf",
-        "tiny-Q2_K-00002-of-00003.gguf",
-        "tiny-Q2_K-00003-of-00003.gguf",
+        "tiny-Q4_1-00001-of-00003.gguf",
+        "tiny-Q4_1-00002-of-00003.gguf",
+        "tiny-Q4_1-00003-of-00003.gguf",
     }
 
 
 def test_a_pin_the_origin_no_longer_has_says_how_to_re_pin(lock, hub, workdir):
     from modelfix.errors import SourceError
 
-    hub.commit(REPO, {}, delete=["tiny-Q4_K_M.gguf"])
+    hub.commit(REPO, {}, delete=["tiny-Q4_0.gguf"])
     hub._repos[REPO].lfs.clear()  # the CDN forgets the bytes too, as after a force-push
-    with pytest.raises(SourceError, match=r"tiny-Q4_K_M.gguf.*404.*`modelfix lock --upgrade --model chat`"):
+    with pytest.raises(SourceError, match=r"tiny-Q4_0.gguf.*404.*`modelfix lock --upgrade --model chat`"):
         modelfix.path("chat", lock)
 
 

@@ -14,13 +14,13 @@ MODELS = """
 version = 1
 
 [models.chat]
-source = "org/tiny:Q4_K_M"
+source = "org/tiny:Q4_0"
 
 [models.coder]
 source = "org/tiny:Q8_0"
 
 [models.embedder]
-source = "org/tiny:Q2_K"
+source = "org/tiny:Q4_1"
 embedding = true
 """
 

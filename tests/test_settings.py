@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from modelfix.errors import SettingsError
+from modelfix.errors import LockError, SettingsError
 from modelfix.hooks import hookimpl, plugin_manager
 from modelfix.settings import (
     STRATEGIES,
@@ -267,3 +267,37 @@ def test_defaults_match_llama_cpp_where_modelfix_does_not_decide():
     for name in setting_names():
         if name in params and name not in ("n_gpu_layers", "verbose", "seed", "n_threads", "n_threads_batch"):
             assert getattr(defaults, name) == params[name].default, name
+
+
+REPACK_CASES = [
+    # (call, frontend, MODELFIX_REPACK, lockfile) -> repack and its origin
+    (("off", "on", "on", "on"), "off", "call"),
+    ((None, "off", "on", "on"), "off", "frontend"),
+    ((None, None, "OFF", "on"), "off", "env:MODELFIX_REPACK"),
+    ((None, None, None, "off"), "off", "lockfile"),
+    ((None, None, None, None), "auto", "default"),
+    ((False, None, None, None), "off", "call"),
+]
+
+
+@pytest.mark.parametrize(("layers", "expected", "origin"), REPACK_CASES)
+def test_repack_follows_the_usual_precedence(monkeypatch, layers, expected, origin):
+    call, frontend, env, lock = layers
+    if env is not None:
+        monkeypatch.setenv("MODELFIX_REPACK", env)
+    resolved = resolve_settings(
+        "chat", {"repack": call}, frontend={"repack": frontend}, entry={"repack": lock} if lock else {}
+    )
+    assert (resolved.settings.repack, resolved.origins["repack"]) == (expected, origin)
+    assert "repack" not in resolved.settings.llama_kwargs()  # a field of llama.cpp's params, not a Llama() keyword
+
+
+def test_repack_in_the_lockfile(tmp_path):
+    from modelfix.lockfile import Lockfile
+
+    path = tmp_path / "model-lock.toml"
+    path.write_text('version = 1\n\n[models.chat]\nsource = "./m.gguf"\nrepack = "off"\n', encoding="utf-8")
+    assert Lockfile.load(path).entry("chat").settings == {"repack": "off"}
+    path.write_text('version = 1\n\n[models.chat]\nsource = "./m.gguf"\nrepack = 0\n', encoding="utf-8")
+    with pytest.raises(LockError, match="repack"):
+        Lockfile.load(path)

@@ -9,6 +9,7 @@ import pytest
 
 from modelfix.errors import AuthError, LockError, NetworkError, SourceError
 from modelfix.sources import FsspecSource, HubSource, parse_source
+from modelfix.testing.gguf import write_tiny_model
 from modelfix.testing.hub import Fault
 
 TINY_REPO = "org/tiny"  # served by the `hub` fixture (conftest.py)
@@ -69,9 +70,9 @@ def test_bad_sources_say_what_is_expected(text, message):
 
 
 def test_single_file_with_mmproj_and_preset(hub, tiny_files):
-    pins = parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+    pins = parse_source(f"{TINY_REPO}:Q4_0").resolve()
     assert [(f.path, f.role) for f in pins.files] == [
-        ("tiny-Q4_K_M.gguf", "model"),
+        ("tiny-Q4_0.gguf", "model"),
         ("mmproj-tiny-f16.gguf", "mmproj"),
         ("preset.ini", "preset"),
     ]
@@ -82,44 +83,47 @@ def test_single_file_with_mmproj_and_preset(hub, tiny_files):
 
 
 def test_split_set_in_load_order(hub, tiny_files):
-    pins = parse_source(f"hf://{TINY_REPO}:q2_k").resolve()
+    pins = parse_source(f"hf://{TINY_REPO}:q4_1").resolve()
     models = [f.path for f in pins.files if f.role == "model"]
-    assert models == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert models == [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
 
 
 def test_explicit_file_brings_the_whole_split(hub):
-    pins = parse_source(f"hf://{TINY_REPO}/tiny-Q2_K-00002-of-00003.gguf").resolve()
-    assert [f.path for f in pins.files] == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    pins = parse_source(f"hf://{TINY_REPO}/tiny-Q4_1-00002-of-00003.gguf").resolve()
+    assert [f.path for f in pins.files] == [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
 
 
-def test_default_tag_is_q4_k_m(hub):
-    assert parse_source(TINY_REPO).resolve().files[0].path == "tiny-Q4_K_M.gguf"
+def test_no_tag_takes_q4_k_m_else_q8_0(hub):
+    # The tiny repository has no K-quant (nothing can write one): llama.cpp's second choice wins.
+    # test_selection checks the whole order on listings, Q4_K_M first.
+    assert parse_source(TINY_REPO).resolve().files[0].path == "tiny-Q8_0.gguf"
 
 
 def test_pagination_is_followed(hub):
     hub.page_size = 2
-    pins = parse_source(f"{TINY_REPO}:Q2_K").resolve()
+    pins = parse_source(f"{TINY_REPO}:Q4_1").resolve()
     assert len(pins.files) == 5
     assert hub.count(path_contains="/tree/") >= 4
 
 
-def test_revisions_branch_tag_and_commit(hub, tiny_files):
+def test_revisions_branch_tag_and_commit(hub, tiny_files, tmp_path):
     first = parse_source(TINY_REPO).resolve().revision
     hub.create_tag(TINY_REPO, "v1")
-    second = hub.commit(TINY_REPO, {"tiny-Q4_K_M.gguf": tiny_files["tiny-Q8_0.gguf"]})
+    (new_weights,) = write_tiny_model(tmp_path / "tiny-Q4_0.gguf", seed=7)
+    second = hub.commit(TINY_REPO, {"tiny-Q4_0.gguf": new_weights})
     hub.create_branch(TINY_REPO, "dev", revision=first)
     assert parse_source(TINY_REPO).resolve().revision == second
     assert parse_source(f"{TINY_REPO}@v1").resolve().revision == first
-    assert parse_source(f"{TINY_REPO}:Q4_K_M@dev").resolve().revision == first
-    assert parse_source(f"{TINY_REPO}@{first}").resolve().files[0].sha256 == sha256(tiny_files["tiny-Q4_K_M.gguf"])
+    assert parse_source(f"{TINY_REPO}:Q4_0@dev").resolve().revision == first
+    assert parse_source(f"{TINY_REPO}@{first}:Q4_0").resolve().files[0].sha256 == sha256(tiny_files["tiny-Q4_0.gguf"])
 
 
 def test_a_pull_request_ref_resolves_in_every_form(hub, tiny_files):
     pr = hub.create_branch(TINY_REPO, "refs/pr/1")
     for text in (
-        f"{TINY_REPO}@refs/pr/1:Q4_K_M",
-        f"{TINY_REPO}:Q4_K_M@refs/pr/1",
-        f"hf://{TINY_REPO}@refs/pr/1/tiny-Q4_K_M.gguf",
+        f"{TINY_REPO}@refs/pr/1:Q4_0",
+        f"{TINY_REPO}:Q4_0@refs/pr/1",
+        f"hf://{TINY_REPO}@refs/pr/1/tiny-Q4_0.gguf",
     ):
         assert parse_source(text).resolve().revision == pr, text
 
@@ -151,11 +155,11 @@ def _api_answers(hub) -> list[int]:
     ids=["503", "429-retry-after", "reset"],
 )
 def test_api_faults_are_retried_and_the_pins_do_not_change(hub, fault, times):
-    clean = parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+    clean = parse_source(f"{TINY_REPO}:Q4_0").resolve()
     hub.clear_log()
     hub.inject_api(TINY_REPO, fault, times=times)
 
-    assert parse_source(f"{TINY_REPO}:Q4_K_M").resolve() == clean
+    assert parse_source(f"{TINY_REPO}:Q4_0").resolve() == clean
     assert _api_answers(hub)[: times + 1] == [fault.status_code] * times + [200]
 
 
@@ -165,14 +169,14 @@ def test_a_hub_that_keeps_failing_is_a_network_error_naming_the_repo(hub, monkey
     with pytest.raises(
         NetworkError, match=r"^org/tiny: the Hub answered HTTP 502 \(injected fault: 502\) \(gave up after 3 attempts\)"
     ):
-        parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+        parse_source(f"{TINY_REPO}:Q4_0").resolve()
     assert _api_answers(hub) == [502] * 3
 
 
 def test_a_client_error_is_not_retried(hub):
     hub.inject_api(TINY_REPO, Fault.status(400), times=None)
     with pytest.raises(NetworkError, match=r"^org/tiny: the Hub answered HTTP 400 \(injected fault: 400\)$"):
-        parse_source(f"{TINY_REPO}:Q4_K_M").resolve()
+        parse_source(f"{TINY_REPO}:Q4_0").resolve()
     assert _api_answers(hub) == [400]
 
 
@@ -181,7 +185,7 @@ SECRET = "hf_SecretTokenValue12345"
 
 def test_private_repo_needs_the_token(hub, tiny_files, monkeypatch):
     hub.create_repo("org/private", private=True, token=SECRET)
-    hub.commit("org/private", {"p-Q4_K_M.gguf": tiny_files["tiny-Q4_K_M.gguf"]})
+    hub.commit("org/private", {"p-Q4_0.gguf": tiny_files["tiny-Q4_0.gguf"]})
     with pytest.raises(AuthError, match="set HF_TOKEN"):
         parse_source("org/private").resolve()
     monkeypatch.setenv("HF_TOKEN", "hf_WrongTokenValue999999")
@@ -190,23 +194,24 @@ def test_private_repo_needs_the_token(hub, tiny_files, monkeypatch):
     assert "hf_Wrong" not in str(wrong.value)
     monkeypatch.setenv("HF_TOKEN", SECRET)
     pins = parse_source("org/private").resolve()
-    assert pins.files[0].path == "p-Q4_K_M.gguf"
+    assert pins.files[0].path == "p-Q4_0.gguf"
     assert SECRET not in repr(pins)
 
 
-def test_unsafe_names_from_the_server_are_refused(hub, tiny_files):
+def test_unsafe_names_from_the_server_are_refused(hub, tmp_path):
     # The real Hub never lists such names; a hostile or broken server could.
-    sha = hub.commit(TINY_REPO, {"extra-Q4_0.gguf": tiny_files["tiny-Q8_0.gguf"]})
+    (extra,) = write_tiny_model(tmp_path / "extra-Q5_1.gguf", qtype="Q5_1")
+    sha = hub.commit(TINY_REPO, {"extra-Q5_1.gguf": extra})
     tree = hub._repos[TINY_REPO].commits[sha].tree
-    tree["../evil-Q4_0.gguf"] = tree.pop("extra-Q4_0.gguf")
-    with pytest.raises(LockError, match=r"unsafe file path '../evil-Q4_0.gguf'"):
-        parse_source(f"{TINY_REPO}:Q4_0").resolve()
+    tree["../evil-Q5_1.gguf"] = tree.pop("extra-Q5_1.gguf")
+    with pytest.raises(LockError, match=r"unsafe file path '../evil-Q5_1.gguf'"):
+        parse_source(f"{TINY_REPO}:Q5_1").resolve()
 
 
 def test_local_split_set_is_hashed_whole(tiny_files):
-    first = tiny_files["tiny-Q2_K-00001-of-00003.gguf"]
+    first = tiny_files["tiny-Q4_1-00001-of-00003.gguf"]
     pins = parse_source(str(first)).resolve()
-    assert [f.path for f in pins.files] == [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert [f.path for f in pins.files] == [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     assert pins.files[1].sha256 == sha256(first.parent / pins.files[1].path)
     assert pins.revision is None
 
@@ -288,7 +293,7 @@ def web(tmp_path):
 
 
 def test_a_url_source_retries_server_errors_then_pins_every_part(web, tiny_files):
-    parts = [f"tiny-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    parts = [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     for part in parts:
         (web.folder / part).write_bytes(tiny_files[part].read_bytes())
     web.failures = 2  # every file, its existence probed and its bytes read, fails twice first

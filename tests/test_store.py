@@ -30,9 +30,9 @@ REPO = "org/tiny"
 
 @pytest.fixture
 def lock(hub, workdir) -> Path:
-    """A lockfile pinning a (Q4_K_M), b (Q8_0) and c (3-part Q2_K split); all share mmproj and preset."""
+    """A lockfile pinning a (Q4_0), b (Q8_0) and c (3-part Q4_1 split); all share mmproj and preset."""
     path = workdir / "model-lock.toml"
-    for name, tag in (("a", "Q4_K_M"), ("b", "Q8_0"), ("c", "Q2_K")):
+    for name, tag in (("a", "Q4_0"), ("b", "Q8_0"), ("c", "Q4_1")):
         add(name, f"{REPO}:{tag}", path)
     return path
 
@@ -62,9 +62,9 @@ def test_blobs_are_read_only_and_views_link_them_under_the_pinned_names(lock, ti
     store = _store()
 
     assert [p.name for p in m.files] == [
-        "tiny-Q2_K-00001-of-00003.gguf",
-        "tiny-Q2_K-00002-of-00003.gguf",
-        "tiny-Q2_K-00003-of-00003.gguf",
+        "tiny-Q4_1-00001-of-00003.gguf",
+        "tiny-Q4_1-00002-of-00003.gguf",
+        "tiny-Q4_1-00003-of-00003.gguf",
         "mmproj-tiny-f16.gguf",
         "preset.ini",
     ]
@@ -97,7 +97,7 @@ def test_a_flipped_byte_in_a_committed_blob_is_caught_and_removed(lock, hub, ful
 
     problems = modelfix.verify(["a"], lock, full=full)
 
-    assert [(p.model, p.file) for p in problems] == [("a", "tiny-Q4_K_M.gguf")]
+    assert [(p.model, p.file) for p in problems] == [("a", "tiny-Q4_0.gguf")]
     assert problems[0].expected.startswith("sha256:" if full else "xxh3:")
     assert problems[0].expected != problems[0].got
     assert "modelfix sync a" in problems[0].message
@@ -177,7 +177,7 @@ def test_a_real_huggingface_hub_download_is_adopted_offline_plain_git_files_too(
 def test_a_llama_cpp_download_is_adopted_and_a_wrong_candidate_is_not(lock, hub, tiny_files, tmp_path, monkeypatch):
     llama = tmp_path / "llama-cache"
     llama.mkdir()
-    (llama / "org_tiny_tiny-Q4_K_M.gguf").write_bytes(tiny_files["tiny-Q4_K_M.gguf"].read_bytes())
+    (llama / "org_tiny_tiny-Q4_0.gguf").write_bytes(tiny_files["tiny-Q4_0.gguf"].read_bytes())
     good = tiny_files["mmproj-tiny-f16.gguf"].read_bytes()
     (llama / "org_tiny_mmproj-tiny-f16.gguf").write_bytes(bytes([good[0] ^ 1]) + good[1:])  # same size, wrong bytes
     monkeypatch.setenv("LLAMA_CACHE", str(llama))
@@ -185,7 +185,7 @@ def test_a_llama_cpp_download_is_adopted_and_a_wrong_candidate_is_not(lock, hub,
 
     sources = _sources(lambda: modelfix.files("a", lock))
 
-    assert sources == {"tiny-Q4_K_M.gguf": "adopted", "mmproj-tiny-f16.gguf": "origin", "preset.ini": "origin"}
+    assert sources == {"tiny-Q4_0.gguf": "adopted", "mmproj-tiny-f16.gguf": "origin", "preset.ini": "origin"}
     assert modelfix.files("a", lock).mmproj_path.read_bytes() == good
 
 
@@ -258,18 +258,19 @@ def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "ready"
 
-        # a (leased) + mmproj and preset (pinned by c) + c itself cannot fit in 600 kB: refused, nothing evicted.
-        too_small = _cli("sync", "c", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="600000")
+        # a (leased) + mmproj and preset (pinned by c) + c itself (460 kB) cannot fit in 400 kB: refused,
+        # nothing evicted.
+        too_small = _cli("sync", "c", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="400000")
         assert too_small.returncode == 1
         assert "MODELFIX_CACHE_MAX_SIZE" in too_small.stderr and "held" in too_small.stderr
         assert blob["b"].exists()
 
         # c needs room: b is the only blob that is neither leased (a) nor pinned by c (mmproj, preset).
-        synced = _cli("sync", "c", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="1100000")
+        synced = _cli("sync", "c", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="500000")
         assert synced.returncode == 0, synced.stderr
         assert blob["a"].exists() and blob["c"].exists() and all(p.exists() for p in shared)
         assert not blob["b"].exists()
-        assert store.usage().blob_bytes <= 1_100_000
+        assert store.usage().blob_bytes <= 500_000
 
         # Outside the project no lockfile pins anything: only the lease protects a (and its mmproj, preset).
         pruned = _cli("cache", "prune", "--max-size", "1", cwd=tmp_path)
@@ -288,7 +289,7 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
 
     store, lockfile = _store(), modelfix.Lockfile.load(lock)
     a_file = lockfile.entry("a").files[0]
-    cap = "600000"  # a with the shared mmproj and preset fits (518 kB); b beside them does not
+    cap = "300000"  # a with the shared mmproj and preset fits (236 kB); b beside them does not (496 kB)
     hub.inject(REPO, a_file.path, Fault.stall(3.0, after_bytes=100_000))  # a is still downloading when b asks
     first = subprocess.Popen(
         [sys.executable, "-m", "modelfix", "sync", "a"],
@@ -316,7 +317,8 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
 def test_a_failed_download_gives_its_reserved_room_back_at_once(lock, hub, monkeypatch):
     from modelfix.testing.hub import Fault
 
-    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")
+    # b with mmproj and preset (277 kB) fits, but not beside room still reserved for a (219 kB)
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "300000")
     monkeypatch.setenv("MODELFIX_RETRIES", "1")
     a_file = modelfix.Lockfile.load(lock).entry("a").files[0]
     hub.inject(REPO, a_file.path, Fault.status(500), times=None)
@@ -324,7 +326,7 @@ def test_a_failed_download_gives_its_reserved_room_back_at_once(lock, hub, monke
         modelfix.sync(["a"], lock)  # this process lives on, as a notebook would
     hub.clear_faults()
 
-    other = _cli("sync", "b", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="600000")
+    other = _cli("sync", "b", cwd=lock.parent, MODELFIX_CACHE_MAX_SIZE="300000")
 
     assert other.returncode == 0, other.stderr
 
@@ -420,7 +422,7 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
 
     from modelfix.testing.hub import Fault
 
-    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "600000")  # a (with mmproj and preset) fits; b beside it does not
+    monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "300000")  # a (with mmproj and preset) fits; b beside it does not
     store, a_file = _store(), modelfix.Lockfile.load(lock).entry("a").files[0]
     hub.inject(REPO, a_file.path, Fault.stall(2.0, after_bytes=100_000))
     errors: list[BaseException] = []
@@ -441,4 +443,4 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
     first.join()
 
     assert [str(e) for e in errors if "not enough room under the cache cap" in str(e)] != []
-    assert store.usage().blob_bytes <= 600_000
+    assert store.usage().blob_bytes <= 300_000

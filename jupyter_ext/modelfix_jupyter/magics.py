@@ -108,9 +108,13 @@ class ModelfixMagics(Magics):
         seen = {(r.content_key, r.settings) for r in resident}
         # Released handles these magics handed out still count for "last used".
         records = resident + [r for r in map(pool.record, self._handles()) if (r.content_key, r.settings) not in seen]
+        from modelfix.probe import describe
+
+        cache = CacheSettings.resolve()
         summary = render.pool_summary(pool.default_pool().settings(), pool.pool_metrics())
+        backend = f"llama.cpp: {describe(cache.root)}"  # the verdict, as known: %models never probes
         return render.models_table(
-            Lockfile.find(args.lock), CacheSettings.resolve(), records, self.released, footer=summary
+            Lockfile.find(args.lock), cache, records, self.released, footer=f"{summary}\n{backend}"
         )
 
     # -- %unload_model ---------------------------------------------------------

@@ -5,7 +5,7 @@ duration of the call and draws what it hears about the model it loads, one
 row per file and one for llama.cpp::
 
     tiny
-    tiny-Q4_K_M.gguf   [███████░░░░░░░]  260.0 KB / 500.5 KB · 8.1 MB/s · downloading
+    tiny-Q4_0.gguf   [███████░░░░░░░]  160.0 KB / 218.9 KB · 8.1 MB/s · downloading
     preset.ini         [██████████████]  106 B · verified · origin
     llama.cpp          [██████████████]  loaded in 0.21 s · ≈ 3.4 MB
 

@@ -92,7 +92,8 @@ class Table:
             for row in self.rows
         )
         caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
-        footer = f"<p><small>{html.escape(self.footer)}</small></p>" if self.footer else ""
+        lines = "<br>".join(html.escape(line) for line in self.footer.splitlines())
+        footer = f"<p><small>{lines}</small></p>" if self.footer else ""
         return f'<table class="modelfix-table">{caption}{head}<tbody>{body}</tbody></table>{footer}'
 
     def _repr_html_(self) -> str:

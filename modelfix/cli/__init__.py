@@ -7,6 +7,7 @@ which adds its sub-commands with a ``handler(args) -> int``::
     cache.py  sync, verify, push, cache {stats,prune,gc,rm,path}
     run.py    run
     inspect_model.py  inspect
+    doctor.py         doctor
     progress.py       what sync, push, run and cache path show while files arrive
 
 Exit codes: 0 ok, 1 out of date / mismatch / failure, 2 usage error.
@@ -24,7 +25,7 @@ from ..errors import ModelfixError, redact
 
 __all__ = ["main", "build_parser", "count"]
 
-_GROUPS = ("lock", "cache", "run", "inspect_model")
+_GROUPS = ("lock", "cache", "run", "inspect_model", "doctor")
 
 
 def count(n: int, thing: str) -> str:

@@ -6,17 +6,20 @@ use with the layer each comes from, and the memory the pool would budget::
 
     $ modelfix inspect tiny --n-ctx 4096
     tiny  model-lock.toml:5
-      source    modelfix-demo/tiny-GGUF:Q4_K_M @ 8d04d41ce6a1…
-      files     3 files, 517.9 KB, cached
-                model   tiny-Q4_K_M.gguf      500.5 KB  sha256:9e84609ec92d…  cached
-      view      ~/.cache/modelfix/views/2b61…/tiny-Q4_K_M.gguf
-      gguf      llama "tiny" · F32 · 2 layers · 64 embd · 4 heads (4 kv) · ctx 512 trained · vocab 317
-      memory    ≈ 5.6 MB at n_ctx 4096: weights 517.9 KB + KV cache 4.2 MB + compute 0.9 MB
+      source    modelfix-demo/tiny-GGUF:Q4_0 @ d0693e3c77da…
+      files     3 files, 236.3 KB, cached
+                model   tiny-Q4_0.gguf      218.9 KB  sha256:97d76f6252ef…  cached
+      view      ~/.cache/modelfix/views/cf55…/tiny-Q4_0.gguf
+      gguf      llama "tiny" · Q4_0 · 2 layers · 64 embd · 4 heads (4 kv) · ctx 512 trained · vocab 317
+      memory    ≈ 36.5 MB at n_ctx 4096: weights 218.9 KB + KV cache 2.1 MB + compute 34.2 MB
       settings  n_ctx 4096 (call) · seed 42 (lockfile) · n_gpu_layers 0 (default) · …
+      backend   repack on (the backend probe's quantized decode ran)
 
 ``--json`` prints the same as one JSON object per model, for scripts. The
 header, the view and the estimate need the files cached (``modelfix sync``);
-until then inspect says so instead of downloading.
+until then inspect says so instead of downloading. ``backend`` is how a load
+would repack the weights: with ``repack = "auto"`` the backend probe's verdict
+(probed first, once per machine, if this host has none; see :mod:`modelfix.probe`).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: i
         name: {"value": _plain(value), "from": "--n-ctx" if origin == "call" else origin}
         for name, value, origin in resolved.rows()
     }
+    report["backend"] = _backend(resolved.settings.repack, cache)
     if report["cache"] != "cached" or not entry.is_pinned:
         return report
 
@@ -127,6 +131,21 @@ def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: i
         "total": cost.total,
     }
     return report
+
+
+def _backend(setting: str, cache: CacheSettings) -> dict[str, Any]:
+    """How a load of this entry would repack: the setting, the verdict it follows, in words."""
+    from ..errors import BackendError
+    from ..probe import repack_text, verdict
+
+    if setting != "auto":
+        return {"repack": setting, "verdict": None, "text": repack_text(setting, None)}
+    try:
+        found = verdict(cache.root)
+    except BackendError as exc:
+        return {"repack": None, "verdict": None, "text": f"backend probe failed: {exc}"}
+    effective = None if found.repack == "broken" else found.repack
+    return {"repack": effective, "verdict": found.as_dict(), "text": repack_text(setting, found)}
 
 
 def _plain(value: Any) -> Any:
@@ -200,4 +219,5 @@ def _text(r: dict[str, Any]) -> str:
         if v["from"] == "default" and k in ("n_ctx", "n_gpu_layers", "seed", "n_threads")
     ]
     lines.append(f"  settings  {' · '.join(chosen + defaults)}")
+    lines.append(f"  backend   {r['backend']['text']}")
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def main() -> int:
     work = ROOT / ".demo"
     # A cold cache each time, so the demo shows a real (verified) download.
     shutil.rmtree(work / "cache", ignore_errors=True)
-    repo_files = tiny_repo_files(work / "repo", tags=("Q4_K_M", "Q8_0"), split_tags=("Q2_K",), split_parts=3)
+    repo_files = tiny_repo_files(work / "repo", tags=("Q4_0", "Q8_0"), split_tags=("Q4_1",), split_parts=3)
     lock = ROOT / "model-lock.toml"
     committed = lock.read_bytes()
     modelfix = [sys.executable, "-m", "modelfix"]

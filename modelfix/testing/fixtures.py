@@ -1,5 +1,6 @@
 """pytest fixtures for the local Hub: ``local_hub`` (a started :class:`LocalHub`) and ``hub_env``
-(the process environment pointed at it). tests/conftest.py imports them; so can a user's."""
+(the process environment pointed at it), and :func:`point_at_hub` for a hub that lives longer than
+a test. tests/conftest.py imports them; so can a user's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from modelfix.testing.hub import LocalHub
 
-__all__ = ["local_hub", "hub_env"]
+__all__ = ["local_hub", "hub_env", "point_at_hub"]
 
 
 @pytest.fixture
@@ -21,7 +22,16 @@ def local_hub() -> Iterator[LocalHub]:
 
 @pytest.fixture
 def hub_env(local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    """Point ``huggingface_hub`` at ``local_hub``, in subprocesses and in this process.
+    """Point ``huggingface_hub`` at ``local_hub``, in subprocesses and in this process (see :func:`point_at_hub`)."""
+    point_at_hub(local_hub, monkeypatch)
+    yield local_hub
+    from huggingface_hub import HfFileSystem
+
+    HfFileSystem.clear_instance_cache()
+
+
+def point_at_hub(hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point ``huggingface_hub`` at ``hub`` (a longer-lived one, too) until ``monkeypatch`` undoes it.
 
     Sets HF_ENDPOINT, HF_HUB_DISABLE_TELEMETRY=1, HF_HUB_DISABLE_XET=1 and removes HF_TOKEN.
     huggingface_hub reads these once, at import, so its already-imported constants are patched
@@ -31,20 +41,18 @@ def hub_env(local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lo
     import huggingface_hub.constants as constants
     from huggingface_hub import HfFileSystem, hf_api
 
-    monkeypatch.setenv("HF_ENDPOINT", local_hub.endpoint)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", local_hub.endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
     monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", local_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     )
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     # The module-level functions (huggingface_hub.model_info, ...) share one HfApi made at import.
-    monkeypatch.setattr(hf_api.api, "endpoint", local_hub.endpoint)
+    monkeypatch.setattr(hf_api.api, "endpoint", hub.endpoint)
     # fsspec caches HfFileSystem instances, each holding the endpoint it was made with.
-    HfFileSystem.clear_instance_cache()
-    yield local_hub
     HfFileSystem.clear_instance_cache()

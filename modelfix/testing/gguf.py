@@ -1,4 +1,4 @@
-"""Tiny, valid llama-architecture GGUF files for tests.
+"""Tiny, valid llama-architecture GGUF files for tests, with really quantized weights.
 
 This module owns the bytes of every synthetic model the test suite uses: a
 randomly initialised llama model (with an embedded SPM tokenizer and a chatml
@@ -6,11 +6,31 @@ chat template) that llama.cpp loads and runs in milliseconds, real split sets
 (``name-00001-of-0000N.gguf``), a ``clip`` mmproj fixture, a llama.cpp preset
 file, and a Hub-repo-like folder holding all of them.
 
+The layer matrices are stored in the file's type (``qtype``), quantized by the
+``gguf`` package, so llama.cpp runs its quantized CPU kernels on them; the
+embedding, output head and norms stay F32, as llama.cpp keeps them out of its
+repacked buffers anyway. The default, Q4_0 at ``n_embd`` 64, is what
+llama.cpp repacks at load (``CPU_REPACK``, or ``AMX`` on hosts with AMX)::
+
+    type    file type (general.file_type)   repacked by llama.cpp's CPU backend
+    F32     ALL_F32                          no
+    F16     MOSTLY_F16                       no
+    BF16    MOSTLY_BF16                      no
+    Q8_0    MOSTLY_Q8_0                      AMX hosts (and ARM); not AVX2/AVX-512 alone
+    Q4_0    MOSTLY_Q4_0                      yes (q4_0_8x8 on AVX2, AMX where present)
+    Q4_1    MOSTLY_Q4_1                      AMX hosts
+    Q5_0    MOSTLY_Q5_0                      no
+    Q5_1    MOSTLY_Q5_1                      no
+
+K-quants (Q4_K_M, ...) cannot be written here (``gguf`` does not quantize
+them): they come from a real model (:mod:`modelfix.testing.pretrained`). A
+repository file is named after what it holds: ``tiny-Q4_0.gguf`` is Q4_0.
+
 Everything is a pure function of its arguments: weights come from
 ``numpy.random.Generator(seed)`` and no timestamps or uuids enter the metadata,
 so the same call always writes byte-identical files (tests pin their sha256).
 
-    python -m modelfix.testing.gguf OUT_DIR [--tags Q4_K_M,Q8_0] [--split-tags Q2_K] [--seed 0]
+    python -m modelfix.testing.gguf OUT_DIR [--tags Q4_0,Q8_0] [--split-tags Q5_0] [--seed 0]
 """
 
 from __future__ import annotations
@@ -21,12 +41,14 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import gguf
 import numpy as np
 
 __all__ = [
     "TinyModelSpec",
+    "QTYPES",
     "VOCAB",
     "CHAT_TEMPLATE",
     "write_tiny_model",
@@ -45,6 +67,33 @@ CHAT_TEMPLATE = (
 )
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+_Q = gguf.GGMLQuantizationType
+_F = gguf.LlamaFileType
+# type name (also the repository tag) -> (tensor type of the layer matrices, general.file_type)
+QTYPES: Mapping[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = MappingProxyType(
+    {
+        "F32": (_Q.F32, _F.ALL_F32),
+        "F16": (_Q.F16, _F.MOSTLY_F16),
+        "BF16": (_Q.BF16, _F.MOSTLY_BF16),
+        "Q8_0": (_Q.Q8_0, _F.MOSTLY_Q8_0),
+        "Q4_0": (_Q.Q4_0, _F.MOSTLY_Q4_0),
+        "Q4_1": (_Q.Q4_1, _F.MOSTLY_Q4_1),
+        "Q5_0": (_Q.Q5_0, _F.MOSTLY_Q5_0),
+        "Q5_1": (_Q.Q5_1, _F.MOSTLY_Q5_1),
+    }
+)
+
+
+def _qtype(name: str) -> str:
+    """The canonical type name for ``name`` (case-insensitive), or a ValueError naming the ones there are."""
+    canonical = name.upper()
+    if canonical not in QTYPES:
+        raise ValueError(
+            f"cannot write a tiny model of type {name!r}: modelfix.testing.gguf writes {', '.join(QTYPES)} "
+            "(K-quants such as Q4_K_M come only from real models: see modelfix.testing.pretrained)"
+        )
+    return canonical
 
 
 def _build_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -103,12 +152,19 @@ class TinyModelSpec:
     n_head: int = 4
     n_ff: int = 128
     n_ctx_train: int = 512
+    qtype: str = "Q4_0"  # the layer matrices' type: a key of QTYPES
 
     def __post_init__(self) -> None:
         if min(self.n_layer, self.n_embd, self.n_head, self.n_ff, self.n_ctx_train) <= 0:
             raise ValueError(f"all TinyModelSpec fields must be positive: {self}")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size (rope)")
+        object.__setattr__(self, "qtype", _qtype(self.qtype))
+        block = gguf.GGML_QUANT_SIZES[QTYPES[self.qtype][0]][0]
+        if self.n_embd % block or self.n_ff % block:
+            raise ValueError(
+                f"{self.qtype} packs rows in blocks of {block}: n_embd and n_ff must be multiples of {block}"
+            )
 
     @property
     def n_vocab(self) -> int:
@@ -119,10 +175,11 @@ class TinyModelSpec:
         return 3 + 9 * self.n_layer
 
     def tensor_bytes(self) -> int:
-        """Bytes of F32 weights, i.e. the file size less its (~10 KB) header."""
+        """Bytes of the weights, i.e. the file size less its (~10 KB) header and alignment padding."""
         e, f = self.n_embd, self.n_ff
-        params = 2 * self.n_vocab * e + e + self.n_layer * (2 * e + 4 * e * e + 3 * e * f)
-        return 4 * params
+        block, size = gguf.GGML_QUANT_SIZES[QTYPES[self.qtype][0]]
+        f32 = 4 * (2 * self.n_vocab * e + e + self.n_layer * 2 * e)
+        return f32 + self.n_layer * (4 * e * e + 3 * e * f) // block * size
 
     def grown_to(self, target_bytes: int) -> TinyModelSpec:
         """Widen n_embd (n_ff keeps its ratio) until the weights reach ``target_bytes``.
@@ -130,7 +187,7 @@ class TinyModelSpec:
         Width rather than depth, because generation cost is dominated by the
         number of sequential layer passes; a 2-layer wide model stays fast.
         """
-        step = math.lcm(64, 2 * self.n_head)
+        step = math.lcm(64, 2 * self.n_head)  # also whole quantization blocks (32)
         ratio = self.n_ff / self.n_embd
         spec = self
         while spec.tensor_bytes() < target_bytes:
@@ -140,7 +197,7 @@ class TinyModelSpec:
 
 
 def _tensors(spec: TinyModelSpec, seed: int) -> list[tuple[str, np.ndarray]]:
-    """Weights in llama.cpp's canonical order; numpy shapes are (out, in)."""
+    """F32 weights in llama.cpp's canonical order; numpy shapes are (out, in)."""
     rng = np.random.default_rng(seed)
     e, f, v = spec.n_embd, spec.n_ff, spec.n_vocab
 
@@ -194,8 +251,12 @@ def write_tiny_model(
     target_bytes: int | None = None,
     name: str = "tiny",
     split_parts: int | None = None,
+    qtype: str = "Q4_0",
 ) -> list[Path]:
     """Write a random llama model to ``path``; return the files written, in load order.
+
+    ``qtype`` (a key of :data:`QTYPES`, default Q4_0) is the type of the layer
+    matrices and the file's ``general.file_type``.
 
     ``split_max_tensors=K`` (at most K tensors per part) or ``split_parts=N``
     (exactly N parts) write a split set named ``<stem>-0000i-of-0000N.gguf``
@@ -207,7 +268,7 @@ def write_tiny_model(
     """
     if split_max_tensors is not None and split_parts is not None:
         raise ValueError("give split_max_tensors or split_parts, not both")
-    spec = TinyModelSpec(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ff=n_ff, n_ctx_train=n_ctx_train)
+    spec = TinyModelSpec(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ff=n_ff, n_ctx_train=n_ctx_train, qtype=qtype)
     if target_bytes is not None:
         spec = spec.grown_to(target_bytes)
     path = Path(path)
@@ -215,7 +276,8 @@ def write_tiny_model(
 
     w = gguf.GGUFWriter(path, "llama", split_max_tensors=split_max_tensors or 0)
     w.add_name(name)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tensor_type, file_type = QTYPES[spec.qtype]
+    w.add_file_type(file_type)
     w.add_vocab_size(spec.n_vocab)
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
@@ -246,7 +308,11 @@ def write_tiny_model(
         # part count; opening the next shard by hand gives exactly N parts.
         if i in starts:
             w.tensors.append({})
-        w.add_tensor(tname, arr)
+        if arr.ndim == 2 and tname.startswith("blk.") and tensor_type != gguf.GGMLQuantizationType.F32:
+            q = gguf.quants.quantize(arr, tensor_type)
+            w.add_tensor(tname, q, raw_shape=q.shape, raw_dtype=tensor_type)
+        else:
+            w.add_tensor(tname, arr)
 
     files = w.format_shard_names(path)
     if split_parts is not None and split_parts > 1:
@@ -308,7 +374,7 @@ def tag_seed(seed: int, tag: str) -> int:
 def tiny_repo_files(
     dir: str | Path,
     *,
-    tags: Sequence[str] = ("Q4_K_M", "Q8_0"),
+    tags: Sequence[str] = ("Q4_0", "Q8_0"),
     split_tags: Sequence[str] = (),
     split_parts: int = 3,
     mmproj: bool = True,
@@ -320,15 +386,18 @@ def tiny_repo_files(
 
     One ``{name}-{tag}.gguf`` per tag, one ``{name}-{tag}-0000i-of-0000N.gguf``
     set of exactly ``split_parts`` parts per split tag, ``mmproj-{name}-f16.gguf``
-    and ``preset.ini``.
+    and ``preset.ini``. A tag is the type its file holds (a key of
+    :data:`QTYPES`); any other tag is a ValueError, before anything is written.
     """
+    for tag in (*tags, *split_tags):
+        _qtype(tag)
     root = Path(dir)
     files: list[Path] = []
     for tag in tags:
-        files += write_tiny_model(root / f"{name}-{tag}.gguf", seed=tag_seed(seed, tag), name=name)
+        files += write_tiny_model(root / f"{name}-{tag}.gguf", seed=tag_seed(seed, tag), name=name, qtype=tag)
     for tag in split_tags:
         files += write_tiny_model(
-            root / f"{name}-{tag}.gguf", seed=tag_seed(seed, tag), name=name, split_parts=split_parts
+            root / f"{name}-{tag}.gguf", seed=tag_seed(seed, tag), name=name, split_parts=split_parts, qtype=tag
         )
     if mmproj:
         files.append(write_mmproj(root / f"mmproj-{name}-f16.gguf", seed=seed))
@@ -341,16 +410,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     def csv(s: str) -> list[str]:
         return [t for t in s.split(",") if t]
 
-    ap = argparse.ArgumentParser(prog="python -m modelfix.testing.gguf", description=__doc__.splitlines()[0])
-    ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--tags", type=csv, default=["Q4_K_M", "Q8_0"])
-    ap.add_argument("--split-tags", type=csv, default=[])
-    ap.add_argument("--split-parts", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--name", default="tiny")
-    ap.add_argument("--no-mmproj", action="store_true")
-    ap.add_argument("--no-preset", action="store_true")
+    ap = argparse.ArgumentParser(
+        prog="python -m modelfix.testing.gguf",
+        description="Write a Hub-repository-like folder of tiny llama GGUF models with quantized weights "
+        "(byte-identical for the same arguments) and print the files written.",
+        epilog=f"Types (tags): {', '.join(QTYPES)}. K-quants come only from real models.",
+    )
+    ap.add_argument("out_dir", type=Path, help="folder to write into (created if missing)")
+    ap.add_argument(
+        "--tags",
+        type=csv,
+        default=["Q4_0", "Q8_0"],
+        metavar="T1,T2",
+        help="one single-file model NAME-TAG.gguf per type (default: Q4_0,Q8_0)",
+    )
+    ap.add_argument(
+        "--split-tags",
+        type=csv,
+        default=[],
+        metavar="T1,T2",
+        help="one split set NAME-TAG-0000i-of-0000N.gguf per type (default: none)",
+    )
+    ap.add_argument("--split-parts", type=int, default=3, metavar="N", help="parts in each split set (default: 3)")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="random seed of the weights; each tag derives its own (default: 0)"
+    )
+    ap.add_argument("--name", default="tiny", help="file name prefix and general.name (default: tiny)")
+    ap.add_argument("--no-mmproj", action="store_true", help="do not write mmproj-NAME-f16.gguf")
+    ap.add_argument("--no-preset", action="store_true", help="do not write preset.ini")
     a = ap.parse_args(argv)
+    try:
+        for tag in (*a.tags, *a.split_tags):
+            _qtype(tag)
+    except ValueError as exc:
+        ap.error(str(exc))
     written = tiny_repo_files(
         a.out_dir,
         tags=a.tags,
