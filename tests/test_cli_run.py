@@ -15,7 +15,7 @@ from modelfix.locking import write_pins
 from modelfix.sources import source_for
 from modelfix.testing.gguf import write_tiny_model
 
-FETCHED = re.compile(r"^(tiny|chat): \S+  [\d.]+ [kMG]?B  origin$")
+FETCHED = re.compile(r"^(tiny|chat): \S+  [\d.]+ [KMGT]?B  origin$")
 STATS = re.compile(r"^loaded tiny in [\d.]+ s; 5 tokens in [\d.]+ s \([\d.]+ tokens/s\)$")
 
 

@@ -30,6 +30,7 @@ _SETTING_HELP = {
     "rope_freq_base": "RoPE base frequency override (0: the model's own)",
     "rope_freq_scale": "RoPE frequency scale override (0: the model's own)",
     "mmproj": "load the pinned multimodal projector with the model (default: no)",
+    "repack": "llama.cpp weight repacking: auto (follow the backend probe), on or off",
 }
 
 
@@ -45,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("source", help="ORG/REPO[:TAG][@REV], hf://ORG/REPO/file.gguf, a URL or a path")
     for key, types in ENTRY_SETTINGS.items():
         flag = "--" + key.replace("_", "-")
-        text = f"{_SETTING_HELP[key]}; written into the entry" if key in _SETTING_HELP else None
+        text = f"{_SETTING_HELP[key]}; written into the entry"
         if types == (bool,):
             add.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
