@@ -39,7 +39,7 @@ def adoption_candidates(
     but small plain git files (``preset.ini``) under their git sha1, so those
     are found through ``snapshots/<revision>/<filename>``; llama.cpp names its
     downloads ``ORG_REPO_FILE`` (and newer builds use the Hub's layout too).
-    Candidates are only guesses: the store verifies them.
+    Candidates are only guesses: the store verifies them (and links only its own user's files).
     """
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     roots = [Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))]
@@ -61,7 +61,9 @@ def adoption_candidates(
             found.extend(root.glob(f"models--*/blobs/{sha}"))
     if repo and filename:
         found.append(Path(llama) / f"{repo.replace('/', '_')}_{filename.replace('/', '_')}")
-    return [p for p in dict.fromkeys(found) if p.is_file()]
+    # os.path.isfile, not Path.is_file: a flattened llama.cpp name may be too long for the file
+    # system (ENAMETOOLONG), which is only "not there".
+    return [p for p in dict.fromkeys(found) if os.path.isfile(p)]
 
 
 def remote_url(remote: str, sha: str) -> str:
