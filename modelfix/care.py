@@ -85,13 +85,16 @@ class _Freed:
     """Bytes freed by removing links: an inode's size counts once its last link is among them."""
 
     def __init__(self) -> None:
-        self._inodes: dict[tuple[int, int], list[int]] = {}  # (dev, ino) -> [links, size, links removed]
+        # (dev, ino) -> [links, size, links removed, is a blob removed from the store]
+        self._inodes: dict[tuple[int, int], list[int]] = {}
 
-    def link(self, path: str | os.PathLike[str]) -> None:
+    def link(self, path: str | os.PathLike[str], *, blob: bool = False) -> None:
         with contextlib.suppress(OSError):
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                self._inodes.setdefault((st.st_dev, st.st_ino), [st.st_nlink, st.st_size, 0])[2] += 1
+                entry = self._inodes.setdefault((st.st_dev, st.st_ino), [st.st_nlink, st.st_size, 0, 0])
+                entry[2] += 1
+                entry[3] |= blob
 
     def tree(self, folder: Path) -> None:
         """The files of a view folder (not its manifest: bookkeeping, a few hundred bytes)."""
@@ -102,12 +105,12 @@ class _Freed:
 
     @property
     def bytes(self) -> int:
-        return sum(size for links, size, removed in self._inodes.values() if removed >= links)
+        return sum(size for links, size, removed, _ in self._inodes.values() if removed >= links)
 
     @property
     def elsewhere(self) -> int:
-        """Bytes of removed links whose file lives on under another name."""
-        return sum(size for links, size, removed in self._inodes.values() if removed < links)
+        """Bytes of blobs removed from the store whose file lives on under another name."""
+        return sum(size for links, size, removed, blob in self._inodes.values() if blob and removed < links)
 
 
 # --- what is there ---------------------------------------------------------------------------
@@ -291,7 +294,7 @@ def _collect(
             dropped = {s for v in store._views() if v.path in doomed for s in v.shas}
             blobs = [(sha, st) for sha, st in blobs if sha in dropped]
         for sha, _ in blobs:
-            freed.link(store.blob_path(sha))
+            freed.link(store.blob_path(sha), blob=True)
         report["blobs"], report["_blobs"] = len(blobs), [sha for sha, _ in blobs]
         if not only_superseded:
             leftovers = _leftovers(store)
@@ -430,7 +433,9 @@ def _remove(store: Store, name: str, keys: set[str], blobs: Iterable[str], share
     freed = _Freed()
     with store._store_lock(shared=False):
         leased, _ = leases.live(store.root, own=False, tidy=not dry_run)  # removing is this process's own decision
-        removed, in_use, staying = [], [], []
+        removed: list[View] = []
+        in_use: list[View] = []
+        staying: list[View] = []
         for view in store._views():
             if view.path.name in keys:
                 blobs += view.shas  # a joined file is a blob of its own, shown only here
@@ -448,7 +453,7 @@ def _remove(store: Store, name: str, keys: set[str], blobs: Iterable[str], share
                 kept.append(sha)
             elif store.has(sha):
                 gone.append(sha)
-                freed.link(store.blob_path(sha))
+                freed.link(store.blob_path(sha), blob=True)
         if not dry_run:
             for view in removed:
                 views.remove_tree(view.path)

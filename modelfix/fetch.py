@@ -298,15 +298,16 @@ class _Download:
         return [_Range(0, self.size)]
 
     def _size_so_far(self) -> int | None:
-        """The partial's length, None if there is none; anything but a regular file of one link
-        there (a link, a second hard link another user made) is dropped, never written into."""
+        """The partial's length, None if there is none. Anything but a regular file of one link,
+        of this user or root, is dropped, never written into: a link, a second hard link, or
+        another user's partial (its owner could still write it after it became a blob)."""
         try:
             st = os.lstat(self.partial.name, dir_fd=self._folder)
         except FileNotFoundError:
             return None
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in (os.geteuid(), 0):
             return st.st_size
-        log.warning("%s: %s is not a file modelfix made; starting the download afresh", self.label, self.partial)
+        log.warning("%s: %s is not a partial download of this user; starting afresh", self.label, self.partial)
         os.unlink(self.partial.name, dir_fd=self._folder)  # the name only: unlink never follows
         return None
 

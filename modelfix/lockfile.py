@@ -24,7 +24,7 @@ atomically, keeping comments, layout, line ends and BOM).
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import re
 import stat
@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import LockError
+from .lockfile_lines import Where
 
 __all__ = [
     "LOCK_NAME",
@@ -216,7 +217,7 @@ class Lockfile:
     def parse(cls, text: str, path: Path) -> Lockfile:
         text = text.removeprefix(BOM)  # editors on Windows may save one; TOML itself has no BOM
         data = _parse_toml(text, path)
-        where = _Where(path, text)
+        where = Where(path, text)
         unknown = set(data) - {"version", "models", "routing"}
         if unknown:
             key = sorted(unknown)[0]
@@ -241,7 +242,7 @@ class Lockfile:
     def where(self, name: str) -> str:
         """``path:line`` of ``[models.name]``, for messages that point at the entry."""
         try:
-            return _Where(self.path, read_raw(self.path).removeprefix(BOM))(name)
+            return Where(self.path, read_raw(self.path).removeprefix(BOM))(name)
         except LockError:
             return str(self.path)
 
@@ -285,7 +286,7 @@ def nearest_lockfile(start: str | os.PathLike[str] | None = None) -> str:
     )
 
 
-def check_relative_path(path: object, what: str) -> str:
+def check_relative_path(path: object, what: object) -> str:
     """``path`` if it can name a file in a view, else a LockError saying why (``what`` says where it came from).
 
     A pinned path is relative, in canonical form (no ``.``, ``..`` or empty segments, so that two
@@ -315,7 +316,7 @@ def check_relative_path(path: object, what: str) -> str:
     return path
 
 
-def check_view_names(files: Sequence[tuple[str, str | None]], what: str) -> None:
+def check_view_names(files: Sequence[tuple[str, str | None]], what: object) -> None:
     """Refuse pins ``(path, join)`` of one entry that would be one file of its view (``what`` names the entry).
 
     A file shows in the view under its ``join`` (legacy parts, which share it) or its path. Names
@@ -335,11 +336,11 @@ def check_view_names(files: Sequence[tuple[str, str | None]], what: str) -> None
     for folded, i in shown.items():
         segments = folded.split("/")
         for depth in range(1, len(segments)):
-            j = shown.get("/".join(segments[:depth]))
-            if j is not None:
-                first, second = (files[j][1] or files[j][0]), (files[i][1] or files[i][0])
+            folder = shown.get("/".join(segments[:depth]))
+            if folder is not None:
+                first, second = (files[folder][1] or files[folder][0]), (files[i][1] or files[i][0])
                 raise LockError(
-                    f"{what}: two pins land on one file of the view: {first!r} (files[{j}]) is a file, and "
+                    f"{what}: two pins land on one file of the view: {first!r} (files[{folder}]) is a file, and "
                     f"{second!r} (files[{i}]) needs it to be a folder. Re-pin with `modelfix lock --upgrade`."
                 )
 
@@ -348,7 +349,7 @@ def _folded(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def _collision(what: str, first: str, j: int, second: str, i: int) -> LockError:
+def _collision(what: object, first: str, j: int, second: str, i: int) -> LockError:
     return LockError(
         f"{what}: two pins land on one file of the view: {first!r} (files[{j}]) and {second!r} (files[{i}]). "
         "Give each pinned file a path of its own, or re-pin with `modelfix lock --upgrade`."
@@ -384,7 +385,7 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
         raise LockError(f"{path}:{line}:{col}: invalid TOML: {reason}. Fix the syntax there.") from None
 
 
-def _entry(name: str, table: Any, where: _Where) -> Entry:
+def _entry(name: str, table: Any, where: Where) -> Entry:
     if not _NAME_RE.fullmatch(name):
         check_name(name, where(name))
     if not isinstance(table, dict):
@@ -410,7 +411,7 @@ def _entry(name: str, table: Any, where: _Where) -> Entry:
             if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
                 want = " or ".join(t.__name__ for t in types)
                 raise LockError(f"{where(name, key)}: {key} must be {want}, got {value!r}.")
-            settings[key] = _bounded(key, value, lambda key=key: where(name, key))
+            settings[key] = _bounded(key, value, functools.partial(where, name, key))
     revision = table.get("revision")
     # Absent for URL and path sources; for the Hub it goes into download URLs, so nothing but a
     # full commit sha (never a branch name that moves, never "../x") is trusted there.
@@ -443,7 +444,7 @@ def _bounded(key: str, value: Any, where: Callable[[], str]) -> Any:
         raise LockError(f"{where()}: {key} must be {exc}, got {value!r}.") from None
 
 
-def _list(table: dict, key: str, name: str, where: _Where) -> list:
+def _list(table: dict, key: str, name: str, where: Where) -> list:
     value = table.get(key, [])
     if not isinstance(value, list):
         raise LockError(f"{where(name, key)}: `{key}` must be a list of inline tables.")
@@ -467,7 +468,7 @@ def check_name(name: str, where: str | None = None) -> None:
 class _EntryLabel:
     """``path:line: [models.NAME]`` (the line of its ``files``), looked up only when an error is raised."""
 
-    def __init__(self, where: _Where, name: str) -> None:
+    def __init__(self, where: Where, name: str) -> None:
         self.where, self.name = where, name
 
     def __str__(self) -> str:
@@ -480,7 +481,7 @@ class _EntryLabel:
 class _PinLabel:
     """``path:line: files[i] of [models.NAME]`` for the ``index``-th pin, looked up only when an error is raised."""
 
-    def __init__(self, where: _Where, name: str, index: int) -> None:
+    def __init__(self, where: Where, name: str, index: int) -> None:
         self.where, self.name, self.index = where, name, index
 
     def __str__(self) -> str:
@@ -490,7 +491,7 @@ class _PinLabel:
         return format(str(self), spec)
 
 
-def _pin(item: Any, index: int, name: str, where: _Where) -> FilePin:
+def _pin(item: Any, index: int, name: str, where: Where) -> FilePin:
     label = _PinLabel(where, name, index)
     if not isinstance(item, dict):
         raise LockError(f"{label} must be an inline table {{ path, size, sha256, role }}.")
@@ -523,7 +524,7 @@ def _pin(item: Any, index: int, name: str, where: _Where) -> FilePin:
     return FilePin(path=file_path, size=size, sha256=sha, role=role, join=join)
 
 
-def _routing(data: Any, entries: dict, where: _Where) -> tuple[tuple[RoutingRule, ...], str | None]:
+def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule, ...], str | None]:
     if not isinstance(data, dict):
         raise LockError(f"{where(key='routing')}: [routing] must be a table.")
     unknown = set(data) - {"rules", "default"}
@@ -565,94 +566,6 @@ def _routing(data: Any, entries: dict, where: _Where) -> tuple[tuple[RoutingRule
                 f"{where(key='routing')}: routing names model {model!r}, which has no [models.{model}] table."
             )
     return tuple(rules), default
-
-
-# --- where things are, for messages ----------------------------------------------------------
-
-
-class _Where:
-    """``path:line`` of a table, key or array item, for error messages.
-
-    The line index (:class:`_Lines`) is built on the first call, that is on the first error: a
-    valid lockfile is read without looking up a single line, and an invalid one scans its lines
-    once, however many entries it has.
-    """
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path, self.text = path, text
-        self._lines: _Lines | None = None
-
-    def __call__(self, name: str | None = None, key: str | None = None, index: int | None = None) -> str:
-        if self._lines is None:
-            self._lines = _Lines(self.path, self.text)
-        return self._lines.where(name, key, index)
-
-
-# A table header ([models.chat], [models."a b"], [[routing.rules]]), a `key =` line, and an inline
-# table opening a line or following `[` or `,` (`files = [{...}, {...}]` or one per line).
-_HEADER_RE = re.compile(
-    r"\s*\[\[?\s*(?P<table>[A-Za-z0-9_-]+|\"[^\"]*\")\s*(?:\.\s*(?P<sub>[A-Za-z0-9_.-]+|\"(?:[^\"\\]|\\.)*\"))?"
-)
-_KEY_RE = re.compile(r"\s*(?P<key>[A-Za-z0-9_-]+|\"[^\"]*\")\s*=(?P<value>.*)")
-_INLINE_TABLE_RE = re.compile(r"(?:^|[\[,])\s*\{")
-
-
-class _Lines:
-    """One pass over the lockfile's lines: where each ``[models.NAME]``, each key in it and each
-    inline table of its arrays (``files``) starts."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.headers: dict[str | None, int] = {None: 0}  # model name (None: the top level) -> header line
-        self.keys: dict[tuple[str | None, str], int] = {}  # (model, key) -> line; top-level [tables] too
-        self.items: dict[tuple[str | None, str], list[int]] = {}  # (model, array key) -> line of each inline table
-        self._model: str | None = None
-        self._array: tuple[str | None, str] | None = None
-        self._line = 0
-        for line in text.splitlines():
-            self._scan(line)
-            self._line += 1
-
-    def _scan(self, line: str) -> None:
-        if line.lstrip().startswith("[") and (header := _HEADER_RE.match(line)) and "=" not in line.split("#")[0]:
-            table, sub = _unquote(header["table"]), header["sub"]
-            self._array = None
-            if table == "models" and sub is not None:
-                self._model = _unquote(sub)
-                self.headers.setdefault(self._model, self._line)
-            else:
-                self._model = None
-                self.keys.setdefault((None, table), self._line)
-            return
-        rest = line
-        if found := _KEY_RE.match(line):
-            key = _unquote(found["key"])
-            self.keys.setdefault((self._model, key), self._line)
-            self._array = (self._model, key) if found["value"].lstrip().startswith("[") else None
-            rest = found["value"]
-            if self._array is not None:
-                self.items.setdefault(self._array, [])
-        if self._array is not None:
-            self.items[self._array] += [self._line] * len(_INLINE_TABLE_RE.findall(rest.lstrip()))
-
-    def where(self, name: str | None, key: str | None, index: int | None) -> str:
-        start = self.headers.get(name)
-        if start is None:
-            return str(self.path)
-        line = self.keys.get((name, key)) if key is not None else None
-        if line is not None and index is not None:
-            items = self.items.get((name, key), [])
-            line = items[index] if index < len(items) else line
-        return f"{self.path}:{(start if line is None else line) + 1}"
-
-
-def _unquote(name: str) -> str:
-    if len(name) > 1 and name[0] == name[-1] == '"':
-        try:
-            return json.loads(name)  # TOML's basic-string escapes are JSON's, near enough for a name
-        except ValueError:
-            return name[1:-1]
-    return name
 
 
 # --- the file on disk ------------------------------------------------------

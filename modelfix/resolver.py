@@ -50,13 +50,13 @@ from .config import CacheSettings, cache_root
 from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError
 from .eviction import format_size
 from .fetch import FetchPolicy, download
-from .hashing import file_identity, sha256_text
+from .hashing import Identity, file_identity, sha256_text
 from .jobs import Cancelled, Job, jobs, new_job
 from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile, read_raw
 from .sources import Location, source_for
 from .care import cache_stats, gc, prune, remove
 from .store import Store
-from .tiers import adoption_candidates, push, remote_url
+from .tiers import adopt, adoption_candidates, push, remote_url
 from .transports import SourceMissing, Transport, transport_for
 from .views import Snapshot, ViewFile
 
@@ -111,7 +111,7 @@ class Problem:
 
 # --- the lockfile side -------------------------------------------------------
 
-_LOCKS: dict[str, tuple[tuple[int, int, int, int], str, Lockfile]] = {}  # path -> (identity, text, parse)
+_LOCKS: dict[str, tuple[Identity, str, Lockfile]] = {}  # path -> (identity, text, parse)
 # A file written this recently may be written again within the same tick of the filesystem's clock
 # (a jiffy on ext4, up to 2 s elsewhere) and keep its identity: its text is compared instead.
 _RACY_NS = 2_000_000_000
@@ -378,11 +378,11 @@ def _ensure(
             if settings.remote:
                 sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
             sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
-        adopt = adoption_candidates(
+        others = adoption_candidates(
             pin.sha256, repo=getattr(source, "repo", None), filename=pin.path, revision=entry.revision
         )
         try:
-            _obtain(store, pin, label, job, sources, adopt, cancel, policy)
+            _obtain(store, pin, label, job, sources, others, cancel, policy)
         except SourceMissing as exc:
             if settings.offline:
                 raise OfflineError(_offline_message([(entry.name, pin)], lockfile, store)) from None
@@ -404,7 +404,7 @@ def _obtain(
     label: str,
     job: Job,
     sources: Sequence[tuple[str, Transport]],
-    adopt: Sequence[Path],
+    others: Sequence[Path],
     cancel: threading.Event,
     policy: FetchPolicy,
 ) -> None:
@@ -423,9 +423,9 @@ def _obtain(
         if store.check(pin.sha256):  # another process fetched it while we waited
             job.update("completed", source="cache")
             return
-        for candidate in adopt:
+        for candidate in others:
             job.update("verifying", source="adopted")
-            if store.adopt(pin.sha256, pin.size, candidate):
+            if adopt(store, pin.sha256, pin.size, candidate):
                 job.update("completed")
                 return
         try:

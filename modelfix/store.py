@@ -41,7 +41,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import stat
 import threading
 import time
@@ -125,7 +124,7 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             safefs.folder(self.root, "blobs", "sha256", create=False)
 
-    def _staged(self, key: str, what: str) -> Path:
+    def staged(self, key: str, what: str) -> Path:
         """A fresh name in ``tmp/`` for ``what`` (adopt, join) to fill under ``key``'s writer lock."""
         return self._dir("tmp") / f"{key}.{what}-{uuid.uuid4().hex[:8]}"
 
@@ -314,51 +313,6 @@ class Store:
             finally:
                 os.close(fd)  # closing drops the flock
 
-    def adopt(self, sha: str, size: int, candidate: Path) -> bool:
-        """Take a verified copy of ``candidate`` (another cache's file) as blob ``sha``.
-
-        A hard link costs no space; it also makes the other cache's file
-        read-only, which neither huggingface_hub nor llama.cpp minds (they
-        only ever replace files, never write into them). Only a file of this
-        user (or root) is linked: another user could rewrite a linked file
-        later, under the identity this store trusts. Anyone else's is copied.
-        """
-        try:
-            # A snapshot entry is a relative symlink to the other cache's blob; Linux's link()
-            # would link the symlink itself, which points nowhere from here.
-            candidate = candidate.resolve(strict=True)
-            st = candidate.stat()
-        except (OSError, RuntimeError):
-            return False
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return False
-        staged = self._staged(sha, "adopt")
-        try:
-            linked = False
-            if st.st_uid in (os.geteuid(), 0):
-                with contextlib.suppress(OSError):
-                    os.link(candidate, staged)
-                    linked = True
-            if not linked:
-                _copy_new(candidate, staged)
-            fd = safefs.open_regular(staged)
-            assert fd is not None
-            try:
-                result = hash_fd(fd)
-            finally:
-                os.close(fd)
-            if result.sha256 != sha:
-                log.warning("%s looked like blob %s but its bytes differ; not adopting it", candidate, sha[:12])
-                return False
-            self.commit(sha, staged, result)
-            log.info("adopted %s from %s (%s)", sha[:12], candidate, "linked" if linked else "copied")
-            return True
-        except (OSError, CacheError) as exc:
-            log.info("could not adopt %s: %s", candidate, exc)
-            return False
-        finally:
-            staged.unlink(missing_ok=True)
-
     def joined(self, parts: Sequence[str], *, check: bool = True) -> str | None:
         """The blob made by :meth:`join` from ``parts``, if it was made and is still here (and,
         with ``check``, still the bytes verified; ``verify`` hashes it itself, to report it)."""
@@ -374,7 +328,7 @@ class Store:
         key = _join_key(parts)
         record = self.root / "joins" / key
         with self.writer(key, cancel or threading.Event()):
-            staged = self._staged(key, "join")
+            staged = self.staged(key, "join")
             try:
                 digest = Digest()
                 with writing(staged), os.fdopen(safefs.create(staged), "wb") as out:
@@ -571,8 +525,10 @@ class Store:
             if gone:  # a view must be whole; the blobs it shares with others stay
                 views.remove_tree(view.path)
         for sha in shas:
-            self.blob_path(sha).unlink(missing_ok=True)
-            self._memo_path(sha).unlink(missing_ok=True)
+            for folder, path in (("blobs/sha256", self.blob_path(sha)), ("memo", self._memo_path(sha))):
+                with contextlib.suppress(FileNotFoundError):
+                    safefs.folder(self.root, *folder.split("/"), sha[:2], create=False)  # never unlink through a link
+                    path.unlink()
         return shas
 
 
@@ -612,12 +568,6 @@ def _join_key(parts: Sequence[str]) -> str:
 
 def _is_sha256(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
-
-
-def _copy_new(source: Path, target: Path) -> None:
-    """Copy ``source`` into the new file ``target`` (never into an existing one)."""
-    with open(source, "rb") as src, os.fdopen(safefs.create(target), "wb") as out:
-        shutil.copyfileobj(src, out, 8 * 1024 * 1024)
 
 
 def _used(manifest: str) -> None:

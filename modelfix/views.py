@@ -139,12 +139,11 @@ class View:
                     if list(now[:4]) != recorded[:4] or not self._rehash(blobs, path, how, sha, now):
                         return None
                     moved = moved or list(now) != recorded
-                relinked = self._is_blob(blobs, path, how, sha, st)
-                if relinked is None:
+                shown = self._is_blob(blobs, path, how, sha, st, now)
+                if shown is None:
                     return None
-                if relinked is not True:
-                    now, moved = relinked, True
-                ids.append(now)
+                moved = moved or shown != now
+                ids.append(shown)
         except (OSError, KeyError, TypeError):
             return None
         if moved:
@@ -162,21 +161,21 @@ class View:
             os.close(fd)
 
     @staticmethod
-    def _is_blob(blobs: Blobs, path: Path, how: Any, sha: str, st: os.stat_result) -> bool | Identity | None:
-        """True if the file at ``path`` (stat ``st``) shows blob ``sha``; the file's new identity if
-        the blob was missing and is back; None if the file is something else."""
+    def _is_blob(blobs: Blobs, path: Path, how: Any, sha: str, st: os.stat_result, now: Identity) -> Identity | None:
+        """The identity of the file at ``path`` (stat ``st``, identity ``now``) if it shows blob
+        ``sha``: ``now``, or its new one if the blob was missing and is back. None if it does not."""
         blob = blobs.blob_path(sha)
         if how == "copy":
-            return True  # its bytes were just hashed against the blob's
+            return now  # its bytes were just hashed against the blob's
         if how == "symlink":
-            return os.readlink(path) == str(blob) and stat.S_ISREG(os.lstat(blob).st_mode) or None
+            return now if os.readlink(path) == str(blob) and stat.S_ISREG(os.lstat(blob).st_mode) else None
         if how != "hardlink":
             return None
         try:
             kept = os.lstat(blob)
         except FileNotFoundError:
             return blobs.relink(sha, path)
-        return (stat.S_ISREG(kept.st_mode) and (kept.st_dev, kept.st_ino) == (st.st_dev, st.st_ino)) or None
+        return now if stat.S_ISREG(kept.st_mode) and (kept.st_dev, kept.st_ino) == (st.st_dev, st.st_ino) else None
 
     def _record(self, ids: Sequence[Identity]) -> None:
         """Write the files' new identities into the manifest (best effort: a read-only cache re-checks next time)."""

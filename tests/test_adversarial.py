@@ -208,6 +208,24 @@ def test_a_partial_planted_as_a_link_is_never_written_through(lock, team_cache, 
 
 
 @needs_other_users
+def test_another_users_partial_download_never_becomes_a_blob_they_own(lock, team_cache, tiny_files, shared, run_cli):
+    pin = Lockfile.load(lock).entry("chat").files[0]
+    tmp = _team_folder(team_cache / "tmp")
+    partial = tmp / f"{pin.sha256}.partial"
+    prefix = shared / "prefix"  # the first bytes of the right file: a download of theirs, interrupted
+    prefix.write_bytes(tiny_files[pin.path].read_bytes()[: pin.size // 2])
+    prefix.chmod(0o644)
+    assert as_user(OTHER, "cp", str(prefix), str(partial)).returncode == 0
+
+    code, _, err = run_cli("sync", "chat")
+
+    assert code == 0, err
+    blob = Store(team_cache).blob_path(pin.sha256)
+    assert blob.stat().st_uid == os.geteuid() and not blob.stat().st_mode & 0o222
+    assert _sha(blob) == pin.sha256
+
+
+@needs_other_users
 def test_the_ranges_journal_is_never_written_through_a_planted_link(hub, tiny_files, shared, tmp_path):
     name = max((n for n in tiny_files if n.endswith(".gguf")), key=lambda n: tiny_files[n].stat().st_size)
     data = tiny_files[name].read_bytes()

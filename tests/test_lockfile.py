@@ -407,27 +407,27 @@ def _many(n: int, bad_last: bool = False) -> str:
 
 
 def test_a_valid_lockfile_is_read_without_looking_up_a_single_line(tmp_path, monkeypatch):
-    import modelfix.lockfile as lockfile
+    import modelfix.lockfile_lines as lockfile_lines
 
     scans = []
-    monkeypatch.setattr(lockfile, "_Lines", lambda *a, real=lockfile._Lines: scans.append(a) or real(*a))
+    monkeypatch.setattr(lockfile_lines, "Lines", lambda *a, real=lockfile_lines.Lines: scans.append(a) or real(*a))
 
     assert len(Lockfile.load(write(tmp_path, _many(300))).entries) == 300
     assert scans == []
 
 
 def test_an_error_deep_in_a_big_lockfile_scans_its_lines_once(tmp_path, monkeypatch):
-    import modelfix.lockfile as lockfile
+    import modelfix.lockfile_lines as lockfile_lines
 
     scanned = []
-    real = lockfile._Lines
+    real = lockfile_lines.Lines
 
     class Counting(real):
         def _scan(self, line: str) -> None:
             scanned.append(line)
             super()._scan(line)
 
-    monkeypatch.setattr(lockfile, "_Lines", Counting)
+    monkeypatch.setattr(lockfile_lines, "Lines", Counting)
     text = _many(300, bad_last=True)
 
     with pytest.raises(LockError, match=rf"model-lock.toml:{text.count(chr(10)) - 1}: files\[0\] of \[models.m299\]"):
