@@ -315,6 +315,7 @@ def _fetch(
     for entry in entries:
         for pin in entry.files:
             wanted.setdefault(pin.sha256, (entry, pin))
+    store.check_folders()  # a cache folder that is a link: one clear error before any download
     absent = {sha: item for sha, item in wanted.items() if not store.has(sha)}
     if settings.offline:
         stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile)}
@@ -352,8 +353,8 @@ def _fetch(
         store.unreserve([sha for sha in absent if not store.has(sha)])
     if errors:
         first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
-        if len(errors) > 1 and isinstance(first, ModelfixError):
-            others = "; ".join(str(e) for e in errors if e is not first)
+        others = "; ".join(dict.fromkeys(str(e) for e in errors if str(e) != str(first)))
+        if others and isinstance(first, ModelfixError):
             raise type(first)(f"{first} (also failed: {others})") from None
         raise first
 

@@ -239,7 +239,12 @@ class Store:
             try:
                 if os.fstat(fd).st_size != result.size:
                     raise CacheError(f"{staged} changed after it was verified (another process?); run again.")
-                os.fchmod(fd, 0o444 & ~safefs.umask())  # read-only: nothing writes a blob in place
+                try:
+                    os.fchmod(fd, 0o444 & ~safefs.umask())  # read-only: nothing writes a blob in place
+                except PermissionError:
+                    # A root-owned file adopted by link: only root could write it, which is trusted.
+                    if os.fstat(fd).st_uid != 0:
+                        raise
             finally:
                 os.close(fd)
             os.replace(staged, final)

@@ -269,6 +269,21 @@ def test_gc_refuses_a_tmp_folder_that_is_a_planted_link(team_cache, tmp_path, ru
     assert str(team_cache / "tmp") in err and "link" in err
 
 
+@pytest.mark.parametrize("folder", ["blobs", "tmp", "locks", "views", "leases", "memo"])
+def test_sync_refuses_a_cache_folder_that_is_a_link(lock, tmp_path, run_cli, folder):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = CacheSettings.resolve().root
+    root.mkdir()
+    (root / folder).symlink_to(elsewhere)
+
+    code, _, err = run_cli("sync", "chat")
+
+    _one_line_error(code, err)
+    assert err.startswith(f"error: {root / folder} is a symbolic link")
+    assert list(elsewhere.rglob("*")) == []
+
+
 def test_a_cache_root_that_is_a_link_the_user_made_works(lock, tmp_path, monkeypatch, run_cli):
     real = tmp_path / "real-cache"
     real.mkdir()
@@ -417,6 +432,39 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(lock, tmp_path
     assert not os.path.samefile(store.blob_path(theirs.sha256), hf[theirs.sha256])
     assert _sha(store.blob_path(theirs.sha256)) == theirs.sha256
     assert os.path.samefile(store.blob_path(ours.sha256), hf[ours.sha256])
+
+
+@needs_other_users
+def test_a_user_adopts_roots_files_without_download(lock, shared, tmp_path):
+    entry = Lockfile.load(lock).entry("chat")
+    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    hf = shared / "hf" / "hub" / "models--org--tiny" / "blobs"
+    hf.mkdir(parents=True)
+    for pin in entry.files:  # root's, 0644: only root may write them
+        shutil.copy(Store(tmp_path / "donor").blob_path(pin.sha256), hf / pin.sha256)
+        (hf / pin.sha256).chmod(0o644)
+    for folder in (shared / "hf", shared / "hf" / "hub", hf.parent, hf):
+        folder.chmod(0o755)
+    project, cache = shared / "project", shared / "cache"
+    project.mkdir()
+    cache.mkdir()
+    os.chown(cache, OTHER, TEAM)
+    shutil.copy(lock, project / "model-lock.toml")
+    (project / "model-lock.toml").chmod(0o644)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cache), "MODELFIX_CACHE_DIR": str(cache)}
+    env |= {"HF_HUB_CACHE": str(shared / "hf" / "hub"), "MODELFIX_OFFLINE": "1", "LLAMA_CACHE": str(cache / "llama")}
+    command = "import sys; from modelfix.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    done = as_user(OTHER, sys.executable, "-c", command, "sync", "chat", cwd=project, env=env)
+
+    assert done.returncode == 0, done.stderr  # offline: every file came from root's cache
+    # Root's files may be linked (only root can write them); a kernel with protected hard links
+    # lets a user link only files they own, and then they are copied. Either way root's stay as they were.
+    linkable = Path("/proc/sys/fs/protected_hardlinks").read_text().strip() == "0"
+    for pin in entry.files:
+        blob = Store(cache).blob_path(pin.sha256)
+        assert _sha(blob) == pin.sha256 and os.path.samefile(blob, hf / pin.sha256) == linkable
+        assert (hf / pin.sha256).stat().st_mode & 0o777 == 0o644
 
 
 # --- 5. a cache shared by a team ---------------------------------------------------------------------
