@@ -12,6 +12,7 @@ nothing here follows a link inside the cache, and nothing writes through an exis
     read_small(path, limit)      the bytes of a small record (memo, manifest, journal), bounded
     replace(path, data)          write a fresh temporary file beside ``path``, then rename it
     lock_file(path)              a descriptor to flock: a link planted at its name is removed
+                                 (both relative to their folder's descriptor)
 
 Modes: files are created 0o666 and folders 0o777, so that the umask decides (a team's umask
 002 keeps group write; a private 077 keeps everything private); :func:`umask` reads the umask
@@ -158,45 +159,53 @@ def read_small(name: str | os.PathLike[str], limit: int, *, dir_fd: int | None =
 
 
 def replace(path: Path, data: bytes) -> None:
-    """Make ``path`` hold ``data``: a new temporary file beside it, renamed over it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    fd = create(tmp)
+    """Make ``path`` hold ``data``: a new temporary file beside it, renamed over it, both
+    relative to the folder's descriptor (a folder swapped for a link meanwhile is not followed)."""
+    folder = open_folder(path.parent)
+    tmp = f".{path.name}.{uuid.uuid4().hex[:8]}"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(create(tmp, dir_fd=folder), "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=folder)
         raise
+    finally:
+        os.close(folder)
 
 
 def lock_file(path: Path) -> int:
     """A descriptor of lock file ``path`` to flock, made (0o666 & ~umask) if missing.
 
-    A link planted at its name is removed and the file made anew: following it would lock (or
-    create) a file elsewhere. A lock file of another user that this one may not write is
-    opened read-only, which is all flock needs.
+    Opened relative to its folder's descriptor, never through a link: a link planted at its
+    name is removed and the file made anew (following it would lock, or create, a file
+    elsewhere). A lock file of another user that this one may not write is opened read-only,
+    which is all flock needs.
     """
+    folder = open_folder(path.parent)
     try:
-        fd = _open_lock(path)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        log.warning("%s was a symbolic link, which modelfix never makes; removing it", path)
-        os.unlink(path)  # the link itself: unlink never follows
-        fd = _open_lock(path)
+        try:
+            fd = _open_lock(path.name, folder)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            log.warning("%s was a symbolic link, which modelfix never makes; removing it", path)
+            os.unlink(path.name, dir_fd=folder)  # the link itself: unlink never follows
+            fd = _open_lock(path.name, folder)
+    finally:
+        os.close(folder)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise planted(path, "not a regular file")
     return fd
 
 
-def _open_lock(path: Path) -> int:
+def _open_lock(name: str, folder: int) -> int:
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o666)
+        return os.open(name, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o666, dir_fd=folder)
     except PermissionError:
-        return os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+        return os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=folder)
 
 
 def try_lock(fd: int, *, shared: bool = False, wait: bool = False) -> bool | None:
