@@ -7,6 +7,11 @@
     partial.ranges  JSON [[start, end, done], ...] when several ranges run at once;
                     without it the partial's length is how far it got
 
+Both live in a folder other users may write (a team's cache): they are opened relative to
+that folder's descriptor, never through a link (a link planted at either name is dropped, not
+followed), the journal is replaced through a new temporary file, and a partial with a second
+hard link is started afresh rather than written into.
+
 A large file starts as one stream; if that stream turns out slow (a CDN that
 throttles each connection), the rest of it is split into byte ranges fetched
 in parallel (the server must answer ``Range`` with 206). Every range resumes
@@ -30,14 +35,17 @@ import logging
 import os
 import queue
 import random
+import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import safefs
 from .errors import CacheError, IntegrityError, ModelfixError, NetworkError, redact
 from .hashing import Digest, FileHash
 from .jobs import Cancelled, Job
@@ -249,6 +257,7 @@ class _Download:
         self.transport, self.partial, self.size, self.job = transport, partial, size, job
         self.cancel, self.policy, self.label = cancel, policy, label
         self.journal = partial.with_name(partial.name + ".ranges")
+        self._folder = -1  # the partial's folder, open while run() runs: every file op is relative to it
         self._stop = threading.Event()
         self._journal_lock = threading.Lock()
         self._journaled = 0.0
@@ -259,41 +268,81 @@ class _Download:
         self._ranged = False  # has the server answered a range with a range (206)?
 
     def run(self) -> FileHash:
-        ranges = self._plan()
-        while True:
-            try:
-                return self._attempt(ranges)
-            except _NoRanges:
-                log.info("%s: %s ignores byte ranges; fetching the whole file", self.label, self.transport.url)
-                self._may_split = False
-                self._stop.clear()  # set by the parallel attempt that found out
-                self.journal.unlink(missing_ok=True)
-                with open(self.partial, "wb"):
-                    pass
-                ranges = [_Range(0, self.size)]
+        self._folder = safefs.open_folder(self.partial.parent)
+        try:
+            ranges = self._plan()
+            while True:
+                try:
+                    return self._attempt(ranges)
+                except _NoRanges:
+                    log.info("%s: %s ignores byte ranges; fetching the whole file", self.label, self.transport.url)
+                    self._may_split = False
+                    self._stop.clear()  # set by the parallel attempt that found out
+                    self._fresh()
+                    ranges = [_Range(0, self.size)]
+        finally:
+            os.close(self._folder)
 
     def _plan(self) -> list[_Range]:
-        try:
-            have = self.partial.stat().st_size
-        except FileNotFoundError:
-            have = None
-        if have is not None and self.journal.exists():
+        have = self._size_so_far()
+        journal = self._saved_journal() if have is not None else None
+        if journal is not None:  # a journal: the ranges it lists, else nothing is trusted
             try:
-                saved = json.loads(self.journal.read_text())
-                if saved["size"] == self.size:
-                    return [_Range(int(s), int(e), int(d)) for s, e, d in saved["ranges"]]
-            except (ValueError, KeyError, TypeError, OSError):
+                if journal["size"] == self.size:
+                    return [_Range(int(s), int(e), int(d)) for s, e, d in journal["ranges"]]
+            except (KeyError, TypeError, ValueError):
                 pass
         elif have is not None and have <= self.size:
             return [_Range(0, self.size, have)]  # sequential writes: its length is its progress
-        self.journal.unlink(missing_ok=True)
-        self.partial.unlink(missing_ok=True)
-        self.partial.touch()
+        self._fresh()
         return [_Range(0, self.size)]
+
+    def _size_so_far(self) -> int | None:
+        """The partial's length, None if there is none. Anything but a regular file of one link,
+        of this user or root, is dropped, never written into: a link, a second hard link, or
+        another user's partial (its owner could still write it after it became a blob)."""
+        try:
+            st = os.lstat(self.partial.name, dir_fd=self._folder)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in (os.geteuid(), 0):
+            return st.st_size
+        log.warning("%s: %s is not a partial download of this user; starting afresh", self.label, self.partial)
+        os.unlink(self.partial.name, dir_fd=self._folder)  # the name only: unlink never follows
+        return None
+
+    def _saved_journal(self) -> dict | None:
+        """The ranges journal; None if there is none, ``{}`` if it cannot be read (start afresh)."""
+        try:
+            data = safefs.read_small(self.journal.name, 16 * 1024 * 1024, dir_fd=self._folder)
+            if data is None:
+                return None
+            saved = json.loads(data)
+        except (OSError, ValueError, CacheError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def _fresh(self) -> None:
+        """Start over: no journal, a new empty partial."""
+        for name in (self.journal.name, self.partial.name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._folder)
+        os.close(safefs.create(self.partial.name, dir_fd=self._folder))
+
+    def _open(self) -> int:
+        """The partial, open for writing: a regular file of one link, or a new one."""
+        if self._size_so_far() is None:
+            os.close(safefs.create(self.partial.name, dir_fd=self._folder))
+        fd = safefs.open_regular(self.partial.name, os.O_RDWR, dir_fd=self._folder)
+        if fd is None or os.fstat(fd).st_nlink != 1:
+            if fd is not None:
+                os.close(fd)
+            raise CacheError(f"{self.partial} changed while it was opened (another process?); run the command again.")
+        return fd
 
     def _attempt(self, ranges: list[_Range]) -> FileHash:
         self.ranges = ranges
-        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             self.job.advance(0, to=sum(r.done for r in ranges))
             hasher = _Hasher(fd, self.size, ranges)
@@ -465,10 +514,11 @@ class _Download:
             self._journaled = now
             # Progress is read after the bytes were written, so the journal never claims more than the disk holds.
             data = json.dumps({"size": self.size, "ranges": [[r.start, r.end, r.done] for r in ranges]})
-            tmp = self.journal.with_name(self.journal.name + ".tmp")
-            with writing(tmp):
-                tmp.write_text(data)
-                os.replace(tmp, self.journal)
+            tmp = f"{self.journal.name}.{uuid.uuid4().hex[:8]}.tmp"  # new each time: never a planted name
+            with writing(self.journal):
+                with os.fdopen(safefs.create(tmp, dir_fd=self._folder), "w") as f:
+                    f.write(data)
+                os.replace(tmp, self.journal.name, src_dir_fd=self._folder, dst_dir_fd=self._folder)
 
     @property
     def _resume_hint(self) -> str:

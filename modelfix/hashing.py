@@ -21,7 +21,17 @@ import mmap
 import os
 from dataclasses import dataclass
 
-__all__ = ["Digest", "FileHash", "hash_file", "file_identity", "sha256_text", "EMPTY_SHA256"]
+__all__ = [
+    "Digest",
+    "FileHash",
+    "hash_file",
+    "hash_fd",
+    "file_identity",
+    "identity_of",
+    "Identity",
+    "sha256_text",
+    "EMPTY_SHA256",
+]
 
 _SLICE = 8 * 1024 * 1024  # big enough to amortise the call, small enough to stay in cache
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
@@ -63,22 +73,36 @@ class Digest:
         )
 
 
-def hash_file(path: str | os.PathLike[str], *, sha256: bool = True, xxh3: bool = True) -> FileHash:
-    """Hash a whole file; ask only for what you need (sha256 is 5x slower than xxh3)."""
+def hash_file(
+    path: str | os.PathLike[str], *, sha256: bool = True, xxh3: bool = True, follow_symlinks: bool = True
+) -> FileHash:
+    """Hash a whole file; ask only for what you need (sha256 is 5x slower than xxh3).
+
+    Without ``follow_symlinks`` a link at ``path`` is an OSError (ELOOP), never read through.
+    """
+    flags = os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return hash_fd(fd, sha256=sha256, xxh3=xxh3)
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int, *, sha256: bool = True, xxh3: bool = True) -> FileHash:
+    """Hash the whole file open at ``fd`` (whose :func:`identity_of` ``os.fstat(fd)`` names what was hashed)."""
     digest = Digest(sha256=sha256, xxh3=xxh3)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:  # mmap refuses empty files
-            return digest.result()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            if hasattr(mapped, "madvise"):
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mapped)
-            try:
-                for start in range(0, size, _SLICE):
-                    digest.update(view[start : start + _SLICE])
-            finally:
-                view.release()  # mmap cannot close while a view is exported
+    size = os.fstat(fd).st_size
+    if size == 0:  # mmap refuses empty files
+        return digest.result()
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+        if hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mapped)
+        try:
+            for start in range(0, size, _SLICE):
+                digest.update(view[start : start + _SLICE])
+        finally:
+            view.release()  # mmap cannot close while a view is exported
     return digest.result()
 
 
@@ -86,7 +110,18 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def file_identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
-    """(device, inode, size, mtime_ns): if it is unchanged, so are the bytes we hashed."""
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+Identity = tuple[int, int, int, int, int]
+
+
+def file_identity(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> Identity:
+    """(device, inode, size, mtime_ns, ctime_ns): if it is unchanged, so are the bytes we hashed.
+
+    The ctime is what makes that true against a file's owner, who can rewrite the bytes and set
+    the mtime back, but not the ctime: any write, chmod, link or unlink moves it to now.
+    """
+    return identity_of(os.stat(path, follow_symlinks=follow_symlinks))
+
+
+def identity_of(st: os.stat_result) -> Identity:
+    """:func:`file_identity` from a stat result already at hand (an ``os.fstat`` of an open file)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

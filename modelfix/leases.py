@@ -3,7 +3,8 @@
 Under the cache root::
 
     leases/<host>-<pid>-<rand>   the blobs one process uses from this store: a sha256 a
-                                 line, appended, never rewritten; flock-held until it exits.
+                                 line, appended, never rewritten; flock-held until it exits;
+                                 made new (never through a link), readable by the team
                                  "<sha256> <size>" reserves room for a blob that process is
                                  about to download, so that other processes syncing under
                                  the same size cap count it before it exists
@@ -28,6 +29,8 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from . import safefs
 
 __all__ = ["held", "take", "unreserve", "live", "live_with_sizes"]
 
@@ -58,10 +61,10 @@ class _Registry:
         with self._lock:
             key = (root, os.getpid())
             if key not in self._files:
-                folder = root / "leases"
-                folder.mkdir(parents=True, exist_ok=True)
+                folder = safefs.folder(root, "leases")
                 path = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                # New, never followed, 0o666 & ~umask: other users of a team's cache read it.
+                fd = safefs.create(path, flags=os.O_WRONLY | os.O_APPEND)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._files[key] = (path, fd, set(), {})
             path, fd, held, reserved = self._files[key]
@@ -105,22 +108,22 @@ def unreserve(root: Path, shas: Iterable[str]) -> None:
     _REGISTRY.unreserve(root, shas)
 
 
-def live(root: Path, *, own: bool = True) -> tuple[set[str], int]:
+def live(root: Path, *, own: bool = True, tidy: bool = True) -> tuple[set[str], int]:
     """Blobs leased by live processes (this one too if ``own``) and how many processes hold leases.
 
-    Deletes the lease files of processes that are gone on the way.
+    Deletes the lease files of processes that are gone on the way (unless not ``tidy``: a dry run).
     """
-    leased, processes = _scan(root, own)
+    leased, processes = _scan(root, own, tidy)
     return set(leased), processes
 
 
-def live_with_sizes(root: Path) -> dict[str, int | None]:
+def live_with_sizes(root: Path, *, tidy: bool = True) -> dict[str, int | None]:
     """Every blob live processes (this one too) lease, with the bytes reserved for it while it
     is still being downloaded (None or 0: nothing reserved). One pass over the lease files."""
-    return _scan(root, own=True)[0]
+    return _scan(root, True, tidy)[0]
 
 
-def _scan(root: Path, own: bool) -> tuple[dict[str, int | None], int]:
+def _scan(root: Path, own: bool, tidy: bool) -> tuple[dict[str, int | None], int]:
     import fcntl
 
     folder = root / "leases"
@@ -132,19 +135,25 @@ def _scan(root: Path, own: bool) -> tuple[dict[str, int | None], int]:
             processes += 1
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+            fd = safefs.open_regular(path)
+        except (OSError, safefs.PlantedError):
+            continue  # a link or a pipe planted among the leases: no lease, and not ours to delete
+        if fd is None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # its process is alive and holds it
             processes += 1
-            for line in path.read_text().splitlines():
-                sha, _, size = line.partition(" ")
-                if len(sha) == 64:
-                    leased[sha] = int(size) if size.isdigit() else leased.get(sha)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                for line in f.read().decode("ascii", "replace").splitlines():
+                    sha, _, size = line.partition(" ")
+                    if len(sha) == 64:
+                        leased[sha] = int(size) if size.isdigit() else leased.get(sha)
+        except OSError:
+            continue  # no flock on this filesystem: nothing can be told of it
         else:
-            path.unlink(missing_ok=True)  # dead process: the lease died with it
+            if tidy:
+                path.unlink(missing_ok=True)  # dead process: the lease died with it
         finally:
             os.close(fd)
     return leased, processes

@@ -24,15 +24,19 @@ atomically, keeping comments, layout, line ends and BOM).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Mapping
+import stat
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from .errors import LockError
+from .lockfile_lines import Where
 
 __all__ = [
     "LOCK_NAME",
@@ -51,6 +55,9 @@ __all__ = [
     "check_name",
     "is_commit_sha",
     "MAX_FILE_SIZE",
+    "MAX_LOCKFILE_BYTES",
+    "MAX_PATH_BYTES",
+    "RESERVED_NAMES",
     "BOM",
     "read_raw",
 ]
@@ -91,12 +98,23 @@ HARDWARE_SETTINGS = frozenset(
     }
 )
 _PIN_KEYS = ("revision", "pinned_from", "files")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: `$` would let a trailing newline pass
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # Far above any real model file (the largest GGUFs are a few hundred GB), far below where sizes
 # stop being exact as floats or overflow int64 sums: a bigger `size` is a typo or a tampered file.
 MAX_FILE_SIZE = 2**50
+# A lockfile of 150,000 pinned models is about 64 MiB; a bigger one is a mistake (a log, a device).
+MAX_LOCKFILE_BYTES = 64 * 1024 * 1024
+# A pinned path is a file name in a view under the cache root: far below PATH_MAX (4096) with room
+# for the root, and NAME_MAX (255 bytes) per component, so that no path fails with ENAMETOOLONG later.
+MAX_PATH_BYTES = 1024
+_MAX_NAME_BYTES = 255
+# What modelfix itself writes in a view folder (its manifest) or beside it in views/ (a view being
+# built or replaced): a pin of that name would land on modelfix's own file.
+RESERVED_NAMES = (".modelfix.json",)
+_RESERVED_PREFIXES = (".tmp-", ".old-")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: what a terminal would obey if printed
 BOM = "\ufeff"
 
 
@@ -200,34 +218,32 @@ class Lockfile:
     def parse(cls, text: str, path: Path) -> Lockfile:
         text = text.removeprefix(BOM)  # editors on Windows may save one; TOML itself has no BOM
         data = _parse_toml(text, path)
+        where = Where(path, text)
         unknown = set(data) - {"version", "models", "routing"}
         if unknown:
             key = sorted(unknown)[0]
-            raise LockError(
-                f"{_where(path, text, key=key)}: unknown top-level key {key!r}. Valid keys: version, models, routing."
-            )
+            raise LockError(f"{where(key=key)}: unknown top-level key {key!r}. Valid keys: version, models, routing.")
         version = data.get("version", SCHEMA_VERSION)
         if not isinstance(version, int) or isinstance(version, bool):
             raise LockError(
-                f"{_where(path, text, key='version')}: `version` must be an integer: "
-                f"version = {SCHEMA_VERSION}, not {version!r}."
+                f"{where(key='version')}: `version` must be an integer: version = {SCHEMA_VERSION}, not {version!r}."
             )
         if version != SCHEMA_VERSION:
             raise LockError(
-                f"{_where(path, text, key='version')}: lockfile version {version!r} is not "
+                f"{where(key='version')}: lockfile version {version!r} is not "
                 f"supported (this modelfix reads version {SCHEMA_VERSION}). Upgrade modelfix."
             )
         models = data.get("models", {})
         if not isinstance(models, dict):
-            raise LockError(f"{_where(path, text, key='models')}: `models` must be a table of [models.NAME] tables.")
-        entries = {name: _entry(name, table, path, text) for name, table in models.items()}
-        rules, default = _routing(data.get("routing", {}), entries, path, text)
+            raise LockError(f"{where(key='models')}: `models` must be a table of [models.NAME] tables.")
+        entries = {name: _entry(name, table, where) for name, table in models.items()}
+        rules, default = _routing(data.get("routing", {}), entries, where)
         return cls(path=path, entries=MappingProxyType(entries), routing=rules, routing_default=default)
 
     def where(self, name: str) -> str:
         """``path:line`` of ``[models.name]``, for messages that point at the entry."""
         try:
-            return _where(self.path, read_raw(self.path).removeprefix(BOM), name)
+            return Where(self.path, read_raw(self.path).removeprefix(BOM))(name)
         except LockError:
             return str(self.path)
 
@@ -271,67 +287,143 @@ def nearest_lockfile(start: str | os.PathLike[str] | None = None) -> str:
     )
 
 
-def check_relative_path(path: str, what: str) -> str:
-    """Refuse absolute paths and ``..``: a file name must stay inside its view."""
-    pure = PurePosixPath(path)
-    if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts or path.startswith("~"):
+def check_relative_path(path: object, what: object) -> str:
+    """``path`` if it can name a file in a view, else a LockError saying why (``what`` says where it came from).
+
+    A pinned path is relative, in canonical form (no ``.``, ``..`` or empty segments, so that two
+    spellings never name one file), free of control characters (which a terminal would obey
+    when the path is printed), not a name modelfix writes itself (``.modelfix.json``,
+    ``.tmp-*``, ``.old-*``) and short enough for any file system.
+    """
+    if not isinstance(path, str) or not path:
+        raise LockError(f"{what}: a file path must be a non-empty string, got {path!r}.")
+    if control := _CONTROL_RE.search(path):
+        raise LockError(f"{what}: unsafe file path {path!r}: it holds the control character {control[0]!r}.")
+    if path.startswith(("/", "~")) or "\\" in path or re.match(r"[A-Za-z]:", path):
         raise LockError(f"{what}: unsafe file path {path!r} (absolute or containing '..').")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise LockError(
+            f"{what}: file path {path[:60]!r}... is longer than {MAX_PATH_BYTES} bytes, more than a cache folder can hold."
+        )
+    for part in path.split("/"):
+        if part == "":
+            raise LockError(f"{what}: unsafe file path {path!r}: an empty segment ('//' or a '/' at an end).")
+        if part in (".", ".."):
+            raise LockError(f"{what}: unsafe file path {path!r}: a {part!r} segment (absolute or containing '..').")
+        if part in RESERVED_NAMES or part.startswith(_RESERVED_PREFIXES):
+            raise LockError(f"{what}: file path {path!r} uses {part!r}, a name reserved for modelfix's own files.")
+        if len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
+            raise LockError(f"{what}: file path {path!r} has a name longer than {_MAX_NAME_BYTES} bytes.")
     return path
+
+
+def check_view_names(files: Sequence[tuple[str, str | None]], what: object) -> None:
+    """Refuse pins ``(path, join)`` of one entry that would be one file of its view (``what`` names the entry).
+
+    A file shows in the view under its ``join`` (legacy parts, which share it) or its path. Names
+    compare as a case-insensitive, Unicode-normalizing file system (macOS, Windows) compares
+    them, so a lockfile works everywhere; a file whose name another one needs as a folder is
+    refused too.
+    """
+    shown: dict[str, int] = {}  # folded name in the view -> first pin showing it
+    parts: dict[str, int] = {}  # folded path of a legacy part -> its pin
+    for i, (path, join) in enumerate(files):
+        name = join or path
+        j = shown.setdefault(_folded(name), i)
+        if j != i and not (join is not None and files[j][1] == join):
+            raise _collision(what, files[j][1] or files[j][0], j, name, i)
+        if join is not None and (k := parts.setdefault(_folded(path), i)) != i:
+            raise _collision(what, files[k][0], k, path, i)
+    for folded, i in shown.items():
+        segments = folded.split("/")
+        for depth in range(1, len(segments)):
+            folder = shown.get("/".join(segments[:depth]))
+            if folder is not None:
+                first, second = (files[folder][1] or files[folder][0]), (files[i][1] or files[i][0])
+                raise LockError(
+                    f"{what}: two pins land on one file of the view: {first!r} (files[{folder}]) is a file, and "
+                    f"{second!r} (files[{i}]) needs it to be a folder. Re-pin with `modelfix lock --upgrade`."
+                )
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _collision(what: object, first: str, j: int, second: str, i: int) -> LockError:
+    return LockError(
+        f"{what}: two pins land on one file of the view: {first!r} (files[{j}]) and {second!r} (files[{i}]). "
+        "Give each pinned file a path of its own, or re-pin with `modelfix lock --upgrade`."
+    )
 
 
 # --- reading ---------------------------------------------------------------
 
 
 def _parse_toml(text: str, path: Path) -> dict[str, Any]:
-    import tomlkit
-    from tomlkit.exceptions import ParseError
+    """The TOML document as plain data, read by tomli (compiled: about 15x tomlkit's speed, linear).
+
+    tomlkit, which keeps comments and layout for writing, would take 20 s for 16,000 entries. A
+    file tomli refuses is parsed again by tomlkit for its more precise message.
+    """
+    import tomli as tomllib
 
     try:
-        return tomlkit.parse(text).unwrap()
-    except ParseError as exc:
-        reason = str(exc).split(" at line")[0].rstrip(".")  # tomlkit ends some reasons with one
-        raise LockError(f"{path}:{exc.line}:{exc.col}: invalid TOML: {reason}. Fix the syntax there.") from None
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        import tomlkit
+        from tomlkit.exceptions import ParseError
+
+        try:
+            tomlkit.parse(text)
+        except ParseError as precise:
+            reason = str(precise).split(" at line")[0].rstrip(".")  # tomlkit ends some reasons with one
+            raise LockError(
+                f"{path}:{precise.line}:{precise.col}: invalid TOML: {reason}. Fix the syntax there."
+            ) from None
+        found = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", str(exc))
+        reason, line, col = found.groups() if found else (str(exc), "1", "1")
+        raise LockError(f"{path}:{line}:{col}: invalid TOML: {reason}. Fix the syntax there.") from None
 
 
-def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
-    where = _where(path, text, name)
-    check_name(name, where)
+def _entry(name: str, table: Any, where: Where) -> Entry:
+    if not _NAME_RE.fullmatch(name):
+        check_name(name, where(name))
     if not isinstance(table, dict):
-        raise LockError(f"{where}: [models.{name}] must be a table with a `source` key.")
+        raise LockError(f"{where(name)}: [models.{name}] must be a table with a `source` key.")
     for key in table:
         if key in HARDWARE_SETTINGS:
             raise LockError(
-                f"{_where(path, text, name, key)}: {key!r} is a machine setting and does not "
+                f"{where(name, key)}: {key!r} is a machine setting and does not "
                 "belong in the lockfile. Set it per machine instead: an environment variable "
                 "(MODELFIX_GPU_LAYERS, MODELFIX_THREADS, ...), a pytest option, a %load_model flag "
                 "or a load() argument."
             )
         if key not in ENTRY_SETTINGS and key not in _PIN_KEYS and key != "source":
             valid = ", ".join(["source", *ENTRY_SETTINGS, *_PIN_KEYS])
-            raise LockError(
-                f"{_where(path, text, name, key)}: unknown key {key!r} in [models.{name}]. Valid keys: {valid}."
-            )
+            raise LockError(f"{where(name, key)}: unknown key {key!r} in [models.{name}]. Valid keys: {valid}.")
     source = table.get("source")
     if not isinstance(source, str) or not source.strip():
-        raise LockError(f'{where}: [models.{name}] has no `source`. Add e.g. source = "org/repo:Q4_K_M".')
+        raise LockError(f'{where(name)}: [models.{name}] has no `source`. Add e.g. source = "org/repo:Q4_K_M".')
     settings = {}
     for key, types in ENTRY_SETTINGS.items():
         if key in table:
             value = table[key]
             if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
                 want = " or ".join(t.__name__ for t in types)
-                raise LockError(f"{_where(path, text, name, key)}: {key} must be {want}, got {value!r}.")
-            settings[key] = value
+                raise LockError(f"{where(name, key)}: {key} must be {want}, got {value!r}.")
+            settings[key] = _bounded(key, value, functools.partial(where, name, key))
     revision = table.get("revision")
     # Absent for URL and path sources; for the Hub it goes into download URLs, so nothing but a
     # full commit sha (never a branch name that moves, never "../x") is trusted there.
     if revision is not None and not (isinstance(revision, str) and is_commit_sha(revision)):
         raise LockError(
-            f"{_where(path, text, name, 'revision')}: revision must be a full commit sha "
+            f"{where(name, 'revision')}: revision must be a full commit sha "
             f"(40 lowercase hex characters), got {revision!r}. "
             f"Run `modelfix lock --upgrade --model {name}` to re-pin."
         )
-    files = tuple(_pin(item, i, name, path, text) for i, item in enumerate(_list(table, "files", name, path, text)))
+    files = tuple(_pin(item, i, name, where) for i, item in enumerate(_list(table, "files", name, where)))
+    check_view_names([(f.path, f.join) for f in files], _EntryLabel(where, name))
     pinned_from = table.get("pinned_from")
     return Entry(
         name=name,
@@ -343,29 +435,65 @@ def _entry(name: str, table: Any, path: Path, text: str) -> Entry:
     )
 
 
-def _list(table: dict, key: str, name: str, path: Path, text: str) -> list:
+def _bounded(key: str, value: Any, where: Callable[[], str]) -> Any:
+    """``value`` of setting ``key`` if a load would accept it (n_ctx at most 2**24, floats finite ...)."""
+    from .settings import check_setting
+
+    try:
+        return check_setting(key, value)
+    except ValueError as exc:
+        raise LockError(f"{where()}: {key} must be {exc}, got {value!r}.") from None
+
+
+def _list(table: dict, key: str, name: str, where: Where) -> list:
     value = table.get(key, [])
     if not isinstance(value, list):
-        raise LockError(f"{_where(path, text, name, key)}: `{key}` must be a list of inline tables.")
+        raise LockError(f"{where(name, key)}: `{key}` must be a list of inline tables.")
     return value
 
 
 def is_commit_sha(revision: str) -> bool:
     """A full commit sha, as Hub pins record it: 40 lowercase hex characters."""
-    return bool(_COMMIT_RE.match(revision))
+    return bool(_COMMIT_RE.fullmatch(revision))
 
 
 def check_name(name: str, where: str | None = None) -> None:
     """Refuse a model name that is not letters, digits, `_`, `.`, `-` starting with a letter or digit."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise LockError(
             f"{where + ': ' if where else ''}model name {name!r} must start with a letter or digit, "
             "followed by letters, digits, '_', '.' or '-' (e.g. chat or qwen-small)."
         )
 
 
-def _pin(item: Any, index: int, name: str, path: Path, text: str) -> FilePin:
-    label = f"{_where(path, text, name, 'files', index)}: files[{index}] of [models.{name}]"
+class _EntryLabel:
+    """``path:line: [models.NAME]`` (the line of its ``files``), looked up only when an error is raised."""
+
+    def __init__(self, where: Where, name: str) -> None:
+        self.where, self.name = where, name
+
+    def __str__(self) -> str:
+        return f"{self.where(self.name, 'files')}: [models.{self.name}]"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+class _PinLabel:
+    """``path:line: files[i] of [models.NAME]`` for the ``index``-th pin, looked up only when an error is raised."""
+
+    def __init__(self, where: Where, name: str, index: int) -> None:
+        self.where, self.name, self.index = where, name, index
+
+    def __str__(self) -> str:
+        return f"{self.where(self.name, 'files', self.index)}: files[{self.index}] of [models.{self.name}]"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _pin(item: Any, index: int, name: str, where: Where) -> FilePin:
+    label = _PinLabel(where, name, index)
     if not isinstance(item, dict):
         raise LockError(f"{label} must be an inline table {{ path, size, sha256, role }}.")
     extra = set(item) - {"path", "size", "sha256", "role", "join"}
@@ -380,7 +508,7 @@ def _pin(item: Any, index: int, name: str, path: Path, text: str) -> FilePin:
             f"{label} ({file_path}): size must be a non-negative integer of at most 2**50 bytes, "
             f"got {size!r}. Run `modelfix lock --upgrade --model {name}` to re-pin."
         )
-    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
         raise LockError(
             f"{label} ({file_path}): sha256 must be 64 lowercase hex characters, got {sha!r}. "
             f"Run `modelfix lock --upgrade --model {name}` to re-pin."
@@ -389,27 +517,30 @@ def _pin(item: Any, index: int, name: str, path: Path, text: str) -> FilePin:
         raise LockError(f"{label} ({file_path}): role must be one of {', '.join(ROLES)}, got {role!r}.")
     join = item.get("join")
     if join is not None:
-        check_relative_path(str(join), label)
+        if not isinstance(join, str):
+            raise LockError(
+                f"{label} ({file_path}): join must be the name of the joined file (a string), got {join!r}."
+            )
+        check_relative_path(join, f"{label} join")
     return FilePin(path=file_path, size=size, sha256=sha, role=role, join=join)
 
 
-def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[RoutingRule, ...], str | None]:
+def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule, ...], str | None]:
     if not isinstance(data, dict):
-        raise LockError(f"{_where(path, text, key='routing')}: [routing] must be a table.")
+        raise LockError(f"{where(key='routing')}: [routing] must be a table.")
     unknown = set(data) - {"rules", "default"}
     if unknown:
         raise LockError(
-            f"{_where(path, text, key='routing')}: unknown key {sorted(unknown)[0]!r} in [routing] (valid: rules, default)."
+            f"{where(key='routing')}: unknown key {sorted(unknown)[0]!r} in [routing] (valid: rules, default)."
         )
-    where = _where(path, text, key="routing")
     raw_rules = data.get("rules", [])
     if not isinstance(raw_rules, list):
         raise LockError(
-            f'{where}: routing.rules must be a list of tables: rules = [{{ pattern = "...", model = "NAME" }}].'
+            f'{where(key="routing")}: routing.rules must be a list of tables: rules = [{{ pattern = "...", model = "NAME" }}].'
         )
     default = data.get("default")
     if default is not None and not isinstance(default, str):
-        raise LockError(f"{where}: routing.default must be a model name (a string), not {default!r}.")
+        raise LockError(f"{where(key='routing')}: routing.default must be a model name (a string), not {default!r}.")
     rules = []
     for i, rule in enumerate(raw_rules):
         if (
@@ -417,67 +548,49 @@ def _routing(data: Any, entries: dict, path: Path, text: str) -> tuple[tuple[Rou
             or not isinstance(rule.get("pattern"), str)
             or not isinstance(rule.get("model"), str)
         ):
-            raise LockError(f"{where}: routing.rules[{i}] needs `pattern` and `model` strings.")
+            raise LockError(f"{where(key='routing')}: routing.rules[{i}] needs `pattern` and `model` strings.")
         extra = set(rule) - {"pattern", "model"}
         if extra:
-            raise LockError(f"{where}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] (valid: pattern, model).")
+            raise LockError(
+                f"{where(key='routing')}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] (valid: pattern, model)."
+            )
         try:
             re.compile(rule["pattern"])
         except re.error as exc:
-            raise LockError(f"{where}: routing.rules[{i}] pattern is not a valid regex: {exc}.") from None
+            raise LockError(
+                f"{where(key='routing')}: routing.rules[{i}] pattern is not a valid regex: {exc}."
+            ) from None
         rules.append(RoutingRule(rule["pattern"], rule["model"]))
     for model in [r.model for r in rules] + ([default] if default else []):
         if model not in entries:
-            raise LockError(f"{where}: routing names model {model!r}, which has no [models.{model}] table.")
+            raise LockError(
+                f"{where(key='routing')}: routing names model {model!r}, which has no [models.{model}] table."
+            )
     return tuple(rules), default
-
-
-def _where(path: Path, text: str, name: str | None = None, key: str | None = None, index: int | None = None) -> str:
-    """``path:line`` of ``[models.name]`` (and ``key`` inside it, and the ``index``-th inline
-    table of that key's array) for error messages."""
-    lines = text.splitlines()
-    start = 0
-    if name is not None:
-        header = re.compile(r"^\s*\[\s*models\s*\.\s*\"?" + re.escape(name) + r"\"?\s*\]")
-        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
-        if start is None:
-            return str(path)
-    if key is not None:
-        # `key = ...` inside the table, or a top-level `[key]` / `[[key.x]]` table header.
-        key_re = re.compile(r"^\s*(" + re.escape(key) + r"\s*=|\[+\s*" + re.escape(key) + r"\s*[.\]])")
-        for i in range(start + (1 if name else 0), len(lines)):
-            if name is not None and i > start and lines[i].lstrip().startswith("["):
-                break
-            if key_re.match(lines[i]):
-                return f"{path}:{_item_line(lines, i, index) if index is not None else i + 1}"
-    return f"{path}:{start + 1}"
-
-
-# An inline table opens a line or follows `[` or `,`: `files = [{...}, {...}]` or one per line.
-_INLINE_TABLE_RE = re.compile(r"(?:^|[\[,])\s*\{")
-
-
-def _item_line(lines: list[str], first: int, index: int) -> int:
-    """1-based line of the ``index``-th inline table of the array starting on line ``first``."""
-    seen = 0
-    for i in range(first, len(lines)):
-        if i > first and lines[i].lstrip().startswith("[") and "=" not in lines[i]:
-            break  # the next table: the array ended without that many items
-        seen += len(_INLINE_TABLE_RE.findall(lines[i]))
-        if seen > index:
-            return i + 1
-    return first + 1
 
 
 # --- the file on disk ------------------------------------------------------
 
 
 def read_raw(path: Path) -> str:
-    """The file's text as it is on disk (BOM and line ends kept), or a LockError that says the fix."""
-    if path.is_dir():
-        raise LockError(f"{path} is a folder, not a lockfile. Pass the file: --lock {path / LOCK_NAME}.")
+    """The file's text as it is on disk (BOM and line ends kept), or a LockError that says the fix.
+
+    Only a regular file of at most :data:`MAX_LOCKFILE_BYTES` is read: ``--lock /dev/zero`` or a
+    pipe would otherwise be read for ever (or block).
+    """
     try:
-        data = path.read_bytes()
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise LockError(f"{path} is a folder, not a lockfile. Pass the file: --lock {path / LOCK_NAME}.")
+        if not stat.S_ISREG(st.st_mode):
+            raise LockError(f"{path} is not a regular file: pass the lockfile itself with --lock PATH.")
+        _check_size(path, st.st_size)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat
+                raise LockError(f"{path} is not a regular file: pass the lockfile itself with --lock PATH.")
+            data = f.read(MAX_LOCKFILE_BYTES + 1)
+        _check_size(path, len(data))
     except FileNotFoundError:
         raise LockError(f"{path}: no such lockfile. Create one with `modelfix add NAME SOURCE`.") from None
     except PermissionError:
@@ -492,3 +605,11 @@ def read_raw(path: Path) -> str:
             f"{path}:{line}: the lockfile is not UTF-8 text (byte 0x{data[exc.start]:02x}). "
             "Save it as UTF-8; TOML files are always UTF-8."
         ) from None
+
+
+def _check_size(path: Path, size: int) -> None:
+    if size > MAX_LOCKFILE_BYTES:
+        raise LockError(
+            f"{path} is {size / 2**20:.1f} MiB, over the {MAX_LOCKFILE_BYTES // 2**20} MiB a lockfile may have: "
+            "is it the right file? Pass the lockfile with --lock PATH."
+        )

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LockError, ModelfixError, OfflineError, SourceError
+from .errors import LockError, ModelfixError, OfflineError, SettingsError, SourceError
 from .lockfile import (
     BOM,
     LOCK_NAME,
@@ -58,6 +58,7 @@ from .lockfile import (
     is_commit_sha,
     read_raw,
 )
+from .safefs import umask
 from .sources import shared_lookups, source_for
 
 __all__ = ["LockResult", "Problem", "lock", "add", "remove", "check", "write_pins", "add_entry"]
@@ -173,6 +174,7 @@ def add(
 ) -> LockResult:
     """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails (``offline`` as in :func:`lock`)."""
     check_name(name)
+    _check_settings(name, settings)
     try:
         lock_path = find_lockfile(path)
     except LockError:
@@ -256,6 +258,20 @@ def _same_apart_from(text: str, cut: str, names: Sequence[str]) -> bool:
     for name in names:
         before.get("models", {}).pop(name, None)
     return before == after
+
+
+def _check_settings(name: str, settings: Mapping[str, Any]) -> None:
+    """Refuse a setting the lockfile reader would refuse, before any network call."""
+    from .lockfile import ENTRY_SETTINGS
+    from .settings import check_setting
+
+    for key, value in settings.items():
+        if key not in ENTRY_SETTINGS:
+            raise SettingsError(f"{key!r} is not a setting of a lockfile entry (valid: {', '.join(ENTRY_SETTINGS)}).")
+        try:
+            check_setting(key, value)
+        except ValueError as exc:
+            raise SettingsError(f"model {name!r}: setting {key} = {value!r} is invalid: expected {exc}.") from None
 
 
 # --- writing the file --------------------------------------------------------
@@ -454,7 +470,8 @@ def _replace(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o644)
+        # A new lockfile gets what any new file would (0o666 & ~umask): a team's umask 002 keeps group write.
+        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask())
         os.replace(tmp, target)
     except BaseException as exc:
         if tmp is not None:

@@ -7,7 +7,8 @@
     sync(names=None, lock=None) -> [Materialized]   fetch what is missing, in parallel
     verify(names=None, lock=None, full=False) -> [Problem]
     push(names=None, lock=None)               copy the pinned blobs to the remote tier
-    prune(max_size), gc(), remove(name)       cache care, never touching what is in use
+    prune(max_size), gc(), remove(name)       cache care, never touching what is in use (from
+    cache_stats()                             :mod:`modelfix.care`, re-exported)
     missing(lockfile, settings), cached_state(entry, settings), jobs()
 
 ``lock`` is a path, a :class:`Lockfile`, or ``None`` for the nearest
@@ -35,7 +36,6 @@ The other caches and the remote tier (``push`` included) live in :mod:`modelfix.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shlex
@@ -50,12 +50,13 @@ from .config import CacheSettings, cache_root
 from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError
 from .eviction import format_size
 from .fetch import FetchPolicy, download
-from .hashing import file_identity, sha256_text
+from .hashing import Identity, file_identity, sha256_text
 from .jobs import Cancelled, Job, jobs, new_job
-from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile
+from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile, read_raw
 from .sources import Location, source_for
-from .store import Store, Usage
-from .tiers import adoption_candidates, push, remote_url
+from .care import cache_stats, gc, prune, remove
+from .store import Store
+from .tiers import adopt, adoption_candidates, push, remote_url
 from .transports import SourceMissing, Transport, transport_for
 from .views import Snapshot, ViewFile
 
@@ -110,7 +111,7 @@ class Problem:
 
 # --- the lockfile side -------------------------------------------------------
 
-_LOCKS: dict[str, tuple[tuple[int, int, int, int], str, Lockfile]] = {}  # path -> (identity, text, parse)
+_LOCKS: dict[str, tuple[Identity, str, Lockfile]] = {}  # path -> (identity, text, parse)
 # A file written this recently may be written again within the same tick of the filesystem's clock
 # (a jiffy on ext4, up to 2 s elsewhere) and keep its identity: its text is compared instead.
 _RACY_NS = 2_000_000_000
@@ -129,11 +130,7 @@ def _lockfile(lock: LockLike) -> Lockfile:
     cached = _LOCKS.get(where)
     if cached and cached[0] == stamp and time.time_ns() - stamp[3] > _RACY_NS:
         return cached[2]
-    try:
-        with open(where, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError):
-        return Lockfile.load(where)  # which says what is wrong with the file, in one line
+    text = read_raw(Path(where))  # a regular file of a bounded size, or a one-line LockError
     parsed = cached[2] if cached and cached[1] == text else Lockfile.parse(text, Path(where))
     _LOCKS[where] = (stamp, text, parsed)
     return parsed
@@ -298,7 +295,7 @@ def _build(entry: Entry, lockfile: Lockfile, store: Store) -> Materialized:
         sha = store.join([p.sha256 for p in pins]) if pins[0].join else pins[0].sha256
         shown.append(ViewFile(name, sha))
     key = content_key(entry)
-    store.build_view(key, shown, entry.name)
+    store.build_view(key, shown, entry.name, entry.revision)
     view = store.use_view(key)
     if view is None:
         raise CacheError(f"{entry.name}: the view {store.view_path(key)} changed while it was being made; run again.")
@@ -318,6 +315,7 @@ def _fetch(
     for entry in entries:
         for pin in entry.files:
             wanted.setdefault(pin.sha256, (entry, pin))
+    store.check_folders()  # a cache folder that is a link: one clear error before any download
     absent = {sha: item for sha, item in wanted.items() if not store.has(sha)}
     if settings.offline:
         stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile)}
@@ -355,8 +353,8 @@ def _fetch(
         store.unreserve([sha for sha in absent if not store.has(sha)])
     if errors:
         first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
-        if len(errors) > 1 and isinstance(first, ModelfixError):
-            others = "; ".join(str(e) for e in errors if e is not first)
+        others = "; ".join(dict.fromkeys(str(e) for e in errors if str(e) != str(first)))
+        if others and isinstance(first, ModelfixError):
             raise type(first)(f"{first} (also failed: {others})") from None
         raise first
 
@@ -381,11 +379,11 @@ def _ensure(
             if settings.remote:
                 sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
             sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
-        adopt = adoption_candidates(
+        others = adoption_candidates(
             pin.sha256, repo=getattr(source, "repo", None), filename=pin.path, revision=entry.revision
         )
         try:
-            _obtain(store, pin, label, job, sources, adopt, cancel, policy)
+            _obtain(store, pin, label, job, sources, others, cancel, policy)
         except SourceMissing as exc:
             if settings.offline:
                 raise OfflineError(_offline_message([(entry.name, pin)], lockfile, store)) from None
@@ -407,7 +405,7 @@ def _obtain(
     label: str,
     job: Job,
     sources: Sequence[tuple[str, Transport]],
-    adopt: Sequence[Path],
+    others: Sequence[Path],
     cancel: threading.Event,
     policy: FetchPolicy,
 ) -> None:
@@ -426,9 +424,9 @@ def _obtain(
         if store.check(pin.sha256):  # another process fetched it while we waited
             job.update("completed", source="cache")
             return
-        for candidate in adopt:
+        for candidate in others:
             job.update("verifying", source="adopted")
-            if store.adopt(pin.sha256, pin.size, candidate):
+            if adopt(store, pin.sha256, pin.size, candidate):
                 job.update("completed")
                 return
         try:
@@ -561,7 +559,7 @@ def verify(
         store.check_view(content_key(entry))  # puts back blobs deleted from under a whole view
         files = [(pin.path, pin.sha256) for pin in entry.files]
         for name, pins in _layout(entry):  # a joined file is a blob of its own, and the one llama.cpp reads
-            if pins[0].join and (joined := store.joined([p.sha256 for p in pins])):
+            if pins[0].join and (joined := store.joined([p.sha256 for p in pins], check=False)):
                 files.append((name, joined))
         for name, sha in files:
             if not store.has(sha):
@@ -609,69 +607,3 @@ def cached_state(entry: Entry, settings: CacheSettings) -> str:
     if any(present) or any(store.partial_path(p.sha256).exists() for p in entry.files):
         return "partial"
     return "missing"
-
-
-# --- cache care that needs to know a lockfile -----------------------------------------
-
-
-def _kept(lock: LockLike) -> set[str]:
-    """Every blob the lockfile in use pins (nothing if there is none): care never deletes them."""
-    try:
-        lockfile = _lockfile(lock)
-    except LockError:
-        if lock is not None:
-            raise
-        return set()
-    return {p.sha256 for e in lockfile.entries.values() for p in e.files}
-
-
-def prune(
-    max_size: float | str | None = None, lock: LockLike = None, *, settings: CacheSettings | None = None
-) -> list[str]:
-    """Evict least recently used blobs until the store fits ``max_size`` (default: the cap).
-
-    Keeps what live processes lease and what the lockfile in use pins, even
-    if that leaves the store above ``max_size``. Returns the evicted shas.
-    """
-    settings = settings or CacheSettings.resolve(max_size=max_size)
-    if settings.max_size == float("inf"):
-        raise CacheError(
-            "the cache has no cap to prune to: pass --max-size SIZE (e.g. 20GB) or set MODELFIX_CACHE_MAX_SIZE."
-        )
-    return Store(settings.root).make_room({}, settings.max_size, keep=_kept(lock), best_effort=True)
-
-
-def gc(lock: LockLike = None, *, settings: CacheSettings | None = None) -> dict[str, int]:
-    """Delete what nothing needs (see :meth:`Store.gc`), keeping the lockfile's pins."""
-    return _open(settings)[1].gc(keep=_kept(lock))
-
-
-def remove(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> tuple[int, list[str]]:
-    """Drop model ``name``'s view and the blobs no other view shows and no live process leases.
-
-    Returns (bytes freed, shas kept because they are in use elsewhere).
-    """
-    entry = _lockfile(lock).entry(name)
-    return _open(settings)[1].remove_views([content_key(entry)] if entry.files else [], [p.sha256 for p in entry.files])
-
-
-def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None) -> Usage:
-    """The store's usage, each view naming every lockfile model that shares it.
-
-    A view's manifest names only the model that built it; a second name with the
-    same pins reuses it as it is, so only the lockfile knows. Without a readable
-    lockfile the manifest's names are all there is: stats describe the cache, a
-    project is optional.
-    """
-    settings = settings or CacheSettings.resolve()
-    usage = Store(settings.root).usage()
-    try:
-        entries = _lockfile(lock).entries.values()
-    except ModelfixError:
-        return usage
-    names: dict[str, set[str]] = {}
-    for entry in entries:
-        if entry.files:
-            names.setdefault(content_key(entry), set()).add(entry.name)
-    views = tuple({**view, "models": sorted({*view["models"], *names.get(view["key"], ())})} for view in usage.views)
-    return dataclasses.replace(usage, views=views)

@@ -40,9 +40,10 @@ __all__ = [
 
 DEFAULT_TAGS = ("Q4_K_M", "Q8_0")
 
-SPLIT_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
-_LEGACY_PART_RE = re.compile(r"^(?P<base>.+\.gguf)\.part(?P<index>\d+)of(?P<count>\d+)$")
-_LEGACY_SPLIT_RE = re.compile(r"^(?P<base>.+\.gguf)-split-(?P<letter>[a-z]+)$")
+# ASCII digits only: \d also matches other scripts' digits ("００００1"), which int() reads as 1 too.
+SPLIT_RE = re.compile(r"(?P<prefix>.+)-(?P<index>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf")
+_LEGACY_PART_RE = re.compile(r"(?P<base>.+\.gguf)\.part(?P<index>[0-9]+)of(?P<count>[0-9]+)")
+_LEGACY_SPLIT_RE = re.compile(r"(?P<base>.+\.gguf)-split-(?P<letter>[a-z]+)")
 _NEVER_MODELS = ("mmproj", "imatrix")
 _NEVER_PREFIXES = ("mtp-", "eagle3-")
 _BITS_RE = re.compile(r"(?:^|[^a-z0-9])(?:i?q(\d+)|bf(16)|f(16|32))", re.IGNORECASE)
@@ -79,10 +80,10 @@ def _is_model_name(path: str) -> bool:
     name = posixpath.basename(path).lower()
     if any(word in name for word in _NEVER_MODELS) or name.startswith(_NEVER_PREFIXES):
         return False
-    return name.endswith(".gguf") or bool(_LEGACY_PART_RE.match(name) or _LEGACY_SPLIT_RE.match(name))
+    return name.endswith(".gguf") or bool(_LEGACY_PART_RE.fullmatch(name) or _LEGACY_SPLIT_RE.fullmatch(name))
 
 
-def model_groups(paths: list[str]) -> list[ModelGroup]:
+def model_groups(paths: list[str], *, repo: str = "") -> list[ModelGroup]:
     """Group the model files of a listing, in the order their first part appears."""
     groups: dict[tuple[str, ...], list[tuple[int, str]]] = {}
     kinds: dict[tuple[str, ...], str | None] = {}
@@ -90,13 +91,13 @@ def model_groups(paths: list[str]) -> list[ModelGroup]:
         if not _is_model_name(path):
             continue
         folder, name = posixpath.split(path)
-        if m := SPLIT_RE.match(name):
+        if m := SPLIT_RE.fullmatch(name):
             key = ("split", folder, m["prefix"], m["count"])
             index, join = int(m["index"]), None
-        elif m := _LEGACY_PART_RE.match(name):
+        elif m := _LEGACY_PART_RE.fullmatch(name):
             key = ("legacy", folder, m["base"], m["count"])
             index, join = int(m["index"]), posixpath.join(folder, m["base"])
-        elif m := _LEGACY_SPLIT_RE.match(name):
+        elif m := _LEGACY_SPLIT_RE.fullmatch(name):
             key = ("legacy", folder, m["base"], "")
             index, join = _letters_to_index(m["letter"]), posixpath.join(folder, m["base"])
         else:
@@ -105,10 +106,34 @@ def model_groups(paths: list[str]) -> list[ModelGroup]:
         kinds[key] = join
     result = []
     for key, members in groups.items():
+        _check_parts(key, members, f" in {repo}" if repo else "")
         parts = tuple(p for _, p in sorted(members))
         display = kinds[key] or parts[0]
         result.append(ModelGroup(key=display, parts=parts, join=kinds[key]))
     return result
+
+
+def _check_parts(key: tuple[str, ...], members: list[tuple[int, str]], where: str) -> None:
+    """A split set must have each part once, from 1 to its count: llama.cpp loads them by number."""
+    if key[0] != "split":
+        return
+    seen: dict[int, str] = {}
+    for index, path in members:
+        if index in seen:
+            raise SourceError(
+                f"the listing{where} has two files for part {index} of {int(key[3])} of one split set: "
+                f"{seen[index]!r} and {path!r}. A split set must have each part once; name one file "
+                "explicitly (hf://ORG/REPO/path/file.gguf) or fix the repository."
+            )
+        seen[index] = path
+    count = int(key[3])
+    missing = [i for i in range(1, count + 1) if i not in seen]
+    if missing or max(seen) > count:
+        name = posixpath.join(key[1], f"{key[2]}-0000K-of-{key[3]}.gguf")
+        what = f"lacks part {missing[0]} of {count}" if missing else f"has a part beyond {count}"
+        raise SourceError(
+            f"split set {name}{where} {what}: it cannot be loaded. Fix the repository or pick another tag."
+        )
 
 
 def _letters_to_index(letters: str) -> int:
@@ -133,7 +158,7 @@ def select(paths: list[str], tag: str | None, *, repo: str = "") -> Selection:
     Raises :class:`SourceError` listing what exists when nothing matches, or
     listing the candidates when the tag is ambiguous.
     """
-    groups = model_groups(paths)
+    groups = model_groups(paths, repo=repo)
     where = f" in {repo}" if repo else ""
     if not groups:
         raise SourceError(f"no GGUF model files{where}; the repository has: {_preview(paths)}")
@@ -164,7 +189,7 @@ def select(paths: list[str], tag: str | None, *, repo: str = "") -> Selection:
 
 def select_file(paths: list[str], path: str, *, repo: str = "") -> ModelGroup:
     """The group an explicitly named file belongs to (a split set travels whole)."""
-    for group in model_groups(paths):
+    for group in model_groups(paths, repo=repo):
         if path in group.parts:
             return group
     if path in paths:
@@ -187,7 +212,7 @@ def split_siblings(name: str, exists) -> list[str]:
     path sources, which have no listing.
     """
     folder, base = posixpath.split(name)
-    m = SPLIT_RE.match(base)
+    m = SPLIT_RE.fullmatch(base)
     if not m:
         return [name]
     count = int(m["count"])

@@ -50,6 +50,8 @@ __all__ = [
     "resolve_pool_settings",
     "parse_duration",
     "parse_memory_budget",
+    "check_setting",
+    "MAX_TOKENS",
 ]
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
@@ -114,12 +116,21 @@ class ResolvedSettings:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def _int(minimum: int) -> Callable[[Any], int]:
+# Far above any context or batch llama.cpp can allocate on real hardware, far below sizes that
+# overflow its int32 fields or ask for petabytes: a bigger value is a typo or a tampered lockfile.
+MAX_TOKENS = 2**24
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    expected = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+
     def convert(value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"an integer >= {minimum}")
+            raise ValueError(expected)
+        if maximum is not None and value > maximum:
+            raise ValueError(expected)
         return value
 
     return convert
@@ -138,7 +149,13 @@ def _float(value: Any) -> float:
         number = None
     if not isinstance(number, (int, float)) or isinstance(number, bool):
         raise ValueError("a number")
-    return float(number)
+    try:
+        number = float(number)
+    except OverflowError:  # an int beyond any float
+        raise ValueError("a finite number") from None
+    if not math.isfinite(number):  # nan and inf would reach llama.cpp's RoPE and poison every output
+        raise ValueError("a finite number")
+    return number
 
 
 def _bool(value: Any) -> bool:
@@ -175,7 +192,7 @@ def _split(value: Any) -> tuple[float, ...] | None:
     try:
         return tuple(_float(p) for p in parts)
     except (TypeError, ValueError):
-        raise ValueError('a list of numbers ("3,1" in the environment)') from None
+        raise ValueError('a list of numbers, each finite ("3,1" in the environment)') from None
 
 
 _CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
@@ -185,14 +202,14 @@ _CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "tensor_split": _split,
         "flash_attn": _bool,
         "offload_kqv": _bool,
-        "n_ctx": _int(0),
-        "n_batch": _int(1),
-        "n_ubatch": _int(1),
+        "n_ctx": _int(0, MAX_TOKENS),
+        "n_batch": _int(1, MAX_TOKENS),
+        "n_ubatch": _int(1, MAX_TOKENS),
         "n_threads": _optional_int,
         "n_threads_batch": _optional_int,
         "use_mmap": _bool,
         "use_mlock": _bool,
-        "seed": _int(-1),
+        "seed": _int(-1, LLAMA_DEFAULT_SEED),
         "rope_freq_base": _float,
         "rope_freq_scale": _float,
         "chat_format": _optional_str,
@@ -227,6 +244,12 @@ def _field_defaults() -> Mapping[str, Any]:
 def env_var(name: str) -> str:
     """The environment variable for setting ``name`` (``n_ctx`` → ``MODELFIX_N_CTX``)."""
     return _ENV_ALIASES.get(name, (f"MODELFIX_{name.upper()}",))[0]
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` of load setting ``name`` as a load takes it, else ValueError saying what is
+    expected (e.g. ``an integer >= 0 and <= 16777216``); the lockfile reader checks its settings here."""
+    return _CONVERTERS[name](value)
 
 
 def _check(name: str, value: Any, where: str) -> Any:

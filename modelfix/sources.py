@@ -42,7 +42,7 @@ from urllib.request import url2pathname
 
 from .errors import AuthError, NetworkError, OfflineError, SourceError, redact
 from .hooks import hookimpl, plugin_manager
-from .lockfile import FilePin, Pins, check_relative_path
+from .lockfile import MAX_FILE_SIZE, FilePin, Pins, check_relative_path
 from .selection import select, select_file, split_siblings
 
 __all__ = [
@@ -60,8 +60,10 @@ __all__ = [
 
 _CHUNK = 8 * 1024 * 1024
 _REPO_PART = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?"
-_REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
-_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+_REPO_RE = re.compile(rf"{_REPO_PART}/{_REPO_PART}")  # every check is a fullmatch: `$` passes a trailing newline
+_SHA1_RE = re.compile(r"[0-9a-f]{40}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_TAG_RE = re.compile(r"[\w.-]+", re.ASCII)
 _SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _REF_SLOT = "\x00ref\x00"  # stands in for a refs/pr/N revision while a Hub source is parsed
 
@@ -184,16 +186,16 @@ class HubSource:
             file = check_relative_path(file, f"source {text!r}")
         else:
             # org/repo[@rev][:TAG][@rev]; revision may contain '/' (refs/pr/1)
-            m = re.match(r"^(?P<repo>[^/@:]+/[^/@:]+)(?:@(?P<r1>[^:]+))?(?::(?P<tag>[^@]+))?(?:@(?P<r2>.+))?$", body)
+            m = re.fullmatch(r"(?P<repo>[^/@:]+/[^/@:]+)(?:@(?P<r1>[^:]+))?(?::(?P<tag>[^@]+))?(?:@(?P<r2>.+))?", body)
             if not m or (m["r1"] and m["r2"]):
                 raise SourceError(f"bad Hub source {text!r}: expected ORG/REPO[:TAG][@REVISION].")
             repo, tag, revision, file = m["repo"], m["tag"], m["r1"] or m["r2"], None
-        if not _REPO_RE.match(repo) or "--" in repo or ".." in repo or len(repo) > 96:
+        if not _REPO_RE.fullmatch(repo) or "--" in repo or ".." in repo or len(repo) > 96:
             raise SourceError(
                 f"bad repository id {repo!r} in source {text!r}: expected ORG/REPO made of "
                 "letters, digits, '-', '_' and '.' (e.g. bartowski/Qwen2.5-0.5B-Instruct-GGUF)."
             )
-        if tag is not None and not re.match(r"^[\w.-]+$", tag):
+        if tag is not None and not _TAG_RE.fullmatch(tag):
             raise SourceError(f"bad tag {tag!r} in source {text!r}: expected a quantization like Q4_K_M.")
         if special and revision == _REF_SLOT:
             revision = special[1]
@@ -218,27 +220,24 @@ class HubSource:
         )
 
     def resolve(self) -> Pins:
-        from huggingface_hub import HfApi
+        from . import hub_api
 
-        api = HfApi(endpoint=hub_endpoint(), token=hub_token() or False)
-        wanted = self.revision or "main"
-        where = (hub_endpoint(), self.repo)
+        endpoint, token, wanted = hub_endpoint(), hub_token(), self.revision or "main"
+        where = (endpoint, self.repo)
         commit = _looked_up(
             ("commit", *where, wanted),
-            lambda: self._call(lambda: api.model_info(self.repo, revision=wanted).sha, wanted),
+            lambda: self._call(lambda: hub_api.commit(endpoint, self.repo, wanted, token), wanted),
         )
-        if not commit or not _SHA1_RE.match(commit):
+        if not isinstance(commit, str) or not _SHA1_RE.fullmatch(commit):
             raise SourceError(f"{self.repo}: the Hub gave no commit for revision {wanted!r}.")
-
-        def listing() -> list[Any]:
-            tree = api.list_repo_tree(self.repo, revision=commit, recursive=True)
-            return [e for e in tree if hasattr(e, "size") and not hasattr(e, "tree_id")]
-
-        entries = _looked_up(("tree", *where, commit), lambda: self._call(listing, wanted))
+        entries = _looked_up(
+            ("tree", *where, commit),
+            lambda: self._call(lambda: hub_api.tree(endpoint, self.repo, commit, token), wanted),
+        )
         for entry in entries:
-            check_relative_path(entry.path, f"{self.repo}@{commit[:12]}: the server listed file")
-        by_path = {e.path: e for e in entries}
-        paths = [e.path for e in entries]
+            check_relative_path(entry.get("path"), f"{self.repo}@{commit[:12]}: the server listed file")
+        by_path = {e["path"]: e for e in entries}
+        paths = list(by_path)
         if self.file:
             group = select_file(paths, self.file, repo=self.repo)
             chosen = [(p, "model", group.join) for p in group.parts]
@@ -252,40 +251,28 @@ class HubSource:
         files = tuple(self._pin(by_path[p], role, join, commit) for p, role, join in chosen)
         return Pins(revision=commit, files=files, pinned_from=self.text)
 
-    def _pin(self, entry: Any, role: str, join: str | None, commit: str) -> FilePin:
-        lfs = getattr(entry, "lfs", None)
-        if lfs is not None:
-            sha = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
-            size = lfs.size if hasattr(lfs, "size") else lfs["size"]
+    def _pin(self, entry: dict[str, Any], role: str, join: str | None, commit: str) -> FilePin:
+        path, lfs = entry["path"], entry.get("lfs")
+        if isinstance(lfs, dict):
+            sha, size = lfs.get("oid", lfs.get("sha256")), lfs.get("size")
         else:
             # Plain git files (preset.ini) have no published sha256: hash their bytes.
-            key = ("plain", hub_endpoint(), self.repo, commit, entry.path)
-            sha, size = _looked_up(key, lambda: self._hash_plain(entry.path, commit))
-        return FilePin(path=entry.path, size=int(size), sha256=str(sha).lower(), role=role, join=join)
+            key = ("plain", hub_endpoint(), self.repo, commit, path)
+            sha, size = _looked_up(key, lambda: self._hash_plain(path, entry.get("size"), commit))
+        if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha.lower()):
+            raise SourceError(f"{self.repo}@{commit[:12]}: the server listed {path!r} without a valid sha256.")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_SIZE:
+            raise SourceError(f"{self.repo}@{commit[:12]}: the server listed {path!r} with size {size!r}.")
+        return FilePin(path=path, size=size, sha256=sha.lower(), role=role, join=join)
 
-    def _hash_plain(self, path: str, commit: str) -> tuple[str, int]:
-        """sha256 of a non-LFS file, streamed: usually a few bytes, but never held whole."""
-        from huggingface_hub.utils import (
-            build_hf_headers,
-            get_session,
-            hf_raise_for_status,
-        )
+    def _hash_plain(self, path: str, size: Any, commit: str) -> tuple[str, int]:
+        """sha256 of a non-LFS file, streamed: never more than the size its listing declares."""
+        from . import hub_api
 
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= hub_api.MAX_ANSWER_BYTES:
+            raise SourceError(f"{self.repo}@{commit[:12]}: the server listed plain file {path!r} with size {size!r}.")
         url = self.locate(FilePin(path, 0, "0" * 64), commit).url
-        headers = build_hf_headers(token=hub_token() or False)
-
-        def fetch() -> tuple[str, int]:
-            digest, size = hashlib.sha256(), 0
-            with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
-                if response.status_code >= 400:
-                    response.read()  # the client's error builder reads the body
-                    hf_raise_for_status(response)
-                for chunk in response.iter_bytes(_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-            return digest.hexdigest(), size
-
-        return self._call(fetch, commit)
+        return self._call(lambda: hub_api.plain_file(url, size, hub_token(), self.repo, path), commit)
 
     def _call(self, fn, revision: str):
         """Run a Hub call, retrying what a retry can fix (5xx, 429, resets), with backoff.
@@ -499,7 +486,7 @@ class BuiltinSources:
         as_path = Path(os.path.expanduser(text))
         if not as_path.is_absolute():
             as_path = base_dir / as_path
-        looks_local = text.startswith((".", "/", "~")) or text.endswith(".gguf") or as_path.exists()
+        looks_local = text.startswith((".", "/", "~")) or text.endswith(".gguf") or os.path.exists(as_path)
         if looks_local:
             return FsspecSource(text=text, url=str(as_path.resolve()))
         if text.count("/") == 1 or re.match(r"^[^/]+/[^/@:]+[:@]", text):

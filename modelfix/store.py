@@ -4,10 +4,11 @@ Layout under the cache root (:meth:`CacheSettings.resolve().root`)::
 
     <root>/
       blobs/sha256/ab/abcd…ef      one file per sha256, read-only once committed
-      memo/ab/abcd…ef.json         what was verified: xxh3, and the (dev, inode, size,
-                                   mtime_ns) the blob had then; same identity = same bytes
+      memo/ab/abcd…ef.json         what was verified: xxh3, and the (dev, inode, size, mtime_ns,
+                                   ctime_ns) the blob had then; same identity = same bytes
       tmp/abcd…ef.partial          a download in progress, resumable (+ .ranges journal)
-      locks/abcd…ef.lock           filelock: one writer per blob across processes
+      tmp/<key>.adopt-<rand>       a file being adopted or joined, before its commit
+      locks/abcd…ef.lock           flock: one writer per blob (or view-<key>) across processes
       locks/store.lock             flock: shared while taking a lease, exclusive to evict
       joins/<key>                  sha256 of the file joined from legacy parts <key>
       views/<content_key>/         a model's files under their pinned names, linked to
@@ -17,14 +18,20 @@ Layout under the cache root (:meth:`CacheSettings.resolve().root`)::
 A blob enters ``blobs/`` only by a rename from ``tmp/`` after its size and
 sha256 matched, so no reader ever sees a partial or wrong blob; the one other
 way back in is a blob deleted from under a whole view, linked back from the
-view's unchanged file (:meth:`Store._relink`). A partial is
+view's file once its bytes are checked (:meth:`Store.relink`). A partial is
 named by its blob, not by its process, so that a download killed outright
 (SIGKILL, a closed laptop) is resumed by whichever process next takes the
 blob's lock; any source may continue it, since the bytes are the same.
 Eviction removes a blob together with every view holding a link to it (a hard
 link would otherwise keep its bytes on disk), never a blob a live process
-leases. An OSError met writing here becomes a :class:`CacheError` that names
-the path and the fix (:func:`cache_error`).
+leases. Usage, gc and removal live in :mod:`modelfix.care`.
+
+The cache may be shared by several users (see :mod:`modelfix.safefs`): its own
+folders must be folders, not links (the root may be a link the user made);
+files are opened without following links and created new, never written
+through; a blob is never a symlink; everything is created 0o666/0o777 and the
+umask decides. An OSError met writing here becomes a :class:`CacheError` that
+names the path and the fix (:func:`cache_error`).
 """
 
 from __future__ import annotations
@@ -34,40 +41,31 @@ import errno
 import json
 import logging
 import os
-import shutil
+import stat
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import leases, views
+from . import leases, safefs, views
+from .care import Usage
 from .config import CacheSettings
 from .errors import CacheError
 from .events import Event, events
 from .eviction import Candidate, NoRoom, plan
-from .hashing import Digest, FileHash, file_identity, hash_file, sha256_text
+from .hashing import Digest, FileHash, Identity, hash_fd, identity_of, sha256_text
 from .jobs import Cancelled
 from .views import Snapshot, View, ViewFile
 
-__all__ = ["Store", "Usage", "stats", "writing", "cache_error"]
+__all__ = ["Store", "Usage", "stats", "writing", "cache_error", "FOLDERS"]
 
 log = logging.getLogger("modelfix")
-_LOCK_POLL = 0.2  # seconds between checks for a cancel while waiting on another writer
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What ``modelfix cache stats`` prints."""
-
-    root: Path
-    blobs: int
-    blob_bytes: int
-    views: tuple[dict[str, Any], ...]
-    partial_bytes: int
-    live_leases: int
+_LOCK_POLL = 0.05  # seconds between tries of another writer's lock (and checks for a cancel)
+_MEMO_LIMIT = 64 * 1024
+# The folders modelfix makes under the root: each must be a folder, never a link.
+FOLDERS = ("blobs", "memo", "tmp", "locks", "joins", "views", "leases")
 
 
 class Store:
@@ -91,15 +89,17 @@ class Store:
 
     def discard_partial(self, sha: str) -> None:
         partial = self.partial_path(sha)
-        partial.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)  # unlink never follows a link: it removes the name
         partial.with_name(partial.name + ".ranges").unlink(missing_ok=True)
 
     def discard_empty_partial(self, sha: str) -> None:
         """Drop blob ``sha``'s partial download if not one byte of it arrived: it has nothing to
         resume, yet would show the model as partly cached. Best effort: it never hides an error."""
         partial = self.root / "tmp" / f"{sha}.partial"  # partial_path() would make tmp/ first
-        with contextlib.suppress(OSError):
-            if partial.stat().st_size == 0:
+        with contextlib.suppress(OSError, CacheError):
+            safefs.folder(self.root, "tmp", create=False)
+            st = os.lstat(partial)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 partial.unlink()
                 partial.with_name(partial.name + ".ranges").unlink(missing_ok=True)
 
@@ -110,57 +110,91 @@ class Store:
         return self.root / "locks" / f"{key}.lock"
 
     def _dir(self, *parts: str) -> Path:
+        """``root/parts...``, made where missing; a folder of the cache that is a link is refused."""
         path = self.root.joinpath(*parts)
         with writing(path):
-            path.mkdir(parents=True, exist_ok=True)
-        return path
+            self.root.mkdir(parents=True, exist_ok=True)  # the root and above: the user's, links allowed
+            return safefs.folder(self.root, *parts)
 
-    def _staged(self, key: str, what: str) -> Path:
+    def check_folders(self) -> None:
+        """Refuse, before deleting anything, a cache whose own folders are links (or files)."""
+        for name in FOLDERS:
+            with contextlib.suppress(FileNotFoundError):
+                safefs.folder(self.root, name, create=False)
+        with contextlib.suppress(FileNotFoundError):
+            safefs.folder(self.root, "blobs", "sha256", create=False)
+
+    def staged(self, key: str, what: str) -> Path:
         """A fresh name in ``tmp/`` for ``what`` (adopt, join) to fill under ``key``'s writer lock."""
         return self._dir("tmp") / f"{key}.{what}-{uuid.uuid4().hex[:8]}"
 
     # --- blobs and their memo --------------------------------------------------
 
     def has(self, sha: str) -> bool:
-        return self.blob_path(sha).is_file()
+        """Is blob ``sha`` here, as a regular file (a link in its place is no blob)?"""
+        try:
+            return stat.S_ISREG(os.lstat(self.blob_path(sha)).st_mode)
+        except OSError:
+            return False
 
     def memo(self, sha: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._memo_path(sha).read_text())
-        except (OSError, ValueError):
+            record = json.loads(safefs.read_small(self._memo_path(sha), _MEMO_LIMIT) or b"")
+        except (OSError, ValueError, CacheError):
             return None
+        return record if isinstance(record, dict) else None
 
-    def _write_memo(self, sha: str, result: FileHash) -> None:
-        record = {"size": result.size, "xxh3": result.xxh3, "id": list(file_identity(self.blob_path(sha)))}
-        _atomic_write(self._memo_path(sha), json.dumps(record))
+    def _write_memo(self, sha: str, result: FileHash, identity: Identity) -> None:
+        record = {"size": result.size, "xxh3": result.xxh3, "id": list(identity)}
+        self._dir("memo", sha[:2])
+        with writing(self._memo_path(sha)):
+            safefs.replace(self._memo_path(sha), json.dumps(record).encode())
 
     def check(self, sha: str) -> bool:
         """Is the blob present and still the bytes we verified? Hashes only if its identity moved.
 
-        A blob whose identity changed (restored from a backup, touched) is
-        re-hashed: xxh3 against the memo, or sha256 if there is no memo. A
-        blob that fails is deleted, so the next fetch replaces it.
+        A blob whose identity changed (restored from a backup, touched, its ctime moved by a
+        link elsewhere) is re-hashed: xxh3 against the memo, or sha256 if there is no memo. A
+        blob that fails, or is not a regular file, is deleted, so the next fetch replaces it.
         """
         path = self.blob_path(sha)
         try:
-            ident = list(file_identity(path))
+            st = os.lstat(path)
         except FileNotFoundError:
             return False
         record = self.memo(sha)
-        if record and record.get("id") == ident:
+        if stat.S_ISREG(st.st_mode) and record and record.get("id") == list(identity_of(st)):
             return True
-        if record and record.get("xxh3"):
-            ok = hash_file(path, sha256=False).xxh3 == record["xxh3"] and ident[2] == record["size"]
-            result = FileHash(ident[2], sha, record["xxh3"])
-        else:
-            result = hash_file(path)
-            ok = result.sha256 == sha
+        fd = None
+        with contextlib.suppress(CacheError):  # a link or a pipe in a blob's place: no blob
+            fd = safefs.open_regular(path)
+        if fd is None:
+            log.warning("%s is not a regular file; removing it so that the blob is fetched again", path)
+            self.evict([sha])
+            return False
+        try:
+            ok = self._rehash(sha, fd, record)
+        finally:
+            os.close(fd)
         if not ok:
             log.warning("blob %s in %s changed on disk; removing it so that it is fetched again", sha[:12], self.root)
             self.evict([sha])
-            return False
-        self._write_memo(sha, result)
-        return True
+        return ok
+
+    def _rehash(self, sha: str, fd: int, record: dict[str, Any] | None, *, remember: bool = True) -> bool:
+        """Hash the file open at ``fd`` against blob ``sha`` (xxh3 of the memo, else sha256); if it
+        matches and ``remember``, record its identity (taken before hashing) in the memo."""
+        identity = identity_of(os.fstat(fd))
+        if record and record.get("xxh3"):
+            result = FileHash(identity[2], sha, record["xxh3"])
+            ok = identity[2] == record.get("size") and hash_fd(fd, sha256=False).xxh3 == record["xxh3"]
+        else:
+            result = hash_fd(fd)
+            ok = result.sha256 == sha
+        if ok and remember:
+            with contextlib.suppress(CacheError):  # a read-only cache: checked again next time
+                self._write_memo(sha, result, identity)
+        return ok
 
     def verify_blob(self, sha: str, *, full: bool) -> tuple[str, str] | None:
         """Hash a committed blob: None if good, else (expected, got) as ``algo:hex``.
@@ -169,17 +203,27 @@ class Store:
         ``full`` (or when there is no memo). A wrong blob is removed, with the
         views showing it, so that ``modelfix sync`` fetches it again.
         """
-        path = self.blob_path(sha)
         record = self.memo(sha)
         fast = not full and bool(record and record.get("xxh3"))
-        result = hash_file(path, sha256=not fast, xxh3=fast or record is None)
+        fd = None
+        with contextlib.suppress(CacheError):
+            fd = safefs.open_regular(self.blob_path(sha))
+        if fd is None:
+            self.evict([sha])
+            return f"sha256:{sha}", "not a regular file"
+        try:
+            identity = identity_of(os.fstat(fd))
+            result = hash_fd(fd, sha256=not fast, xxh3=fast or record is None)
+        finally:
+            os.close(fd)
         expected = f"xxh3:{record['xxh3']}" if fast and record else f"sha256:{sha}"
         got = f"xxh3:{result.xxh3}" if fast else f"sha256:{result.sha256}"
         if got != expected:
             self.evict([sha])
             return expected, got
-        if record is None or record.get("id") != list(file_identity(path)):
-            self._write_memo(sha, FileHash(result.size, sha, result.xxh3 or (record or {}).get("xxh3")))
+        if record is None or record.get("id") != list(identity):
+            with contextlib.suppress(CacheError):
+                self._write_memo(sha, FileHash(result.size, sha, result.xxh3 or (record or {}).get("xxh3")), identity)
         return None
 
     def commit(self, sha: str, staged: Path, result: FileHash) -> None:
@@ -187,11 +231,69 @@ class Store:
         # No fsync: a power cut may leave a bad blob behind a good name, which
         # `modelfix verify` catches; fsyncing every gigabyte would halve cold fetches.
         final = self.blob_path(sha)
+        self._dir("blobs", "sha256", sha[:2])
         with writing(final):
-            os.chmod(staged, 0o444)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = safefs.open_regular(staged)
+            if fd is None:
+                raise FileNotFoundError(errno.ENOENT, "the verified file is gone", str(staged))
+            try:
+                if os.fstat(fd).st_size != result.size:
+                    raise CacheError(f"{staged} changed after it was verified (another process?); run again.")
+                try:
+                    os.fchmod(fd, 0o444 & ~safefs.umask())  # read-only: nothing writes a blob in place
+                except PermissionError:
+                    # A root-owned file adopted by link: only root could write it, which is trusted.
+                    if os.fstat(fd).st_uid != 0:
+                        raise
+            finally:
+                os.close(fd)
             os.replace(staged, final)
-        self._write_memo(sha, result)
+            identity = identity_of(os.lstat(final))  # after the rename, which moves the ctime
+        self._write_memo(sha, result, identity)
+
+    # --- what checking a view asks of the store (views.Blobs) -------------------
+
+    def rehash(self, sha: str, fd: int, *, is_blob: bool) -> bool:
+        """Are the bytes open at ``fd`` those verified as blob ``sha``? If ``is_blob`` (the same
+        inode as the blob) its new identity is recorded in the memo, so it is not hashed again."""
+        return self._rehash(sha, fd, self.memo(sha), remember=is_blob)
+
+    def relink(self, sha: str, source: Path) -> Identity | None:
+        """Put blob ``sha``, deleted from under a whole view, back from the view's file ``source``.
+
+        The link is made first and the blob then hashed through it, its identity taken before
+        the hash: what is recorded is what was hashed, and any later change moves the ctime. A
+        cache where the link cannot be made (read-only) checks the view's file in place.
+        Returns the file's identity now, or None if its bytes are not the blob's.
+        """
+        blob = self.blob_path(sha)
+        try:
+            self._dir("blobs", "sha256", sha[:2])
+            os.link(source, blob)  # link() never follows: a link at source would stay a link
+            linked = True
+        except (OSError, CacheError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
+                return None  # another process put one back meanwhile: look again next time
+            linked = False
+        fd = None
+        with contextlib.suppress(OSError, CacheError):
+            fd = safefs.open_regular(blob if linked else source)
+        if fd is None:
+            if linked:
+                blob.unlink(missing_ok=True)
+            return None
+        try:
+            identity = identity_of(os.fstat(fd))
+            ok = self._rehash(sha, fd, self.memo(sha), remember=linked)
+        finally:
+            os.close(fd)
+        if not ok:
+            if linked:
+                blob.unlink(missing_ok=True)
+            return None
+        if linked:
+            log.info("restored blob %s in %s from view %s", sha[:12], self.root, source.parent.name)
+        return identity
 
     # --- getting a blob ---------------------------------------------------------
 
@@ -204,62 +306,24 @@ class Store:
         absent, two writers may share a partial, and the sha256 check before
         the rename still keeps their mixed bytes out of ``blobs/``.
         """
-        from filelock import FileLock, Timeout
-
         with _thread_lock(str(self.root / sha)):
             self._dir("locks")
-            lock = FileLock(self._lock_path(sha), thread_local=False)
-            while True:
-                try:
-                    lock.acquire(timeout=_LOCK_POLL)
-                    break
-                except Timeout:
-                    if cancel.is_set():
-                        raise Cancelled(f"{sha[:12]}: cancelled while another process writes it") from None
+            with writing(self._lock_path(sha)):
+                fd = safefs.lock_file(self._lock_path(sha))
             try:
+                while safefs.try_lock(fd) is False:
+                    if cancel.wait(_LOCK_POLL):
+                        raise Cancelled(f"{sha[:12]}: cancelled while another process writes it")
                 yield
             finally:
-                lock.release()
+                os.close(fd)  # closing drops the flock
 
-    def adopt(self, sha: str, size: int, candidate: Path) -> bool:
-        """Take a verified copy of ``candidate`` (another cache's file) as blob ``sha``.
-
-        A hard link costs no space; it also makes the other cache's file
-        read-only, which neither huggingface_hub nor llama.cpp minds (they
-        only ever replace files, never write into them).
-        """
-        try:
-            # A snapshot entry is a relative symlink to the other cache's blob; Linux's link()
-            # would link the symlink itself, which points nowhere from here.
-            candidate = candidate.resolve(strict=True)
-            if candidate.stat().st_size != size:
-                return False
-        except OSError:
-            return False
-        staged = self._staged(sha, "adopt")
-        try:
-            try:
-                os.link(candidate, staged)
-            except OSError:
-                shutil.copyfile(candidate, staged)
-            result = hash_file(staged)
-            if result.sha256 != sha:
-                log.warning("%s looked like blob %s but its bytes differ; not adopting it", candidate, sha[:12])
-                return False
-            self.commit(sha, staged, result)
-            log.info("adopted %s from %s", sha[:12], candidate)
-            return True
-        except OSError as exc:
-            log.info("could not adopt %s: %s", candidate, exc)
-            return False
-        finally:
-            staged.unlink(missing_ok=True)
-
-    def joined(self, parts: Sequence[str]) -> str | None:
-        """The blob made by :meth:`join` from ``parts``, if it was made and is still here."""
-        with contextlib.suppress(OSError):
-            sha = (self.root / "joins" / _join_key(parts)).read_text().strip()
-            return sha if self.check(sha) else None
+    def joined(self, parts: Sequence[str], *, check: bool = True) -> str | None:
+        """The blob made by :meth:`join` from ``parts``, if it was made and is still here (and,
+        with ``check``, still the bytes verified; ``verify`` hashes it itself, to report it)."""
+        with contextlib.suppress(OSError, ValueError, CacheError):
+            sha = (safefs.read_small(self.root / "joins" / _join_key(parts), 256) or b"").decode().strip()
+            return sha if sha and (self.check(sha) if check else self.has(sha)) else None
         return None
 
     def join(self, parts: Sequence[str], cancel: threading.Event | None = None) -> str:
@@ -269,12 +333,15 @@ class Store:
         key = _join_key(parts)
         record = self.root / "joins" / key
         with self.writer(key, cancel or threading.Event()):
-            staged = self._staged(key, "join")
+            staged = self.staged(key, "join")
             try:
                 digest = Digest()
-                with writing(staged), open(staged, "wb") as out:
+                with writing(staged), os.fdopen(safefs.create(staged), "wb") as out:
                     for part in parts:
-                        with open(self.blob_path(part), "rb") as src:
+                        fd = safefs.open_regular(self.blob_path(part))
+                        if fd is None:
+                            raise FileNotFoundError(errno.ENOENT, "a part is missing", str(self.blob_path(part)))
+                        with os.fdopen(fd, "rb") as src:
                             while chunk := src.read(8 * 1024 * 1024):
                                 out.write(chunk)
                                 digest.update(chunk)
@@ -284,7 +351,9 @@ class Store:
                     self.commit(joined, staged, result)
             finally:
                 staged.unlink(missing_ok=True)
-            _atomic_write(record, joined)
+            self._dir("joins")
+            with writing(record):
+                safefs.replace(record, joined.encode())
             return joined
 
     # --- views ---------------------------------------------------------------
@@ -292,12 +361,12 @@ class Store:
     def use_view(self, key: str, seen: Snapshot | None = None) -> Snapshot | None:
         """View ``key`` if it is whole, each file still the blob it was made from; its blobs leased.
 
-        This is the warm path: one small read and a stat per file, no hashing;
-        with ``seen`` (what an earlier call returned) the stats alone, while
-        they match and this process still leases its blobs (a forked child
-        does not). The lease is taken, and the view checked again, under the
-        shared store lock, so an eviction either sees the lease or finished
-        before the check.
+        This is the warm path: with ``seen`` (what an earlier call returned) one
+        stat per file, while they match and this process still leases its blobs
+        (a forked child does not); otherwise one small read, a stat per file and
+        an lstat per blob (:meth:`View.check`), no hashing unless an identity
+        moved. The lease is taken, and the view checked again, under the shared
+        store lock, so an eviction either sees the lease or finished before the check.
         """
         if seen is not None and seen.shas <= leases.held(self.root) and seen.unchanged():
             _used(seen.manifest)
@@ -315,46 +384,22 @@ class Store:
         return now
 
     def _check_view(self, key: str) -> Snapshot | None:
-        """View ``key`` if it is whole, putting back any blob deleted from under it (see :meth:`_relink`)."""
+        """View ``key`` if it is whole (see :meth:`View.check`), putting back blobs deleted from under it."""
         view = View.read(self.view_path(key))
-        snapshot = view.snapshot()
-        if snapshot is not None:
-            self._relink(view)
-        return snapshot
+        return view.check(self) if view.files else None
 
     def check_view(self, key: str) -> bool:
         """Is view ``key`` whole? Restores blobs deleted from under it, takes no lease (for ``verify``)."""
         return self._check_view(key) is not None
 
-    def _relink(self, view: View) -> None:
-        """Link back into ``blobs/`` each blob of whole ``view`` that was deleted there.
-
-        A hard-linked view keeps a deleted blob's bytes, and the warm path
-        trusts the view: without this, ``verify`` would call the blob missing
-        while ``sync`` found nothing to fetch. The view's file still has the
-        identity recorded when it was linked from the verified blob, so it is
-        that blob (the memo, keyed by identity, agrees); a copy is re-hashed
-        like any blob whose identity moved. (A symlinked view dangles instead,
-        is not whole, and is rebuilt.) A blob that cannot be linked back
-        (a read-only cache) stays missing: the view still works.
-        """
-        for item in view.files:
-            blob = self.blob_path(item["sha256"])
-            if blob.exists():
-                continue
-            with contextlib.suppress(OSError):
-                blob.parent.mkdir(parents=True, exist_ok=True)
-                os.link(view.path / item["name"], blob)
-                log.info("restored blob %s in %s from view %s", item["sha256"][:12], self.root, view.path.name)
-
-    def build_view(self, key: str, files: Sequence[ViewFile], model: str) -> Path:
+    def build_view(self, key: str, files: Sequence[ViewFile], model: str, revision: str | None = None) -> Path:
         """Make (or repair) view ``key`` showing ``files``; every blob must be present."""
         final = self._dir("views") / key
         # One builder at a time, so that a good view is never swapped out under a reader.
         with self.writer(f"view-{key}", threading.Event()):
             if self._check_view(key) is None:
                 with writing(final):
-                    views.build(final, files, model, self.blob_path)
+                    views.build(final, files, model, self.blob_path, revision)
         return final
 
     def _views(self) -> Iterator[View]:
@@ -364,14 +409,16 @@ class Store:
 
     @contextlib.contextmanager
     def _store_lock(self, shared: bool) -> Iterator[None]:
-        """Shared while a lease is taken, exclusive while evicting (see :mod:`modelfix.leases`)."""
-        import fcntl
+        """Shared while a lease is taken, exclusive while evicting (see :mod:`modelfix.leases`).
 
+        The lock file is made 0o666 & ~umask, so that every user of a team's cache may take it
+        (another user's lock file that this one may not write is opened read-only: flock needs no more).
+        """
         path = self._dir("locks") / "store.lock"
         with writing(path):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = safefs.lock_file(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            safefs.try_lock(fd, shared=shared, wait=True)
             yield
         finally:
             os.close(fd)  # closing drops the flock
@@ -389,40 +436,29 @@ class Store:
             leases.unreserve(self.root, shas)
 
     def _take(self, shas: Iterable[str], sizes: Mapping[str, int] | None = None) -> None:
+        self._dir("leases")
         with writing(self.root / "leases"):
             leases.take(self.root, shas, sizes)
 
-    # --- care: usage, eviction, gc --------------------------------------------------
+    # --- eviction ---------------------------------------------------------------
 
-    def _blobs(self) -> Iterator[tuple[str, os.stat_result]]:
+    def blobs(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every blob (a regular file named by its sha256) and its lstat; anything else there is left alone."""
         base = self.root / "blobs" / "sha256"
-        for folder in base.iterdir() if base.is_dir() else ():
-            for blob in folder.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    yield blob.name, blob.stat()
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for folder in os.scandir(base):
+                if not folder.is_dir(follow_symlinks=False):
+                    continue
+                for blob in os.scandir(folder.path):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = blob.stat(follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode) and _is_sha256(blob.name):
+                            yield blob.name, st
 
     def usage(self) -> Usage:
-        blobs = dict(self._blobs())
-        shown = [
-            {
-                "key": view.path.name,
-                "models": list(view.models),
-                "last_used": used,
-                "bytes": sum(blobs[s].st_size for s in view.shas if s in blobs),
-            }
-            for view in self._views()
-            if (used := view.last_used()) is not None
-        ]
-        tmp = self.root / "tmp"
-        partial = sum(p.stat().st_size for p in tmp.glob("*.partial")) if tmp.is_dir() else 0
-        return Usage(
-            self.root,
-            len(blobs),
-            sum(s.st_size for s in blobs.values()),
-            tuple(sorted(shown, key=lambda v: -v["last_used"])),
-            partial,
-            leases.live(self.root)[1],
-        )
+        from .care import usage
+
+        return usage(self)
 
     def make_room(
         self,
@@ -432,6 +468,7 @@ class Store:
         *,
         model: str = "",
         best_effort: bool = False,
+        dry_run: bool = False,
     ) -> list[str]:
         """Evict least recently used blobs until the blobs ``incoming`` (sha256 -> size) fit in ``budget``.
 
@@ -442,11 +479,12 @@ class Store:
         On success the incoming blobs are reserved for this process (leased,
         with their sizes), in the same turn of the store lock: two processes
         syncing at once cannot both count on the same free space.
-        Returns the evicted shas.
+        Returns the evicted shas (with ``dry_run``, those it would evict, evicting nothing).
         """
         keep = set(keep)
+        self.check_folders()
         with self._store_lock(shared=False):
-            sizes = leases.live_with_sizes(self.root)
+            sizes = leases.live_with_sizes(self.root, tidy=not dry_run)
             leased = set(sizes)
             last_used: dict[str, float] = {}
             for view in self._views():
@@ -455,7 +493,7 @@ class Store:
                     last_used[sha] = max(used, last_used.get(sha, 0.0))
             candidates = [
                 Candidate(sha, st.st_size, last_used.get(sha, st.st_mtime), held=sha in keep or sha in leased)
-                for sha, st in self._blobs()
+                for sha, st in self.blobs()
             ]
             present = {str(c.key) for c in candidates}
             # Downloads other processes (or this one's other threads) have room for: held, like a
@@ -464,15 +502,17 @@ class Store:
             candidates += [Candidate(sha, size, time.time(), held=True) for sha, size in others.items()]
             needed = sum(size for sha, size in incoming.items() if sha not in others)
             try:
-                victims = plan(candidates, budget, needed)
+                victims = [str(v) for v in plan(candidates, budget, needed)]
             except NoRoom as exc:
-                if best_effort:
-                    return self._evict_locked([str(c.key) for c in candidates if not c.held])
-                raise CacheError(
-                    f"{model or 'the store'}: not enough room under the cache cap: {exc}. Raise "
-                    "MODELFIX_CACHE_MAX_SIZE (or --max-size), or remove models with `modelfix cache rm NAME`."
-                ) from None
-            evicted = self._evict_locked([str(v) for v in victims])
+                if not best_effort:
+                    raise CacheError(
+                        f"{model or 'the store'}: not enough room under the cache cap: {exc}. Raise "
+                        "MODELFIX_CACHE_MAX_SIZE (or --max-size), or remove models with `modelfix cache rm NAME`."
+                    ) from None
+                victims = [str(c.key) for c in candidates if not c.held]
+            if dry_run:
+                return victims
+            evicted = self._evict_locked(victims)
             if incoming:
                 self._take(incoming.keys(), sizes=incoming)
             return evicted
@@ -488,94 +528,13 @@ class Store:
             for name in gone:
                 events.emit(Event(kind="evict", model=", ".join(view.models), file=name, source="cache"))
             if gone:  # a view must be whole; the blobs it shares with others stay
-                shutil.rmtree(view.path, ignore_errors=True)
+                views.remove_tree(view.path)
         for sha in shas:
-            self.blob_path(sha).unlink(missing_ok=True)
-            self._memo_path(sha).unlink(missing_ok=True)
+            for folder, path in (("blobs/sha256", self.blob_path(sha)), ("memo", self._memo_path(sha))):
+                with contextlib.suppress(FileNotFoundError):
+                    safefs.folder(self.root, *folder.split("/"), sha[:2], create=False)  # never unlink through a link
+                    path.unlink()
         return shas
-
-    def remove_views(self, keys: Iterable[str], blobs: Iterable[str]) -> tuple[int, list[str]]:
-        """Delete views ``keys`` and whichever of ``blobs`` no other view shows and no other live process leases.
-
-        Returns (bytes freed, blobs kept because they are in use).
-        """
-        keys, blobs = set(keys), list(blobs)
-        with self._store_lock(shared=False):
-            leased, _ = leases.live(self.root, own=False)  # removing is this process's own decision
-            for view in self._views():
-                if view.path.name in keys:  # a joined file is a blob of its own, shown only here
-                    blobs += view.shas
-                    # A process using these blobs loaded them from this view, and loads them
-                    # from it again after an eviction: the view stays while it lives.
-                    if not view.shas & leased:
-                        shutil.rmtree(view.path, ignore_errors=True)
-            shown = {sha for view in self._views() for sha in view.shas}
-            freed, kept = 0, []
-            for sha in dict.fromkeys(blobs):
-                if sha in leased or sha in shown:
-                    kept.append(sha)
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    freed += self.blob_path(sha).stat().st_size
-                self._evict_locked([sha])
-            return freed, kept
-
-    def gc(self, keep: Iterable[str] = ()) -> dict[str, int]:
-        """Delete what nothing points at; returns counts and bytes freed.
-
-        * blobs that no view shows, that are not in ``keep`` (the lockfile's
-          pins) and that no live process leases;
-        * views whose blobs are gone;
-        * partial downloads no process is writing (they would resume, but
-          gc is the request to let them go);
-        * leases of dead processes, memo and join records of absent blobs.
-        """
-        keep = set(keep)
-        report = {"blobs": 0, "bytes": 0, "views": 0, "partials": 0}
-        with self._store_lock(shared=False):
-            leased, _ = leases.live(self.root)
-            shown: set[str] = set()
-            for view in self._views():
-                if not view.shas or not all(self.has(s) for s in view.shas):
-                    shutil.rmtree(view.path, ignore_errors=True)
-                    report["views"] += 1
-                else:
-                    shown |= view.shas
-            for sha, st in list(self._blobs()):
-                if sha not in shown and sha not in keep and sha not in leased:
-                    self._evict_locked([sha])
-                    report["blobs"] += 1
-                    report["bytes"] += st.st_size
-            report["partials"], freed = self._drop_idle_partials()
-            report["bytes"] += freed
-            for record in (self.root / "memo").glob("*/*.json"):
-                if not self.has(record.stem):
-                    record.unlink(missing_ok=True)
-            for record in (self.root / "joins").glob("*"):
-                with contextlib.suppress(OSError):
-                    if not self.has(record.read_text().strip()):
-                        record.unlink()
-        return report
-
-    def _drop_idle_partials(self) -> tuple[int, int]:
-        from filelock import FileLock, Timeout
-
-        count = freed = 0
-        for partial in (self.root / "tmp").glob("*") if (self.root / "tmp").is_dir() else ():
-            sha = partial.name.split(".", 1)[0]
-            lock = FileLock(self._lock_path(sha), thread_local=False)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue  # someone is writing it right now
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    freed += partial.stat().st_size
-                    partial.unlink()
-                    count += partial.name.endswith(".partial")
-            finally:
-                lock.release()
-        return count, freed
 
 
 def stats(settings: CacheSettings) -> Usage:
@@ -612,12 +571,8 @@ def _join_key(parts: Sequence[str]) -> str:
     return sha256_text("join\n" + "\n".join(parts))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _used(manifest: str) -> None:

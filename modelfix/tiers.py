@@ -1,8 +1,8 @@
 """Where bytes come from besides the store and the origin: other local caches and the remote tier.
 
 * **Other caches**: huggingface_hub's and llama.cpp's downloads may already hold a
-  pinned file; :func:`adoption_candidates` names where to look, and the store
-  verifies and links in what it finds (:meth:`~modelfix.store.Store.adopt`).
+  pinned file; :func:`adoption_candidates` names where to look, and :func:`adopt`
+  verifies what it finds and links it into the store (or copies it: another user's file).
 * **The remote tier** (``MODELFIX_REMOTE``): content-addressed like the store,
   so any runner can fill it (:func:`push`) and none has to trust it::
 
@@ -14,20 +14,28 @@ re-exports these functions.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
+import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import safefs
 from .config import CacheSettings
 from .errors import CacheError, OfflineError, redact
+from .hashing import hash_fd
 from .store import Store
 
 if TYPE_CHECKING:
     from .resolver import LockLike
 
-__all__ = ["adoption_candidates", "remote_url", "push"]
+__all__ = ["adoption_candidates", "adopt", "remote_url", "push"]
+
+log = logging.getLogger("modelfix")
 
 
 def adoption_candidates(
@@ -39,7 +47,7 @@ def adoption_candidates(
     but small plain git files (``preset.ini``) under their git sha1, so those
     are found through ``snapshots/<revision>/<filename>``; llama.cpp names its
     downloads ``ORG_REPO_FILE`` (and newer builds use the Hub's layout too).
-    Candidates are only guesses: the store verifies them.
+    Candidates are only guesses: the store verifies them (and links only its own user's files).
     """
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     roots = [Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))]
@@ -61,7 +69,61 @@ def adoption_candidates(
             found.extend(root.glob(f"models--*/blobs/{sha}"))
     if repo and filename:
         found.append(Path(llama) / f"{repo.replace('/', '_')}_{filename.replace('/', '_')}")
-    return [p for p in dict.fromkeys(found) if p.is_file()]
+    # os.path.isfile, not Path.is_file: a flattened llama.cpp name may be too long for the file
+    # system (ENAMETOOLONG), which is only "not there".
+    return [p for p in dict.fromkeys(found) if os.path.isfile(p)]
+
+
+def adopt(store: Store, sha: str, size: int, candidate: Path) -> bool:
+    """Take a verified copy of ``candidate`` (another cache's file) as blob ``sha`` of ``store``.
+
+    A hard link costs no space; it also makes the other cache's file
+    read-only, which neither huggingface_hub nor llama.cpp minds (they
+    only ever replace files, never write into them). Only a file of this
+    user (or root) is linked: another user could rewrite a linked file
+    later, under the identity this store trusts. Anyone else's is copied.
+    """
+    try:
+        # A snapshot entry is a relative symlink to the other cache's blob; Linux's link()
+        # would link the symlink itself, which points nowhere from here.
+        candidate = candidate.resolve(strict=True)
+        st = candidate.stat()
+    except (OSError, RuntimeError):
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    staged = store.staged(sha, "adopt")
+    try:
+        linked = False
+        if st.st_uid in (os.geteuid(), 0):
+            with contextlib.suppress(OSError):
+                os.link(candidate, staged)
+                linked = True
+        if not linked:
+            _copy_new(candidate, staged)
+        fd = safefs.open_regular(staged)
+        assert fd is not None
+        try:
+            result = hash_fd(fd)
+        finally:
+            os.close(fd)
+        if result.sha256 != sha:
+            log.warning("%s looked like blob %s but its bytes differ; not adopting it", candidate, sha[:12])
+            return False
+        store.commit(sha, staged, result)
+        log.info("adopted %s from %s (%s)", sha[:12], candidate, "linked" if linked else "copied")
+        return True
+    except (OSError, CacheError) as exc:
+        log.info("could not adopt %s: %s", candidate, exc)
+        return False
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _copy_new(source: Path, target: Path) -> None:
+    """Copy ``source`` into the new file ``target`` (never into an existing one)."""
+    with open(source, "rb") as src, os.fdopen(safefs.create(target), "wb") as out:
+        shutil.copyfileobj(src, out, 8 * 1024 * 1024)
 
 
 def remote_url(remote: str, sha: str) -> str:

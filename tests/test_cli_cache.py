@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -272,3 +273,134 @@ def test_a_sync_that_evicts_to_make_room_says_what_it_evicted(run_cli, lock, mon
     assert code == 0, err
     evicted = sorted(line for line in err.splitlines() if line.startswith("evicted "))
     assert evicted == [f"evicted chat: {path} from the cache" for path in gone]
+
+
+# --- dry runs, stats --json, superseded revisions ----------------------------------------------------
+
+
+def _sync_in_another_process(*names: str) -> None:
+    """``modelfix sync`` in a process that has ended: it leaves no lease behind (this test process,
+    which would hold one for as long as it runs, protects what it used from every eviction)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfix", "sync", *names], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _tree(root: Path) -> dict[str, int]:
+    """Every file and link under ``root`` with its size: what a dry run must leave as it was."""
+    return {str(p.relative_to(root)): p.lstat().st_size for p in root.rglob("*") if not p.is_dir() or p.is_symlink()}
+
+
+def _only_chat(tmp_path: Path) -> Path:
+    from modelfix.locking import add
+
+    other = tmp_path / "only-chat" / "model-lock.toml"
+    other.parent.mkdir()
+    add("chat", f"{REPO}:Q4_0", other)
+    return other
+
+
+@pytest.mark.parametrize(
+    ("args", "would", "named"),
+    [
+        (("cache", "prune", "--max-size", "1", "--lock", "{only_chat}"), "would evict", "split"),
+        (("cache", "gc"), "would remove", "1 partial download"),
+        (("cache", "rm", "split"), "would free", "split"),
+    ],
+    ids=["prune", "gc", "rm"],
+)
+def test_dry_run_prints_what_would_go_and_frees_nothing(run_cli, lock, tmp_path, args, would, named):
+    _sync_in_another_process()
+    root = CacheSettings.resolve().root
+    (root / "tmp" / f"{'1' * 64}.partial").write_bytes(b"abandoned")
+    before = _tree(root)
+    only_chat = _only_chat(tmp_path)
+    args = tuple(a.format(only_chat=only_chat) for a in args)
+
+    code, out, err = run_cli(*args, "--dry-run")
+
+    assert code == 0, err
+    assert would in out and named in out
+    assert _tree(root) == before
+    assert run_cli(*args)[0] == 0 and _tree(root) != before  # the same command without --dry-run does it
+
+
+def test_cache_stats_json(run_cli, lock):
+    assert run_cli("sync")[0] == 0
+
+    code, out, _ = run_cli("cache", "stats", "--json")
+
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["cache"] == str(CacheSettings.resolve().root)
+    assert stats["blobs"] == 6 and stats["blob_bytes"] == Store(CacheSettings.resolve().root).usage().blob_bytes
+    assert stats["cap"] is None and stats["partial_bytes"] == 0 and stats["live_processes"] >= 0
+    entries = Lockfile.load(lock).entries
+    rows = {tuple(m["models"]): m for m in stats["models"]}
+    assert set(rows) == {("chat",), ("split",)}
+    assert rows[("chat",)]["revision"] == entries["chat"].revision
+    assert rows[("chat",)]["state"] == "pinned" and isinstance(rows[("chat",)]["last_used"], float)
+    assert rows[("split",)]["bytes"] == entries["split"].size
+
+
+def _upgrade_chat(run_cli, hub, lock, tiny_files) -> tuple:
+    """Sync, publish new bytes for chat's model file, `lock --upgrade`, sync again: (old, new) entries."""
+    _sync_in_another_process()
+    old = Lockfile.load(lock).entry("chat")
+    hub.commit(REPO, {old.files[0].path: b"GGUF" + os.urandom(50_000)}, message="new weights")
+    assert run_cli("lock", "--upgrade", "--model", "chat")[0] == 0
+    _sync_in_another_process("chat")
+    return old, Lockfile.load(lock).entry("chat")
+
+
+def test_cache_stats_tells_the_revisions_of_one_model_apart(run_cli, hub, lock, tiny_files):
+    old, new = _upgrade_chat(run_cli, hub, lock, tiny_files)
+
+    code, out, _ = run_cli("cache", "stats")
+
+    assert code == 0
+    rows = [line for line in out.split("MODELS", 1)[1].splitlines()[1:] if line.startswith("chat")]
+    assert len(rows) == 2
+    assert any(new.revision[:12] in r and "pinned" in r for r in rows)
+    assert any(old.revision[:12] in r and "superseded" in r for r in rows)
+
+
+@pytest.mark.parametrize("how", [("cache", "gc"), ("cache", "prune", "--superseded")], ids=["gc", "prune"])
+def test_superseded_revisions_are_dropped_and_the_pinned_ones_kept(run_cli, hub, lock, tiny_files, how):
+    old, new = _upgrade_chat(run_cli, hub, lock, tiny_files)
+    store = Store(CacheSettings.resolve().root)
+
+    code, out, err = run_cli(*how)
+
+    assert code == 0, err
+    assert "1 superseded" in out
+    assert not store.has(old.files[0].sha256) and store.has(new.files[0].sha256)
+    assert run_cli("verify", "--full")[0] == 0
+    rows = [m["models"] for m in json.loads(run_cli("cache", "stats", "--json")[1])["models"]]
+    assert sorted(rows) == [["chat"], ["split"]]
+
+
+def test_cache_rm_removes_every_cached_revision_of_the_model(run_cli, hub, lock, tiny_files):
+    old, new = _upgrade_chat(run_cli, hub, lock, tiny_files)
+    store = Store(CacheSettings.resolve().root)
+
+    code, out, err = run_cli("cache", "rm", "chat")
+
+    assert code == 0, err
+    assert "2 revisions" in out
+    assert not store.has(old.files[0].sha256) and not store.has(new.files[0].sha256)
+    assert [m["models"] for m in json.loads(run_cli("cache", "stats", "--json")[1])["models"]] == [["split"]]
+
+
+def test_cache_rm_of_a_model_gone_from_the_lockfile_removes_its_cached_files(run_cli, lock, tmp_path):
+    assert run_cli("sync")[0] == 0
+    store = Store(CacheSettings.resolve().root)
+    split = Lockfile.load(lock).entry("split")
+
+    code, out, err = run_cli("cache", "rm", "split", "--lock", str(_only_chat(tmp_path)))
+
+    assert code == 0, err
+    assert not store.has(split.files[0].sha256)
+    code, _, err = run_cli("cache", "rm", "nope")
+    assert code == 1 and err.startswith("error: no cached model named 'nope'") and "chat" in err

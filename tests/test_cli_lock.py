@@ -463,3 +463,72 @@ def test_concurrent_removes_and_adds_keep_every_other_entry(hub, lock, run_cli, 
     assert [proc.returncode for proc in procs] == [0] * len(commands), errors
     assert sorted(Lockfile.load(lock).entries) == [f"m{i}" for i in range(4)]
     assert run_cli("lock", "--check")[0] == 0
+
+
+# --- bad input that once ended in a traceback: one line on stderr, nothing written -----------------
+
+
+def test_a_model_name_ending_in_a_newline_is_refused(hub, workdir, run_cli):
+    code, out, err = run_cli("add", "chat\n", f"{REPO}:Q4_0")
+
+    assert code == 1 and out == "" and err.startswith("error: model name 'chat\\n' must start with a letter")
+    assert len(err.splitlines()) == 1 and not (workdir / "model-lock.toml").exists()
+
+
+@pytest.mark.parametrize("source", ["a" * 300, "./" + "a" * 300 + ".gguf", "a" * 300 + "/x.gguf", "x/" + "a" * 5000])
+def test_a_source_of_an_impossibly_long_path_is_one_line(workdir, run_cli, source):
+    code, out, err = run_cli("add", "m", source)
+
+    assert code == 1 and out == "" and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not (workdir / "model-lock.toml").exists()
+
+
+def test_add_refuses_an_absurd_setting_before_asking_the_hub(hub, workdir, run_cli):
+    hub.clear_log()
+
+    code, _, err = run_cli("add", "chat", f"{REPO}:Q4_0", "--n-ctx", "99999999999999999999")
+
+    assert code == 1 and "n_ctx" in err and "16777216" in err and len(err.splitlines()) == 1
+    assert hub.count() == 0 and not (workdir / "model-lock.toml").exists()
+
+
+BAD_PINS = {
+    "long-path": ("x/" * 2100) + "m.gguf",
+    "nul": "m\\u0000.gguf",
+}
+BAD_JOINS = {"join-list": '["x"]', "join-table": "{a = 1}", "join-number": "5"}
+
+
+def _write_bad(lock: Path, case: str) -> None:
+    entry = Lockfile.load(lock).entry("chat")
+    pin = entry.files[0]
+    path = BAD_PINS.get(case, pin.path)
+    join = f", join = {BAD_JOINS[case]}" if case in BAD_JOINS else ""
+    text = lock.read_text()
+    start = text.index("[models.chat]")
+    end = text.index("[models.", start + 1)
+    bad = (
+        f'[models.chat]\nsource = "{entry.source}"\npinned_from = "{entry.source}"\nfiles = [\n'
+        f'    {{path = "{path}", size = {pin.size}, sha256 = "{pin.sha256}", role = "model"{join}}},\n]\n\n'
+    )
+    lock.write_text(text[:start] + bad + text[end:])
+
+
+@pytest.mark.parametrize("case", [*BAD_PINS, *BAD_JOINS])
+@pytest.mark.parametrize("command", [("lock", "--check"), ("sync", "chat"), ("verify", "chat"), ("list",)])
+def test_a_hand_edited_pin_is_one_line_for_every_command(lock, run_cli, case, command):
+    _write_bad(lock, case)
+
+    code, out, err = run_cli(*command)
+
+    assert code == 1 and out == "", out
+    assert err.startswith(f"error: {lock}:") and "files[0] of [models.chat]" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [("lock", "--check"), ("sync",), ("list",), ("verify",), ("cache", "stats")])
+def test_a_device_as_the_lockfile_is_one_line(run_cli, workdir, command):
+    code, out, err = run_cli(*command, "--lock", "/dev/zero")
+
+    assert code == 1 and out == ""
+    assert err == "error: /dev/zero is not a regular file: pass the lockfile itself with --lock PATH.\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import pytest
 import xxhash
@@ -50,3 +51,16 @@ def test_identity_moves_when_the_bytes_are_rewritten(tmp_path):
 
     assert file_identity(path) != before
     assert file_identity(path)[:3] == before[:3]
+
+
+def test_identity_moves_when_bytes_are_rewritten_and_the_mtime_put_back(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"verified bytes")
+    before = file_identity(path)
+    stamp = os.stat(path)
+    time.sleep(0.01)
+    path.write_bytes(b"tampered bytes")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+    assert file_identity(path)[:4] == before[:4]  # what the mtime alone would say: unchanged
+    assert file_identity(path) != before

@@ -298,3 +298,182 @@ def test_routing_errors_point_at_the_routing_table(tmp_path):
     text = '[models.a]\nsource = "a/b"\n\n[routing]\nrules = [{pattern = "(", model = "a"}]\n'
     with pytest.raises(LockError, match=r"model-lock.toml:4: routing.rules\[0\] pattern is not a valid regex"):
         Lockfile.load(write(tmp_path, text))
+
+
+# --- pinned paths, settings and the file itself: what an attacker or a bad merge writes -------------
+
+
+def _with_pins(*pins: str) -> str:
+    """PINNED with its `files` replaced by these inline tables."""
+    start, end = PINNED.index("files = [") + len("files = [\n"), PINNED.rindex("]")
+    return PINNED[:start] + "".join(f"    {p},\n" for p in pins) + PINNED[end:]
+
+
+def _pin(path: str, extra: str = "") -> str:
+    return f'{{path = "{path}", size = 1, sha256 = "{SHA}", role = "model"{extra}}}'
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("./x.gguf", r"'\./x\.gguf'.*'\.'"),
+        (".", r"'\.'"),
+        ("a/./x.gguf", r"'a/\./x\.gguf'"),
+        ("a//x.gguf", r"'a//x\.gguf'.*empty"),
+        ("a/", r"'a/'.*empty"),
+        ("x\\u0000.gguf", r"'x\\x00\.gguf'.*control character"),
+        ("x\\u001b[2J.gguf", r"'x\\x1b\[2J\.gguf'.*control character"),
+        ("x\\n.gguf", r"'x\\n\.gguf'.*control character"),
+        (".modelfix.json", r"'\.modelfix\.json'.*reserved"),
+        ("a/.modelfix.json", r"reserved"),
+        (".tmp-1234", r"reserved"),
+        (".old-1234/x.gguf", r"reserved"),
+        ("../x.gguf", r"'\.\./x\.gguf'"),
+        ("/etc/passwd", r"absolute"),
+        ("a" * 256 + ".gguf", r"longer than 255 bytes"),
+        ("a/" * 2100 + "x.gguf", r"longer than 1024 bytes"),
+    ],
+    ids=[
+        "dot-slash",
+        "dot",
+        "dot-segment",
+        "empty-segment",
+        "trailing-slash",
+        "nul",
+        "esc",
+        "newline",
+        "manifest",
+        "manifest-in-folder",
+        "staging",
+        "old-view",
+        "dot-dot",
+        "absolute",
+        "long-segment",
+        "long-path",
+    ],
+)
+def test_an_unsafe_pinned_path_is_refused_with_its_line(tmp_path, path, why):
+    with pytest.raises(LockError, match=rf"model-lock.toml:10: files\[0\] of \[models.chat\]: .*{why}"):
+        Lockfile.load(write(tmp_path, _with_pins(_pin(path))))
+
+
+@pytest.mark.parametrize(
+    ("second", "named"),
+    [("x.gguf", "'x.gguf'"), ("X.gguf", "'X.gguf'"), ("x.gguf/y.gguf", "'x.gguf/y.gguf'")],
+    ids=["twice", "case", "file-as-folder"],
+)
+def test_two_pins_of_one_entry_on_one_view_file_are_refused_naming_both(tmp_path, second, named):
+    text = _with_pins(_pin("x.gguf"), _pin(second).replace('"model"', '"mmproj"'))
+    with pytest.raises(LockError, match=rf"\[models.chat\].*'x.gguf' \(files\[0\]\).*{named} \(files\[1\]\)"):
+        Lockfile.load(write(tmp_path, text))
+
+
+def test_a_join_that_lands_on_another_pin_is_refused(tmp_path):
+    text = _with_pins(_pin("x.gguf"), _pin("x.gguf.part1of1", ', join = "x.gguf"'))
+    with pytest.raises(LockError, match=r"'x.gguf' \(files\[0\]\).*'x.gguf' \(files\[1\]\)"):
+        Lockfile.load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("join", ['["x"]', "{a = 1}", "5", '"../x.gguf"', '"x\\u0000"'])
+def test_a_join_that_is_not_a_safe_file_name_is_refused(tmp_path, join):
+    text = _with_pins(_pin("x.gguf.part1of1", f", join = {join}"))
+    with pytest.raises(LockError, match=r"model-lock.toml:10: files\[0\] of \[models.chat\].*join"):
+        Lockfile.load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("[models.chat]", '[models."chat\\n"]', r"model name 'chat\\n'"),
+        (f'sha256 = "{SHA}"', f'sha256 = "{SHA}\\n"', r"sha256 must be 64 lowercase hex characters"),
+        (f'revision = "{"1" * 40}"', f'revision = "{"1" * 40}\\n"', r"revision must be a full commit sha"),
+    ],
+    ids=["name", "sha256", "revision"],
+)
+def test_a_trailing_newline_does_not_pass_validation(tmp_path, old, new, message):
+    with pytest.raises(LockError, match=message):
+        Lockfile.load(write(tmp_path, PINNED.replace(old, new)))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("n_ctx = 99999999999999999999", r"model-lock.toml:6: n_ctx must be an integer >= 0 and <= 16777216"),
+        ("n_ctx = 16777217", r"n_ctx must be an integer >= 0 and <= 16777216"),
+        ("n_batch = 99999999999999999999", r"n_batch must be"),
+        ("rope_freq_base = nan", r"rope_freq_base must be a finite number, got nan"),
+        ("rope_freq_scale = inf", r"rope_freq_scale must be a finite number, got inf"),
+        ("rope_freq_base = -inf", r"rope_freq_base must be a finite number"),
+        ("seed = 99999999999999999999", r"seed must be"),
+    ],
+)
+def test_absurd_settings_are_refused_with_the_bound(tmp_path, setting, message):
+    with pytest.raises(LockError, match=message):
+        Lockfile.load(write(tmp_path, PINNED.replace("n_ctx = 512", setting)))
+
+
+def test_a_lockfile_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "model-lock.toml"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024 + 1)  # sparse: no disk used
+    with pytest.raises(LockError, match=r"model-lock.toml is 64.0 MiB, over the 64 MiB a lockfile may have"):
+        Lockfile.load(path)
+
+
+def test_a_device_or_a_pipe_is_not_a_lockfile(tmp_path):
+    with pytest.raises(LockError, match=r"/dev/zero is not a regular file"):
+        Lockfile.load(Path("/dev/zero"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(LockError, match=r"fifo is not a regular file"):  # and does not wait for a writer
+        Lockfile.load(fifo)
+
+
+def _many(n: int, bad_last: bool = False) -> str:
+    entries = [PINNED.replace("[models.chat]", f"[models.m{i}]") if i else PINNED for i in range(n)]
+    text = "\n".join(e.split("\n", 2)[2] if i else e for i, e in enumerate(entries))
+    return text[: text.rindex("role")] + 'role = "nope"}\n]\n' if bad_last else text
+
+
+def test_a_valid_lockfile_is_read_without_looking_up_a_single_line(tmp_path, monkeypatch):
+    import modelfix.lockfile_lines as lockfile_lines
+
+    scans = []
+    monkeypatch.setattr(lockfile_lines, "Lines", lambda *a, real=lockfile_lines.Lines: scans.append(a) or real(*a))
+
+    assert len(Lockfile.load(write(tmp_path, _many(300))).entries) == 300
+    assert scans == []
+
+
+def test_an_error_deep_in_a_big_lockfile_scans_its_lines_once(tmp_path, monkeypatch):
+    import modelfix.lockfile_lines as lockfile_lines
+
+    scanned = []
+    real = lockfile_lines.Lines
+
+    class Counting(real):
+        def _scan(self, line: str) -> None:
+            scanned.append(line)
+            super()._scan(line)
+
+    monkeypatch.setattr(lockfile_lines, "Lines", Counting)
+    text = _many(300, bad_last=True)
+
+    with pytest.raises(LockError, match=rf"model-lock.toml:{text.count(chr(10)) - 1}: files\[0\] of \[models.m299\]"):
+        Lockfile.load(write(tmp_path, text))
+    assert len(scanned) <= text.count("\n") + 1
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o002, 0o664), (0o077, 0o600)])
+def test_a_new_lockfile_gets_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import subprocess
+    import sys
+
+    path = tmp_path / "model-lock.toml"
+    code = (
+        f"import os; os.umask({umask}); from pathlib import Path; from modelfix.locking import add_entry; "
+        f"add_entry(Path({str(path)!r}), 'chat', 'org/tiny:Q4_K_M')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+    assert path.stat().st_mode & 0o777 == mode

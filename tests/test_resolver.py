@@ -87,7 +87,7 @@ def test_a_warm_path_makes_no_request_hashes_and_parses_nothing_and_is_fast(lock
     def forbidden(*args, **kwargs):
         raise AssertionError("a warm path() must not hash, read a view's manifest or parse the lockfile")
 
-    monkeypatch.setattr(modelfix.store, "hash_file", forbidden)
+    monkeypatch.setattr(modelfix.store, "hash_fd", forbidden)
     monkeypatch.setattr(modelfix.views.View, "read", forbidden)
     monkeypatch.setattr(modelfix.resolver.Lockfile, "parse", forbidden)
     started = time.perf_counter()

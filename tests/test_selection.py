@@ -132,3 +132,27 @@ def test_tag_is_a_substring_match_as_in_llama_cpp():
 def test_an_explicit_file_that_is_not_gguf_is_refused():
     with pytest.raises(SourceError, match="'README.md' in org/x is not a GGUF model file.*Model files there: "):
         select_file(["README.md", "config.json", "m-Q4_0.gguf"], "README.md", repo="org/x")
+
+
+@pytest.mark.parametrize(
+    ("listing", "message"),
+    [
+        (
+            ["m-Q4_K_M-00001-of-00002.gguf", "m-Q4_K_M-00001-of-00002.gguf", "m-Q4_K_M-00002-of-00002.gguf"],
+            r"org/evil has two files for part 1 of 2 .*'m-Q4_K_M-00001-of-00002.gguf'",
+        ),
+        (  # other scripts' digits are not part numbers: the odd name is a model of its own, and the tag ambiguous
+            ["m-Q4_K_M-00001-of-00002.gguf", "m-Q4_K_M-０００01-of-00002.gguf", "m-Q4_K_M-00002-of-00002.gguf"],
+            r"tag 'Q4_K_M' matches 2 different models in org/evil",
+        ),
+    ],
+    ids=["listed-twice", "fullwidth-digits"],
+)
+def test_a_split_set_with_two_part_1_files_is_refused(listing, message):
+    with pytest.raises(SourceError, match=message):
+        select(listing, "Q4_K_M", repo="org/evil")
+
+
+def test_a_split_set_missing_a_part_is_refused():
+    with pytest.raises(SourceError, match=r"split set m-Q4_K_M-0000K-of-00003.gguf in org/evil lacks part 2 of 3"):
+        select(["m-Q4_K_M-00001-of-00003.gguf", "m-Q4_K_M-00003-of-00003.gguf"], "Q4_K_M", repo="org/evil")

@@ -301,3 +301,27 @@ def test_repack_in_the_lockfile(tmp_path):
     path.write_text('version = 1\n\n[models.chat]\nsource = "./m.gguf"\nrepack = 0\n', encoding="utf-8")
     with pytest.raises(LockError, match="repack"):
         Lockfile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("n_ctx", 2**24 + 1, r"an integer >= 0 and <= 16777216"),
+        ("n_ctx", 99999999999999999999, r"an integer >= 0 and <= 16777216"),
+        ("n_batch", 2**40, r"an integer >= 1 and <= 16777216"),
+        ("seed", 2**40, r"an integer >= -1 and <= 4294967295"),
+        ("rope_freq_base", math.nan, r"a finite number"),
+        ("rope_freq_scale", math.inf, r"a finite number"),
+        ("tensor_split", (1.0, math.nan), r"a list of numbers, each finite"),
+    ],
+)
+def test_absurd_values_are_refused_at_every_layer(monkeypatch, name, value, expected):
+    with pytest.raises(
+        SettingsError, match=rf"setting {name} = .* \(argument of load\('chat'\)\) is invalid: expected {expected}"
+    ):
+        resolve_settings("chat", {name: value})
+    monkeypatch.setenv(env_var(name), ",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+    with pytest.raises(
+        SettingsError, match=rf"\(environment variable {env_var(name)}\) is invalid: expected {expected}"
+    ):
+        resolve_settings("chat", {})

@@ -444,3 +444,55 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
 
     assert [str(e) for e in errors if "not enough room under the cache cap" in str(e)] != []
     assert store.usage().blob_bytes <= 300_000
+
+
+def test_gc_collects_views_left_half_built_or_half_replaced_unless_in_use(lock):
+    m = modelfix.files("a", lock)
+    store = _store()
+    key, blob = m.view.name, store.blob_path(m.entry.files[0].sha256)
+
+    def leftover(name: str, age: float = 0.0) -> Path:
+        folder = store.root / "views" / name
+        folder.mkdir()
+        os.link(blob, folder / "x.gguf")
+        if age:
+            os.utime(folder, (time.time() - age,) * 2)
+        return folder
+
+    crashed_build = leftover(f".tmp-{key}-1234abcd")  # its builder died: the view's lock is free
+    crashed_swap = leftover(f".old-{key}-1234abcd")
+    old_style = leftover(".tmp-" + "f" * 32, age=2 * 3600)  # named before leftovers carried their key: by age
+    recent = leftover(".tmp-" + "e" * 32)  # may be a build in progress
+    busy_key = "b" * 64
+    building = leftover(f".tmp-{busy_key}-5678abcd")
+    (store.root / "locks").mkdir(exist_ok=True)
+    holder = _python(
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(store.root / 'locks' / f'view-{busy_key}.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()\n",
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        report = modelfix.resolver.gc(lock)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+    assert report["leftovers"] == 3
+    assert not crashed_build.exists() and not crashed_swap.exists() and not old_style.exists()
+    assert recent.exists() and building.exists()
+    assert all(f.exists() for f in m.files)
+
+
+def test_rm_counts_only_the_bytes_it_really_frees(lock, tmp_path):
+    m = modelfix.files("a", lock)
+    store = _store()
+    model = m.entry.files[0]
+    elsewhere = tmp_path / "elsewhere.gguf"  # e.g. the huggingface_hub file it was adopted from
+    os.link(store.blob_path(model.sha256), elsewhere)
+
+    freed, kept = modelfix.resolver.remove("a", lock)
+
+    assert freed == sum(p.size for p in m.entry.files[1:])  # the model's bytes stay on disk, under elsewhere
+    assert elsewhere.read_bytes() and not store.has(model.sha256) and kept == []

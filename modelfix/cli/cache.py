@@ -1,13 +1,15 @@
 """``modelfix sync``, ``verify``, ``push`` and ``cache stats|prune|gc|rm|path``.
 
 Handlers are thin: the work is in :mod:`modelfix.resolver` and
-:mod:`modelfix.store`; what arrives meanwhile is shown by :mod:`.progress`
-(one tqdm bar per file being downloaded: name, bytes, speed).
+:mod:`modelfix.care`; what arrives meanwhile is shown by :mod:`.progress`
+(one tqdm bar per file being downloaded: name, bytes, speed). ``prune``, ``gc``
+and ``rm`` take ``--dry-run``; ``stats`` takes ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -44,15 +46,29 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     cache = commands.add_parser("cache", help="inspect and clean the cache")
     care = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True, help="what to do")
-    care.add_parser("stats", help="sizes, models and leases").set_defaults(handler=_stats)
+    stats = care.add_parser("stats", help="sizes, models (with their revisions) and leases")
+    stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    stats.set_defaults(handler=_stats)
+    dry_run = {"action": "store_true", "help": "print what would be removed, and remove nothing"}
     prune = care.add_parser("prune", help="evict least recently used files down to a size")
     prune.add_argument("--max-size", metavar="SIZE", help="target size, e.g. 20GB (default: MODELFIX_CACHE_MAX_SIZE)")
+    prune.add_argument(
+        "--superseded",
+        action="store_true",
+        help="first drop revisions the lockfile no longer pins (those `lock --upgrade` replaced); no size needed",
+    )
+    prune.add_argument("--dry-run", **dry_run)
     prune.set_defaults(handler=_prune)
-    care.add_parser(
-        "gc", help="delete files no cached model or the lockfile needs, and stale partial downloads"
-    ).set_defaults(handler=_gc)
-    rm = care.add_parser("rm", help="remove one model's files from the cache")
-    rm.add_argument("name", metavar="NAME", help="the model whose files to remove")
+    gc = care.add_parser(
+        "gc",
+        help="delete what nothing needs: files no cached model or the lockfile needs, superseded revisions, "
+        "half-built views and stale partial downloads",
+    )
+    gc.add_argument("--dry-run", **dry_run)
+    gc.set_defaults(handler=_gc)
+    rm = care.add_parser("rm", help="remove every cached revision of one model")
+    rm.add_argument("name", metavar="NAME", help="a model of the lockfile, or one `cache stats` lists")
+    rm.add_argument("--dry-run", **dry_run)
     rm.set_defaults(handler=_rm)
     path = care.add_parser("path", help="print the cache folder (or a model's file, fetching it if needed)")
     path.add_argument("name", nargs="?", metavar="NAME", help="the model whose first model file to print")
@@ -103,30 +119,70 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ..resolver import cache_stats
+    from ..care import cache_stats
 
     settings = _settings(args)
     usage = cache_stats(args.lock, settings=settings)
+    if args.json:
+        print(json.dumps(_stats_json(usage, settings), indent=1))
+        return 0
     print(f"cache     {usage.root}")
     print(f"cap       {format_size(settings.max_size)}")
     print(f"blobs     {usage.blobs} ({format_size(usage.blob_bytes)})")
     print(f"partial   {format_size(usage.partial_bytes)} of interrupted downloads")
     print(f"in use by {usage.live_leases} live processes")
     if usage.views:
-        print("\nMODELS                          SIZE        LAST USED")
+        print(f"\n{'MODELS':<30}  {'REVISION':<12}  {'SIZE':>10}  {'LAST USED':<16}  STATE")
         for view in usage.views:
             models = ", ".join(view["models"]) or "?"
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(view["last_used"]))
-            print(f"{models:<30}  {format_size(view['bytes']):>10}  {used}")
+            revision = (view["revision"] or "-")[:12]
+            print(f"{models:<30}  {revision:<12}  {format_size(view['bytes']):>10}  {used:<16}  {view['state']}")
+    if any(v["state"] == "superseded" for v in usage.views):
+        print(
+            "\nsuperseded: the lockfile pins these models elsewhere now; `modelfix cache gc` drops them",
+            file=sys.stderr,
+        )
     return 0
 
 
+def _stats_json(usage: Any, settings: CacheSettings) -> dict[str, Any]:
+    return {
+        "cache": str(usage.root),
+        "cap": None if settings.max_size == float("inf") else int(settings.max_size),
+        "blobs": usage.blobs,
+        "blob_bytes": usage.blob_bytes,
+        "partial_bytes": usage.partial_bytes,
+        "live_processes": usage.live_leases,
+        "models": [
+            {k: view[k] for k in ("models", "revision", "bytes", "last_used", "state", "key")} for view in usage.views
+        ],
+    }
+
+
 def _prune(args: argparse.Namespace) -> int:
-    from ..resolver import prune
+    from ..care import drop_superseded, prune
     from ..store import stats
 
     settings = _settings(args, max_size=args.max_size)
-    evicted = prune(lock=args.lock, settings=settings)
+    verb = "would remove" if args.dry_run else "removed"
+    if args.superseded:
+        report = drop_superseded(args.lock, settings=settings, dry_run=args.dry_run)
+        print(
+            f"{verb} {count(report['superseded'], 'superseded revision')} "
+            f"({count(report['blobs'], 'file')} no other revision shows): {format_size(report['bytes'])} freed"
+        )
+        if settings.max_size == float("inf"):
+            return 0  # no size asked for: dropping the old revisions was the whole request
+    before = _names(settings) if args.dry_run else {}
+    evicted = prune(lock=args.lock, settings=settings, dry_run=args.dry_run)
+    if args.dry_run:
+        freed = sum(before.get(sha, (0, ""))[0] for sha in evicted)
+        print(f"would evict {count(len(evicted), 'file')} ({format_size(freed)}):")
+        for sha in evicted:
+            size, shown = before.get(sha, (0, sha[:12]))
+            print(f"  {shown}  {format_size(size)}")
+        return 0
     size = stats(settings).blob_bytes
     print(f"evicted {len(evicted)} files; the cache holds {format_size(size)}")
     if size > settings.max_size:
@@ -137,24 +193,61 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gc(args: argparse.Namespace) -> int:
-    from ..resolver import gc
+def _names(settings: CacheSettings) -> dict[str, tuple[int, str]]:
+    """sha256 -> (size, "models: file") of every blob a view shows, for what a dry run lists."""
+    from ..store import Store
 
-    report = gc(args.lock, settings=_settings(args))
-    print(
-        f"removed {report['blobs']} unused files, {report['views']} broken views and "
-        f"{report['partials']} partial downloads: {format_size(report['bytes'])} freed"
+    store = Store(settings.root)
+    sizes = {sha: st.st_size for sha, st in store.blobs()}
+    return {
+        f["sha256"]: (sizes.get(f["sha256"], 0), f"{', '.join(view.models) or '?'}: {f['name']}")
+        for view in store._views()
+        for f in view.files
+    }
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from ..care import gc
+
+    report = gc(args.lock, settings=_settings(args), dry_run=args.dry_run)
+    what = (
+        f"{count(report['blobs'], 'unused file')}, {count(report['views'], 'broken view')}, "
+        f"{count(report['superseded'], 'superseded revision')}, {count(report['leftovers'], 'leftover view folder')} "
+        f"and {count(report['partials'], 'partial download')}"
     )
+    if args.dry_run:
+        print(f"would remove {what}: {format_size(report['bytes'])} freed")
+    else:
+        print(f"removed {what}: {format_size(report['bytes'])} freed")
     return 0
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from ..resolver import remove
+    from ..care import remove_model
 
-    freed, kept = remove(args.name, args.lock, settings=_settings(args))
-    print(f"{args.name}: {format_size(freed)} freed")
-    if kept:
-        print(f"{args.name}: kept {len(kept)} files that other models or running processes use", file=sys.stderr)
+    removal = remove_model(args.name, args.lock, settings=_settings(args), dry_run=args.dry_run)
+    revisions = count(len(removal.views), "revision")
+    if args.dry_run:
+        print(f"{args.name}: would free {format_size(removal.freed)}, removing {revisions}")
+        for view in removal.views:
+            print(f"  {(view.revision or '-')[:12]}  {', '.join(f['name'] for f in view.files)}")
+    else:
+        print(f"{args.name}: {format_size(removal.freed)} freed, {revisions} removed")
+    if removal.in_use:
+        print(f"{args.name}: kept {count(len(removal.in_use), 'revision')} that running processes use", file=sys.stderr)
+    if removal.shared:
+        print(f"{args.name}: kept the files {', '.join(removal.shared)} pins too", file=sys.stderr)
+    if removal.kept:
+        print(
+            f"{args.name}: kept {len(removal.kept)} files that other models or running processes use",
+            file=sys.stderr,
+        )
+    if removal.elsewhere:
+        print(
+            f"{args.name}: {format_size(removal.elsewhere)} of removed files stay on disk, linked from outside "
+            "the cache (another cache they were adopted from)",
+            file=sys.stderr,
+        )
     return 0
 
 
