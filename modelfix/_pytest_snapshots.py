@@ -29,10 +29,10 @@ entries into the module's one file (the core's lock and per-entry merge keep the
                                                             entries; with update, remove them
                                                             terminal summary: the line
 
-*Unused* entries are those known to be unused: their test no longer exists in its module (known
-only when the module was collected whole: not narrowed to test ids on the command line, not
-under ``--lf``, which collects only the last failures), or
-their test passed in this run and made fewer comparisons than the entry's index. Entries of
+*Unused* entries are those known to be unused: their test no longer exists in its module
+(known only when the module was collected whole: not narrowed to test ids on the command line,
+not under ``--lf``, which collects only the last failures, not in a run that was interrupted),
+or their test passed in this run and made fewer comparisons than the entry's index. Entries of
 tests that were deselected (``-k``, ``-m``), skipped, failed or did not run are kept, so a
 partial run with ``--modelfix-snapshot-update`` never loses a recording.
 """
@@ -60,6 +60,8 @@ __all__ = ["ModelSnapshot", "SnapshotRun", "model_snapshot"]
 
 _OUTCOMES = ("passed", "written", "updated", "failed", "skipped")
 _RUNTIMES = ("any", "same")
+# A run that ended so may have collected part of a module: nothing is known unused.
+_BROKEN_OFF = (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -189,11 +191,11 @@ class SnapshotRun:
 
     # --- hooks of the end of the run ---
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.flush()
         if hasattr(session.config, "workerinput"):
             session.config.workeroutput["modelfix_snapshots"] = self.as_dict()
-        elif not session.config.option.collectonly:
+        elif not session.config.option.collectonly and exitstatus not in _BROKEN_OFF:
             self.sweep()
 
     @pytest.hookimpl(optionalhook=True)
@@ -269,7 +271,7 @@ class ModelSnapshot:
 
     def assert_match(self, value: Any) -> bool:
         __tracebackhide__ = True
-        from .snapshots import SnapshotMismatch, judge, mismatch_message
+        from .snapshots import SnapshotMismatch, judge, mismatch_message, runtime_changes
 
         run, index = self._run, self._index
         self._index += 1
@@ -280,11 +282,9 @@ class ModelSnapshot:
         where = f"snapshot {key!r} in {run.shown(self._file)}"
         if run.same_runtime and recorded is not None and recorded.recording.runtime != now.recording.runtime:
             run.counts["skipped"] += 1
-            old, new = recorded.recording.runtime, now.recording.runtime
+            changes = "; ".join(runtime_changes(recorded.recording.runtime, now.recording.runtime))
             pytest.skip(
-                f"{where} was recorded on another runtime ({old.backend}, llama-cpp-python {old.llama_cpp_python}) "
-                f"than this one ({new.backend}, llama-cpp-python {new.llama_cpp_python}), and "
-                "--modelfix-snapshot-runtime=same skips it"
+                f"{where} was recorded on another runtime ({changes}): --modelfix-snapshot-runtime=same skips it"
             )
         outcome = judge(recorded, now, update=run.update)
         run.counts["failed" if outcome == "missing" else outcome] += 1

@@ -85,6 +85,7 @@ __all__ = [
     "backend_name",
     "judge",
     "explain",
+    "runtime_changes",
     "mismatch_message",
 ]
 
@@ -188,7 +189,7 @@ def explain(old: Recording, new: Recording) -> list[str]:
     """What changed from the recording ``old`` to ``new``, one line per change (none: nothing did)."""
     lines = [f"model: {old.model} -> {new.model}"] if old.model != new.model else []
     lines += _pin_changes(old.pin, new.pin)
-    lines += _runtime_changes(old.runtime, new.runtime)
+    lines += [f"runtime: {line}" for line in runtime_changes(old.runtime, new.runtime)]
     before, after = dict(old.settings), dict(new.settings)
     for name in sorted(before.keys() | after.keys(), key=_setting_order):
         if before.get(name) != after.get(name):
@@ -213,10 +214,11 @@ def _pin_changes(old: Pin, new: Pin) -> list[str]:
     return lines
 
 
-def _runtime_changes(old: Runtime, new: Runtime) -> list[str]:
+def runtime_changes(old: Runtime, new: Runtime) -> list[str]:
+    """What differs from runtime ``old`` to ``new``, one item per part (none: the same runtime)."""
     lines = []
     if old.llama_cpp_python != new.llama_cpp_python:
-        lines.append(f"runtime: llama-cpp-python {old.llama_cpp_python} -> {new.llama_cpp_python}")
+        lines.append(f"llama-cpp-python {old.llama_cpp_python} -> {new.llama_cpp_python}")
     if old.build != new.build:
         before, after = _features(old.build), _features(new.build)
         changed = [
@@ -227,11 +229,11 @@ def _runtime_changes(old: Runtime, new: Runtime) -> list[str]:
         if not changed:
             changed = [f"{old.build!r} -> {new.build!r}"]
         more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
-        lines.append(f"runtime: llama.cpp build: {'; '.join(changed[:6])}{more}")
+        lines.append(f"llama.cpp build: {'; '.join(changed[:6])}{more}")
     if old.backend != new.backend:
-        lines.append(f"runtime: backend {old.backend} -> {new.backend}")
+        lines.append(f"backend {old.backend} -> {new.backend}")
     if old.repack != new.repack:
-        lines.append(f"runtime: weight repacking {old.repack} -> {new.repack}")
+        lines.append(f"weight repacking {old.repack} -> {new.repack}")
     return lines
 
 

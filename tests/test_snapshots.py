@@ -30,7 +30,7 @@ from modelfix.snapshot_file import (
     parse_key,
     snapshot_key,
 )
-from modelfix.snapshots import backend_name, explain, judge, mismatch_message
+from modelfix.snapshots import backend_name, explain, judge, mismatch_message, runtime_changes
 
 pytest_plugins = ["pytester"]
 
@@ -284,9 +284,8 @@ def test_runtime_same_skips_recordings_of_another_backend_and_any_compares_them(
     same.assert_outcomes(passed=1, skipped=3)
     same.stdout.fnmatch_lines(
         [
-            "SKIPPED * snapshot 'test_text' in __snapshots__/test_answers.modelfix.toml was recorded on another "
-            "runtime (CUDA, llama-cpp-python *) than this one (CPU, llama-cpp-python *), and "
-            "--modelfix-snapshot-runtime=same skips it"
+            "SKIPPED [[]1[]] test_answers.py:7: snapshot 'test_text' in __snapshots__/test_answers.modelfix.toml was "
+            "recorded on another runtime (backend CUDA -> CPU): --modelfix-snapshot-runtime=same skips it"
         ]
     )
     assert snapshots_line(same) == (
@@ -514,6 +513,7 @@ def test_explain_names_each_kind_of_change() -> None:
         f"model pin: revision {'a' * 12} -> {'b' * 12} (the same files)"
     ]
     runtime = Runtime("0.3.36", "CUDA", "off", "CUDA : ARCHS = 890 | CPU : SSE3 = 1 | AVX2 = 1 | REPACK = 1 |")
+    assert runtime_changes(RECORDING.runtime, RECORDING.runtime) == []
     assert explain(RECORDING, changed(runtime=runtime)) == [
         "runtime: llama-cpp-python 0.3.16 -> 0.3.36",
         "runtime: llama.cpp build: CPU AVX512 1 -> (none); CUDA ARCHS (none) -> 890",
