@@ -2,7 +2,8 @@
 
 The repository's ``model-lock.toml`` pins one model, ``tiny`` (a tiny random
 llama model, so its text is gibberish: these tests check behaviour, not wit).
-Run it yourself with ``pytest examples/`` once ``modelfix sync`` has fetched it.
+Run it yourself with ``pytest examples/test_tiny_model.py`` once ``modelfix sync`` has fetched it
+(``examples/test_snapshot.py``, the snapshot test, needs a recording first: see its docstring).
 """
 
 import pytest

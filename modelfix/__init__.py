@@ -12,6 +12,8 @@ Public API (imported lazily, so ``import modelfix`` stays cheap)::
     modelfix.reset_handle(llm, seed)                  clear the KV cache and reseed (per test)
     modelfix.route(text, lock=None) -> name           pick a model by the lockfile's [routing]
     modelfix.pool_metrics() -> dict
+    modelfix.snapshot(name_or_path, lock=None)        record or compare values against a snapshot file:
+                                                      .check(name, llm, value) (see modelfix.snapshots)
 
 Errors are :class:`modelfix.errors.ModelfixError` subclasses.
 """
@@ -32,6 +34,7 @@ from .errors import (
     NetworkError,
     OfflineError,
     SettingsError,
+    SnapshotError,
     SourceError,
 )
 
@@ -53,6 +56,8 @@ _LAZY = {
     "reset_handle": "modelfix.pool",
     "route": "modelfix.routing",
     "Lockfile": "modelfix.lockfile",
+    "snapshot": "modelfix.snapshots",
+    "SnapshotMismatch": "modelfix.snapshots",
 }
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "SettingsError",
     "MemoryBudgetError",
     "BackendError",
+    "SnapshotError",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

@@ -13,8 +13,12 @@ the thing at fault (model, file, lockfile line) and the fix::
      ├── OfflineError       offline mode and something is not cached
      ├── SettingsError      an unknown or invalid load setting
      ├── MemoryBudgetError  a model does not fit in the pool's memory budget
-     └── BackendError       this llama.cpp build crashes on this CPU (the probe found it), or
-                            the probe could not run
+     ├── BackendError       this llama.cpp build crashes on this CPU (the probe found it), or
+     │                      the probe could not run
+     └── SnapshotError      a snapshot file cannot be read or written, or a value cannot be stored
+
+(A snapshot that does not match is not an error of modelfix's: it is a failed check,
+:class:`modelfix.snapshots.SnapshotMismatch`, an ``AssertionError``.)
 
 Tokens never appear in messages: build them with :func:`redact`.
 """
@@ -36,6 +40,7 @@ __all__ = [
     "SettingsError",
     "MemoryBudgetError",
     "BackendError",
+    "SnapshotError",
     "redact",
 ]
 
@@ -82,6 +87,10 @@ class MemoryBudgetError(ModelfixError):
 
 class BackendError(ModelfixError):
     """llama.cpp's CPU backend dies on this host (see :mod:`modelfix.probe`), or the probe could not run."""
+
+
+class SnapshotError(ModelfixError):
+    """A snapshot file is unreadable or cannot be written, or a value cannot be recorded in one."""
 
 
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")

@@ -10,6 +10,9 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
     modelfix        (session)   ModelfixSession: lockfile, path(), files(), load(), loaded()
     modelfix_model  (function)  the test's model name: marker, per-model parameter or the only one
     llama           (function)  that model's pool handle, state reset (KV cache, seed) first
+    model_snapshot  (function)  ``assert model_snapshot == value``: snapshot tests, with their
+                                --modelfix-snapshot-* options and summary line (see
+                                :mod:`modelfix._pytest_snapshots`, loaded through ``pytest_plugins``)
     @pytest.mark.model(NAMES, **settings)
                                 several names = the test runs once per model (ids = names);
                                 require_gpu=True skips on builds without GPU offload
@@ -67,6 +70,9 @@ if TYPE_CHECKING:
     from .resolver import Materialized
 
 __all__ = ["PluginOptions", "ModelfixSession", "ModelfixWarning", "modelfix", "modelfix_model", "llama"]
+
+# Loaded with this module (and switched off with it by -p no:modelfix).
+pytest_plugins = ["modelfix._pytest_snapshots"]
 
 MARKER = "model"
 # Marker keywords that steer the plugin instead of reaching llama.cpp.
@@ -527,14 +533,13 @@ def modelfix_model(request: pytest.FixtureRequest, modelfix: ModelfixSession) ->
 def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[llama_cpp.Llama]:
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
     from . import pool
-    from .settings import LLAMA_DEFAULT_SEED
+    from .settings import repeatable_seed
 
     _, settings, _ = _marker(request.node)
     handle = modelfix.load(modelfix_model, **settings)
     # The handle's effective seed, as the pool resolved it; unset (llama.cpp's "random")
     # becomes 0 so that sampled outputs repeat from test to test.
-    seed = pool.record(handle).settings.seed
-    pool.reset_handle(handle, 0 if seed in (LLAMA_DEFAULT_SEED, -1) else seed)
+    pool.reset_handle(handle, repeatable_seed(pool.record(handle).settings.seed))
     yield handle
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "PoolSettings",
     "STRATEGIES",
     "LLAMA_DEFAULT_SEED",
+    "repeatable_seed",
     "setting_names",
     "env_var",
     "resolve_settings",
@@ -55,6 +56,11 @@ __all__ = [
 ]
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
+
+
+def repeatable_seed(seed: int) -> int:
+    """The seed a test runs with: ``seed``, or 0 where it is llama.cpp's "random" (so that outputs repeat)."""
+    return 0 if seed in (LLAMA_DEFAULT_SEED, -1) else seed
 
 
 @dataclass(frozen=True)

@@ -33,3 +33,12 @@ def test_the_routing_example_is_a_lockfile_that_loads_and_routes(tmp_path):
     assert route("import os", lockfile) == "coder"
     assert route("embed: a sentence", lockfile) == "embedder"
     assert route("Capital of France?", lockfile) == lockfile.routing_default
+
+
+def test_the_snapshot_file_example_is_what_modelfix_writes():
+    from modelfix.snapshot_file import dumps, loads
+
+    (example,) = [block for block in _blocks("pytest.md", "toml") if "[test_capital]" in block]
+    entries = loads("version = 1\n" + example, DOCS / "pytest.md")
+    assert entries["test_capital"].recording.model == "chat"
+    assert dumps(entries).split("version = 1\n\n", 1)[1] == example  # the layout, line for line

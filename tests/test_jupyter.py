@@ -409,3 +409,39 @@ def test_a_warm_run_prints_what_the_notebook_guide_shows_and_the_magic_help(
     help_text = printed.split("%load_model?", 1)[1]
     for flag in ("--n-ctx", "--gpu-layers", "--lock", "--offline", "--keep-alive"):
         assert flag in help_text
+
+
+def test_snapshot_records_then_compares_a_cell_value(shell, workdir: Path, capsys) -> None:
+    """``modelfix.snapshot`` with a ``%load_model`` handle: the same file format as the pytest fixture."""
+    from modelfix.lockfile import Lockfile
+    from modelfix.snapshot_file import SnapshotFile
+
+    shell.run_cell("import modelfix\nllm = %load_model tiny\nsnap = modelfix.snapshot('notes')", store_history=True)
+    answer = "llm('Hello', max_tokens=6, temperature=0)['choices'][0]['text']"
+    assert shell.run_cell(f"snap.check('hello', llm, {answer})").result == "written"
+    path = workdir / "__snapshots__" / "notes.modelfix.toml"
+    recorded = SnapshotFile(path).read()["hello"]
+    entry = Lockfile.find().entry("tiny")
+    assert recorded.recording.model == "tiny" and recorded.recording.pin.revision == entry.revision
+    assert shell.run_cell(f"snap.check('hello', llm, {answer})").result == "passed"
+    capsys.readouterr()
+
+    result = shell.run_cell("snap.check('hello', llm, 'something else')")
+
+    assert isinstance(result.error_in_exec, AssertionError)
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert f"SnapshotMismatch: snapshot 'hello' in {path} is not what model 'tiny' answers now.\n" in shown
+    assert "Nothing modelfix records changed since the recording" in shown
+    assert "--- recorded\n+++ now\n" in shown and "\n+ something else\n" in shown
+    assert "Accept the new value with .check('hello', llm, value, update=True)." in shown
+    assert "Traceback" not in shown and "snapshots.py" not in shown, "the message, not modelfix's frames"
+    assert shell.run_cell("snap.check('hello', llm, 'something else', update=True)").result == "updated"
+    assert shell.run_cell("snap['hello']").result == "something else"
+
+    shell.run_cell("snap.check('plain', 'not a handle', 'x')")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].endswith(
+        "SnapshotError: a snapshot records a modelfix handle (from modelfix.load, %load_model or the llama "
+        "fixture), not a str: without one there is no pin to record.\x1b[0m"
+    )

@@ -9,6 +9,8 @@ repository's own ``model-lock.toml``::
     modelfix list / sync / verify / inspect
     modelfix run tiny "..."   a completion from the tiny model
     pytest examples/          the fixtures, in a test suite
+    a snapshot test           examples/test_snapshot.py, copied into .demo/snapshots/: it fails
+                              unrecorded, `pytest --modelfix-snapshot-update` records it, then it passes
     the example notebook      %load_model, executed headless
 
 Everything happens under ``.demo/`` (cache, repository files); nothing
@@ -33,11 +35,11 @@ DEMO_REPO = "modelfix-demo/tiny-GGUF"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _step(title: str, argv: list[str], env: dict[str, str]) -> None:
+def _step(title: str, argv: list[str], env: dict[str, str], *, expect: int = 0) -> None:
     print(f"\n\033[1m== {title}\033[0m\n$ {' '.join(argv)}", flush=True)
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, cwd=ROOT)
-    if result.returncode != 0:
+    if result.returncode != expect:
         sys.exit(f"demo step failed ({title}): exit {result.returncode}")
     print(f"({time.perf_counter() - started:.1f} s)", flush=True)
 
@@ -80,11 +82,9 @@ def main() -> int:
             [*modelfix, "run", "tiny", "Hello", "--max-tokens", "16"],
             env,
         )
-        _step(
-            "pytest: fixtures hand out ready handles",
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/"],
-            env,
-        )
+        pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        _step("pytest: fixtures hand out ready handles", [*pytest, "examples/test_tiny_model.py"], env)
+        _snapshot_steps(work / "snapshots", pytest, env)
         _step(
             "notebook: %load_model in a real kernel",
             [sys.executable, "-m", "modelfix_jupyter.run", "jupyter_ext/example.ipynb"],
@@ -96,6 +96,20 @@ def main() -> int:
         return 1
     print("demo complete")
     return 0
+
+
+def _snapshot_steps(folder: Path, pytest: list[str], env: dict[str, str]) -> None:
+    """The snapshot example in a fresh copy: a recording made here must not land in examples/."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    test = folder / "test_snapshot.py"
+    shutil.copyfile(ROOT / "examples" / "test_snapshot.py", test)
+    where = str(test.relative_to(ROOT))
+    _step("snapshot test, unrecorded: fails, saying how to record", [*pytest, "--tb=short", where], env, expect=1)
+    _step("snapshot test: record", [*pytest, "--modelfix-snapshot-update", where], env)
+    recorded = folder / "__snapshots__" / "test_snapshot.modelfix.toml"
+    print(f"\n{recorded.relative_to(ROOT)}:\n{recorded.read_text()}")
+    _step("snapshot test: compared with the recording", [*pytest, where], env)
 
 
 if __name__ == "__main__":
