@@ -67,10 +67,7 @@ __all__ = ["FetchPolicy", "download"]
 
 log = logging.getLogger("modelfix")
 
-_BUFFERS = 8  # CHUNK-sized buffers per file: received, written, then hashed; memory stays flat
-# Writes of 1 MiB or more make Linux (6.x, ext4) put the page cache in large folios, whose
-# allocation cost 3-10x more per byte than 256 KiB writes on the 2-core VM of docs/benchmarks.md.
-_WRITE = 256 * 1024
+_BUFFERS = 4  # CHUNK-sized buffers per file: received, written, then hashed (8 were no faster than 4)
 _JOURNAL_EVERY = 0.5  # seconds between writes of the ranges journal
 _NETWORK_BOUND = 0.75  # a stream waiting for bytes less of the time than this is held back by this machine
 
@@ -186,14 +183,21 @@ class _Range:
 
 class _Buffers:
     """The buffers of one file's download: a stream takes one, fills and writes it, and hands
-    it to the hasher, which gives it back once hashed. Taking waits while all are out."""
+    it to the hasher, which gives it back once hashed. At most ``count``, made as needed (a
+    small file needs one); taking waits while all are out."""
 
     def __init__(self, count: int) -> None:
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(count):
-            self._free.put(bytearray(CHUNK))
+        self._lock = threading.Lock()
+        self._left = count
 
     def take(self) -> bytearray:
+        with contextlib.suppress(queue.Empty):
+            return self._free.get_nowait()
+        with self._lock:
+            if self._left > 0:
+                self._left -= 1
+                return bytearray(CHUNK)
         return self._free.get()
 
     def give(self, buffer: bytearray) -> None:
@@ -571,7 +575,7 @@ class _Download:
         # Inside a transport's read a bare OSError would pass for a network fault and be retried.
         with writing(self.partial):
             while view:
-                written = os.pwrite(fd, view[:_WRITE], offset)
+                written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
 
     def _write_journal(self, force: bool = False) -> None:
