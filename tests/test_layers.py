@@ -308,6 +308,15 @@ def _bake_verdict(cache: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+SUITE = """\
+import pytest
+
+
+@pytest.mark.model("chat")
+def test_answers(llama):
+    assert llama("Hello", max_tokens=4)["choices"][0]["text"]
+"""
+
 API = """\
 import json, logging, sys
 import modelfix
@@ -344,8 +353,19 @@ def test_a_cache_that_cannot_be_written_serves_a_cached_model_offline(lock, hub,
         for args in [("list",), ("inspect", "chat"), ("verify", "chat"), ("run", "chat", "Hello", "--max-tokens", "4")]
     }
     stats = unwritable.cli("cache", "stats", cwd=project, env=env)
+    (project / "test_chat.py").write_text(SUITE)
+    suite = unwritable.run(
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_chat.py", cwd=project, env=env
+    )
     miss = unwritable.cli("sync", "split", cwd=project, env=env)
-    gc = unwritable.cli("cache", "gc", cwd=project, env=env)
+    refused = {
+        what: unwritable.cli(*args, cwd=project, env=env)
+        for what, args in {
+            "`modelfix cache gc`": ("cache", "gc"),
+            "`modelfix cache prune`": ("cache", "prune", "--max-size", "1"),
+            "`modelfix cache rm chat`": ("cache", "rm", "chat"),
+        }.items()
+    }
 
     assert found["path"] == found["again"] and found["path"].startswith(f"{models}/views/")  # in place
     assert all(_sha(Path(f)) == p.sha256 for f, p in zip(found["files"], Lockfile.load(lock).entry("chat").files))
@@ -358,8 +378,11 @@ def test_a_cache_that_cannot_be_written_serves_a_cached_model_offline(lock, hub,
         assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
     assert re.search(r"^chat .* cached$", commands[("list",)].stdout, re.MULTILINE)
     assert f"cache     {models} (read-only" in stats.stdout and stats.returncode == 0
+    assert suite.returncode == 0 and "1 passed" in suite.stdout, suite.stdout + suite.stderr
+    assert f"cache {models} (read-only here: " in suite.stdout
     _one_line_error(miss, "fetching split", f"cannot write the cache {models}", "MODELFIX_READONLY_CACHES")
-    _one_line_error(gc, "`modelfix cache gc`", f"cannot write the cache {models}", "MODELFIX_CACHE_DIR")
+    for what, done in refused.items():
+        _one_line_error(done, what, f"cannot write the cache {models}", "MODELFIX_CACHE_DIR")
     assert hub.requests == [] and _tree(models) == before
 
 
@@ -434,10 +457,7 @@ def test_the_dockerfile_recipe_runs_the_app_as_another_user_read_only_and_offlin
         models = image.stage(build)
         project = image.project(lock)
         (project / "app.py").write_text(app)
-        (project / "test_app.py").write_text(
-            "import pytest\n\n\n@pytest.mark.model('chat')\n"
-            "def test_answers(llama):\n    assert llama('Hello', max_tokens=4)['choices'][0]['text']\n"
-        )
+        (project / "test_app.py").write_text(SUITE)
         env = image.env(**{k: v.replace("/models", str(models)) for k, v in final.items()}, HF_ENDPOINT=hub.endpoint)
         before = _tree(models)
         hub.clear_log()
