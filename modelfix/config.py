@@ -5,10 +5,12 @@ the next call sees it. Front ends pass their options (``--cache-dir``,
 ``--modelfix-offline``...) as arguments, which win over the environment.
 
 A warm ``modelfix.path()`` needs only the root (:func:`cache_root`) and the
-read-only layers in front of it (:func:`layer_roots`), and asks for them on every call: the ``realpath`` of each absolute root string is kept for
-the life of the process, so a changed ``MODELFIX_CACHE_DIR`` is a new lookup
-and an unchanged one costs a dict lookup (the layers: one per variable's value). (A symlink on the way to the root
-re-pointed while the process runs is therefore not followed.)
+read-only caches in front of it (:func:`layer_roots`), and asks for them on
+every call: the ``realpath`` of each absolute root string is kept for the life
+of the process, so a changed ``MODELFIX_CACHE_DIR`` (or
+``MODELFIX_READONLY_CACHES``) is a new lookup and an unchanged one costs a dict
+lookup. (A symlink on the way to the root re-pointed while the process runs is
+therefore not followed.)
 
 =========================  ==========================================
 environment                meaning

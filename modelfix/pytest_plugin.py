@@ -597,7 +597,7 @@ def pytest_report_header(config: pytest.Config) -> str | list[str]:
 
 
 def _cache_text(settings: CacheSettings) -> str:
-    """The store, and the read-only caches served in front of it (``~/.cache/modelfix, read-only caches /opt/models``)."""
+    """The store and the read-only caches in front of it: ``~/.cache/modelfix, read-only caches /opt/models``."""
     from .layers import unwritable
 
     why = unwritable(settings.root)

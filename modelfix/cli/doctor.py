@@ -9,8 +9,8 @@
     gpu         no offload (this llama.cpp build has no GPU backend)
     backend     repack on (the backend probe's quantized decode ran)
                 verdict ~/.cache/modelfix/probe/9f3c….json, probed in 0.75 s
+    read-only   /opt/models · 3 blobs, 520.1 MB · served in place: chat   (each read-only cache, if any)
     cache       ~/.cache/modelfix · 7 blobs, 1.2 GB · cap unlimited
-    read-only   /opt/models · 3 blobs, 520.1 MB · served in place      (one line per read-only cache)
     lockfile    ./model-lock.toml · 2 models: chat (cached), split (missing)
     hub         https://huggingface.co (default) · token absent · offline no
     settings    MODELFIX_REPACK=off
@@ -313,16 +313,14 @@ def _text(r: dict[str, Any]) -> str:
     c = r["cache"]
     for layer in c["readonly"]:
         models = ", ".join(layer["models"]) or "no models"
-        lines.append(
-            f"read-only   {layer['root']} · {layer['blobs']} blobs, {_size(layer['bytes'])} · served in place: {models}"
-        )
+        held = f"{layer['blobs']} blobs, {_size(layer['bytes'])}"
+        lines.append(f"read-only   {layer['root']} · {held} · served in place: {models}")
     if c["root"]:
         readonly = (
             f" · read-only here ({c['why_readonly']}): served in place, nothing written" if c["why_readonly"] else ""
         )
-        lines.append(
-            f"cache       {c['root']} · {c['blobs']} blobs, {_size(c['bytes'])} · cap {_size(c['max_size'])}{readonly}"
-        )
+        held = f"{c['blobs']} blobs, {_size(c['bytes'])}"
+        lines.append(f"cache       {c['root']} · {held} · cap {_size(c['max_size'])}{readonly}")
     lock = r["lockfile"]
     if lock is None:
         lines.append("lockfile    none found (searched upward from here; --lock or MODELFIX_LOCK name one)")
