@@ -13,6 +13,10 @@
                                    half built or half replaced, idle partial downloads, stale records
     remove_model(name, lock)       every cached revision of one model (``cache rm``)
 
+``layer_stats(settings)`` describes the read-only caches in front of the store (see
+:mod:`modelfix.layers`). In a cache this process cannot write, ``prune``, ``gc`` and ``rm``
+stop before anything with one error naming it and the fix; stats read it as it is.
+
 Every one of them takes ``dry_run``: it then says what would go and frees nothing. None of
 them removes what a live process leases, and none follows a link: they delete only the regular
 files and the folders the store makes, by the names it gives them (a cache folder that is a
@@ -44,7 +48,18 @@ if TYPE_CHECKING:
     from .resolver import LockLike
     from .store import Store
 
-__all__ = ["Usage", "Removal", "usage", "cache_stats", "prune", "drop_superseded", "gc", "remove", "remove_model"]
+__all__ = [
+    "Usage",
+    "Removal",
+    "usage",
+    "cache_stats",
+    "layer_stats",
+    "prune",
+    "drop_superseded",
+    "gc",
+    "remove",
+    "remove_model",
+]
 
 # A `.tmp-`/`.old-` folder under views/ without a key in its name (made by an older modelfix) is
 # taken as abandoned after this long; one with a key, as soon as that view's writer lock is free.
@@ -56,7 +71,8 @@ _STAGED_RE = re.compile(r"[0-9a-f]{64}\.(adopt|join)-[0-9a-f]{8}")
 @dataclass(frozen=True)
 class Usage:
     """What ``modelfix cache stats`` prints. ``views``: dicts of key, models, revision, bytes,
-    last_used and (from :func:`cache_stats`) state."""
+    last_used and (from :func:`cache_stats`) state. ``readonly``: why this process cannot write
+    the cache (then nothing is leased there), or None."""
 
     root: Path
     blobs: int
@@ -64,6 +80,7 @@ class Usage:
     views: tuple[dict[str, Any], ...]
     partial_bytes: int
     live_leases: int
+    readonly: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +158,8 @@ def usage(store: Store) -> Usage:
         sum(s.st_size for s in blobs.values()),
         tuple(sorted(shown, key=lambda v: -v["last_used"])),
         partial,
-        leases.live(store.root)[1],
+        0 if store.layer else leases.live(store.root, tidy=not store.readonly)[1],
+        store.readonly,
     )
 
 
@@ -191,15 +209,16 @@ def _store(settings: CacheSettings | None) -> tuple[CacheSettings, Store]:
     return settings, Store(settings.root)
 
 
-def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None) -> Usage:
+def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None, store: Store | None = None) -> Usage:
     """The store's usage, each view naming every lockfile model that shares it, and its state.
 
     A view's manifest names only the model that built it; a second name with the
     same pins reuses it as it is, so only the lockfile knows. Without a readable
     lockfile the manifest's names are all there is: stats describe the cache, a
     project is optional (a lockfile named with ``--lock`` must be readable, though).
+    ``store``: describe this one (a read-only cache) rather than the settings' own.
     """
-    _, store = _store(settings)
+    store = store or _store(settings)[1]
     found = usage(store)
     try:
         lockfile = _lockfile(lock)
@@ -214,6 +233,13 @@ def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None)
         state = pins.state(View(store.view_path(view["key"]), models=tuple(view["models"])))
         shown.append({**view, "models": models, "state": state})
     return dataclasses.replace(found, views=tuple(shown))
+
+
+def layer_stats(lock: LockLike = None, *, settings: CacheSettings | None = None) -> list[Usage]:
+    """What each read-only cache in front of the store holds, in order (views in the state the lockfile gives them)."""
+    from .tiers import stores
+
+    return [cache_stats(lock, store=layer) for layer in stores(_store(settings)[0], writable=False)]
 
 
 # --- what may go -------------------------------------------------------------------------------
@@ -274,6 +300,7 @@ def gc(lock: LockLike = None, *, settings: CacheSettings | None = None, dry_run:
 def _collect(
     store: Store, keep: set[str], pins: _Pins, *, dry_run: bool, only_superseded: bool = False
 ) -> dict[str, Any]:
+    store.require_writable("`modelfix cache prune --superseded`" if only_superseded else "`modelfix cache gc`")
     store.check_folders()
     report: dict[str, Any] = {"blobs": 0, "bytes": 0, "views": 0, "superseded": 0, "leftovers": 0, "partials": 0}
     freed, doomed = _Freed(), []
@@ -428,6 +455,7 @@ def remove_model(
 
 
 def _remove(store: Store, name: str, keys: set[str], blobs: Iterable[str], shared: list[str], dry_run: bool) -> Removal:
+    store.require_writable(f"`modelfix cache rm {name}`")
     store.check_folders()
     blobs = list(blobs)
     freed = _Freed()

@@ -32,13 +32,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import cache_root
+from .config import cache_root, layer_roots
 from .errors import MemoryBudgetError, SettingsError
 from .estimate import Estimate, estimate, memory_capacity
 from .events import Event, events
@@ -122,6 +122,7 @@ class _Slot:
     turns: Turns = field(default_factory=Turns)  # calls on this Llama, one thread at a time
     handle: PooledLlama | None = None
     probe_root: Path | None = None  # where the backend probe's verdict is cached
+    probe_layers: tuple[Path, ...] = ()  # read-only caches where a verdict may be found too
 
     @property
     def settings(self) -> LoadSettings:
@@ -189,6 +190,7 @@ class Pool:
             mmproj_path=m.mmproj_path,
             frontend=frontend,
             probe_root=cache_settings.root if cache_settings else cache_root(),
+            probe_layers=cache_settings.layers if cache_settings else layer_roots(cache_root()),
             **settings,
         )
 
@@ -202,12 +204,14 @@ class Pool:
         mmproj_path: str | os.PathLike[str] | None = None,
         frontend: Mapping[str, Any] | None = None,
         probe_root: str | os.PathLike[str] | None = None,
+        probe_layers: Sequence[Path] = (),
         **settings: Any,
     ) -> PooledLlama:
         """A loaded handle for these files and settings; the resident one if the key matches.
 
         ``probe_root`` is the cache root that keeps the backend probe's verdict
-        (default: the cache root of the environment), for ``repack = "auto"``.
+        (default: the cache root of the environment), for ``repack = "auto"``;
+        ``probe_layers`` the read-only caches where a verdict is read too.
         """
         resolved = resolve_settings(name, settings, frontend=frontend, entry=entry_settings)
         if resolved.settings.mmproj and mmproj_path is None:
@@ -235,6 +239,7 @@ class Pool:
                     self._slots[key] = slot
         if probe_root is not None:
             slot.probe_root = Path(probe_root)  # the latest caller's cache, for its next (re)load
+            slot.probe_layers = tuple(probe_layers)
         self._enter(slot, lookup=True)
         self._release(slot, used=False)
         assert slot.handle is not None
@@ -376,7 +381,10 @@ class Pool:
             self._start_reaper()
             try:
                 # Before the first load of the process: may probe the backend in a child (not load time).
-                repack = use_repack(slot.settings.repack, slot.probe_root or cache_root())
+                root = slot.probe_root or cache_root()
+                repack = use_repack(
+                    slot.settings.repack, root, slot.probe_layers if slot.probe_root else layer_roots(root)
+                )
             except BaseException:
                 with self._lock:
                     slot.loading = False

@@ -8,7 +8,7 @@ those kernels kill the process: llama.cpp's AMX matmul dies with SIGSEGV at
 first real load with ``repack = "auto"`` modelfix tries a short quantized
 decode in a child process::
 
-    verdict(root) ── memo (this process) ── <root>/probe/<key>.json ── else probe:
+    verdict(root, layers) ── memo (this process) ── <root or a layer>/probe/<key>.json ── else probe:
         child: python -m modelfix.probe --child MODEL --repack on    (Q4_0, repacked at load)
             exits 0                          → "on"
             killed by a signal / hangs  ──▶ child again with --repack off
@@ -23,6 +23,9 @@ probed again. (``llama_print_system_info`` follows from the library and the
 CPU flags; it is recorded in the verdict, not hashed into the key, because
 its first call costs milliseconds.) The file is written atomically; a cache
 that cannot be written keeps the verdict in memory for the process (debug log).
+A verdict is also read from the read-only caches in front of the store (``layers``, see
+:mod:`modelfix.layers`: an image that ran the probe in its build stage on a host like this one),
+never written there.
 A verdict involving a timeout is kept in memory only: a loaded machine is no
 proof. Later starts read the file: no request, well under a millisecond.
 
@@ -45,7 +48,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,23 +233,29 @@ def _write(root: Path, found: Verdict) -> Verdict:
     return dataclasses.replace(found, path=str(path))
 
 
-def known_verdict(root: Path | None = None) -> Verdict | None:
-    """The verdict this process or the cache under ``root`` already has; never probes."""
+def _read_any(roots: Iterable[Path], key: str) -> Verdict | None:
+    return next((found for root in roots if (found := _read(root, key)) is not None), None)
+
+
+def known_verdict(root: Path | None = None, layers: Sequence[Path] = ()) -> Verdict | None:
+    """The verdict this process, the cache under ``root`` or a read-only cache in ``layers`` already has;
+    never probes."""
     key = probe_key()
     found = _MEMO.get(key)
-    if found is None and root is not None:
-        found = _read(root, key)
+    if found is None:
+        found = _read_any([*layers, *([root] if root is not None else [])], key)
     return found
 
 
-def verdict(root: Path, *, timeout: float | None = None) -> Verdict:
-    """This host's verdict: from memory, from ``<root>/probe/``, else by probing (then cached)."""
+def verdict(root: Path, *, timeout: float | None = None, layers: Sequence[Path] = ()) -> Verdict:
+    """This host's verdict: from memory, from ``<root>/probe/`` or a read-only cache's, else by probing
+    (then kept in ``root``, or in memory where it cannot be written)."""
     key = probe_key()
     found = _MEMO.get(key)
     if found is not None:
         return found
     with _LOCK:
-        found = _MEMO.get(key) or _read(root, key)
+        found = _MEMO.get(key) or _read_any([*layers, root], key)
         if found is None:
             with _probe_lock(root, key):
                 found = _read(root, key)  # another process may have probed meanwhile
@@ -258,7 +267,7 @@ def verdict(root: Path, *, timeout: float | None = None) -> Verdict:
     return found
 
 
-def use_repack(setting: str, root: Path) -> bool:
+def use_repack(setting: str, root: Path, layers: Sequence[Path] = ()) -> bool:
     """Whether a load with ``repack = setting`` repacks its weights; ``auto`` follows the verdict.
 
     Raises :class:`~modelfix.errors.BackendError` where the probe found that
@@ -266,7 +275,7 @@ def use_repack(setting: str, root: Path) -> bool:
     """
     if setting != "auto":
         return setting == "on"
-    found = verdict(root)
+    found = verdict(root, layers=layers)
     if found.repack == "broken":
         slow = " If this machine is only slow, raise MODELFIX_PROBE_TIMEOUT." if "no answer" in found.crashed else ""
         raise BackendError(
@@ -295,7 +304,7 @@ def repack_text(setting: str, found: Verdict | None) -> str:
     return found.summary()
 
 
-def describe(root: Path, *, probe_now: bool = False) -> str:
+def describe(root: Path, *, probe_now: bool = False, layers: Sequence[Path] = ()) -> str:
     """How loads in this environment repack, in words: ``MODELFIX_REPACK``, else the verdict.
 
     ``probe_now`` probes a host that has no verdict yet (once per machine);
@@ -307,7 +316,7 @@ def describe(root: Path, *, probe_now: bool = False) -> str:
     if setting != "auto":
         return repack_text(setting, None)
     try:
-        return repack_text("auto", verdict(root) if probe_now else known_verdict(root))
+        return repack_text("auto", verdict(root, layers=layers) if probe_now else known_verdict(root, layers))
     except BackendError as exc:
         return f"backend probe failed: {exc}"
 

@@ -16,7 +16,7 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
     @pytest.mark.model(NAMES, **settings)
                                 several names = the test runs once per model (ids = names);
                                 require_gpu=True skips on builds without GPU offload
-    pytest_report_header        lockfile, cache dir, models, GPU offload; the backend probe's
+    pytest_report_header        lockfile, cache dir (and read-only caches), models, GPU offload; the backend probe's
                                 verdict (probing, once per machine, when the lockfile has models)
     pytest_terminal_summary     models used, bytes fetched, cache hits, load times, pool and
                                 cache evictions: only if a test used a fixture (see
@@ -95,6 +95,13 @@ _OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ),
     ("cache_dir", "string", "store root (default: $MODELFIX_CACHE_DIR or the user cache folder)", {"metavar": "DIR"}),
     (
+        "readonly_cache",
+        "linelist",
+        "a read-only cache served in place in front of the store, never written (repeatable; the ini key "
+        "takes one per line; default: $MODELFIX_READONLY_CACHES)",
+        {"metavar": "DIR", "action": "append"},
+    ),
+    (
         "offline",
         "bool",
         "never touch the network: a model missing from the cache fails its tests",
@@ -141,6 +148,7 @@ class PluginOptions:
 
     lock: Path | None = None
     cache_dir: Path | None = None
+    readonly_caches: tuple[Path, ...] | None = None
     offline: bool | None = None
     gpu_layers: int | None = None
     memory_budget: str | None = None
@@ -163,6 +171,10 @@ class PluginOptions:
             value, base = get(name)
             return None if value is None else base / Path(os.path.expanduser(value))
 
+        def paths(name: str) -> tuple[Path, ...] | None:
+            values, base = get(name)
+            return None if not values else tuple(base / Path(os.path.expanduser(v)) for v in values)
+
         layers, _ = get("gpu_layers")
         try:
             gpu_layers = None if layers is None else int(layers)
@@ -181,6 +193,7 @@ class PluginOptions:
         return cls(
             lock=path("lock"),
             cache_dir=path("cache_dir"),
+            readonly_caches=paths("readonly_cache"),
             offline=get("offline")[0],
             gpu_layers=gpu_layers,
             memory_budget=budget,
@@ -191,7 +204,9 @@ class PluginOptions:
     def cache_settings(self) -> CacheSettings:
         from .config import CacheSettings
 
-        return CacheSettings.resolve(cache_dir=self.cache_dir, offline=self.offline)
+        return CacheSettings.resolve(
+            cache_dir=self.cache_dir, offline=self.offline, readonly_caches=self.readonly_caches
+        )
 
     def frontend(self) -> dict[str, Any]:
         """The load settings this front end contributes (its layer in the settings precedence)."""
@@ -569,27 +584,38 @@ def pytest_report_header(config: pytest.Config) -> str | list[str]:
         lock = state.lockfile
     except ModelfixError as exc:
         return f"modelfix: {exc}"
-    root = None
+    cache_settings = None
     try:
         cache_settings = state.options.cache_settings()
     except ModelfixError as exc:
         cache, offline = f"unusable ({exc})", ""
     else:
-        cache, offline = str(cache_settings.root), ", offline" if cache_settings.offline else ""
-        root = cache_settings.root
+        cache, offline = _cache_text(cache_settings), ", offline" if cache_settings.offline else ""
     names = ", ".join(lock.entries) or "none"
     line = (
         f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
         f"GPU offload: {'yes' if _gpu_offload() else 'no'}"
     )
-    return [line, f"modelfix: llama.cpp {_backend(root)}"] if lock.entries and root is not None else line
+    if not lock.entries or cache_settings is None:
+        return line
+    return [line, f"modelfix: llama.cpp {_backend(cache_settings)}"]
 
 
-def _backend(root: Path) -> str:
+def _cache_text(settings: CacheSettings) -> str:
+    """The store and the read-only caches in front of it: ``~/.cache/modelfix, read-only caches /opt/models``."""
+    from .layers import unwritable
+
+    why = unwritable(settings.root)
+    store = f"{settings.root} (read-only here: {why})" if why else str(settings.root)
+    layers = ", ".join(map(str, settings.layers))
+    return f"{store}, read-only caches {layers}" if layers else store
+
+
+def _backend(settings: CacheSettings) -> str:
     """The backend probe's verdict, as the run's loads will follow it (probed here, once per machine)."""
     from . import probe
 
-    return probe.describe(root, probe_now=True)
+    return probe.describe(settings.root, probe_now=True, layers=settings.layers)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -12,16 +12,20 @@
     missing(lockfile, settings), cached_state(entry, settings), jobs()
 
 ``lock`` is a path, a :class:`Lockfile`, or ``None`` for the nearest
-``model-lock.toml`` upward. Bytes come from the first place that has them:
-the store, another local cache (huggingface_hub's or llama.cpp's, verified
-and linked in), the remote tier (``MODELFIX_REMOTE``), then the entry's
-origin. A warm call costs a few stats: no network, no hashing, no parsing.
+``model-lock.toml`` upward. A model whose view is whole in a read-only cache
+in front of the store (``MODELFIX_READONLY_CACHES``, see :mod:`modelfix.layers`)
+is served from there, in place. Otherwise bytes come from the first place that
+has them: the store, a read-only cache (copied, verified), another local cache
+(huggingface_hub's or llama.cpp's, verified and linked in), the remote tier
+(``MODELFIX_REMOTE``), then the entry's origin. A warm call costs a few stats:
+no network, no hashing, no parsing.
 
 The warm path keeps two memos per process, each checked by stats on every call::
 
     lockfile path -> (identity, text, parsed Lockfile)    re-read when the identity moves
                                                           (or the file is under 2 s old)
-    (cache root, lockfile, model) -> (Entry, view Snapshot, Materialized)
+    (cache root, read-only caches, lockfile, model) -> (Entry, the store that
+                                                 serves it, view Snapshot, Materialized)
 
 A call reuses the Materialized while the entry is the same object (the
 lockfile did not change) and the view's files still have the identities they
@@ -29,7 +33,7 @@ had (a stat each): a view removed by ``cache rm``, gc or an eviction in
 another process, or a blob removed by ``verify``, fails that check and the
 call takes the cold path again. The cache root is read from the environment
 on every call (:func:`~modelfix.config.cache_root`), so a new
-``MODELFIX_CACHE_DIR`` is a new memo key.
+``MODELFIX_CACHE_DIR`` is a new memo key; so are the read-only caches.
 
 The other caches and the remote tier (``push`` included) live in :mod:`modelfix.tiers`.
 """
@@ -46,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CacheSettings, cache_root
+from .config import CacheSettings, cache_root, layer_roots
 from .errors import CacheError, IntegrityError, LockError, ModelfixError, OfflineError
 from .eviction import format_size
 from .fetch import FetchPolicy, download
@@ -56,9 +60,9 @@ from .lockfile import Entry, FilePin, Lockfile, nearest_lockfile, read_raw
 from .sources import Location, source_for
 from .care import cache_stats, gc, prune, remove
 from .store import Store
-from .tiers import adopt, adoption_candidates, push, remote_url
+from .tiers import adopt, adoption_candidates, push, remote_url, stores
 from .transports import SourceMissing, Transport, transport_for
-from .views import Snapshot, ViewFile
+from .views import Snapshot, View, ViewFile
 
 __all__ = [
     "Materialized",
@@ -165,6 +169,13 @@ def _layout(entry: Entry) -> list[tuple[str, list[FilePin]]]:
     return list(groups.items())
 
 
+def _expected(entry: Entry) -> dict[str, tuple[str | None, int]]:
+    """Each file the entry's view shows: the sha256 it must hold (None for a joined file) and its size."""
+    return {
+        name: (None if pins[0].join else pins[0].sha256, sum(p.size for p in pins)) for name, pins in _layout(entry)
+    }
+
+
 def _materialized(entry: Entry, view: Path, key: str) -> Materialized:
     layout = _layout(entry)
 
@@ -198,8 +209,9 @@ def _open(settings: CacheSettings | None) -> tuple[CacheSettings, Store]:
 def files(name: str, lock: LockLike = None, *, settings: CacheSettings | None = None) -> Materialized:
     """Every file of model ``name``, verified, in its view; fetches what is missing."""
     lockfile = _lockfile(lock)
+    root = settings.root if settings else cache_root()
     # A warm call skips _materialize and its lists: about a tenth of what it costs.
-    warm = _warm(Store(settings.root if settings else cache_root()), lockfile, _pinned(lockfile, name))
+    warm = _warm(root, settings.layers if settings else layer_roots(root), lockfile, _pinned(lockfile, name))
     return warm or _materialize([name], lockfile, settings, workers=4, cancel=None)[0]
 
 
@@ -235,17 +247,19 @@ def _materialize(
 ) -> list[Materialized]:
     lockfile = _lockfile(lock)
     entries = _entries(lockfile, names)
-    store = Store(settings.root if settings else cache_root())  # the warm path needs no other setting
+    root = settings.root if settings else cache_root()  # the warm path needs no other setting
+    layers = settings.layers if settings else layer_roots(root)
     ready: dict[str, Materialized] = {}
     for entry in entries:
-        if (found := _warm(store, lockfile, entry)) is not None:
+        if (found := _warm(root, layers, lockfile, entry)) is not None:
             ready[entry.name] = found
     cold = [e for e in entries if e.name not in ready]
     if cold:
-        settings = settings or CacheSettings.resolve(cache_dir=store.root)
+        settings = settings or CacheSettings.resolve(cache_dir=root)
+        store = Store(root)
         _fetch(cold, lockfile, settings, store, workers, cancel or threading.Event())
         for entry in cold:
-            ready[entry.name] = _build(entry, lockfile, store)
+            ready[entry.name] = _build(entry, lockfile, store, layers)
     return [ready[e.name] for e in entries]
 
 
@@ -254,42 +268,54 @@ class _Seen:
     """What the last call for a model found: valid while ``entry`` is the lockfile's and ``view`` is unchanged."""
 
     entry: Entry
+    store: Store  # the one that serves it: the writable store, or a read-only cache in front of it
     view: Snapshot
     materialized: Materialized
 
 
-_WARM: dict[tuple[Path, Path, str], _Seen] = {}
+_Slot = tuple[Path, tuple[Path, ...], Path, str]  # (cache root, read-only caches, lockfile, model)
+_WARM: dict[_Slot, _Seen] = {}
 _WARM_LIMIT = 256  # models x cache roots one process uses; a test run makes a root per test
 
 
-def _warm(store: Store, lockfile: Lockfile, entry: Entry) -> Materialized | None:
-    """``entry``'s Materialized if its view is whole (leased, last use recorded); None if it must be made."""
-    slot = (store.root, lockfile.path, entry.name)
+def _warm(root: Path, layers: tuple[Path, ...], lockfile: Lockfile, entry: Entry) -> Materialized | None:
+    """``entry``'s Materialized if its view is whole in a read-only cache, else in the store (leased,
+    last use recorded); None if it must be made."""
+    slot = (root, layers, lockfile.path, entry.name)
     seen = _WARM.get(slot)
-    if seen is not None and seen.entry is not entry:  # the lockfile changed since
-        seen = None
-    key = seen.materialized.content_key if seen else content_key(entry)
-    view = store.use_view(key, seen.view if seen else None)
-    if view is None:
-        return None
-    if seen and view is seen.view:
-        return seen.materialized
+    if seen is not None and seen.entry is entry:  # else the lockfile changed since
+        key = seen.materialized.content_key
+        view = seen.store.use_view(key, seen.view)
+        if view is seen.view:
+            return seen.materialized
+        if view is not None and (found := _fresh(slot, seen.store, entry, key, view)):
+            return found
+    key = content_key(entry)
+    expect = _expected(entry)
+    for store in (*(Store(layer, layer=True) for layer in layers), Store(root)):
+        view = store.use_view(key, None, expect)
+        if view is not None and (found := _fresh(slot, store, entry, key, view)):
+            return found
+    return None
+
+
+def _fresh(slot: _Slot, store: Store, entry: Entry, key: str, view: Snapshot) -> Materialized | None:
     # A fresh look (a new process, or the view changed) also checks the pinned blobs, which
     # use_view put back if deleted from under the view: one a view cannot hold (a legacy part
     # of a joined file) must be fetched again, or `verify` would call it missing for ever.
     if not all(store.has(p.sha256) for p in entry.files):
         return None
-    return _remember(slot, entry, view, _materialized(entry, store.view_path(key), key))
+    return _remember(slot, store, entry, view, _materialized(entry, store.view_path(key), key))
 
 
-def _remember(slot: tuple[Path, Path, str], entry: Entry, view: Snapshot, materialized: Materialized) -> Materialized:
+def _remember(slot: _Slot, store: Store, entry: Entry, view: Snapshot, materialized: Materialized) -> Materialized:
     if len(_WARM) >= _WARM_LIMIT:
         _WARM.clear()
-    _WARM[slot] = _Seen(entry, view, materialized)
+    _WARM[slot] = _Seen(entry, store, view, materialized)
     return materialized
 
 
-def _build(entry: Entry, lockfile: Lockfile, store: Store) -> Materialized:
+def _build(entry: Entry, lockfile: Lockfile, store: Store, layers: tuple[Path, ...]) -> Materialized:
     shown = []
     for name, pins in _layout(entry):
         sha = store.join([p.sha256 for p in pins]) if pins[0].join else pins[0].sha256
@@ -300,7 +326,7 @@ def _build(entry: Entry, lockfile: Lockfile, store: Store) -> Materialized:
     if view is None:
         raise CacheError(f"{entry.name}: the view {store.view_path(key)} changed while it was being made; run again.")
     made = _materialized(entry, store.view_path(key), key)
-    return _remember((store.root, lockfile.path, entry.name), entry, view, made)
+    return _remember((store.root, layers, lockfile.path, entry.name), store, entry, view, made)
 
 
 def _fetch(
@@ -315,10 +341,14 @@ def _fetch(
     for entry in entries:
         for pin in entry.files:
             wanted.setdefault(pin.sha256, (entry, pin))
+    names = ", ".join(e.name for e in entries)
+    store.require_writable(
+        f"fetching {names} (not whole in the cache{' or a read-only one' if settings.layers else ''})"
+    )
     store.check_folders()  # a cache folder that is a link: one clear error before any download
     absent = {sha: item for sha, item in wanted.items() if not store.has(sha)}
     if settings.offline:
-        stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile)}
+        stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile, settings.layers)}
         if stuck:  # every model lists every file it lacks, those it shares with another too
             raise OfflineError(
                 _offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck], lockfile, store)
@@ -328,7 +358,7 @@ def _fetch(
             {sha: p.size for sha, (_, p) in absent.items()},
             settings.max_size,
             keep=set(wanted),
-            model=", ".join(e.name for e in entries),
+            model=names,
         )
     store.lease(wanted)  # from now on no other process evicts what this sync brings in
     policy = FetchPolicy.from_env()
@@ -379,9 +409,14 @@ def _ensure(
             if settings.remote:
                 sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
             sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
-        others = adoption_candidates(
-            pin.sha256, repo=getattr(source, "repo", None), filename=pin.path, revision=entry.revision
-        )
+        # Read-only caches first, copied (never linked: see modelfix.layers), then the other caches.
+        others = [(s.blob_path(pin.sha256), False) for s in stores(settings, writable=False) if s.has(pin.sha256)]
+        others += [
+            (path, True)
+            for path in adoption_candidates(
+                pin.sha256, repo=getattr(source, "repo", None), filename=pin.path, revision=entry.revision
+            )
+        ]
         try:
             _obtain(store, pin, label, job, sources, others, cancel, policy)
         except SourceMissing as exc:
@@ -405,13 +440,14 @@ def _obtain(
     label: str,
     job: Job,
     sources: Sequence[tuple[str, Transport]],
-    others: Sequence[Path],
+    others: Sequence[tuple[Path, bool]],
     cancel: threading.Event,
     policy: FetchPolicy,
 ) -> None:
     """Make blob ``pin`` present and verified, from the first place that has it.
 
-    The store itself ("cache"), another cache's file ("adopted"), then each
+    The store itself ("cache"), a read-only cache's or another cache's file ("adopted";
+    ``others``: (path, whether it may be hard-linked)), then each
     source in turn ("remote", "origin"). A missing, failing or corrupt copy in
     the remote falls through to the origin; a mismatch from the origin is
     fetched once more from scratch, then raised as :class:`IntegrityError`.
@@ -424,9 +460,9 @@ def _obtain(
         if store.check(pin.sha256):  # another process fetched it while we waited
             job.update("completed", source="cache")
             return
-        for candidate in others:
+        for candidate, linkable in others:
             job.update("verifying", source="adopted")
-            if adopt(store, pin.sha256, pin.size, candidate):
+            if adopt(store, pin.sha256, pin.size, candidate, link=linkable):
                 job.update("completed")
                 return
         try:
@@ -491,7 +527,9 @@ def _fetch_from(
     return False
 
 
-def _adoptable(entry: Entry, pin: FilePin, lockfile: Lockfile) -> bool:
+def _adoptable(entry: Entry, pin: FilePin, lockfile: Lockfile, layers: tuple[Path, ...]) -> bool:
+    if any(Store(layer, layer=True).has(pin.sha256) for layer in layers):
+        return True
     try:
         repo = getattr(source_for(entry.source, lockfile.path), "repo", None)
     except ModelfixError:
@@ -548,23 +586,31 @@ def verify(
 ) -> list[Problem]:
     """Re-hash what ``names`` pin (xxh3 against the memo; sha256 against the pins with ``full``).
 
-    A wrong blob is removed from the store (and its views), so that
-    ``modelfix sync`` fetches it again; missing files are problems too.
+    A model is checked where it is served from: the first read-only cache whose view of it is
+    whole, else the store. A wrong blob is removed from the store (and its views), so that
+    ``modelfix sync`` fetches it again; in a cache this process cannot write it is reported
+    and stays, and nothing is written there. Missing files are problems too.
     """
     lockfile = _lockfile(lock)
-    _, store = _open(settings)
+    settings, store = _open(settings)
     problems: list[Problem] = []
-    checked: dict[str, tuple[str, str] | None] = {}
+    checked: dict[tuple[Path, str], tuple[str, str] | None] = {}
     for entry in _entries(lockfile, names):
-        store.check_view(content_key(entry))  # puts back blobs deleted from under a whole view
+        key, expect = content_key(entry), _expected(entry)
+        layer = next((s for s in stores(settings, writable=False) if s.check_view(key, expect)), None)
+        where = layer or store
+        whole = layer is not None or store.check_view(key, expect)  # puts back blobs deleted from under a whole view
+        shown: dict[str, Path] = {}
+        if where.readonly and whole:  # what is served there are the view's files: a copy may have unlinked them
+            shown = {f["sha256"]: where.view_path(key) / f["name"] for f in View.read(where.view_path(key)).files}
         files = [(pin.path, pin.sha256) for pin in entry.files]
         for name, pins in _layout(entry):  # a joined file is a blob of its own, and the one llama.cpp reads
-            if pins[0].join and (joined := store.joined([p.sha256 for p in pins], check=False)):
+            if pins[0].join and (joined := where.joined([p.sha256 for p in pins], check=False)):
                 files.append((name, joined))
         for name, sha in files:
-            if not store.has(sha):
+            if sha not in shown and not where.has(sha):
                 # This process's next sync must not trust the view it remembers: the fresh look fetches the blob.
-                _WARM.pop((store.root, lockfile.path, entry.name), None)
+                _WARM.pop((store.root, settings.layers, lockfile.path, entry.name), None)
                 problems.append(
                     Problem(
                         entry.name,
@@ -575,35 +621,35 @@ def verify(
                     )
                 )
                 continue
-            if sha not in checked:
-                checked[sha] = store.verify_blob(sha, full=full)
-            if (bad := checked[sha]) is not None:
+            if (where.root, sha) not in checked:
+                checked[where.root, sha] = where.verify_blob(sha, full=full, path=shown.get(sha))
+            if (bad := checked[where.root, sha]) is not None:
                 expected, got = bad
+                fix = (
+                    f"it stays there: {where.root} is {where.readonly}; sync that cache again where it is made"
+                    if where.readonly
+                    else f"removed from the cache; run `{_sync_command(entry.name, lockfile, store)}` to fetch it again"
+                )
                 problems.append(
-                    Problem(
-                        entry.name,
-                        name,
-                        expected,
-                        got,
-                        f"corrupt (expected {expected}, got {got}): removed from the cache; "
-                        f"run `{_sync_command(entry.name, lockfile, store)}` to fetch it again",
-                    )
+                    Problem(entry.name, name, expected, got, f"corrupt (expected {expected}, got {got}): {fix}")
                 )
     return problems
 
 
 def missing(lockfile: Lockfile, settings: CacheSettings) -> list[tuple[str, FilePin]]:
-    """(model, pin) for every pinned file of ``lockfile`` that the store does not hold."""
-    store = Store(settings.root)
-    return [(e.name, p) for e in lockfile.entries.values() for p in e.files if not store.has(p.sha256)]
+    """(model, pin) for every pinned file of ``lockfile`` that neither the store nor a read-only cache holds."""
+    where = stores(settings)
+    return [(e.name, p) for e in lockfile.entries.values() for p in e.files if not any(s.has(p.sha256) for s in where)]
 
 
 def cached_state(entry: Entry, settings: CacheSettings) -> str:
-    """``"cached"`` (every pinned file present), ``"partial"`` (some, or a download begun) or ``"missing"``."""
-    store = Store(settings.root)
-    present = [store.has(p.sha256) for p in entry.files]
+    """``"cached"`` (every pinned file present, in the store or a read-only cache), ``"partial"`` (some, or a
+    download begun) or ``"missing"``."""
+    where = stores(settings)
+    present = [any(s.has(p.sha256) for s in where) for p in entry.files]
     if present and all(present):
         return "cached"
-    if any(present) or any(store.partial_path(p.sha256).exists() for p in entry.files):
+    partials = settings.root / "tmp"  # not Store.partial_path, which makes the folder (a read-only cache...)
+    if any(present) or any((partials / f"{p.sha256}.partial").exists() for p in entry.files):
         return "partial"
     return "missing"

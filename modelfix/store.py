@@ -32,12 +32,19 @@ files are opened without following links and created new, never written
 through; a blob is never a symlink; everything is created 0o666/0o777 and the
 umask decides. An OSError met writing here becomes a :class:`CacheError` that
 names the path and the fix (:func:`cache_error`).
+
+A store this process cannot write (a read-only mount, another user's cache, or a read-only
+layer in front of the writable store) serves what it holds in place and writes nothing: its
+views are checked as :mod:`modelfix.layers` describes (the trust model of read-only caches),
+and what must write there (a miss, ``sync``, ``gc``, ``prune``, ``rm``) is one error naming
+the folder and the fix (:meth:`Store.require_writable`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -49,7 +56,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import leases, safefs, views
+from . import layers, leases, safefs, views
 from .care import Usage
 from .config import CacheSettings
 from .errors import CacheError
@@ -69,11 +76,29 @@ FOLDERS = ("blobs", "memo", "tmp", "locks", "joins", "views", "leases")
 
 
 class Store:
-    """One cache root. Cheap to create: it only names paths until asked to act."""
+    """One cache root. Cheap to create: it only names paths until asked to act.
 
-    def __init__(self, root: Path) -> None:
+    ``layer``: a read-only cache in front of the writable store, never written whatever its
+    permissions (see :mod:`modelfix.layers`).
+    """
+
+    def __init__(self, root: Path, *, layer: bool = False) -> None:
         # The settings' own Path, when given one: leases are looked up by it on every warm call.
         self.root = root if isinstance(root, Path) else Path(root)
+        self.layer = layer
+
+    @functools.cached_property
+    def readonly(self) -> str | None:
+        """Why this process writes nothing here (a layer, a read-only file system...), or None if it may."""
+        why = "a read-only layer" if self.layer else layers.unwritable(self.root)
+        if why:
+            layers.announce(self.root, why)
+        return why
+
+    def require_writable(self, doing: str) -> None:
+        """Raise the one-line error for ``doing`` (``"`modelfix cache gc`"``) where this process cannot write."""
+        if why := self.readonly:
+            raise layers.refusal(self.root, why, doing)
 
     # --- paths -------------------------------------------------------------
 
@@ -157,6 +182,8 @@ class Store:
         link elsewhere) is re-hashed: xxh3 against the memo, or sha256 if there is no memo. A
         blob that fails, or is not a regular file, is deleted, so the next fetch replaces it.
         """
+        if self.readonly:
+            return self.has(sha)  # as built (see modelfix.layers); nothing could be removed here anyway
         path = self.blob_path(sha)
         try:
             st = os.lstat(path)
@@ -196,20 +223,23 @@ class Store:
                 self._write_memo(sha, result, identity)
         return ok
 
-    def verify_blob(self, sha: str, *, full: bool) -> tuple[str, str] | None:
-        """Hash a committed blob: None if good, else (expected, got) as ``algo:hex``.
+    def verify_blob(self, sha: str, *, full: bool, path: Path | None = None) -> tuple[str, str] | None:
+        """Hash a committed blob (or ``path``, a view file showing it): None if good, else (expected, got)
+        as ``algo:hex``.
 
         xxh3 against the memo by default, sha256 against the address with
         ``full`` (or when there is no memo). A wrong blob is removed, with the
-        views showing it, so that ``modelfix sync`` fetches it again.
+        views showing it, so that ``modelfix sync`` fetches it again; in a cache
+        this process cannot write, it is only reported, and no memo is written.
         """
         record = self.memo(sha)
         fast = not full and bool(record and record.get("xxh3"))
         fd = None
         with contextlib.suppress(CacheError):
-            fd = safefs.open_regular(self.blob_path(sha))
+            fd = safefs.open_regular(path or self.blob_path(sha))
         if fd is None:
-            self.evict([sha])
+            if not self.readonly:
+                self.evict([sha])
             return f"sha256:{sha}", "not a regular file"
         try:
             identity = identity_of(os.fstat(fd))
@@ -219,9 +249,10 @@ class Store:
         expected = f"xxh3:{record['xxh3']}" if fast and record else f"sha256:{sha}"
         got = f"xxh3:{result.xxh3}" if fast else f"sha256:{result.sha256}"
         if got != expected:
-            self.evict([sha])
+            if not self.readonly:
+                self.evict([sha])
             return expected, got
-        if record is None or record.get("id") != list(identity):
+        if not self.readonly and path is None and (record is None or record.get("id") != list(identity)):
             with contextlib.suppress(CacheError):
                 self._write_memo(sha, FileHash(result.size, sha, result.xxh3 or (record or {}).get("xxh3")), identity)
         return None
@@ -358,7 +389,9 @@ class Store:
 
     # --- views ---------------------------------------------------------------
 
-    def use_view(self, key: str, seen: Snapshot | None = None) -> Snapshot | None:
+    def use_view(
+        self, key: str, seen: Snapshot | None = None, expect: layers.Expected | None = None
+    ) -> Snapshot | None:
         """View ``key`` if it is whole, each file still the blob it was made from; its blobs leased.
 
         This is the warm path: with ``seen`` (what an earlier call returned) one
@@ -367,10 +400,15 @@ class Store:
         an lstat per blob (:meth:`View.check`), no hashing unless an identity
         moved. The lease is taken, and the view checked again, under the shared
         store lock, so an eviction either sees the lease or finished before the check.
+        In a store this process cannot write, the view is checked as :func:`modelfix.layers.check`
+        does (against ``expect``, the files the pins name), and nothing is leased or recorded.
         """
-        if seen is not None and seen.shas <= leases.held(self.root) and seen.unchanged():
-            _used(seen.manifest)
+        if seen is not None and (seen.shas <= leases.held(self.root) or not seen.leased) and seen.unchanged():
+            if seen.leased:
+                _used(seen.manifest)
             return seen
+        if self.readonly:
+            return layers.check(self, key, expect)
         now = self._check_view(key)
         if now is None:
             return None
@@ -388,8 +426,10 @@ class Store:
         view = View.read(self.view_path(key))
         return view.check(self) if view.files else None
 
-    def check_view(self, key: str) -> bool:
+    def check_view(self, key: str, expect: layers.Expected | None = None) -> bool:
         """Is view ``key`` whole? Restores blobs deleted from under it, takes no lease (for ``verify``)."""
+        if self.readonly:
+            return layers.check(self, key, expect) is not None
         return self._check_view(key) is not None
 
     def build_view(self, key: str, files: Sequence[ViewFile], model: str, revision: str | None = None) -> Path:
@@ -482,6 +522,7 @@ class Store:
         Returns the evicted shas (with ``dry_run``, those it would evict, evicting nothing).
         """
         keep = set(keep)
+        self.require_writable(f"fetching {model}" if model else "`modelfix cache prune`")
         self.check_folders()
         with self._store_lock(shared=False):
             sizes = leases.live_with_sizes(self.root, tidy=not dry_run)

@@ -1,5 +1,8 @@
-"""Where bytes come from besides the store and the origin: other local caches and the remote tier.
+"""Where bytes come from besides the store and the origin: read-only caches, other local caches, the remote tier.
 
+* **Read-only caches** (``MODELFIX_READONLY_CACHES``, see :mod:`modelfix.layers`): a model
+  whose view is whole in one is served from there; a blob one holds is copied into the store
+  and verified (:func:`adopt` with ``link=False``). :func:`stores` lists them with the store.
 * **Other caches**: huggingface_hub's and llama.cpp's downloads may already hold a
   pinned file; :func:`adoption_candidates` names where to look, and :func:`adopt`
   verifies what it finds and links it into the store (or copies it: another user's file).
@@ -33,9 +36,15 @@ from .store import Store
 if TYPE_CHECKING:
     from .resolver import LockLike
 
-__all__ = ["adoption_candidates", "adopt", "remote_url", "push"]
+__all__ = ["stores", "adoption_candidates", "adopt", "remote_url", "push"]
 
 log = logging.getLogger("modelfix")
+
+
+def stores(settings: CacheSettings, *, writable: bool = True) -> list[Store]:
+    """The read-only caches of ``settings`` in order, then (with ``writable``) its store: where a pinned file may be."""
+    found = [Store(layer, layer=True) for layer in settings.layers]
+    return [*found, Store(settings.root)] if writable else found
 
 
 def adoption_candidates(
@@ -74,14 +83,16 @@ def adoption_candidates(
     return [p for p in dict.fromkeys(found) if os.path.isfile(p)]
 
 
-def adopt(store: Store, sha: str, size: int, candidate: Path) -> bool:
+def adopt(store: Store, sha: str, size: int, candidate: Path, *, link: bool = True) -> bool:
     """Take a verified copy of ``candidate`` (another cache's file) as blob ``sha`` of ``store``.
 
     A hard link costs no space; it also makes the other cache's file
     read-only, which neither huggingface_hub nor llama.cpp minds (they
     only ever replace files, never write into them). Only a file of this
     user (or root) is linked: another user could rewrite a linked file
-    later, under the identity this store trusts. Anyone else's is copied.
+    later, under the identity this store trusts. Anyone else's is copied,
+    and so is every file when not ``link`` (a read-only cache's: a link
+    would change its mode, a write there).
     """
     try:
         # A snapshot entry is a relative symlink to the other cache's blob; Linux's link()
@@ -95,7 +106,7 @@ def adopt(store: Store, sha: str, size: int, candidate: Path) -> bool:
     staged = store.staged(sha, "adopt")
     try:
         linked = False
-        if st.st_uid in (os.geteuid(), 0):
+        if link and st.st_uid in (os.geteuid(), 0):
             with contextlib.suppress(OSError):
                 os.link(candidate, staged)
                 linked = True
@@ -163,7 +174,7 @@ def push(
             "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
         )
     materialized = sync(names, lock, settings=settings)
-    store = Store(settings.root)
+    where = stores(settings)  # a model served from a read-only cache is uploaded from there
     fs, _ = fsspec.core.url_to_fs(settings.remote)
     report, done = [], set()
     for item in materialized:
@@ -181,7 +192,8 @@ def push(
                 # (they would reject it by its hash anyway).
                 staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
                 fs.makedirs(os.path.dirname(target), exist_ok=True)
-                fs.put_file(str(store.blob_path(pin.sha256)), staging)
+                source = next((s.blob_path(pin.sha256) for s in where if s.has(pin.sha256)), None)
+                fs.put_file(str(source or where[-1].blob_path(pin.sha256)), staging)
                 fs.mv(staging, target)
             except Exception as exc:  # each fsspec backend raises its own kind (aiohttp, botocore, gcsfs ...)
                 raise CacheError(

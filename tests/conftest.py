@@ -3,11 +3,19 @@
 The local Hub (``local_hub``, ``hub_env``) comes from ``modelfix.testing`` —
 the same fixtures users get. On top of it: a tiny model repository written
 once per session, a hub serving it as ``org/tiny``, an isolated cache, and a
-working folder with a lockfile.
+working folder with a lockfile. ``users`` acts as other users (``setpriv``) in
+``shared`` folders, for what a cache shared by several users, or one that
+another user made, must withstand.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -146,3 +154,67 @@ def undocumented():
         return missing
 
     return walk
+
+
+# --- acting as other users ------------------------------------------------------------------------
+
+
+class Users:
+    """Runs commands as other users: uids and a group that no account here uses."""
+
+    OTHER, ALICE, BOB, TEAM = 4021, 4022, 4023, 4020
+    # What `modelfix ARGS...` runs as another user: this interpreter, which may not be on their PATH.
+    CLI = "import sys; from modelfix.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this process cannot act as another user, or None."""
+        if os.geteuid() != 0:
+            return "acting as a second user needs root (setpriv --reuid)"
+        if shutil.which("setpriv") is None:
+            return "setpriv (util-linux) is not installed"
+        probe = ["setpriv", f"--reuid={cls.OTHER}", f"--regid={cls.TEAM}", "--clear-groups", "true"]
+        return None if subprocess.run(probe, check=False).returncode == 0 else "root may not switch uid here"
+
+    def run(self, uid: int, *command: str, **kwargs) -> subprocess.CompletedProcess:
+        """Run ``command`` as ``uid`` in group TEAM, with no other groups."""
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={self.TEAM}", "--clear-groups", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            **kwargs,
+        )
+
+    def cli(self, uid: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """``modelfix ARGS...`` as ``uid``."""
+        return self.run(uid, sys.executable, "-c", self.CLI, *args, **kwargs)
+
+    def plant_link(self, target: Path, link: Path) -> None:
+        """Another user makes ``link`` point at ``target``."""
+        done = self.run(self.OTHER, "ln", "-s", str(target), str(link))
+        assert done.returncode == 0, done.stderr
+
+    def team_folder(self, path: Path) -> Path:
+        """``path``, a setgid folder of the team: what is made inside belongs to the team."""
+        path.mkdir(exist_ok=True)
+        os.chown(path, -1, self.TEAM)
+        path.chmod(0o2775)
+        return path
+
+
+@pytest.fixture(scope="session")
+def users() -> Users:
+    """:class:`Users`; the test is skipped where this process cannot act as another user (not root, no setpriv)."""
+    if (reason := Users.unavailable()) is not None:
+        pytest.skip(reason)
+    return Users()
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder every uid can reach (pytest's own temp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="modelfix-shared-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

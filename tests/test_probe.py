@@ -191,6 +191,19 @@ def test_a_cache_that_cannot_be_written_keeps_the_verdict_in_memory(fresh, tmp_p
     assert probe.use_repack("auto", blocked) is False
 
 
+def test_a_verdict_in_a_read_only_cache_is_used_and_nothing_is_written_anywhere(fresh, root, tmp_path, monkeypatch):
+    layer = tmp_path / "image"
+    baked = probe._write(layer, probe.Verdict("off", probe.probe_key(), "llama.cpp as built", "died by SIGSEGV"))
+    monkeypatch.setattr(probe, "_probe", lambda *args: pytest.fail("probed, though a read-only cache has a verdict"))
+    before = sorted(p.stat().st_mtime_ns for p in layer.rglob("*"))
+
+    found = probe.verdict(root, layers=[tmp_path / "absent", layer])
+
+    assert (found.repack, found.cached, found.path) == ("off", True, baked.path)
+    assert probe.use_repack("auto", root, [layer]) is False
+    assert not root.exists() and sorted(p.stat().st_mtime_ns for p in layer.rglob("*")) == before
+
+
 def test_the_key_follows_the_build_the_cpu_and_the_kernel(fresh, monkeypatch):
     first = probe.probe_key()
     for name, value in (("_cpu_flags", lambda: "fpu sse amx_tile"), ("_libraries", lambda lib: [("x.so", 1, 2)])):

@@ -374,6 +374,43 @@ def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub)
     )
 
 
+def test_the_llama_fixture_serves_from_read_only_caches_of_the_ini_or_the_command_line(
+    suite: pytest.Pytester, hub
+) -> None:
+    import modelfix
+    from modelfix.config import CacheSettings
+
+    image = suite.path / "image"
+    modelfix.sync(["tiny"], suite.path / "model-lock.toml", settings=CacheSettings.resolve(cache_dir=image))
+    suite.makeini(
+        """
+        [pytest]
+        modelfix_readonly_cache =
+            missing
+            image
+        modelfix_offline = true
+        """
+    )
+    suite.makepyfile(
+        """
+        def test_in_place(llama, modelfix):
+            assert modelfix.path("tiny").is_relative_to(modelfix.options.readonly_caches[-1])
+            assert llama("Hello", max_tokens=4)["choices"][0]["text"]
+        """
+    )
+    hub.clear_log()
+
+    result = run(suite)
+    elsewhere = run(suite, "--modelfix-readonly-cache", str(suite.path / "elsewhere"))
+
+    result.assert_outcomes(passed=1)
+    layers = f"read-only caches {suite.path / 'missing'}, {image}, offline"
+    result.stdout.re_match_lines([rf"modelfix: lockfile .*, cache .*, {re.escape(layers)}, models: tiny, .*"])
+    assert hub.requests == []
+    elsewhere.assert_outcomes(errors=1)  # the command line replaces the ini's list: offline, tiny is missing
+    elsewhere.stdout.fnmatch_lines(["*offline mode is on*"])
+
+
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """

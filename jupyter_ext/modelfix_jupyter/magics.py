@@ -112,7 +112,7 @@ class ModelfixMagics(Magics):
 
         cache = CacheSettings.resolve()
         summary = render.pool_summary(pool.default_pool().settings(), pool.pool_metrics())
-        backend = f"llama.cpp: {describe(cache.root)}"  # the verdict, as known: %models never probes
+        backend = f"llama.cpp: {describe(cache.root, layers=cache.layers)}"  # as known: %models never probes
         return render.models_table(
             Lockfile.find(args.lock), cache, records, self.released, footer=f"{summary}\n{backend}"
         )

@@ -20,10 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelfixError, redact
 
-__all__ = ["main", "build_parser", "count"]
+if TYPE_CHECKING:
+    from ..config import CacheSettings
+
+__all__ = ["main", "build_parser", "count", "cache_settings", "readonly_caches"]
 
 _GROUPS = ("lock", "cache", "run", "inspect_model", "doctor")
 
@@ -44,6 +48,31 @@ def _common_options(parser: argparse.ArgumentParser, default: object = None) -> 
         help="store root (default: $MODELFIX_CACHE_DIR or the user cache dir)",
     )
     parser.add_argument("--offline", action="store_true", default=default, help="never touch the network")
+    # Given after the command too: a sub-command parses into a namespace of its own, which would
+    # replace the list given before it, so it keeps its own (readonly_caches() joins them).
+    parser.add_argument(
+        "--readonly-cache",
+        metavar="DIR",
+        action="append",
+        dest="readonly_cache" if default is None else "readonly_cache_after",
+        default=default,
+        help="a read-only cache served in place in front of the cache dir, never written (repeatable; "
+        "default: $MODELFIX_READONLY_CACHES)",
+    )
+
+
+def readonly_caches(args: argparse.Namespace) -> list[str] | None:
+    """The ``--readonly-cache`` folders given before and after the command, None if none was."""
+    given = [*(getattr(args, "readonly_cache", None) or ()), *(getattr(args, "readonly_cache_after", None) or ())]
+    return given or None
+
+
+def cache_settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
+    """The cache settings of a command: its common options, then the environment."""
+    from ..config import CacheSettings
+
+    overrides.setdefault("offline", args.offline)
+    return CacheSettings.resolve(cache_dir=args.cache_dir, readonly_caches=readonly_caches(args), **overrides)
 
 
 def _subparsers(parser: argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..eviction import format_size
-from . import count
+from . import cache_settings, count
 from .progress import progress
 
 if TYPE_CHECKING:
@@ -75,18 +75,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     path.set_defaults(handler=_path)
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
-    from ..config import CacheSettings
-
-    return CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline, **overrides)
-
-
 def _sync(args: argparse.Namespace) -> int:
     from ..resolver import sync
 
     started = time.perf_counter()
     with progress():
-        done = sync(args.names or None, args.lock, settings=_settings(args), workers=max(1, args.jobs))
+        done = sync(args.names or None, args.lock, settings=cache_settings(args), workers=max(1, args.jobs))
     for m in done:
         print(f"{m.name}: {count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
     print(f"{count(len(done), 'model')} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -96,7 +90,7 @@ def _sync(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ..resolver import verify
 
-    problems = verify(args.names or None, args.lock, full=args.full, settings=_settings(args))
+    problems = verify(args.names or None, args.lock, full=args.full, settings=cache_settings(args))
     for p in problems:
         print(f"{p.model}: {p.file}: {p.message}", file=sys.stderr)
     if problems:
@@ -108,7 +102,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from ..resolver import push
 
-    settings = _settings(args)
+    settings = cache_settings(args)
     with progress():
         report = push(args.names or None, args.lock, settings=settings, force=args.force)
     for model, file, what in report:
@@ -119,25 +113,31 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ..care import cache_stats
+    from ..care import cache_stats, layer_stats
 
-    settings = _settings(args)
+    settings = cache_settings(args)
     usage = cache_stats(args.lock, settings=settings)
+    layers = layer_stats(args.lock, settings=settings)
     if args.json:
-        print(json.dumps(_stats_json(usage, settings), indent=1))
+        print(json.dumps(_stats_json(usage, settings, layers), indent=1))
         return 0
-    print(f"cache     {usage.root}")
+    for layer in layers:
+        print(f"read-only {layer.root} · {layer.blobs} blobs ({format_size(layer.blob_bytes)}) · served in place")
+    readonly = f" (read-only: {usage.readonly}; nothing is written there)" if usage.readonly else ""
+    print(f"cache     {usage.root}{readonly}")
     print(f"cap       {format_size(settings.max_size)}")
     print(f"blobs     {usage.blobs} ({format_size(usage.blob_bytes)})")
     print(f"partial   {format_size(usage.partial_bytes)} of interrupted downloads")
     print(f"in use by {usage.live_leases} live processes")
-    if usage.views:
+    views = [(layer.root, view) for layer in layers for view in layer.views] + [(None, view) for view in usage.views]
+    if views:
         print(f"\n{'MODELS':<30}  {'REVISION':<12}  {'SIZE':>10}  {'LAST USED':<16}  STATE")
-        for view in usage.views:
+        for root, view in views:
             models = ", ".join(view["models"]) or "?"
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(view["last_used"]))
             revision = (view["revision"] or "-")[:12]
-            print(f"{models:<30}  {revision:<12}  {format_size(view['bytes']):>10}  {used:<16}  {view['state']}")
+            state = view["state"] + (f" (read-only {root})" if root else "")
+            print(f"{models:<30}  {revision:<12}  {format_size(view['bytes']):>10}  {used:<16}  {state}")
     if any(v["state"] == "superseded" for v in usage.views):
         print(
             "\nsuperseded: the lockfile pins these models elsewhere now; `modelfix cache gc` drops them",
@@ -146,16 +146,23 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats_json(usage: Any, settings: CacheSettings) -> dict[str, Any]:
+def _stats_json(usage: Any, settings: CacheSettings, layers: list[Any]) -> dict[str, Any]:
+    def models(found: Any) -> list[dict[str, Any]]:
+        keys = ("models", "revision", "bytes", "last_used", "state", "key")
+        return [{k: view[k] for k in keys} for view in found.views]
+
     return {
         "cache": str(usage.root),
+        "readonly": usage.readonly,
         "cap": None if settings.max_size == float("inf") else int(settings.max_size),
         "blobs": usage.blobs,
         "blob_bytes": usage.blob_bytes,
         "partial_bytes": usage.partial_bytes,
         "live_processes": usage.live_leases,
-        "models": [
-            {k: view[k] for k in ("models", "revision", "bytes", "last_used", "state", "key")} for view in usage.views
+        "models": models(usage),
+        "readonly_caches": [
+            {"cache": str(layer.root), "blobs": layer.blobs, "blob_bytes": layer.blob_bytes, "models": models(layer)}
+            for layer in layers
         ],
     }
 
@@ -164,7 +171,7 @@ def _prune(args: argparse.Namespace) -> int:
     from ..care import drop_superseded, prune
     from ..store import stats
 
-    settings = _settings(args, max_size=args.max_size)
+    settings = cache_settings(args, max_size=args.max_size)
     verb = "would remove" if args.dry_run else "removed"
     if args.superseded:
         report = drop_superseded(args.lock, settings=settings, dry_run=args.dry_run)
@@ -209,7 +216,7 @@ def _names(settings: CacheSettings) -> dict[str, tuple[int, str]]:
 def _gc(args: argparse.Namespace) -> int:
     from ..care import gc
 
-    report = gc(args.lock, settings=_settings(args), dry_run=args.dry_run)
+    report = gc(args.lock, settings=cache_settings(args), dry_run=args.dry_run)
     what = (
         f"{count(report['blobs'], 'unused file')}, {count(report['views'], 'broken view')}, "
         f"{count(report['superseded'], 'superseded revision')}, {count(report['leftovers'], 'leftover view folder')} "
@@ -225,7 +232,7 @@ def _gc(args: argparse.Namespace) -> int:
 def _rm(args: argparse.Namespace) -> int:
     from ..care import remove_model
 
-    removal = remove_model(args.name, args.lock, settings=_settings(args), dry_run=args.dry_run)
+    removal = remove_model(args.name, args.lock, settings=cache_settings(args), dry_run=args.dry_run)
     revisions = count(len(removal.views), "revision")
     if args.dry_run:
         print(f"{args.name}: would free {format_size(removal.freed)}, removing {revisions}")
@@ -252,7 +259,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = cache_settings(args)
     if not args.name:
         print(settings.root)
         return 0

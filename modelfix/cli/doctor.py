@@ -9,6 +9,7 @@
     gpu         no offload (this llama.cpp build has no GPU backend)
     backend     repack on (the backend probe's quantized decode ran)
                 verdict ~/.cache/modelfix/probe/9f3c….json, probed in 0.75 s
+    read-only   /opt/models · 3 blobs, 520.1 MB · served in place: chat   (each read-only cache, if any)
     cache       ~/.cache/modelfix · 7 blobs, 1.2 GB · cap unlimited
     lockfile    ./model-lock.toml · 2 models: chat (cached), split (missing)
     hub         https://huggingface.co (default) · token absent · offline no
@@ -30,9 +31,12 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelfixError, redact
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
 
 __all__ = ["register", "report"]
 
@@ -49,19 +53,35 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    found = report(args.lock, args.cache_dir, offline=args.offline)
+    from . import readonly_caches
+
+    found = report(args.lock, args.cache_dir, offline=args.offline, readonly_caches=readonly_caches(args))
     print(json.dumps(found, indent=1) if args.json else _text(found))
     return 1 if found["problems"] else 0
 
 
-def report(lock: str | None = None, cache_dir: str | None = None, *, offline: bool | None = None) -> dict[str, Any]:
+def report(
+    lock: str | None = None,
+    cache_dir: str | None = None,
+    *,
+    offline: bool | None = None,
+    readonly_caches: list[str] | None = None,
+) -> dict[str, Any]:
     """Everything ``doctor`` shows, as plain data; ``problems`` lists what would stop a load."""
+    from ..config import CacheSettings
+
     problems: list[str] = []
     data: dict[str, Any] = {"versions": _versions(), "platform": _platform()}
     data["llama_cpp"] = _llama_cpp(problems)
-    data["cache"] = cache = _cache(cache_dir, offline, problems)
-    data["backend"] = _backend(cache["root"], problems) if data["llama_cpp"] and cache["root"] else None
-    data["lockfile"] = _lockfile(lock, cache_dir, offline, problems)
+    try:
+        settings = CacheSettings.resolve(cache_dir=cache_dir, offline=offline, readonly_caches=readonly_caches)
+    except ModelfixError as exc:
+        problems.append(str(exc))
+        settings = None
+    data["cache"] = cache = _cache(settings, offline, problems)
+    layers = [Path(layer["root"]) for layer in cache["readonly"]]
+    data["backend"] = _backend(cache["root"], layers, problems) if data["llama_cpp"] and cache["root"] else None
+    data["lockfile"] = _lockfile(lock, settings, problems)
     data["hub"] = _hub()
     data["settings"] = _settings(problems)
     data["problems"] = [redact(p) for p in problems]
@@ -143,13 +163,13 @@ def _devices() -> list[dict[str, Any]]:
         return []
 
 
-def _backend(root: str, problems: list[str]) -> dict[str, Any]:
+def _backend(root: str, layers: list[Path], problems: list[str]) -> dict[str, Any]:
     from .. import probe
     from ..errors import BackendError
 
-    text = probe.describe(Path(root), probe_now=True)
+    text = probe.describe(Path(root), probe_now=True, layers=layers)
     try:
-        found = probe.verdict(Path(root))
+        found = probe.verdict(Path(root), layers=layers)
     except BackendError as exc:
         problems.append(str(exc))
         return {"text": text, "verdict": None}
@@ -161,27 +181,37 @@ def _backend(root: str, problems: list[str]) -> dict[str, Any]:
     return {"text": text, "verdict": found.as_dict()}
 
 
-def _cache(cache_dir: str | None, offline: bool | None, problems: list[str]) -> dict[str, Any]:
-    from ..config import CacheSettings
-    from ..store import stats
+def _cache(settings: CacheSettings | None, offline: bool | None, problems: list[str]) -> dict[str, Any]:
+    from ..care import usage
+    from ..tiers import stores
 
-    try:
-        settings = CacheSettings.resolve(cache_dir=cache_dir, offline=offline)
-    except ModelfixError as exc:
-        problems.append(str(exc))
-        return {"root": None, "blobs": 0, "bytes": 0, "max_size": None, "offline": bool(offline)}
-    usage = stats(settings)
+    if settings is None:
+        return {"root": None, "blobs": 0, "bytes": 0, "max_size": None, "offline": bool(offline), "readonly": []}
+    *layers, store = stores(settings)
+    found = usage(store)
+    shown = []
+    for layer in layers:
+        if not os.path.isdir(layer.root):
+            problems.append(
+                f"the read-only cache {layer.root} is not a folder here: check MODELFIX_READONLY_CACHES (or "
+                "--readonly-cache, --modelfix-readonly-cache) and the mount"
+            )
+        held = usage(layer)
+        models = sorted({m for view in held.views for m in view["models"]})
+        shown.append({"root": str(layer.root), "blobs": held.blobs, "bytes": held.blob_bytes, "models": models})
     return {
         "root": str(settings.root),
-        "blobs": usage.blobs,
-        "bytes": usage.blob_bytes,
+        "blobs": found.blobs,
+        "bytes": found.blob_bytes,
         "max_size": None if settings.max_size == float("inf") else settings.max_size,
         "offline": settings.offline,
+        "writable": found.readonly is None,
+        "why_readonly": found.readonly,
+        "readonly": shown,
     }
 
 
-def _lockfile(lock: str | None, cache_dir: str | None, offline: bool | None, problems: list[str]) -> dict | None:
-    from ..config import CacheSettings
+def _lockfile(lock: str | None, cache: CacheSettings | None, problems: list[str]) -> dict | None:
     from ..errors import LockError
     from ..lockfile import Lockfile, find_lockfile
     from ..resolver import cached_state
@@ -192,10 +222,11 @@ def _lockfile(lock: str | None, cache_dir: str | None, offline: bool | None, pro
         return None  # outside a project: nothing to load by name, nothing wrong
     try:
         lockfile = Lockfile.load(path)
-        cache = CacheSettings.resolve(cache_dir=cache_dir, offline=offline)
     except ModelfixError as exc:
         problems.append(str(exc))
         return {"path": str(path), "models": {}}
+    if cache is None:
+        return {"path": str(lockfile.path), "models": {}}
     models = {}
     for name, entry in lockfile.entries.items():
         state = cached_state(entry, cache) if entry.is_pinned else "not pinned"
@@ -280,8 +311,16 @@ def _text(r: dict[str, Any]) -> str:
             where = verdict["path"] or "kept in memory (the cache cannot be written)"
             lines.append(f"            verdict {where}, probed in {verdict['seconds']:.2f} s")
     c = r["cache"]
+    for layer in c["readonly"]:
+        models = ", ".join(layer["models"]) or "no models"
+        held = f"{layer['blobs']} blobs, {_size(layer['bytes'])}"
+        lines.append(f"read-only   {layer['root']} · {held} · served in place: {models}")
     if c["root"]:
-        lines.append(f"cache       {c['root']} · {c['blobs']} blobs, {_size(c['bytes'])} · cap {_size(c['max_size'])}")
+        readonly = (
+            f" · read-only here ({c['why_readonly']}): served in place, nothing written" if c["why_readonly"] else ""
+        )
+        held = f"{c['blobs']} blobs, {_size(c['bytes'])}"
+        lines.append(f"cache       {c['root']} · {held} · cap {_size(c['max_size'])}{readonly}")
     lock = r["lockfile"]
     if lock is None:
         lines.append("lockfile    none found (searched upward from here; --lock or MODELFIX_LOCK name one)")

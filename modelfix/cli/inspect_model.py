@@ -53,12 +53,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ..config import CacheSettings
     from ..lockfile import Lockfile
+    from . import cache_settings
 
     lockfile = Lockfile.find(args.lock)
     # Inspecting never downloads: offline whatever the environment says.
-    cache = CacheSettings.resolve(cache_dir=args.cache_dir, offline=True)
+    cache = cache_settings(args, offline=True)
     names = args.names or list(lockfile.entries)
     reports = [describe(lockfile, lockfile.entry(n), cache, n_ctx=args.n_ctx) for n in names]
     if args.json:
@@ -73,16 +73,16 @@ def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: i
     """What ``inspect`` shows for ``entry``, as plain data (the ``--json`` output)."""
     from ..resolver import cached_state, files
     from ..settings import resolve_settings
-    from ..store import Store
+    from ..tiers import stores
 
-    store = Store(cache.root)
+    where = stores(cache)  # the read-only caches, then the store
     report: dict[str, Any] = {
         "name": entry.name,
         "where": lockfile.where(entry.name),
         "source": entry.source,
         "revision": entry.revision,
         "pinned": entry.is_pinned,
-        "files": [{**pin.as_toml(), "cached": store.has(pin.sha256)} for pin in entry.files],
+        "files": [{**pin.as_toml(), "cached": any(s.has(pin.sha256) for s in where)} for pin in entry.files],
         "size": entry.size,
         "cache": cached_state(entry, cache) if entry.files else "unpinned",
         "view": None,
@@ -141,7 +141,7 @@ def _backend(setting: str, cache: CacheSettings) -> dict[str, Any]:
     if setting != "auto":
         return {"repack": setting, "verdict": None, "text": repack_text(setting, None)}
     try:
-        found = verdict(cache.root)
+        found = verdict(cache.root, layers=cache.layers)
     except BackendError as exc:
         return {"repack": None, "verdict": None, "text": f"backend probe failed: {exc}"}
     effective = None if found.repack == "broken" else found.repack

@@ -201,8 +201,8 @@ def _listed(entry: Entry, cache: str) -> Mapping[str, Any]:
 
 def _cache_state(args: argparse.Namespace):
     """``entry -> "cached" | "partial" | "missing"`` (``-`` for unpinned entries); no network."""
-    from ..config import CacheSettings
     from ..resolver import cached_state
+    from . import cache_settings
 
-    settings = CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline)
+    settings = cache_settings(args)
     return lambda entry: cached_state(entry, settings) if entry.files else "-"

@@ -30,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import CacheSettings
     from ..pool import load
+    from . import cache_settings
     from .progress import progress
 
-    cache = CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline)
+    cache = cache_settings(args)
     with progress():
         started = time.perf_counter()
         llm = load(args.name, args.lock, cache_settings=cache, n_ctx=args.n_ctx)
