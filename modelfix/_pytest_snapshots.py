@@ -52,6 +52,7 @@ from .snapshot_file import RECORD_HINT, Snapshot, SnapshotFile, Value, parse_key
 if TYPE_CHECKING:
     import llama_cpp
 
+    from .config import CacheSettings
     from .lockfile import Entry
     from .pytest_plugin import ModelfixSession
     from .snapshots import Recording
@@ -255,13 +256,16 @@ class ModelSnapshot:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, run: SnapshotRun, item: pytest.Item, llama: llama_cpp.Llama, entry: Entry) -> None:
+    def __init__(
+        self, run: SnapshotRun, item: pytest.Item, llama: llama_cpp.Llama, entry: Entry, cache: CacheSettings
+    ) -> None:
         self._run = run
         self._nodeid = item.nodeid
         self._name = item.nodeid.split("::", 1)[1]
         self._file = snapshot_path(item.path)
         self._llama = llama
         self._entry = entry
+        self._cache = cache
         self._recording: Recording | None = None
         self._index = 0
 
@@ -308,7 +312,7 @@ class ModelSnapshot:
             from .snapshots import recording_of
 
             seed = repeatable_seed(record(self._llama).settings.seed)  # as the llama fixture reset it
-            self._recording = recording_of(self._llama, self._entry, seed=seed)
+            self._recording = recording_of(self._llama, self._entry, self._cache, seed=seed)
         return self._recording
 
     def __repr__(self) -> str:
@@ -321,7 +325,8 @@ def model_snapshot(
 ) -> Iterator[ModelSnapshot]:
     """``assert model_snapshot == value``: the value against its recording beside the test module."""
     run = request.config.stash[_RUN]
-    yield ModelSnapshot(run, request.node, llama, modelfix.lockfile.entry(modelfix_model))
+    project = modelfix.project
+    yield ModelSnapshot(run, request.node, llama, project.lockfile.entry(modelfix_model), project.cache_settings)
     run.flush()
 
 

@@ -105,6 +105,8 @@ def _platform_cache_dir() -> str:
     return found
 
 
+# Process-wide, shared by every Project: pure lookups (a realpath, platformdirs' answer) that the
+# warm path would otherwise pay on every call; keyed by what they depend on.
 _ROOTS: dict[str, Path] = {}  # absolute root as given -> its realpath
 _ROOTS_LIMIT = 64  # a test run makes a root per test: a bound keeps it from hoarding them
 _LAYERS: dict[tuple[Any, Path], tuple[Path, ...]] = {}  # (value as given, root) -> layers
@@ -140,7 +142,7 @@ class CacheSettings:
             size = parse_size(raw_size, what) if raw_size not in (None, "") else math.inf
         except ValueError as exc:
             raise CacheError(str(exc)) from None
-        remote = remote if remote is not None else (os.environ.get("MODELFIX_REMOTE") or None)
+        remote = (remote if remote is not None else os.environ.get("MODELFIX_REMOTE")) or None  # "": none
         root = _usable(cache_root(cache_dir))
         layers = layer_roots(root, readonly_caches)
         return cls(root=root, max_size=size, offline=bool(offline), remote=remote, layers=layers)

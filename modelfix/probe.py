@@ -167,7 +167,7 @@ def build_description() -> str:
     return f"llama-cpp-python {llama_cpp.__version__} ({info})"
 
 
-_KEY: list[str] = []  # computed once per process
+_KEY: list[str] = []  # computed once per process: the build and the host do not change under it
 
 
 def probe_key() -> str:
@@ -180,6 +180,8 @@ def probe_key() -> str:
 
 # --- the verdict ---------------------------------------------------------------------------
 
+# Process-wide: the verdict is a fact of this build on this host, learnt once per process and
+# shared by every Project and pool in it; one probe at a time; the warning said once.
 _MEMO: dict[str, Verdict] = {}
 _LOCK = threading.Lock()
 _ANNOUNCED: set[str] = set()

@@ -59,6 +59,25 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODELFIX_RETRY_BASE_DELAY", "0.01")
 
 
+class FakeClock:
+    """A monotonic clock (seconds) that moves only when the test advances it: timing logic without sleeping."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`FakeClock` to inject where modelfix takes a ``clock`` (the pool's keep-alive, the store's use records)."""
+    return FakeClock()
+
+
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A Hub-like folder: Q4_0 and Q8_0 single files, a 3-part Q4_1 split, mmproj, preset.ini.

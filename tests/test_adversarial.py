@@ -32,11 +32,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import modelfix
+import modelfix.project
 from modelfix.config import CacheSettings
-from modelfix.fetch import FetchPolicy, download
+from modelfix.fetch import download
 from modelfix.jobs import new_job
-from modelfix.lockfile import Lockfile
-from modelfix.resolver import content_key
+from modelfix.lockfile import Lockfile, content_key
+from modelfix.retry import FetchPolicy
 from modelfix.store import Store
 from modelfix.testing.hub import Fault
 from modelfix.transports import HttpTransport
@@ -325,7 +326,7 @@ def test_bytes_rewritten_in_place_with_the_mtime_put_back_are_not_served(lock, h
     pin = m.entry.files[0]
     _rewrite_keeping_mtime(m.model_path)
     if not warm:
-        modelfix.resolver._WARM.clear()  # what a new process knows: the manifest alone
+        modelfix.project._DEFAULTS.clear()  # what a new process knows: the manifest alone
 
     served = modelfix.path("chat", lock)
 
@@ -345,7 +346,7 @@ def test_a_view_and_memo_of_the_previous_version_are_checked_once_and_keep_worki
         memo = store._memo_path(pin.sha256)
         record = json.loads(memo.read_text())
         memo.write_text(json.dumps({**record, "id": record["id"][:4]}))
-    modelfix.resolver._WARM.clear()
+    modelfix.project._DEFAULTS.clear()
     hub.clear_log()
 
     served = modelfix.files("chat", lock)
@@ -364,7 +365,7 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(users, lock, t
         hf[pin.sha256] = cache / "models--org--tiny" / "blobs" / pin.sha256
         hf[pin.sha256].parent.mkdir(parents=True, exist_ok=True)
     # Bytes from the hub itself, so that adoption has the right ones to take.
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     donor = Store(tmp_path / "donor")
     for pin in entry.files:
         hf[pin.sha256].write_bytes(donor.blob_path(pin.sha256).read_bytes())
@@ -382,7 +383,7 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(users, lock, t
 
 def test_a_user_adopts_roots_files_without_download(users, lock, shared, tmp_path):
     entry = Lockfile.load(lock).entry("chat")
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     hf = shared / "hf" / "hub" / "models--org--tiny" / "blobs"
     hf.mkdir(parents=True)
     for pin in entry.files:  # root's, 0644: only root may write them

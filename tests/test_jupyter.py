@@ -198,13 +198,13 @@ def test_showing_a_released_handle_does_not_reload_it(shell, capsys) -> None:
 
     shell.run_cell("llm = %load_model tiny")
     magic(shell, "unload_model tiny")
-    loads = pool.pool_metrics()["loads"]
+    loads = pool.pool_metrics().loads
     capsys.readouterr()
     shell.run_cell("llm")  # the display hook, as a cell ending in `llm`
     shown = capsys.readouterr().out
     data, _ = shell.display_formatter.format(shell.user_ns["llm"])
     assert "released (reloads on its next call)" in shown and "released" in data["text/html"]
-    assert not resident() and pool.pool_metrics()["loads"] == loads
+    assert not resident() and pool.pool_metrics().loads == loads
     assert shell.user_ns["llm"]("Hi", max_tokens=2)["choices"]  # and it still works
     assert resident()
 
@@ -276,10 +276,13 @@ def test_cache_stats_and_prune(shell, tmp_path: Path) -> None:
     stale = tmp_path / "cache" / "tmp" / f"{'0' * 64}.partial"  # a download nobody will resume
     stale.write_bytes(b"x" * 1000)
     pruned = repr(magic(shell, "modelfix_cache --prune"))
-    assert "pruned 1.0 KB: unused files 0, partial downloads 1, broken views 0" in pruned
+    # The words of `modelfix cache gc` and `modelfix cache prune`: one code path, one report.
+    gc = "0 unused files, 0 broken views, 0 superseded revisions, 0 leftover view folders and 1 partial download"
+    assert f"removed {gc}: 1.0 KB freed" in pruned
     assert not stale.exists()
     capped = repr(magic(shell, "modelfix_cache --prune --max-size 1KB"))
-    assert "to fit 1.0 KB, least recently used files evicted: 0 (still 236.3 KB: the rest is pinned" in capped
+    assert "evicted 0 files; the cache holds 236.3 KB" in capped
+    assert "the rest is in use by running processes or pinned by the lockfile: above 1.0 KB" in capped
     assert "cached" in repr(magic(shell, "models")), "pruning never drops what the lockfile pins"
 
 

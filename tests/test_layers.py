@@ -27,10 +27,9 @@ from pathlib import Path
 import pytest
 
 import modelfix
-from modelfix import resolver
+import modelfix.project
 from modelfix.config import CacheSettings
-from modelfix.lockfile import Lockfile
-from modelfix.resolver import content_key
+from modelfix.lockfile import Lockfile, content_key
 from modelfix.store import Store
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -89,7 +88,7 @@ def _one_line_error(done: subprocess.CompletedProcess, *named: str) -> None:
 def built(lock: Path, tmp_path: Path) -> Path:
     """A cache holding ``chat`` (not ``split``), as ``modelfix sync chat`` made it."""
     root = tmp_path / "built"
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=root))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=root))
     return root
 
 
@@ -144,7 +143,7 @@ def test_a_copied_cache_is_served_and_hashed_only_where_the_copy_broke_its_links
     served = modelfix.files("chat", lock)
     hashed = [r for r in caplog.records if HASHED in r.getMessage()]
     caplog.clear()
-    resolver._WARM.clear()  # this process's next first look: the manifest and every file again
+    modelfix.project._DEFAULTS.clear()  # this process's next first look: the manifest and every file again
     again = modelfix.files("chat", lock)
 
     assert served.view == again.view == view

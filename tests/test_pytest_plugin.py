@@ -381,7 +381,7 @@ def test_the_llama_fixture_serves_from_read_only_caches_of_the_ini_or_the_comman
     from modelfix.config import CacheSettings
 
     image = suite.path / "image"
-    modelfix.sync(["tiny"], suite.path / "model-lock.toml", settings=CacheSettings.resolve(cache_dir=image))
+    modelfix.sync(["tiny"], suite.path / "model-lock.toml", cache_settings=CacheSettings.resolve(cache_dir=image))
     suite.makeini(
         """
         [pytest]

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 import modelfix
-import modelfix.resolver
+import modelfix.lockfile
 import modelfix.store
 import modelfix.views
 from modelfix.config import CacheSettings
-from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
-from modelfix.jobs import Cancelled, jobs
+from modelfix.errors import Cancelled, IntegrityError, LockError, NetworkError, OfflineError
+from modelfix.jobs import jobs
 from modelfix.lockfile import Lockfile
 from modelfix.locking import add, add_entry
 from modelfix.resolver import cached_state, missing
@@ -89,7 +89,7 @@ def test_a_warm_path_makes_no_request_hashes_and_parses_nothing_and_is_fast(lock
 
     monkeypatch.setattr(modelfix.store, "hash_fd", forbidden)
     monkeypatch.setattr(modelfix.views.View, "read", forbidden)
-    monkeypatch.setattr(modelfix.resolver.Lockfile, "parse", forbidden)
+    monkeypatch.setattr(modelfix.lockfile.Lockfile, "parse", forbidden)
     started = time.perf_counter()
     for _ in range(200):
         assert modelfix.path("chat", given) == first

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..eviction import format_size
@@ -199,10 +199,9 @@ def _listed(entry: Entry, cache: str) -> Mapping[str, Any]:
     }
 
 
-def _cache_state(args: argparse.Namespace):
+def _cache_state(args: argparse.Namespace) -> Callable[[Entry], str]:
     """``entry -> "cached" | "partial" | "missing"`` (``-`` for unpinned entries); no network."""
-    from ..resolver import cached_state
-    from . import cache_settings
+    from . import project
 
-    settings = cache_settings(args)
-    return lambda entry: cached_state(entry, settings) if entry.files else "-"
+    chosen = project(args)
+    return lambda entry: chosen.cached_state(entry) if entry.files else "-"
