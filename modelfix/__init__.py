@@ -116,7 +116,41 @@ _LAZY = {
 }
 
 __all__ = [
-    *_LAZY,
+    # the API (lazy)
+    "Project",
+    "default_project",
+    "path",
+    "files",
+    "sync",
+    "verify",
+    "push",
+    "load",
+    "use",
+    "preload",
+    "unload",
+    "loaded",
+    "route",
+    "configure",
+    "pool_metrics",
+    "reset_handle",
+    "snapshot",
+    # what it returns and takes (lazy)
+    "Materialized",
+    "Problem",
+    "Lockfile",
+    "CacheSettings",
+    "LoadSettings",
+    "PoolSettings",
+    "PooledLlama",
+    "Resident",
+    "PoolMetrics",
+    "Usage",
+    "CachedView",
+    "GcReport",
+    "PruneReport",
+    "Removal",
+    "Snapshots",
+    # what it raises (see modelfix.errors)
     "ModelfixError",
     "LockError",
     "SourceError",
@@ -133,6 +167,9 @@ __all__ = [
     "BackendError",
     "SnapshotError",
     "SnapshotMismatch",
+    # `%load_ext modelfix` (lazy)
+    "load_ipython_extension",
+    "unload_ipython_extension",
 ]
 
 

@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import pytest
 
@@ -37,7 +37,7 @@ class ModelfixWarning(pytest.PytestWarning):
     """A modelfix configuration that will likely misbehave (e.g. budget × workers > RAM)."""
 
 
-_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+_OPTIONS: tuple[tuple[str, Literal["string", "linelist", "bool"], str, dict[str, Any]], ...] = (
     # (name, ini type, help, extra argparse keywords)
     (
         "lock",

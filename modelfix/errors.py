@@ -89,9 +89,10 @@ class ModelfixError(Exception):
         exception of the same type would lose the attributes and the traceback."""
         message = str(self)
         self.args = (f"{prefix}: {message}{suffix}" if prefix else f"{message}{suffix}", *self.args[1:])
-        self.model = self.model or model
-        self.file = self.file or file
-        self.url = self.url or url
+        # getattr: a plugin's subclass may not have called this class's __init__.
+        self.model = getattr(self, "model", None) or model
+        self.file = getattr(self, "file", None) or file
+        self.url = getattr(self, "url", None) or url
 
 
 class LockError(ModelfixError):

@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ModelfixError, SettingsError
 
@@ -131,7 +131,7 @@ class PooledLlama:
     def __init__(self, slot: _Slot) -> None:
         object.__setattr__(self, "_slot", slot)
 
-    @property  # type: ignore[misc]
+    @property  # type: ignore[misc]  # __class__ as a property: what makes isinstance(h, llama_cpp.Llama) true
     def __class__(self) -> type:
         # isinstance() falls back to __class__, so isinstance(h, llama_cpp.Llama) holds.
         import llama_cpp
@@ -346,7 +346,7 @@ def _route_llama_logs() -> Any:
     it), since llama.cpp holds a raw pointer to it.
     """
     import llama_cpp
-    import llama_cpp._logger  # noqa: F401  (installs its callback first, so ours is the one left)
+    import llama_cpp._logger
 
     levels = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
     gate = logging.getLogger("llama-cpp-python")  # Llama(verbose=) sets its level
@@ -367,7 +367,7 @@ def _route_llama_logs() -> Any:
     return callback
 
 
-def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
+def reset_handle(llm: PooledLlama | llama_cpp.Llama, seed: int) -> None:
     """Forget earlier tokens and the KV cache and set the sampling seed.
 
     After this, a completion depends only on its prompt, its parameters and
@@ -393,4 +393,4 @@ def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
         with slot.pool.lease(slot) as real:  # takes the handle's turn
             reset(real)
     else:
-        reset(llm)
+        reset(cast("llama_cpp.Llama", llm))

@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -462,7 +462,8 @@ def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule,
     raw_rules = data.get("rules", [])
     if not isinstance(raw_rules, list):
         raise LockError(
-            f'{where(key="routing")}: routing.rules must be a list of tables: rules = [{{ pattern = "...", model = "NAME" }}].'
+            f"{where(key='routing')}: routing.rules must be a list of tables: "
+            'rules = [{ pattern = "...", model = "NAME" }].'
         )
     default = data.get("default")
     if default is not None and not isinstance(default, str):
@@ -478,7 +479,8 @@ def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule,
         extra = set(rule) - {"pattern", "model"}
         if extra:
             raise LockError(
-                f"{where(key='routing')}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] (valid: pattern, model)."
+                f"{where(key='routing')}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] "
+                "(valid: pattern, model)."
             )
         try:
             re.compile(rule["pattern"])

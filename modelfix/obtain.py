@@ -45,7 +45,7 @@ log = logging.getLogger("modelfix")
 
 
 def fetch(
-    entries: list[Entry],
+    entries: Sequence[Entry],
     lockfile: Lockfile,
     settings: CacheSettings,
     store: Store,
@@ -87,9 +87,7 @@ def fetch(
     errors: list[BaseException] = []
     try:
         futures = [pool.submit(_ensure, store, e, p, lockfile, settings, job, cancel, policy) for job, e, p in work]
-        for future in as_completed(futures):
-            if (exc := future.exception()) is not None:
-                errors.append(exc)
+        errors.extend(exc for future in as_completed(futures) if (exc := future.exception()) is not None)
     except KeyboardInterrupt:
         cancel.set()  # every transfer stops at its next chunk, leaving a resumable partial
         raise

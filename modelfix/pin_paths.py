@@ -51,7 +51,8 @@ def check_relative_path(path: object, what: object) -> str:
         raise LockError(f"{what}: unsafe file path {path!r} (absolute or containing '..').")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise LockError(
-            f"{what}: file path {path[:60]!r}... is longer than {MAX_PATH_BYTES} bytes, more than a cache folder can hold."
+            f"{what}: file path {path[:60]!r}... is longer than {MAX_PATH_BYTES} bytes, "
+            "more than a cache folder can hold."
         )
     for part in path.split("/"):
         if part == "":

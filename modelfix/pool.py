@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .config import cache_root, layer_roots
 from .errors import MemoryBudgetError, NoRoom, SettingsError
@@ -354,9 +354,9 @@ class Pool:
             slot.used = slot.used or used
             slot.touch()
             victims, reason = [], "unload" if slot.unload_requested else "keep-alive"
-            if not slot.leases and slot.llama is not None:
-                if slot.unload_requested or (slot.used and self._keep_alive() == 0):
-                    victims.append(self._detach(slot, evicted=not slot.unload_requested))
+            idle = not slot.leases and slot.llama is not None
+            if idle and (slot.unload_requested or (slot.used and self._keep_alive() == 0)):
+                victims.append(self._detach(slot, evicted=not slot.unload_requested))
             self._cond.notify_all()
         self._close(victims, reason)
 
@@ -425,7 +425,7 @@ class Pool:
             keys = plan(candidates, budget, incoming=slot.estimate.total, max_count=settings.max_count)
         except NoRoom as exc:
             raise _refusal(slot, exc, settings, [s for s in others if s.leases or s.loading]) from None
-        return [self._detach(self._slots[k]) for k in keys]
+        return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # plan() hands back the keys it was given
 
     def _detach(self, slot: _Slot, *, evicted: bool = True) -> tuple[_Slot, llama_cpp.Llama]:
         """Under the lock: make ``slot`` non-resident; the caller closes the Llama.
@@ -433,6 +433,7 @@ class Pool:
         ``evicted`` is False for an explicit unload, which the metrics do not count.
         """
         llm, slot.llama = slot.llama, None
+        assert llm is not None, "only a resident slot is detached"
         slot.unload_requested = False
         self._counts["evictions"] += evicted
         return slot, llm
@@ -543,16 +544,15 @@ def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]
 
 # Process-wide: one memory budget per process, shared by every Project and front end in it.
 _default_lock = threading.Lock()
-_default: Pool | None = None
+_default: list[Pool] = []  # made on first use
 
 
 def default_pool() -> Pool:
     """The pool that ``modelfix.load``, every :class:`~modelfix.Project` and every front end share."""
-    global _default
     with _default_lock:
-        if _default is None:
-            _default = Pool()
-        return _default
+        if not _default:
+            _default.append(Pool())
+        return _default[0]
 
 
 def configure(**pool_settings: Any) -> PoolSettings:

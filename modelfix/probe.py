@@ -389,7 +389,7 @@ def _probe(key: str, timeout: float) -> tuple[Verdict, bool]:
         model = write_probe_model(Path(folder) / "probe-Q4_0.gguf")
         on = _run_child(model, repack=True, timeout=timeout)
         outcomes = [on]
-        if on.kind != "ok" and on.kind != "error":
+        if on.kind not in {"ok", "error"}:
             outcomes.append(_run_child(model, repack=False, timeout=timeout))
     seconds = round(time.perf_counter() - started, 3)
     last = outcomes[-1]
@@ -399,7 +399,7 @@ def _probe(key: str, timeout: float) -> tuple[Verdict, bool]:
             f"modelfix.probe) failed: {last.detail}. Set MODELFIX_REPACK=on (llama.cpp's default) or off to load "
             f"without probing, and report this with the output of `modelfix doctor`."
         )
-    crashed = "; ".join(o.describe(r) for o, r in zip(outcomes, (True, False)) if o.kind != "ok")
+    crashed = "; ".join(o.describe(r) for o, r in zip(outcomes, (True, False), strict=False) if o.kind != "ok")
     repack = "on" if on.kind == "ok" else "off" if last.kind == "ok" else "broken"
     definite = all(o.kind != "timeout" for o in outcomes)
     log.debug("backend probe: %s in %.2f s (%s)", repack, seconds, crashed or "no crash")

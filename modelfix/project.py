@@ -117,7 +117,7 @@ class Project:
         self._readonly = (
             readonly_caches
             if readonly_caches is None or isinstance(readonly_caches, str)
-            else tuple(map(os.fspath, readonly_caches))
+            else tuple(os.fspath(cache) for cache in readonly_caches)
         )
         self._pool = pool
         self.load_options: Mapping[str, Any] = MappingProxyType(dict(load_options or {}))
@@ -193,11 +193,15 @@ class Project:
 
     def files(self, name: str) -> Materialized:
         """Every file of model ``name``, verified, in its view; fetches what is missing."""
-        lockfile = self.lockfile
-        root, layers = self._where()
+        # The warm path (modelfix.path() in a loop): self.lockfile and self._where() written out,
+        # then straight to the resolver's memo; a few stats, no settings resolved.
+        lockfile = self._given
+        if lockfile is None:
+            chosen = self._lock or os.environ.get("MODELFIX_LOCK")
+            lockfile = self._locks.read(os.path.abspath(chosen) if chosen else nearest_lockfile())
+        root = cache_root(self._cache_dir)
         entry = pinned(lockfile, name)
-        # A warm call goes straight to the resolver's memo: a few stats, no settings resolved.
-        found = self._resolver.warm(root, layers, lockfile, entry)
+        found = self._resolver.warm(root, layer_roots(root, self._readonly), lockfile, entry)
         return found or self._resolver.make([entry], lockfile, self.cache_settings)[0]
 
     def sync(
@@ -332,10 +336,13 @@ def default_project(lock: LockLike = None, cache_settings: CacheSettings | None 
     """
     if cache_settings is None and (lock is None or type(lock) is str):
         key: Any = lock
+        if (project := _DEFAULTS.get(key)) is not None:  # the warm path: one dict lookup
+            return project
     elif isinstance(lock, Lockfile):
         key = ("lockfile", id(lock), cache_settings)
     else:
-        key = (None if lock is None else os.fspath(lock), cache_settings)
+        path = None if lock is None else os.fspath(lock)
+        key = path if cache_settings is None else (path, cache_settings)
     project = _DEFAULTS.get(key)
     if project is None:
         if len(_DEFAULTS) >= _DEFAULTS_LIMIT:
@@ -379,7 +386,7 @@ def path(
     """The first model file of ``name``, fetched and verified if missing (see :meth:`Project.path`)."""
     if settings is not None:
         cache_settings = _renamed(cache_settings, settings, "path")
-    return default_project(lock, cache_settings).path(name)
+    return default_project(lock, cache_settings).files(name).model_path
 
 
 def files(

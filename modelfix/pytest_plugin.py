@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,14 +59,15 @@ import pytest
 from ._pytest_breadcrumbs import Breadcrumbs, crash_report
 from ._pytest_hooks import HookBridge, PytestHookSpecs
 from ._pytest_options import ModelfixWarning, PluginOptions, add_options, warn_budget
-from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports
+from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports, worker_output
 from .errors import LockError, ModelfixError, OfflineError
 from .events import events
 
 if TYPE_CHECKING:
-    import llama_cpp
+    import pluggy
 
     from .config import CacheSettings
+    from .handle import PooledLlama
     from .lockfile import Lockfile
     from .project import Project
     from .resolver import Materialized
@@ -165,7 +166,7 @@ class ModelfixSession:
         """The first model file of ``name`` (split siblings beside it)."""
         return self.files(name).model_path
 
-    def load(self, name: str, **settings: Any) -> llama_cpp.Llama:
+    def load(self, name: str, **settings: Any) -> PooledLlama:
         """A ready handle from the shared pool (the same one for the same model and settings)."""
         with self._working_on(name):
             return self.project.load(name, **settings)
@@ -364,7 +365,7 @@ def modelfix_model(request: pytest.FixtureRequest, modelfix: ModelfixSession) ->
 
 
 @pytest.fixture
-def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[llama_cpp.Llama]:
+def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[PooledLlama]:
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
     from .handle import reset_handle
     from .pool import record
@@ -382,20 +383,24 @@ def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_mo
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     state = _session(item.config)
+    error = call.excinfo.value if call.excinfo is not None else None
     # A modelfix error names the model and the fix; a traceback through the core only hides that.
-    if call.excinfo is not None and call.excinfo.errisinstance(ModelfixError) and not item.config.option.fulltrace:
-        error = call.excinfo.value
+    if isinstance(error, ModelfixError) and not item.config.option.fulltrace:
         report.longrepr = state.explain(error, item.nodeid)[0]
         if _is_worker(item.config) and isinstance(error, OfflineError):
             # For the controller: each worker shows the first it meets in full; the run, once.
             message = str(error)
-            report.modelfix_offline = [message, state.model or "the model", state.offline.first(message)]
+            # xdist sends the report, and this with it, to the controller
+            offline = [message, state.model or "the model", state.offline.first(message)]
+            report.modelfix_offline = offline  # type: ignore[attr-defined]  # an attribute of ours on the report
     if _is_worker(item.config) and (lines := state.recorder.progress.held()):
-        report.modelfix_lines = lines  # xdist sends the report, and this with it, to the controller
+        report.modelfix_lines = lines  # type: ignore[attr-defined]  # xdist sends the report, and this with it
 
 
 def pytest_report_header(config: pytest.Config) -> str | list[str]:
@@ -451,8 +456,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _is_worker(session.config):
         state = _session(session.config)
-        session.config.workeroutput["modelfix"] = state.stats.as_dict()
-        session.config.workeroutput["modelfix_lines"] = state.recorder.progress.held()
+        worker_output(session.config)["modelfix"] = state.stats.as_dict()
+        worker_output(session.config)["modelfix_lines"] = state.recorder.progress.held()
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -95,11 +95,10 @@ def cache_error(exc: OSError, path: str | os.PathLike[str], *, label: str = "") 
 
 def umask() -> int:
     """The process's umask, read without setting it (os.umask would, for every thread at once)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
     with _UMASK_LOCK:
         old = os.umask(0o022)
         os.umask(old)

@@ -234,9 +234,10 @@ def runtime_changes(old: Runtime, new: Runtime) -> list[str]:
 def _features(build: str) -> dict[str, str]:
     """``CPU : SSE3 = 1 | AVX2 = 1 | ...`` as {"CPU SSE3": "1", "CPU AVX2": "1", ...}."""
     found, section = {}, ""
-    for part in (p.strip() for p in build.split("|")):
-        if " : " in part:
-            section, _, part = part.partition(" : ")
+    for item in (p.strip() for p in build.split("|")):
+        part = item
+        if " : " in item:
+            section, _, part = item.partition(" : ")
         if part:
             name, _, value = part.partition(" = ")
             found[f"{section} {name}".strip()] = value

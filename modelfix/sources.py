@@ -46,7 +46,9 @@ from .lockfile import MAX_FILE_SIZE, FilePin, Pins
 from .pin_paths import check_relative_path
 from .retry import FetchPolicy, Transient, parse_retry_after, with_retries
 from .selection import select, select_file, split_siblings
-from .transports import Location, Transport, transport_for
+from .transports import Location, transport_for
+
+T = TypeVar("T")
 
 __all__ = [
     "Source",
@@ -177,7 +179,8 @@ class HubSource:
         if special:
             body = body[: special.start(1)] + _REF_SLOT + body[special.end(1) :]
         repo_part, _, rest = body.partition("/")
-        name_part, slash, file = rest.partition("/")
+        name_part, slash, path = rest.partition("/")
+        file: str | None = path
         revision = None
         if slash and file and not name_part.count(":"):
             # hf://org/repo[@rev]/path/file.gguf
@@ -274,7 +277,7 @@ class HubSource:
         url = self.locate(FilePin(path, 0, "0" * 64), commit).url
         return self._call(lambda: hub_api.plain_file(url, size, hub_token(), self.repo, path), commit)
 
-    def _call(self, fn, revision: str):
+    def _call(self, fn: Callable[[], T], revision: str) -> T:
         """Run a Hub call, retrying what a retry can fix (5xx, 429, resets), with backoff.
 
         huggingface_hub does not retry its API calls (``model_info``, the tree listing), so a
@@ -282,7 +285,7 @@ class HubSource:
         """
         return with_retries(lambda: self._once(fn, revision), f"{self.repo}: ", hub_endpoint())
 
-    def _once(self, fn, revision: str):
+    def _once(self, fn: Callable[[], T], revision: str) -> T:
         """Run a Hub call once, turning the client's errors into ours (no tokens, with a fix)."""
         from huggingface_hub import errors as hf
 
@@ -290,12 +293,14 @@ class HubSource:
             return fn()
         except hf.GatedRepoError:
             raise AuthError(
-                f"{self.repo} is gated: accept its terms on the Hub, then log in with `hf auth login` or set HF_TOKEN to a token of that account."
+                f"{self.repo} is gated: accept its terms on the Hub, then log in with `hf auth login` or set "
+                "HF_TOKEN to a token of that account."
             ) from None
         except hf.RepositoryNotFoundError:
             if hub_token():
                 raise SourceError(
-                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or your Hub token has no access to it). Check the name in source {self.text!r}."
+                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or your Hub token has no access "
+                    f"to it). Check the name in source {self.text!r}."
                 ) from None
             raise AuthError(
                 f"repository {self.repo!r} was not found at {hub_endpoint()}. If it is private, "
@@ -303,7 +308,8 @@ class HubSource:
             ) from None
         except hf.RevisionNotFoundError:
             raise SourceError(
-                f"revision {revision!r} does not exist in {self.repo}. Use a branch, tag or full commit sha that exists."
+                f"revision {revision!r} does not exist in {self.repo}. "
+                "Use a branch, tag or full commit sha that exists."
             ) from None
         except hf.RemoteEntryNotFoundError as exc:
             raise SourceError(f"{self.repo}@{revision}: {redact(str(exc)).splitlines()[0]}") from None
@@ -361,11 +367,13 @@ class FsspecSource:
         local = _local_path(self.url)
         if local is not None:
             return self._resolve_local(local)
-        sizes: dict[str, int | None] = {}
+        sizes: dict[str, int] = {}
 
         def exists(url: str) -> bool:
-            sizes[url] = self._retrying(url, _size_of)
-            return sizes[url] is not None
+            size = self._retrying(url, _size_of)
+            if size is not None:
+                sizes[url] = size
+            return size is not None
 
         if not exists(self.url):
             raise SourceError(f"source {self.text!r}: no such file ({self.url}).")

@@ -156,7 +156,8 @@ def check_pushable(settings: CacheSettings) -> str:
 
     if not settings.remote:
         raise CacheError(
-            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...)."
+            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL "
+            "(s3://bucket/models, /mnt/team/models, ...)."
         )
     if settings.offline:
         raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")

@@ -118,7 +118,7 @@ def test_a_hub_listing_with_an_empty_path_segment_is_refused_at_lock_time(hub_en
         },
     )
 
-    code, out, err = run_cli("add", "c", "org/evil:Q4_K_M")
+    code, _out, err = run_cli("add", "c", "org/evil:Q4_K_M")
 
     _one_line_error(code, err)
     assert "org/evil" in err and "'a//m-Q4_K_M-00001-of-00002.gguf'" in err
@@ -210,7 +210,7 @@ def test_gc_refuses_a_tmp_folder_that_is_a_planted_link(users, team_cache, tmp_p
         (precious / name).write_text("keep me")
     users.plant_link(precious, team_cache / "tmp")
 
-    code, out, err = run_cli("cache", "gc")
+    code, _out, err = run_cli("cache", "gc")
 
     assert sorted(os.listdir(precious)) == sorted(["a" * 64 + ".partial", "notes.txt"])
     _one_line_error(code, err)
@@ -238,7 +238,7 @@ def test_a_cache_root_that_is_a_link_the_user_made_works(lock, tmp_path, monkeyp
     (tmp_path / "cache-link").symlink_to(real)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache-link"))
 
-    code, out, err = run_cli("sync", "chat")
+    code, _out, err = run_cli("sync", "chat")
 
     assert code == 0, err
     assert run_cli("verify", "--full", "chat")[0] == 0 and (real / "blobs").is_dir()
@@ -255,7 +255,7 @@ def test_gc_deletes_only_the_regular_files_it_made(users, lock, team_cache, tmp_
     users.plant_link(victim, planted)
     assert users.run(users.OTHER, "cp", "/etc/hostname", str(tmp / "notes.txt")).returncode == 0
 
-    code, out, err = run_cli("cache", "gc")
+    code, _out, err = run_cli("cache", "gc")
 
     assert code == 0, err
     assert not stale.exists() and victim.read_text() == "precious"
@@ -609,7 +609,7 @@ def _endless_tree(hostile: Hostile, delay: float = 0.0) -> None:
 def test_endless_tree_pages_stop_at_a_bound(hostile, workdir, run_cli):
     _endless_tree(hostile)
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "pages" in err
@@ -624,7 +624,7 @@ def test_slow_tree_pages_stop_at_a_time_bound(hostile, workdir, run_cli, monkeyp
     _endless_tree(hostile, delay=0.2)
     started = time.monotonic()
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "1 s" in err
@@ -648,7 +648,7 @@ def test_an_endless_plain_file_is_read_to_its_declared_size_plus_one_byte(hostil
     hostile.overrides["/api/models/evil/repo/tree/"] = tree
     hostile.overrides[f"/evil/repo/resolve/{COMMIT}/preset.ini"] = endless
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "preset.ini" in err and "10 bytes" in err

@@ -367,7 +367,9 @@ def test_a_cache_that_cannot_be_written_serves_a_cached_model_offline(lock, hub,
     }
 
     assert found["path"] == found["again"] and found["path"].startswith(f"{models}/views/")  # in place
-    assert all(_sha(Path(f)) == p.sha256 for f, p in zip(found["files"], Lockfile.load(lock).entry("chat").files))
+    assert all(
+        _sha(Path(f)) == p.sha256 for f, p in zip(found["files"], Lockfile.load(lock).entry("chat").files, strict=True)
+    )
     assert found["text"] and found["problems"] == []
     assert found["verdict"] == str(next((models / "probe").glob("*.json")))  # no probe at start
     # Leases, last-use times and memos are skipped, and that is said once, at debug level.
@@ -419,11 +421,8 @@ def _block(language: str, containing: str) -> str:
 
 def _final_stage_env(dockerfile: str) -> dict[str, str]:
     final = dockerfile.rsplit("\nFROM ", 1)[1]
-    env: dict[str, str] = {}
-    for block in re.findall(r"^ENV (.*?)(?<!\\)$", final, re.DOTALL | re.MULTILINE):
-        for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " ")):
-            env[name] = value
-    return env
+    blocks = re.findall(r"^ENV (.*?)(?<!\\)$", final, re.DOTALL | re.MULTILINE)
+    return {name: value for block in blocks for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " "))}
 
 
 def test_the_dockerfile_recipe_runs_the_app_as_another_user_read_only_and_offline(lock, hub, shared, users, tmp_path):

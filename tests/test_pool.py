@@ -131,7 +131,7 @@ def test_frontend_and_lockfile_layers_reach_the_handle(pool, models):
 
 
 def test_unknown_setting_is_refused_before_loading(pool, models):
-    with pytest.raises(SettingsError, match="unknown setting 'ctx'.*n_ctx"):
+    with pytest.raises(SettingsError, match=r"unknown setting 'ctx'.*n_ctx"):
         get(pool, models, "a", ctx=128)
     assert pool.metrics().loads == 0
 
@@ -207,9 +207,8 @@ def test_over_budget_load_is_refused_with_sizes_and_where_the_budget_was_set(mod
 def test_budget_held_by_handles_in_use_is_named(models):
     pool = Pool(memory_budget=int(1.5 * cost(models, "a")))
     try:
-        with pool.use(get(pool, models, "a")):
-            with pytest.raises(MemoryBudgetError, match=r"held by handles in use \(a\)"):
-                get(pool, models, "b")
+        with pool.use(get(pool, models, "a")), pytest.raises(MemoryBudgetError, match=r"held by handles in use \(a\)"):
+            get(pool, models, "b")
     finally:
         pool.close()
 
@@ -444,25 +443,40 @@ def test_idle_handles_expire_without_further_pool_calls(models):
     pool = Pool(memory_budget="inf", keep_alive=0.2)
     try:
         with events.listening(listen):
+            started = time.monotonic()  # before the load: its last use is later, so its expiry too
             llm = get(pool, models, "a")
-            started = time.monotonic()
             assert expired.wait(5), "the keep-alive thread did not release the idle handle"
-        assert time.monotonic() - started >= 0.15
+        assert time.monotonic() - started >= 0.2
         assert pool.loaded() == []
         assert text(llm)  # and it comes back on use
     finally:
         pool.close()
 
 
-def test_keep_alive_counts_from_the_last_use(models):
-    pool = Pool(memory_budget="inf", keep_alive=2.0)
+def test_keep_alive_counts_from_the_last_use(models, clock):
+    pool = Pool(memory_budget="inf", keep_alive=2.0, clock=clock)
     try:
         llm = get(pool, models, "a")
-        time.sleep(1.2)
+        clock.advance(1.2)
         text(llm)
-        time.sleep(1.2)
-        # 2.4 s since the load, but only 1.2 s since the last call (wide margins for a busy CI runner)
-        assert [r.name for r in pool.loaded()] == ["a"]
+        clock.advance(1.2)
+        # 2.4 s since the load, but only 1.2 s since the last call
+        assert pool.reap() == 0 and [r.name for r in pool.loaded()] == ["a"]
+        clock.advance(0.8)  # 2.0 s since the last call
+        pool.reap()  # (or the keep-alive thread, had it woken up first)
+        assert pool.loaded() == []
+    finally:
+        pool.close()
+
+
+def test_keep_alive_zero_waits_for_the_first_call(models, clock):
+    pool = Pool(memory_budget="inf", keep_alive=0, clock=clock)
+    try:
+        llm = get(pool, models, "a")
+        clock.advance(3600)
+        assert pool.reap() == 0 and len(pool.loaded()) == 1  # loaded, never called: kept for its first call
+        text(llm)
+        assert pool.loaded() == []  # closed as the call returned
     finally:
         pool.close()
 
@@ -509,7 +523,7 @@ def test_loaded_records_and_metrics(pool, models, recorded):
     assert a.cost == estimate(models["a"], n_ctx=256).total and a.content_key == "sha-a"
     assert before <= a.last_used <= time.time()
     with pytest.raises(AttributeError):
-        a.hits = 2  # type: ignore[misc]
+        a.hits = 2  # type: ignore[misc]  # frozen: assigning is what this checks
     metrics = pool.metrics()
     assert {k: getattr(metrics, k) for k in ("hits", "misses", "loads", "evictions", "resident")} == {
         "hits": 1,

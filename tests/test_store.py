@@ -72,7 +72,7 @@ def test_blobs_are_read_only_and_views_link_them_under_the_pinned_names(lock, ti
         "preset.ini",
     ]
     assert {p.parent for p in m.files} == {m.view}  # llama.cpp finds the split siblings beside part 1
-    for pin, file in zip(m.entry.files, m.files):
+    for pin, file in zip(m.entry.files, m.files, strict=True):
         blob = store.blob_path(pin.sha256)
         assert os.path.samefile(blob, file)  # a hard link: no second copy on disk
         assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -296,7 +296,7 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
     store, lockfile = _store(), modelfix.Lockfile.load(lock)
     a_file = lockfile.entry("a").files[0]
     cap = "300000"  # a with the shared mmproj and preset fits (236 kB); b beside them does not (496 kB)
-    hub.inject(REPO, a_file.path, Fault.stall(3.0, after_bytes=100_000))  # a is still downloading when b asks
+    hub.inject(REPO, a_file.path, Fault.stall(60, after_bytes=100_000))  # a is still downloading when b asks
     first = subprocess.Popen(
         [sys.executable, "-m", "modelfix", "sync", "a"],
         cwd=lock.parent,
@@ -315,7 +315,8 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
 
         assert second.returncode == 1 and "not enough room under the cache cap" in second.stderr
     finally:
-        out, err = first.communicate(timeout=120)
+        hub.release_stalls()  # a's download goes on only now: b asked while it was surely in flight
+        _out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert usage(store).blob_bytes <= int(cap)
 
@@ -430,7 +431,7 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
 
     monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "300000")  # a (with mmproj and preset) fits; b beside it does not
     store, a_file = _store(), modelfix.Lockfile.load(lock).entry("a").files[0]
-    hub.inject(REPO, a_file.path, Fault.stall(2.0, after_bytes=100_000))
+    hub.inject(REPO, a_file.path, Fault.stall(60, after_bytes=100_000))  # until b has asked
     errors: list[BaseException] = []
 
     def sync(name: str) -> None:
@@ -445,8 +446,11 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
     while not store.partial_path(a_file.sha256).exists():
         assert time.monotonic() < deadline, "a's download never started"
         time.sleep(0.05)
-    sync("b")
-    first.join()
+    try:
+        sync("b")
+    finally:
+        hub.release_stalls()
+        first.join()
 
     assert [str(e) for e in errors if "not enough room under the cache cap" in str(e)] != []
     assert usage(store).blob_bytes <= 300_000

@@ -102,7 +102,7 @@ class Table:
     def __repr__(self) -> str:
         cells = [list(self.header)] + [[_cell(c) for c in row] for row in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
         if any(self.header):
             lines.insert(1, "  ".join("-" * w for w in widths))
         else:

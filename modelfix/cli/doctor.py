@@ -260,9 +260,10 @@ def _settings(problems: list[str]) -> dict[str, str]:
     from ..settings import resolve_settings
 
     chosen = {}
-    for name, value in sorted(os.environ.items()):
+    for name, raw in sorted(os.environ.items()):
         if name.startswith("MODELFIX_"):
-            url = urlsplit(value)
+            url = urlsplit(raw)
+            value = raw
             if url.scheme and url.netloc and ("@" in url.netloc):
                 value = url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[1]).geturl()
             chosen[name] = redact(value)

@@ -173,8 +173,8 @@ def _list(args: argparse.Namespace) -> int:
     lockfile = Lockfile.find(args.lock)
     state = _cache_state(args)
     if args.json:
-        rows = [_listed(entry, state(entry) if entry.files else "unpinned") for entry in lockfile.entries.values()]
-        print(json.dumps(rows, indent=2))
+        listed = [_listed(entry, state(entry) if entry.files else "unpinned") for entry in lockfile.entries.values()]
+        print(json.dumps(listed, indent=2))
         return 0
     rows = [("NAME", "SOURCE", "REVISION", "FILES", "SIZE", "CACHE")]
     for entry in lockfile.entries.values():
@@ -182,7 +182,7 @@ def _list(args: argparse.Namespace) -> int:
         rows.append((entry.name, entry.source, revision, str(len(entry.files)), format_size(entry.size), state(entry)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
