@@ -2,7 +2,8 @@
 
 Read when used, never at import: a test can set ``MODELFIX_CACHE_DIR`` and
 the next call sees it. Front ends pass their options (``--cache-dir``,
-``--modelfix-offline``...) as arguments, which win over the environment.
+``--modelfix-offline``...) as arguments of their :class:`~modelfix.Project`, which
+resolves its settings from them at each use; they win over the environment.
 
 A warm ``modelfix.path()`` needs only the root (:func:`cache_root`) and the
 read-only caches in front of it (:func:`layer_roots`), and asks for them on

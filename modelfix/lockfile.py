@@ -19,7 +19,13 @@ edited ``source`` is seen as stale without asking the network.
 
 Reading gives frozen :class:`Entry` objects and accepts a UTF-8 BOM and CRLF
 line ends; :mod:`modelfix.locking` writes the pins (one writer at a time,
-atomically, keeping comments, layout, line ends and BOM).
+atomically, keeping comments, layout, line ends and BOM). What a pinned path may
+be is :mod:`modelfix.pin_paths`'s, what a setting's value may be
+:mod:`modelfix.setting_values`'s::
+
+    Lockfile.load(path), Lockfile.find(lock)   read and check (find: MODELFIX_LOCK, else upward)
+    LockfileMemo().read(path)                  the same, parsed again only when the file changes
+    content_key(entry)                         sha256 over the pins: one view, one pool slot per content
 """
 
 from __future__ import annotations

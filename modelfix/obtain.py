@@ -2,7 +2,7 @@
 
 ::
 
-    fetch(entries, lockfile, settings, store, workers, cancel)
+    fetch(entries, lockfile, cache, store, workers, cancel)
         for each blob the entries pin, in parallel (one job each, see modelfix.jobs):
             the store itself            "cache"    (checked: identity, else re-hashed)
             a read-only cache           "adopted"  copied and hashed, never linked (modelfix.layers)
@@ -13,7 +13,7 @@
 A blob enters the store only verified (:meth:`Store.commit`); a mismatch from the origin
 is fetched once more from scratch, then an :class:`IntegrityError`. Offline, nothing but
 the caches is asked, and what they lack is one :class:`OfflineError` listing every model,
-its files and the command that fetches them (:func:`offline_message`, :func:`sync_command`).
+its files and the command that fetches them (:func:`sync_command` names the command).
 Under a size cap the room is made, and reserved, before the first byte arrives.
 """
 
@@ -39,7 +39,7 @@ from .store import Store
 from .tiers import adopt, adoption_candidates, remote_url, stores
 from .transports import Location, Transport, transport_for
 
-__all__ = ["fetch", "offline_message", "sync_command"]
+__all__ = ["fetch", "sync_command"]
 
 log = logging.getLogger("modelfix")
 
@@ -47,7 +47,7 @@ log = logging.getLogger("modelfix")
 def fetch(
     entries: Sequence[Entry],
     lockfile: Lockfile,
-    settings: CacheSettings,
+    cache: CacheSettings,
     store: Store,
     workers: int,
     cancel: threading.Event,
@@ -62,21 +62,19 @@ def fetch(
         for pin in entry.files:
             wanted.setdefault(pin.sha256, (entry, pin))
     names = ", ".join(e.name for e in entries)
-    store.require_writable(
-        f"fetching {names} (not whole in the cache{' or a read-only one' if settings.layers else ''})"
-    )
+    store.require_writable(f"fetching {names} (not whole in the cache{' or a read-only one' if cache.layers else ''})")
     store.check_folders()  # a cache folder that is a link: one clear error before any download
     absent = {sha: item for sha, item in wanted.items() if not store.has(sha)}
-    if settings.offline:
-        stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile, settings.layers)}
+    if cache.offline:
+        stuck = {sha for sha, (e, p) in absent.items() if not _adoptable(e, p, lockfile, cache.layers)}
         if stuck:  # every model lists every file it lacks, those it shares with another too
             raise OfflineError(
-                offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck], lockfile, store)
+                _offline_message([(e.name, p) for e in entries for p in e.files if p.sha256 in stuck], lockfile, store)
             )
-    if absent and settings.max_size != float("inf"):
+    if absent and cache.max_size != float("inf"):
         store.make_room(
             {sha: p.size for sha, (_, p) in absent.items()},
-            settings.max_size,
+            cache.max_size,
             keep=set(wanted),
             model=names,
         )
@@ -86,7 +84,7 @@ def fetch(
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="modelfix-fetch")
     errors: list[BaseException] = []
     try:
-        futures = [pool.submit(_ensure, store, e, p, lockfile, settings, job, cancel, policy) for job, e, p in work]
+        futures = [pool.submit(_ensure, store, e, p, lockfile, cache, job, cancel, policy) for job, e, p in work]
         errors.extend(exc for future in as_completed(futures) if (exc := future.exception()) is not None)
     except KeyboardInterrupt:
         cancel.set()  # every transfer stops at its next chunk, leaving a resumable partial
@@ -112,7 +110,7 @@ def _ensure(
     entry: Entry,
     pin: FilePin,
     lockfile: Lockfile,
-    settings: CacheSettings,
+    cache: CacheSettings,
     job: Job,
     cancel: threading.Event,
     policy: FetchPolicy,
@@ -123,12 +121,12 @@ def _ensure(
             raise Cancelled(f"{label}: cancelled", model=entry.name, file=pin.path)
         source = source_for(entry.source, lockfile.path)
         sources = []
-        if not settings.offline:
-            if settings.remote:
-                sources.append(("remote", transport_for(Location(remote_url(settings.remote, pin.sha256)), policy)))
+        if not cache.offline:
+            if cache.remote:
+                sources.append(("remote", transport_for(Location(remote_url(cache.remote, pin.sha256)), policy)))
             sources.append(("origin", transport_for(source.locate(pin, entry.revision), policy)))
         # Read-only caches first, copied (never linked: see modelfix.layers), then the other caches.
-        others = [(s.blob_path(pin.sha256), False) for s in stores(settings, writable=False) if s.has(pin.sha256)]
+        others = [(s.blob_path(pin.sha256), False) for s in stores(cache, writable=False) if s.has(pin.sha256)]
         others += [
             (path, True)
             for path in adoption_candidates(
@@ -138,9 +136,9 @@ def _ensure(
         try:
             _obtain(store, pin, label, job, sources, others, cancel, policy)
         except SourceMissing as exc:
-            if settings.offline:
+            if cache.offline:
                 raise OfflineError(
-                    offline_message([(entry.name, pin)], lockfile, store), model=entry.name, file=pin.path
+                    _offline_message([(entry.name, pin)], lockfile, store), model=entry.name, file=pin.path
                 ) from None
             exc.add_context(
                 suffix=". The pinned file is not where its source says: check the source "
@@ -262,7 +260,7 @@ def _adoptable(entry: Entry, pin: FilePin, lockfile: Lockfile, layers: tuple[Pat
     return bool(adoption_candidates(pin.sha256, repo=repo, filename=pin.path, revision=entry.revision))
 
 
-def offline_message(items: Iterable[tuple[str, FilePin]], lockfile: Lockfile, store: Store) -> str:
+def _offline_message(items: Iterable[tuple[str, FilePin]], lockfile: Lockfile, store: Store) -> str:
     by_model: dict[str, list[FilePin]] = {}
     for model, pin in items:
         by_model.setdefault(model, []).append(pin)

@@ -38,6 +38,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -199,18 +200,25 @@ class Pool:
         entry_settings: Mapping[str, Any] | None = None,
         *,
         mmproj_path: str | os.PathLike[str] | None = None,
-        frontend: Mapping[str, Any] | None = None,
+        load_options: Mapping[str, Any] | None = None,
         probe_root: str | os.PathLike[str] | None = None,
         probe_layers: Sequence[Path] = (),
+        frontend: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> PooledLlama:
         """A loaded handle for these files and settings; the resident one if the key matches.
 
+        ``settings`` are the call's layer of the load settings, ``load_options`` the front
+        end's, ``entry_settings`` the lockfile's (see :mod:`modelfix.settings`).
         ``probe_root`` is the cache root that keeps the backend probe's verdict
         (default: the cache root of the environment), for ``repack = "auto"``;
         ``probe_layers`` the read-only caches where a verdict is read too.
+        ``frontend`` is the old name of ``load_options`` (deprecated).
         """
-        resolved = resolve_settings(name, settings, frontend=frontend, entry=entry_settings)
+        if frontend is not None:
+            warnings.warn("Pool.acquire(frontend=...) is deprecated: pass load_options=...", DeprecationWarning, 2)
+            load_options = {**frontend, **(load_options or {})}
+        resolved = resolve_settings(name, settings, frontend=load_options, entry=entry_settings)
         if resolved.settings.mmproj and mmproj_path is None:
             raise SettingsError(
                 f"model {name!r} has no mmproj file, so mmproj=True cannot be honoured. "

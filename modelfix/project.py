@@ -261,7 +261,7 @@ class Project:
             name,
             m.entry.settings,
             mmproj_path=m.mmproj_path,
-            frontend=self.load_options,
+            load_options=self.load_options,
             probe_root=root,
             probe_layers=layers,
             **settings,

@@ -3,12 +3,12 @@
 A :class:`Resolver` belongs to one :class:`modelfix.Project`, which hands it the lockfile and
 the cache settings in force::
 
-    warm(root, layers, lockfile, entry) -> Materialized | None    a few stats; None: go cold
-    make(entries, lockfile, settings) -> [Materialized]           the cold path: fetch what is
-                                                                   missing, in parallel
-                                                                   (modelfix.obtain), then build
-                                                                   each view
-    verify(entries, lockfile, settings, full) -> [Problem]        re-hash where each model is served
+    warm(root, layers, lockfile, entry) -> Materialized | None   a few stats; None: go cold
+    make(entries, lockfile, cache) -> [Materialized]             the cold path: fetch what is
+                                                                 missing, in parallel
+                                                                 (modelfix.obtain), then build
+                                                                 each view
+    verify(entries, lockfile, cache, full) -> [Problem]          re-hash where each model is served
 
 A model whose view is whole in a read-only cache in front of the store
 (``MODELFIX_READONLY_CACHES``, see :mod:`modelfix.layers`) is served from there, in
@@ -171,19 +171,19 @@ class Resolver:
         self,
         entries: Sequence[Entry],
         lockfile: Lockfile,
-        settings: CacheSettings,
+        cache: CacheSettings,
         *,
         workers: int = 4,
         cancel: threading.Event | None = None,
     ) -> list[Materialized]:
         """The cold path: fetch what ``entries`` lack (``workers`` files at a time; ``cancel`` stops the
         transfers, keeping partial downloads), then build and remember each view."""
-        store = Store(settings.root)
-        fetch(entries, lockfile, settings, store, workers, cancel or threading.Event())
-        return [self._build(entry, lockfile, store, settings.layers) for entry in entries]
+        store = Store(cache.root)
+        fetch(entries, lockfile, cache, store, workers, cancel or threading.Event())
+        return [self._build(entry, lockfile, store, cache.layers) for entry in entries]
 
     def verify(
-        self, entries: Sequence[Entry], lockfile: Lockfile, settings: CacheSettings, *, full: bool = False
+        self, entries: Sequence[Entry], lockfile: Lockfile, cache: CacheSettings, *, full: bool = False
     ) -> list[Problem]:
         """Re-hash what ``entries`` pin (xxh3 against the memo; sha256 against the pins with ``full``).
 
@@ -192,12 +192,12 @@ class Resolver:
         ``modelfix sync`` fetches it again; in a cache this process cannot write it is reported
         and stays, and nothing is written there. Missing files are problems too.
         """
-        store = Store(settings.root)
+        store = Store(cache.root)
         problems: list[Problem] = []
         checked: dict[tuple[Path, str], tuple[str, str] | None] = {}
         for entry in entries:
             key, expect = content_key(entry), _expected(entry)
-            layer = next((s for s in stores(settings, writable=False) if s.check_view(key, expect)), None)
+            layer = next((s for s in stores(cache, writable=False) if s.check_view(key, expect)), None)
             where = layer or store
             whole = layer is not None or store.check_view(key, expect)  # puts back blobs deleted from under a view
             shown: dict[str, Path] = {}
@@ -211,7 +211,7 @@ class Resolver:
             for name, sha in files:
                 if sha not in shown and not where.has(sha):
                     # The next sync must not trust the view this resolver remembers: a fresh look fetches the blob.
-                    self._warm.pop((store.root, settings.layers, lockfile.path, entry.name), None)
+                    self._warm.pop((store.root, cache.layers, lockfile.path, entry.name), None)
                     problems.append(
                         Problem(entry.name, name, f"sha256:{sha}", None, f"not in the cache: {fetch_again}")
                     )
@@ -263,20 +263,20 @@ class Resolver:
         return self._remember((store.root, layers, lockfile.path, entry.name), store, entry, view, made)
 
 
-def missing(lockfile: Lockfile, settings: CacheSettings) -> list[tuple[str, FilePin]]:
+def missing(lockfile: Lockfile, cache: CacheSettings) -> list[tuple[str, FilePin]]:
     """(model, pin) for every pinned file of ``lockfile`` that neither the store nor a read-only cache holds."""
-    where = stores(settings)
+    where = stores(cache)
     return [(e.name, p) for e in lockfile.entries.values() for p in e.files if not any(s.has(p.sha256) for s in where)]
 
 
-def cached_state(entry: Entry, settings: CacheSettings) -> str:
+def cached_state(entry: Entry, cache: CacheSettings) -> str:
     """``"cached"`` (every pinned file present, in the store or a read-only cache), ``"partial"`` (some, or a
     download begun) or ``"missing"``."""
-    where = stores(settings)
+    where = stores(cache)
     present = [any(s.has(p.sha256) for s in where) for p in entry.files]
     if present and all(present):
         return "cached"
-    partials = settings.root / "tmp"  # not Store.partial_path, which makes the folder (a read-only cache...)
+    partials = cache.root / "tmp"  # not Store.partial_path, which makes the folder (a read-only cache...)
     if any(present) or any((partials / f"{p.sha256}.partial").exists() for p in entry.files):
         return "partial"
     return "missing"

@@ -4,7 +4,8 @@ A handle's *load settings* are the keyword arguments of ``llama_cpp.Llama``
 that modelfix exposes. Each is taken from the first layer that sets it::
 
     1. call        modelfix.load("chat", n_ctx=4096)
-    2. frontend    options a front end passes (pytest --modelfix-gpu-layers, %load_model --n-ctx)
+    2. frontend    options a front end passes (pytest --modelfix-gpu-layers, %load_model --n-ctx):
+                   the ``load_options`` of its :class:`~modelfix.Project`
     3. env         MODELFIX_GPU_LAYERS, MODELFIX_N_CTX, MODELFIX_REPACK, ... (read at every load)
     4. lockfile    [models.chat] n_ctx = 2048 (reproducibility settings only)
     5. default     llama_cpp.Llama's own defaults, except n_gpu_layers (all

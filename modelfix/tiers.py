@@ -41,10 +41,10 @@ __all__ = ["stores", "adoption_candidates", "adopt", "remote_url", "Pushed", "ch
 log = logging.getLogger("modelfix")
 
 
-def stores(settings: CacheSettings, *, writable: bool = True) -> list[Store]:
-    """The read-only caches of ``settings`` in order, then (with ``writable``) its store: where a pinned file may be."""
-    found = [Store(layer, layer=True) for layer in settings.layers]
-    return [*found, Store(settings.root)] if writable else found
+def stores(cache: CacheSettings, *, writable: bool = True) -> list[Store]:
+    """The read-only caches of ``cache`` in order, then (with ``writable``) its store: where a pinned file may be."""
+    found = [Store(layer, layer=True) for layer in cache.layers]
+    return [*found, Store(cache.root)] if writable else found
 
 
 def adoption_candidates(
@@ -150,26 +150,26 @@ class Pushed(NamedTuple):
     status: str
 
 
-def check_pushable(settings: CacheSettings) -> str:
-    """The remote tier of ``settings``, if ``push`` may write there; else the error that says why."""
+def check_pushable(cache: CacheSettings) -> str:
+    """The remote tier of ``cache``, if ``push`` may write there; else the error that says why."""
     import fsspec
 
-    if not settings.remote:
+    if not cache.remote:
         raise CacheError(
             "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL "
             "(s3://bucket/models, /mnt/team/models, ...)."
         )
-    if settings.offline:
+    if cache.offline:
         raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
-    if fsspec.utils.get_protocol(settings.remote) in ("http", "https"):
+    if fsspec.utils.get_protocol(cache.remote) in ("http", "https"):
         raise CacheError(
-            f"MODELFIX_REMOTE={settings.remote} is read-only over HTTP: `modelfix push` to the storage "
+            f"MODELFIX_REMOTE={cache.remote} is read-only over HTTP: `modelfix push` to the storage "
             "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
         )
-    return settings.remote
+    return cache.remote
 
 
-def upload(entries: Sequence[Entry], settings: CacheSettings, *, force: bool = False) -> list[Pushed]:
+def upload(entries: Sequence[Entry], cache: CacheSettings, *, force: bool = False) -> list[Pushed]:
     """Upload the pinned blobs of ``entries`` (all in the store or a read-only cache already) to the
     remote tier, skipping those already there.
 
@@ -178,8 +178,8 @@ def upload(entries: Sequence[Entry], settings: CacheSettings, *, force: bool = F
     """
     import fsspec
 
-    remote = check_pushable(settings)
-    where = stores(settings)  # a model served from a read-only cache is uploaded from there
+    remote = check_pushable(cache)
+    where = stores(cache)  # a model served from a read-only cache is uploaded from there
     fs, _ = fsspec.core.url_to_fs(remote)
     report: list[Pushed] = []
     done: set[str] = set()

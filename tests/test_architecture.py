@@ -294,3 +294,27 @@ def test_every_module_imports_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert importlib.import_module("modelfix.project").Project is modelfix.Project
+
+
+def test_the_layers_here_are_the_layers_of_the_architecture_page():
+    import re
+
+    page = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d)\. [^|]+\| ([^|]+) \|", page, re.MULTILINE)
+    documented = {int(depth): set(re.findall(r"`([\w.*]+)`", names)) for depth, names in rows}
+    expected = {
+        depth: {
+            "modelfix"
+            if not name
+            else "_pytest_*"
+            if name.startswith("_pytest_")
+            else "cli.*"
+            if "." in name and name.startswith("cli")
+            else name
+            for name in names
+            if name != "__main__"
+        }
+        | ({"modelfix_jupyter"} if depth == len(LAYERS) - 1 else set())
+        for depth, names in enumerate(LAYERS)
+    }
+    assert documented == expected

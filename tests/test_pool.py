@@ -125,9 +125,15 @@ def test_n_gpu_layers_reaches_llama_cpp(pool, models, monkeypatch, via, layers, 
 
 def test_frontend_and_lockfile_layers_reach_the_handle(pool, models):
     # (llama.cpp rounds n_ctx up to a multiple of 256, so the sizes here are such multiples)
-    llm = pool.acquire(models["a"], "sha-a", "a", {"n_ctx": 256}, frontend={"n_ctx": 768})
+    llm = pool.acquire(models["a"], "sha-a", "a", {"n_ctx": 256}, load_options={"n_ctx": 768})
     assert llm.n_ctx() == 768
     assert pool.acquire(models["a"], "sha-a", "a", {"n_ctx": 256}).n_ctx() == 256
+
+
+def test_the_old_frontend_keyword_still_works_and_says_it_is_deprecated(pool, models):
+    with pytest.warns(DeprecationWarning, match="load_options="):
+        llm = pool.acquire(models["a"], "sha-a", "a", frontend={"n_ctx": 768})
+    assert llm.n_ctx() == 768
 
 
 def test_unknown_setting_is_refused_before_loading(pool, models):
