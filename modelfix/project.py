@@ -332,14 +332,17 @@ _DEFAULTS_LIMIT = 64
 def default_project(lock: LockLike = None, cache_settings: CacheSettings | None = None) -> Project:
     """The Project behind ``modelfix.path(name, lock)`` and the other module-level calls.
 
-    One per distinct ``lock`` (a path, the same Lockfile object, or None) and ``cache_settings``.
+    One per distinct ``lock`` (a path as a str or a PathLike, the same Lockfile object, or None)
+    and ``cache_settings``.
     """
-    if cache_settings is None and (lock is None or type(lock) is str):
-        key: Any = lock
-        if (project := _DEFAULTS.get(key)) is not None:  # the warm path: one dict lookup
-            return project
-    elif isinstance(lock, Lockfile):
-        key = ("lockfile", id(lock), cache_settings)
+    if cache_settings is None:
+        try:  # the warm path: one lookup, by the argument as given (a str, a Path, None)
+            if (project := _DEFAULTS.get(lock)) is not None:
+                return project
+        except TypeError:  # a Lockfile does not hash: its Project is found by its id below
+            pass
+    if isinstance(lock, Lockfile):
+        key: Any = ("lockfile", id(lock), cache_settings)
     else:
         path = None if lock is None else os.fspath(lock)
         key = path if cache_settings is None else (path, cache_settings)
@@ -348,6 +351,8 @@ def default_project(lock: LockLike = None, cache_settings: CacheSettings | None 
         if len(_DEFAULTS) >= _DEFAULTS_LIMIT:
             _DEFAULTS.clear()
         project = _DEFAULTS[key] = _project(lock, cache_settings)
+    if cache_settings is None and lock is not None and not isinstance(lock, (str, Lockfile)):
+        _DEFAULTS[lock] = project  # the same Project by the PathLike itself too: the next call's one lookup
     return project
 
 
@@ -384,7 +389,14 @@ def path(
     settings: CacheSettings | None = None,
 ) -> Path:
     """The first model file of ``name``, fetched and verified if missing (see :meth:`Project.path`)."""
-    if settings is not None:
+    if settings is None and cache_settings is None:
+        # default_project()'s first lookup, written out: this is the call a test or notebook makes in a loop.
+        try:
+            if (project := _DEFAULTS.get(lock)) is not None:
+                return project.files(name).model_path
+        except TypeError:
+            pass
+    elif settings is not None:
         cache_settings = _renamed(cache_settings, settings, "path")
     return default_project(lock, cache_settings).files(name).model_path
 

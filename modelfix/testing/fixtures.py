@@ -1,6 +1,7 @@
 """pytest fixtures for the local Hub: ``local_hub`` (a started :class:`LocalHub`) and ``hub_env``
 (the process environment pointed at it), and :func:`point_at_hub` for a hub that lives longer than
-a test. tests/conftest.py imports them; so can a user's."""
+a test. tests/conftest.py loads them (``pytest_plugins = ["modelfix.testing.fixtures"]``); so can
+a user's, or import them by name."""
 
 from __future__ import annotations
 
