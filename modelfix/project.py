@@ -47,18 +47,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
-from . import care, routing
+from . import care
 from .config import CacheSettings, cache_root, layer_roots
 from .errors import LockError
-from .handle import PooledLlama, slot_of
 from .lockfile import Entry, FilePin, Lockfile, LockfileMemo, nearest_lockfile
-from .pool import Pool, Resident, default_pool
 from .resolver import Materialized, Problem, Resolver, cached_state, missing, pinned
 from .store import Store
 from .tiers import Pushed, check_pushable, stores, upload
 
 if TYPE_CHECKING:
     import llama_cpp
+
+    from .handle import PooledLlama
+    from .pool import Pool, Resident
 
 __all__ = [
     "Project",
@@ -169,6 +170,8 @@ class Project:
     @property
     def pool(self) -> Pool:
         """The pool handles come from: the process-wide one unless this Project was given its own."""
+        from .pool import default_pool  # the pool (and llama.cpp's glue) loads with the first handle
+
         return self._pool or default_pool()
 
     def _where(self) -> tuple[Path, tuple[Path, ...]]:
@@ -270,6 +273,8 @@ class Project:
     @contextlib.contextmanager
     def use(self, target: PooledLlama | str, **settings: Any) -> Iterator[llama_cpp.Llama]:
         """``with project.use("chat") as llm:`` the real ``llama_cpp.Llama``, never evicted inside the block."""
+        from .handle import PooledLlama, slot_of
+
         handle = target if type(target) is PooledLlama else self.load(str(target), **settings)
         with slot_of(handle).pool.use(handle) as llm:
             yield llm
@@ -288,7 +293,9 @@ class Project:
 
     def route(self, text: str) -> str:
         """The model that should answer ``text``, by the lockfile's ``[routing]`` rules."""
-        return routing.route(text, self.lockfile)
+        from .routing import route
+
+        return route(text, self.lockfile)
 
     # --- cache care ----------------------------------------------------------------------------
 
@@ -473,11 +480,15 @@ def preload(names: str | Iterable[str], lock: LockLike = None, **settings: Any) 
 
 def unload(target: PooledLlama | llama_cpp.Llama | str) -> int:
     """Close the shared pool's handles of model ``target`` (a name), or that one handle; returns how many."""
+    from .pool import default_pool
+
     return default_pool().unload(target)
 
 
 def loaded() -> list[Resident]:
     """What the shared pool holds now, most recently used first."""
+    from .pool import default_pool
+
     return default_pool().loaded()
 
 
