@@ -2,7 +2,8 @@
 
 Read when used, never at import: a test can set ``MODELFIX_CACHE_DIR`` and
 the next call sees it. Front ends pass their options (``--cache-dir``,
-``--modelfix-offline``...) as arguments, which win over the environment.
+``--modelfix-offline``...) as arguments of their :class:`~modelfix.Project`, which
+resolves its settings from them at each use; they win over the environment.
 
 A warm ``modelfix.path()`` needs only the root (:func:`cache_root`) and the
 read-only caches in front of it (:func:`layer_roots`), and asks for them on
@@ -105,6 +106,8 @@ def _platform_cache_dir() -> str:
     return found
 
 
+# Process-wide, shared by every Project: pure lookups (a realpath, platformdirs' answer) that the
+# warm path would otherwise pay on every call; keyed by what they depend on.
 _ROOTS: dict[str, Path] = {}  # absolute root as given -> its realpath
 _ROOTS_LIMIT = 64  # a test run makes a root per test: a bound keeps it from hoarding them
 _LAYERS: dict[tuple[Any, Path], tuple[Path, ...]] = {}  # (value as given, root) -> layers
@@ -140,7 +143,7 @@ class CacheSettings:
             size = parse_size(raw_size, what) if raw_size not in (None, "") else math.inf
         except ValueError as exc:
             raise CacheError(str(exc)) from None
-        remote = remote if remote is not None else (os.environ.get("MODELFIX_REMOTE") or None)
+        remote = (remote if remote is not None else os.environ.get("MODELFIX_REMOTE")) or None  # "": none
         root = _usable(cache_root(cache_dir))
         layers = layer_roots(root, readonly_caches)
         return cls(root=root, max_size=size, offline=bool(offline), remote=remote, layers=layers)

@@ -58,6 +58,8 @@ log = logging.getLogger("modelfix")
 # view file name -> (the sha256 it must show, None for a joined file; its size in bytes)
 Expected = Mapping[str, tuple[str | None, int]]
 
+# Process-wide: each cache is announced once per process, and a file identity hashed once per
+# process, whichever Project meets it (a read-only cache cannot record what was checked).
 _ANNOUNCED: set[Path] = set()
 _HASHED: dict[tuple[str, Identity, str], bool] = {}  # (view file, its identity, sha256) -> bytes match
 _HASHED_LIMIT = 4096

@@ -88,6 +88,7 @@ class _Registry:
                 reserved.update(dict.fromkeys(done, 0))
 
 
+# Process-wide: a lease file belongs to a process (flock-held until it exits), not to a Project.
 _REGISTRY = _Registry()
 
 

@@ -167,7 +167,7 @@ def build_description() -> str:
     return f"llama-cpp-python {llama_cpp.__version__} ({info})"
 
 
-_KEY: list[str] = []  # computed once per process
+_KEY: list[str] = []  # computed once per process: the build and the host do not change under it
 
 
 def probe_key() -> str:
@@ -180,6 +180,8 @@ def probe_key() -> str:
 
 # --- the verdict ---------------------------------------------------------------------------
 
+# Process-wide: the verdict is a fact of this build on this host, learnt once per process and
+# shared by every Project and pool in it; one probe at a time; the warning said once.
 _MEMO: dict[str, Verdict] = {}
 _LOCK = threading.Lock()
 _ANNOUNCED: set[str] = set()
@@ -387,7 +389,7 @@ def _probe(key: str, timeout: float) -> tuple[Verdict, bool]:
         model = write_probe_model(Path(folder) / "probe-Q4_0.gguf")
         on = _run_child(model, repack=True, timeout=timeout)
         outcomes = [on]
-        if on.kind != "ok" and on.kind != "error":
+        if on.kind not in {"ok", "error"}:
             outcomes.append(_run_child(model, repack=False, timeout=timeout))
     seconds = round(time.perf_counter() - started, 3)
     last = outcomes[-1]
@@ -397,7 +399,7 @@ def _probe(key: str, timeout: float) -> tuple[Verdict, bool]:
             f"modelfix.probe) failed: {last.detail}. Set MODELFIX_REPACK=on (llama.cpp's default) or off to load "
             f"without probing, and report this with the output of `modelfix doctor`."
         )
-    crashed = "; ".join(o.describe(r) for o, r in zip(outcomes, (True, False)) if o.kind != "ok")
+    crashed = "; ".join(o.describe(r) for o, r in zip(outcomes, (True, False), strict=False) if o.kind != "ok")
     repack = "on" if on.kind == "ok" else "off" if last.kind == "ok" else "broken"
     definite = all(o.kind != "timeout" for o in outcomes)
     log.debug("backend probe: %s in %.2f s (%s)", repack, seconds, crashed or "no crash")

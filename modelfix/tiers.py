@@ -7,12 +7,12 @@
   pinned file; :func:`adoption_candidates` names where to look, and :func:`adopt`
   verifies what it finds and links it into the store (or copies it: another user's file).
 * **The remote tier** (``MODELFIX_REMOTE``): content-addressed like the store,
-  so any runner can fill it (:func:`push`) and none has to trust it::
+  so any runner can fill it (:func:`upload`, what ``modelfix push`` does after a sync) and
+  none has to trust it::
 
       <remote>/blobs/sha256/<sha256>
 
-:mod:`modelfix.resolver` tries them in that order before the origin, and
-re-exports these functions.
+:mod:`modelfix.obtain` tries them in that order before the origin.
 """
 
 from __future__ import annotations
@@ -25,26 +25,26 @@ import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import safefs
-from .config import CacheSettings
 from .errors import CacheError, OfflineError, redact
 from .hashing import hash_fd
 from .store import Store
 
 if TYPE_CHECKING:
-    from .resolver import LockLike
+    from .config import CacheSettings
+    from .lockfile import Entry
 
-__all__ = ["stores", "adoption_candidates", "adopt", "remote_url", "push"]
+__all__ = ["stores", "adoption_candidates", "adopt", "remote_url", "Pushed", "check_pushable", "upload"]
 
 log = logging.getLogger("modelfix")
 
 
-def stores(settings: CacheSettings, *, writable: bool = True) -> list[Store]:
-    """The read-only caches of ``settings`` in order, then (with ``writable``) its store: where a pinned file may be."""
-    found = [Store(layer, layer=True) for layer in settings.layers]
-    return [*found, Store(settings.root)] if writable else found
+def stores(cache: CacheSettings, *, writable: bool = True) -> list[Store]:
+    """The read-only caches of ``cache`` in order, then (with ``writable``) its store: where a pinned file may be."""
+    found = [Store(layer, layer=True) for layer in cache.layers]
+    return [*found, Store(cache.root)] if writable else found
 
 
 def adoption_candidates(
@@ -142,51 +142,57 @@ def remote_url(remote: str, sha: str) -> str:
     return f"{remote.rstrip('/')}/blobs/sha256/{sha}"
 
 
-def push(
-    names: Sequence[str] | None = None,
-    lock: LockLike = None,
-    *,
-    settings: CacheSettings | None = None,
-    force: bool = False,
-) -> list[tuple[str, str, str]]:
-    """Upload the pinned blobs of ``names`` to the remote tier, skipping those already there.
+class Pushed(NamedTuple):
+    """One pinned file of a ``push``: ``uploaded``, or ``present`` (already in the remote tier)."""
 
-    Returns (model, file, "uploaded" | "present") per pinned file. Fetches
-    into the local store first what it lacks. A copy of the right size is
-    taken as present (checking its bytes means downloading it); ``force``
-    uploads every file again, which repairs a corrupt copy that ``sync``
-    reported.
+    model: str
+    file: str
+    status: str
+
+
+def check_pushable(cache: CacheSettings) -> str:
+    """The remote tier of ``cache``, if ``push`` may write there; else the error that says why."""
+    import fsspec
+
+    if not cache.remote:
+        raise CacheError(
+            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL "
+            "(s3://bucket/models, /mnt/team/models, ...)."
+        )
+    if cache.offline:
+        raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
+    if fsspec.utils.get_protocol(cache.remote) in ("http", "https"):
+        raise CacheError(
+            f"MODELFIX_REMOTE={cache.remote} is read-only over HTTP: `modelfix push` to the storage "
+            "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
+        )
+    return cache.remote
+
+
+def upload(entries: Sequence[Entry], cache: CacheSettings, *, force: bool = False) -> list[Pushed]:
+    """Upload the pinned blobs of ``entries`` (all in the store or a read-only cache already) to the
+    remote tier, skipping those already there.
+
+    A copy of the right size is taken as present (checking its bytes means downloading it);
+    ``force`` uploads every file again, which repairs a corrupt copy that ``sync`` reported.
     """
     import fsspec
 
-    from .resolver import sync
-
-    settings = settings or CacheSettings.resolve()
-    if not settings.remote:
-        raise CacheError(
-            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...)."
-        )
-    if settings.offline:
-        raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
-    if fsspec.utils.get_protocol(settings.remote) in ("http", "https"):
-        raise CacheError(
-            f"MODELFIX_REMOTE={settings.remote} is read-only over HTTP: `modelfix push` to the storage "
-            "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
-        )
-    materialized = sync(names, lock, settings=settings)
-    where = stores(settings)  # a model served from a read-only cache is uploaded from there
-    fs, _ = fsspec.core.url_to_fs(settings.remote)
-    report, done = [], set()
-    for item in materialized:
-        for pin in item.entry.files:
+    remote = check_pushable(cache)
+    where = stores(cache)  # a model served from a read-only cache is uploaded from there
+    fs, _ = fsspec.core.url_to_fs(remote)
+    report: list[Pushed] = []
+    done: set[str] = set()
+    for entry in entries:
+        for pin in entry.files:
             if pin.sha256 in done:
-                report.append((item.name, pin.path, "present"))
+                report.append(Pushed(entry.name, pin.path, "present"))
                 continue
             done.add(pin.sha256)
-            _, target = fsspec.core.url_to_fs(remote_url(settings.remote, pin.sha256))
+            _, target = fsspec.core.url_to_fs(remote_url(remote, pin.sha256))
             try:
                 if not force and fs.exists(target) and fs.size(target) == pin.size:
-                    report.append((item.name, pin.path, "present"))
+                    report.append(Pushed(entry.name, pin.path, "present"))
                     continue
                 # Upload beside, then rename: readers of the remote never see half a blob
                 # (they would reject it by its hash anyway).
@@ -197,9 +203,11 @@ def push(
                 fs.mv(staging, target)
             except Exception as exc:  # each fsspec backend raises its own kind (aiohttp, botocore, gcsfs ...)
                 raise CacheError(
-                    f"{item.name}: cannot upload {pin.path} to {settings.remote}: {type(exc).__name__}: "
+                    f"{entry.name}: cannot upload {pin.path} to {remote}: {type(exc).__name__}: "
                     f"{redact(str(exc))}. Check that "
-                    "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again."
+                    "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again.",
+                    model=entry.name,
+                    file=pin.path,
                 ) from None
-            report.append((item.name, pin.path, "uploaded"))
+            report.append(Pushed(entry.name, pin.path, "uploaded"))
     return report

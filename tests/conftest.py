@@ -20,33 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from modelfix.testing.fixtures import hub_env, local_hub  # noqa: F401  (re-exported fixtures)
 from modelfix.testing.gguf import tiny_repo_files
+
+pytest_plugins = ["modelfix.testing.fixtures"]  # local_hub, hub_env: the fixtures users get too
 
 TINY_REPO = "org/tiny"
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's cache, token or offline switches."""
-    for name in (
-        "HF_TOKEN",
-        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
-        "HF_OIDC_RESOURCE",
-        "MODELFIX_LOCK",
-        "MODELFIX_OFFLINE",
-        "HF_HUB_OFFLINE",
-        "MODELFIX_REMOTE",
-        "MODELFIX_CACHE_MAX_SIZE",
-        "MODELFIX_GPU_LAYERS",
-        "MODELFIX_MEMORY_BUDGET",
-        "MODELFIX_KEEP_ALIVE",
-        "MODELFIX_POOL_STRATEGY",
-        "MODELFIX_REPACK",
-        "MODELFIX_PROBE_FAULT",
-        "MODELFIX_PROBE_TIMEOUT",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    """No test reads the developer's cache, token, offline switches or any other MODELFIX_*/HF_* setting.
+
+    Every variable with those prefixes is cleared (the code reads some thirty of them, and a new one
+    must not leak in from a shell); then the few the suite needs are set.
+    """
+    for name in list(os.environ):
+        if name.startswith(("MODELFIX_", "HF_")) or name == "HUGGING_FACE_HUB_TOKEN":
+            monkeypatch.delenv(name)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     # huggingface_hub read HF_HOME when it was imported: point its saved-token paths there too,
@@ -57,6 +47,25 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("MODELFIX_RETRY_BASE_DELAY", "0.01")
+
+
+class FakeClock:
+    """A monotonic clock (seconds) that moves only when the test advances it: timing logic without sleeping."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`FakeClock`, for where modelfix takes a ``clock`` (the pool's keep-alive, the store's use records)."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +143,7 @@ def run_cli(capsys):
 
 @pytest.fixture
 def undocumented():
-    """``undocumented(parser)``: each argument, command or `COMMAND --help` of an argparse tree that has no help text."""
+    """``undocumented(parser)``: each argument, command or `COMMAND --help` of an argparse tree without help text."""
     import argparse
 
     def walk(parser: argparse.ArgumentParser) -> list[str]:

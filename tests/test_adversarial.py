@@ -32,11 +32,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import modelfix
+import modelfix.project
 from modelfix.config import CacheSettings
-from modelfix.fetch import FetchPolicy, download
+from modelfix.fetch import download
 from modelfix.jobs import new_job
-from modelfix.lockfile import Lockfile
-from modelfix.resolver import content_key
+from modelfix.lockfile import Lockfile, content_key
+from modelfix.retry import FetchPolicy
 from modelfix.store import Store
 from modelfix.testing.hub import Fault
 from modelfix.transports import HttpTransport
@@ -117,7 +118,7 @@ def test_a_hub_listing_with_an_empty_path_segment_is_refused_at_lock_time(hub_en
         },
     )
 
-    code, out, err = run_cli("add", "c", "org/evil:Q4_K_M")
+    code, _out, err = run_cli("add", "c", "org/evil:Q4_K_M")
 
     _one_line_error(code, err)
     assert "org/evil" in err and "'a//m-Q4_K_M-00001-of-00002.gguf'" in err
@@ -209,7 +210,7 @@ def test_gc_refuses_a_tmp_folder_that_is_a_planted_link(users, team_cache, tmp_p
         (precious / name).write_text("keep me")
     users.plant_link(precious, team_cache / "tmp")
 
-    code, out, err = run_cli("cache", "gc")
+    code, _out, err = run_cli("cache", "gc")
 
     assert sorted(os.listdir(precious)) == sorted(["a" * 64 + ".partial", "notes.txt"])
     _one_line_error(code, err)
@@ -237,7 +238,7 @@ def test_a_cache_root_that_is_a_link_the_user_made_works(lock, tmp_path, monkeyp
     (tmp_path / "cache-link").symlink_to(real)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache-link"))
 
-    code, out, err = run_cli("sync", "chat")
+    code, _out, err = run_cli("sync", "chat")
 
     assert code == 0, err
     assert run_cli("verify", "--full", "chat")[0] == 0 and (real / "blobs").is_dir()
@@ -254,7 +255,7 @@ def test_gc_deletes_only_the_regular_files_it_made(users, lock, team_cache, tmp_
     users.plant_link(victim, planted)
     assert users.run(users.OTHER, "cp", "/etc/hostname", str(tmp / "notes.txt")).returncode == 0
 
-    code, out, err = run_cli("cache", "gc")
+    code, _out, err = run_cli("cache", "gc")
 
     assert code == 0, err
     assert not stale.exists() and victim.read_text() == "precious"
@@ -325,7 +326,7 @@ def test_bytes_rewritten_in_place_with_the_mtime_put_back_are_not_served(lock, h
     pin = m.entry.files[0]
     _rewrite_keeping_mtime(m.model_path)
     if not warm:
-        modelfix.resolver._WARM.clear()  # what a new process knows: the manifest alone
+        modelfix.project._DEFAULTS.clear()  # what a new process knows: the manifest alone
 
     served = modelfix.path("chat", lock)
 
@@ -345,7 +346,7 @@ def test_a_view_and_memo_of_the_previous_version_are_checked_once_and_keep_worki
         memo = store._memo_path(pin.sha256)
         record = json.loads(memo.read_text())
         memo.write_text(json.dumps({**record, "id": record["id"][:4]}))
-    modelfix.resolver._WARM.clear()
+    modelfix.project._DEFAULTS.clear()
     hub.clear_log()
 
     served = modelfix.files("chat", lock)
@@ -364,7 +365,7 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(users, lock, t
         hf[pin.sha256] = cache / "models--org--tiny" / "blobs" / pin.sha256
         hf[pin.sha256].parent.mkdir(parents=True, exist_ok=True)
     # Bytes from the hub itself, so that adoption has the right ones to take.
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     donor = Store(tmp_path / "donor")
     for pin in entry.files:
         hf[pin.sha256].write_bytes(donor.blob_path(pin.sha256).read_bytes())
@@ -382,7 +383,7 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(users, lock, t
 
 def test_a_user_adopts_roots_files_without_download(users, lock, shared, tmp_path):
     entry = Lockfile.load(lock).entry("chat")
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     hf = shared / "hf" / "hub" / "models--org--tiny" / "blobs"
     hf.mkdir(parents=True)
     for pin in entry.files:  # root's, 0644: only root may write them
@@ -608,7 +609,7 @@ def _endless_tree(hostile: Hostile, delay: float = 0.0) -> None:
 def test_endless_tree_pages_stop_at_a_bound(hostile, workdir, run_cli):
     _endless_tree(hostile)
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "pages" in err
@@ -623,7 +624,7 @@ def test_slow_tree_pages_stop_at_a_time_bound(hostile, workdir, run_cli, monkeyp
     _endless_tree(hostile, delay=0.2)
     started = time.monotonic()
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "1 s" in err
@@ -647,7 +648,7 @@ def test_an_endless_plain_file_is_read_to_its_declared_size_plus_one_byte(hostil
     hostile.overrides["/api/models/evil/repo/tree/"] = tree
     hostile.overrides[f"/evil/repo/resolve/{COMMIT}/preset.ini"] = endless
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "preset.ini" in err and "10 bytes" in err

@@ -27,10 +27,9 @@ from pathlib import Path
 import pytest
 
 import modelfix
-from modelfix import resolver
+import modelfix.project
 from modelfix.config import CacheSettings
-from modelfix.lockfile import Lockfile
-from modelfix.resolver import content_key
+from modelfix.lockfile import Lockfile, content_key
 from modelfix.store import Store
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -89,7 +88,7 @@ def _one_line_error(done: subprocess.CompletedProcess, *named: str) -> None:
 def built(lock: Path, tmp_path: Path) -> Path:
     """A cache holding ``chat`` (not ``split``), as ``modelfix sync chat`` made it."""
     root = tmp_path / "built"
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=root))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=root))
     return root
 
 
@@ -144,7 +143,7 @@ def test_a_copied_cache_is_served_and_hashed_only_where_the_copy_broke_its_links
     served = modelfix.files("chat", lock)
     hashed = [r for r in caplog.records if HASHED in r.getMessage()]
     caplog.clear()
-    resolver._WARM.clear()  # this process's next first look: the manifest and every file again
+    modelfix.project._DEFAULTS.clear()  # this process's next first look: the manifest and every file again
     again = modelfix.files("chat", lock)
 
     assert served.view == again.view == view
@@ -368,7 +367,9 @@ def test_a_cache_that_cannot_be_written_serves_a_cached_model_offline(lock, hub,
     }
 
     assert found["path"] == found["again"] and found["path"].startswith(f"{models}/views/")  # in place
-    assert all(_sha(Path(f)) == p.sha256 for f, p in zip(found["files"], Lockfile.load(lock).entry("chat").files))
+    assert all(
+        _sha(Path(f)) == p.sha256 for f, p in zip(found["files"], Lockfile.load(lock).entry("chat").files, strict=True)
+    )
     assert found["text"] and found["problems"] == []
     assert found["verdict"] == str(next((models / "probe").glob("*.json")))  # no probe at start
     # Leases, last-use times and memos are skipped, and that is said once, at debug level.
@@ -420,11 +421,8 @@ def _block(language: str, containing: str) -> str:
 
 def _final_stage_env(dockerfile: str) -> dict[str, str]:
     final = dockerfile.rsplit("\nFROM ", 1)[1]
-    env: dict[str, str] = {}
-    for block in re.findall(r"^ENV (.*?)(?<!\\)$", final, re.DOTALL | re.MULTILINE):
-        for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " ")):
-            env[name] = value
-    return env
+    blocks = re.findall(r"^ENV (.*?)(?<!\\)$", final, re.DOTALL | re.MULTILINE)
+    return {name: value for block in blocks for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " "))}
 
 
 def test_the_dockerfile_recipe_runs_the_app_as_another_user_read_only_and_offline(lock, hub, shared, users, tmp_path):

@@ -198,7 +198,10 @@ def test_handle_state_is_reset_whatever_the_order(suite: pytest.Pytester, monkey
     run(suite).assert_outcomes(passed=3)
     backward = [json.loads(line) for line in outputs.read_text().splitlines()]
     assert list(backward[0]) == ["three"]  # the order really was reversed
-    merged = lambda rows: {k: v for row in rows for k, v in row.items()}  # noqa: E731
+
+    def merged(rows: list[dict]) -> dict:
+        return {k: v for row in rows for k, v in row.items()}
+
     assert merged(forward) == merged(backward)
     assert merged(forward)["one"] == merged(forward)["three"]
 
@@ -268,7 +271,7 @@ def test_offline_missing_model_is_explained_once_then_in_one_line(
         assert re.fullmatch(r"test_offline\S*\.py::test_needs_(model|path|it_again)", first), first
         # The full message is in the report of the test the others point at.
         sections = re.split(r"^_{3,} (.*?) _{3,}$", text, flags=re.M)
-        shown = {title: body for title, body in zip(sections[1::2], sections[2::2])}
+        shown = {title: body for title, body in zip(sections[1::2], sections[2::2], strict=True)}
         (full,) = [title for title, body in shown.items() if "offline mode is on (" in body]
         assert full.endswith(first.split("::")[1]), (full, first)
     assert "Traceback" not in text and "resolver.py" not in text
@@ -381,7 +384,7 @@ def test_the_llama_fixture_serves_from_read_only_caches_of_the_ini_or_the_comman
     from modelfix.config import CacheSettings
 
     image = suite.path / "image"
-    modelfix.sync(["tiny"], suite.path / "model-lock.toml", settings=CacheSettings.resolve(cache_dir=image))
+    modelfix.sync(["tiny"], suite.path / "model-lock.toml", cache_settings=CacheSettings.resolve(cache_dir=image))
     suite.makeini(
         """
         [pytest]

@@ -10,6 +10,11 @@ which adds its sub-commands with a ``handler(args) -> int``::
     doctor.py         doctor
     progress.py       what sync, push, run and cache path show while files arrive
 
+Every command that touches the cache, the store or the pool works through one
+:class:`~modelfix.Project`, built here from the common options (:func:`project`:
+``--lock``, ``--cache-dir``, ``--offline``, ``--readonly-cache``); ``add``, ``remove``
+and ``lock`` write the lockfile through :mod:`modelfix.locking`.
+
 Exit codes: 0 ok, 1 out of date / mismatch / failure, 2 usage error.
 Every :class:`~modelfix.errors.ModelfixError` is printed as one line on
 stderr, never as a traceback.
@@ -19,15 +24,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelfixError, redact
 
 if TYPE_CHECKING:
-    from ..config import CacheSettings
+    from ..project import Project
 
-__all__ = ["main", "build_parser", "count", "cache_settings", "readonly_caches"]
+__all__ = ["main", "build_parser", "count", "project", "readonly_caches"]
 
 _GROUPS = ("lock", "cache", "run", "inspect_model", "doctor")
 
@@ -67,15 +72,20 @@ def readonly_caches(args: argparse.Namespace) -> list[str] | None:
     return given or None
 
 
-def cache_settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
-    """The cache settings of a command: its common options, then the environment."""
-    from ..config import CacheSettings
+def project(args: argparse.Namespace, **overrides: Any) -> Project:
+    """The :class:`~modelfix.Project` of a command: its common options (``overrides`` win), then the environment."""
+    from ..project import Project
 
-    overrides.setdefault("offline", args.offline)
-    return CacheSettings.resolve(cache_dir=args.cache_dir, readonly_caches=readonly_caches(args), **overrides)
+    options: dict[str, Any] = {
+        "cache_dir": args.cache_dir,
+        "offline": args.offline,
+        "readonly_caches": readonly_caches(args),
+        **overrides,
+    }
+    return Project(args.lock, **options)
 
 
-def _subparsers(parser: argparse.ArgumentParser):
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):

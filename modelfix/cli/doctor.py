@@ -37,6 +37,7 @@ from ..errors import ModelfixError, redact
 
 if TYPE_CHECKING:
     from ..config import CacheSettings
+    from ..project import Project
 
 __all__ = ["register", "report"]
 
@@ -53,35 +54,28 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from . import readonly_caches
+    from . import project
 
-    found = report(args.lock, args.cache_dir, offline=args.offline, readonly_caches=readonly_caches(args))
+    found = report(project(args), lock=args.lock, offline=args.offline)
     print(json.dumps(found, indent=1) if args.json else _text(found))
     return 1 if found["problems"] else 0
 
 
-def report(
-    lock: str | None = None,
-    cache_dir: str | None = None,
-    *,
-    offline: bool | None = None,
-    readonly_caches: list[str] | None = None,
-) -> dict[str, Any]:
-    """Everything ``doctor`` shows, as plain data; ``problems`` lists what would stop a load."""
-    from ..config import CacheSettings
-
+def report(project: Project, *, lock: str | None = None, offline: bool | None = None) -> dict[str, Any]:
+    """Everything ``doctor`` shows about ``project`` (``lock`` and ``offline``: as given on the command
+    line, if they were), as plain data; ``problems`` lists what would stop a load."""
     problems: list[str] = []
     data: dict[str, Any] = {"versions": _versions(), "platform": _platform()}
     data["llama_cpp"] = _llama_cpp(problems)
     try:
-        settings = CacheSettings.resolve(cache_dir=cache_dir, offline=offline, readonly_caches=readonly_caches)
+        settings = project.cache_settings
     except ModelfixError as exc:
         problems.append(str(exc))
         settings = None
-    data["cache"] = cache = _cache(settings, offline, problems)
+    data["cache"] = cache = _cache(project, settings, bool(offline), problems)
     layers = [Path(layer["root"]) for layer in cache["readonly"]]
     data["backend"] = _backend(cache["root"], layers, problems) if data["llama_cpp"] and cache["root"] else None
-    data["lockfile"] = _lockfile(lock, settings, problems)
+    data["lockfile"] = _lockfile(project, lock, settings is not None, problems)
     data["hub"] = _hub()
     data["settings"] = _settings(problems)
     data["problems"] = [redact(p) for p in problems]
@@ -181,13 +175,12 @@ def _backend(root: str, layers: list[Path], problems: list[str]) -> dict[str, An
     return {"text": text, "verdict": found.as_dict()}
 
 
-def _cache(settings: CacheSettings | None, offline: bool | None, problems: list[str]) -> dict[str, Any]:
+def _cache(project: Project, settings: CacheSettings | None, offline: bool, problems: list[str]) -> dict[str, Any]:
     from ..care import usage
-    from ..tiers import stores
 
     if settings is None:
-        return {"root": None, "blobs": 0, "bytes": 0, "max_size": None, "offline": bool(offline), "readonly": []}
-    *layers, store = stores(settings)
+        return {"root": None, "blobs": 0, "bytes": 0, "max_size": None, "offline": offline, "readonly": []}
+    *layers, store = project.stores()
     found = usage(store)
     shown = []
     for layer in layers:
@@ -197,7 +190,7 @@ def _cache(settings: CacheSettings | None, offline: bool | None, problems: list[
                 "--readonly-cache, --modelfix-readonly-cache) and the mount"
             )
         held = usage(layer)
-        models = sorted({m for view in held.views for m in view["models"]})
+        models = sorted({m for view in held.views for m in view.models})
         shown.append({"root": str(layer.root), "blobs": held.blobs, "bytes": held.blob_bytes, "models": models})
     return {
         "root": str(settings.root),
@@ -211,29 +204,30 @@ def _cache(settings: CacheSettings | None, offline: bool | None, problems: list[
     }
 
 
-def _lockfile(lock: str | None, cache: CacheSettings | None, problems: list[str]) -> dict | None:
+def _lockfile(project: Project, lock: str | None, cached: bool, problems: list[str]) -> dict[str, Any] | None:
+    """The lockfile and its models' cache states (``cached``: the cache settings could be resolved)."""
     from ..errors import LockError
-    from ..lockfile import Lockfile, find_lockfile
-    from ..resolver import cached_state
+    from ..lockfile import find_lockfile
 
     try:
         path = find_lockfile(lock)
     except LockError:
         return None  # outside a project: nothing to load by name, nothing wrong
     try:
-        lockfile = Lockfile.load(path)
+        lockfile = project.lockfile
     except ModelfixError as exc:
         problems.append(str(exc))
         return {"path": str(path), "models": {}}
-    if cache is None:
+    if not cached:
         return {"path": str(lockfile.path), "models": {}}
+    offline = project.cache_settings.offline
     models = {}
     for name, entry in lockfile.entries.items():
-        state = cached_state(entry, cache) if entry.is_pinned else "not pinned"
+        state = project.cached_state(entry) if entry.is_pinned else "not pinned"
         models[name] = {"source": entry.source, "state": state}
         if state == "not pinned":
             problems.append(f"model {name!r} is not pinned ({lockfile.where(name)}): run `modelfix lock`")
-        elif state != "cached" and cache.offline:
+        elif state != "cached" and offline:
             problems.append(f"model {name!r} is not cached and offline mode is on: run `modelfix sync {name}` online")
     return {"path": str(lockfile.path), "models": models}
 
@@ -266,9 +260,10 @@ def _settings(problems: list[str]) -> dict[str, str]:
     from ..settings import resolve_settings
 
     chosen = {}
-    for name, value in sorted(os.environ.items()):
+    for name, raw in sorted(os.environ.items()):
         if name.startswith("MODELFIX_"):
-            url = urlsplit(value)
+            url = urlsplit(raw)
+            value = raw
             if url.scheme and url.netloc and ("@" in url.netloc):
                 value = url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[1]).geturl()
             chosen[name] = redact(value)
