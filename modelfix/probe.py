@@ -182,7 +182,8 @@ def probe_key() -> str:
 
 # Process-wide: the verdict is a fact of this build on this host, learnt once per process and
 # shared by every Project and pool in it; one probe at a time; the warning said once.
-_MEMO: dict[str, Verdict] = {}
+_MEMO: dict[str, tuple[Verdict, bool]] = {}  # key -> (verdict, definite: not a timeout)
+_KEPT: dict[tuple[str, Path], Verdict] = {}  # (key, cache root) -> the verdict as that cache holds it
 _LOCK = threading.Lock()
 _ANNOUNCED: set[str] = set()
 
@@ -243,29 +244,40 @@ def known_verdict(root: Path | None = None, layers: Sequence[Path] = ()) -> Verd
     """The verdict this process, the cache under ``root`` or a read-only cache in ``layers`` already has;
     never probes."""
     key = probe_key()
-    found = _MEMO.get(key)
-    if found is None:
-        found = _read_any([*layers, *([root] if root is not None else [])], key)
-    return found
+    memo = _MEMO.get(key)
+    if memo is not None:
+        return memo[0]
+    return _read_any([*layers, *([root] if root is not None else [])], key)
 
 
 def verdict(root: Path, *, timeout: float | None = None, layers: Sequence[Path] = ()) -> Verdict:
     """This host's verdict: from memory, from ``<root>/probe/`` or a read-only cache's, else by probing
-    (then kept in ``root``, or in memory where it cannot be written)."""
+    (then kept in ``root``, or in memory where it cannot be written).
+
+    A process that uses several caches probes once: a definite verdict it already holds is written
+    into each further cache it is asked about, so ``modelfix doctor`` shows this cache's file.
+    """
     key = probe_key()
-    found = _MEMO.get(key)
-    if found is not None:
-        return found
+    kept = _KEPT.get((key, root))
+    if kept is not None and key in _MEMO:
+        return kept
     with _LOCK:
-        found = _MEMO.get(key) or _read_any([*layers, root], key)
-        if found is None:
+        memo = _MEMO.get(key)
+        found = _read_any([*layers, root], key)
+        definite = True
+        if found is None and memo is not None:
+            found, definite = memo
+            if definite:
+                found = _write(root, found)
+        elif found is None:
             with _probe_lock(root, key):
                 found = _read(root, key)  # another process may have probed meanwhile
                 if found is None:
                     found, definite = _probe(key, _timeout(timeout))
                     if definite:
                         found = _write(root, found)
-        _MEMO[key] = found
+        _MEMO[key] = (found, definite)
+        _KEPT[key, root] = found
     return found
 
 

@@ -45,6 +45,7 @@ REPACK_BUFFER = ("CPU_REPACK model buffer size", "AMX model buffer size")
 def fresh(monkeypatch):
     """No verdict in this process's memory (restored after, so other tests do not probe again)."""
     monkeypatch.setattr(probe, "_MEMO", {})
+    monkeypatch.setattr(probe, "_KEPT", {})
     monkeypatch.setattr(probe, "_ANNOUNCED", set())
     monkeypatch.setattr(probe, "_KEY", [])
     return probe
@@ -124,6 +125,19 @@ def test_this_host_is_probed_once_then_read_from_the_cache(fresh, root):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout.split() == [expected, "True"], done.stderr
+
+
+def test_each_cache_a_process_uses_gets_the_verdict_from_one_probe(fresh, root, tmp_path, monkeypatch):
+    first = probe.verdict(root)
+    monkeypatch.setattr(probe, "_probe", lambda *args: pytest.fail("probed twice in one process"))
+
+    other = tmp_path / "other-cache"
+    found = probe.verdict(other)
+
+    # `modelfix doctor` on the other cache shows that cache's file, and a later process reads it there.
+    assert found.path == str(other / "probe" / f"{first.key}.json") and found.repack == first.repack
+    assert json.loads(Path(found.path).read_text())["repack"] == first.repack
+    assert probe.verdict(root).path == first.path
 
 
 def test_a_crash_with_repacking_on_turns_it_off_and_loads_say_so(fresh, root, monkeypatch, caplog):
