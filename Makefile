@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed-stamp
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install clean rebuild-llama
+.PHONY: demo test check install clean rebuild-llama
+LINTED := modelfix jupyter_ext tests benchmarks
 
 install: $(STAMP)
 
@@ -23,6 +24,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The gate CI runs before the tests: lint, formatting and types (versions pinned in the dev extra).
+check: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 # Rebuild llama-cpp-python from source with the CMAKE_ARGS given (the same version as installed):
 #   make rebuild-llama CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"

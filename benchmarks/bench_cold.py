@@ -53,7 +53,7 @@ MODELFIX = """
 import json, time
 import httpx2, huggingface_hub.utils, tqdm, xxhash, filelock
 from modelfix.cli import main
-import modelfix.cli.cache, modelfix.resolver
+import modelfix.cli.cache, modelfix.project
 started = time.perf_counter()
 code = main(["--lock", {lock!r}, "sync", {name!r}])
 print(json.dumps({{"seconds": time.perf_counter() - started, "code": code}}))

@@ -44,7 +44,7 @@ class Limit:
 
 
 def _dd(folder: Path, block: str, direct: bool = False) -> float:
-    """Bytes per second of one ``dd`` of 1 GiB of zeros into ``folder`` in ``block`` writes, synced after (not timed)."""
+    """Bytes per second of one ``dd`` of 1 GiB of zeros into ``folder`` in ``block`` writes (synced after, untimed)."""
     target = folder / "dd.bin"
     count = _DD_BYTES // (int(block.rstrip("M")) * 2**20)
     argv = ["dd", "if=/dev/zero", f"of={target}", f"bs={block}", f"count={count}"] + (

@@ -113,7 +113,7 @@ def main() -> None:
     for way in measured:
         t = peak[way.label]
 
-        def above(other: str | None) -> str:
+        def above(other: str | None, t: Summary = t) -> str:
             return f"{(t.median - peak[other].median) / 1e6:+.1f} MB" if other else ""
 
         rows.append(

@@ -66,7 +66,7 @@ def import_ms() -> float:
         check=True,
     ).stderr
     # Cumulative microseconds of the plugin module itself, pytest already imported.
-    line = next(l for l in out.splitlines() if l.rstrip().endswith("| modelfix.pytest_plugin"))
+    line = next(row for row in out.splitlines() if row.rstrip().endswith("| modelfix.pytest_plugin"))
     return int(line.split("|")[1]) / 1000
 
 

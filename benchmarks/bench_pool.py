@@ -77,7 +77,7 @@ def main() -> None:
             miss = pool_miss(path, a.repeat, mmap)
             hit = pool_hit(path, a.hits, mmap)
             print(
-                f"{label:>6} {str(mmap):>5} {fresh * 1e3:>11.2f} ms {miss * 1e3:>7.2f} ms "
+                f"{label:>6} {mmap!s:>5} {fresh * 1e3:>11.2f} ms {miss * 1e3:>7.2f} ms "
                 f"{hit * 1e6:>7.1f} µs {fresh / hit:>9.0f}x"
             )
 

@@ -83,19 +83,26 @@ amx() {
       $PY -m pip install -q --no-deps --no-build-isolation --no-index --target "$cpu" .gpu/sdist/*.tar.gz \
       > "$OUT/amx-build.log" 2>&1 || { say "native build failed"; tail -40 "$OUT/amx-build.log"; return 1; }
   fi
+  local probe=/tmp/modelfix-probe-Q4_0.gguf
+  local env=(env PYTHONPATH="$cpu:$REPO:$SITE" LD_LIBRARY_PATH=)
   {
-    local probe=/tmp/modelfix-probe-Q4_0.gguf
-    PYTHONPATH="$cpu:$REPO:$SITE" LD_LIBRARY_PATH= $PY -c "
+    "${env[@]}" $PY -c "
 import llama_cpp; print(llama_cpp.llama_print_system_info().decode())
 from pathlib import Path; from modelfix.probe import write_probe_model; write_probe_model(Path('$probe'))"
     for repack in on off; do
-      echo "--- probe child, repack $repack"
-      PYTHONPATH="$cpu:$REPO:$SITE" LD_LIBRARY_PATH= timeout 60 $PY -m modelfix.probe --child "$probe" --repack $repack --verbose 2>&1 \
-        | grep -E 'AMX|REPACK|repack|buffer size|error' | head -20
-      echo "exit status: ${PIPESTATUS[0]} (negative or 128+N: killed by signal N)"
+      echo "--- probe child, repack $repack (whole log: amx-$repack.log)"
+      "${env[@]}" timeout 60 $PY -m modelfix.probe --child "$probe" --repack $repack --verbose > "$OUT/amx-$repack.log" 2>&1
+      echo "exit status: $? (128+N: killed by signal N)"
+      grep -E 'AMX|REPACK|repack|buffer size' "$OUT/amx-$repack.log" | head -8
+      tail -3 "$OUT/amx-$repack.log"
+      if command -v cuda-gdb > /dev/null; then
+        echo "--- where it died (cuda-gdb), repack $repack"
+        "${env[@]}" timeout 120 cuda-gdb -q -batch -ex run -ex bt -ex "info threads" \
+          --args $PY -m modelfix.probe --child "$probe" --repack $repack 2>&1 | grep -vE '^\[(New|Thread|Detaching)' | tail -25
+      fi
     done
     echo "--- the probe's verdict"
-    PYTHONPATH="$cpu:$REPO:$SITE" LD_LIBRARY_PATH= $PY -m modelfix.probe --cache-dir /tmp/modelfix-probe-cache
+    "${env[@]}" $PY -m modelfix.probe --cache-dir /tmp/modelfix-probe-cache
     echo "exit status: $?"
   } > "$OUT/amx.log" 2>&1
   cat "$OUT/amx.log"

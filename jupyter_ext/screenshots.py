@@ -215,7 +215,7 @@ def take(jupyter_lab: str, chromium: str, out: Path, home: Path) -> None:
                 " && !c.node.innerText.includes('[*]')))"
             )
             time.sleep(2)  # the last comm messages reach the widgets
-            find = "(s => {cells}.findIndex(c => c.model.sharedModel.getSource().startsWith(s)))".format(cells=CELLS)
+            find = f"(s => {CELLS}.findIndex(c => c.model.sharedModel.getSource().startsWith(s)))"
             browser.shoot_cell(browser.js(f"{find}('llm = %load_model tiny')"), out / "load_model.png")
             browser.shoot_cell(browser.js(f"{find}('%models')"), out / "models.png")
         finally:

@@ -36,11 +36,18 @@ import pytest
 
 from .events import Event
 
-__all__ = ["Counters", "Progress", "Recorder", "OfflineNotes", "WorkerReports", "PRELOAD_LINE"]
+__all__ = ["Counters", "Progress", "Recorder", "OfflineNotes", "WorkerReports", "PRELOAD_LINE", "worker_output"]
 
 PRELOAD_LINE = "modelfix: --modelfix-preload: "  # starts the line that shows a preload's error
 
 _FETCHED_FROM = ("origin", "remote")
+
+
+def worker_output(config: pytest.Config) -> dict[str, Any]:
+    """What an xdist worker hands the controller when it finishes (``config.workeroutput``)."""
+    return config.workeroutput  # type: ignore[attr-defined]  # pytest-xdist sets it on its workers
+
+
 _COUNTS = ("fetched_files", "fetched_bytes", "cache_hits", "adopted", "pool_evictions", "cache_evictions")
 
 

@@ -46,12 +46,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._pytest_report import worker_output
 from .errors import SnapshotError
 from .snapshot_file import RECORD_HINT, Snapshot, SnapshotFile, Value, parse_key, snapshot_key, snapshot_path
 
 if TYPE_CHECKING:
-    import llama_cpp
-
+    from .config import CacheSettings
+    from .handle import PooledLlama
     from .lockfile import Entry
     from .pytest_plugin import ModelfixSession
     from .snapshots import Recording
@@ -194,7 +195,7 @@ class SnapshotRun:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.flush()
         if hasattr(session.config, "workerinput"):
-            session.config.workeroutput["modelfix_snapshots"] = self.as_dict()
+            worker_output(session.config)["modelfix_snapshots"] = self.as_dict()
         elif not session.config.option.collectonly and exitstatus not in _BROKEN_OFF:
             self.sweep()
 
@@ -253,15 +254,18 @@ class ModelSnapshot:
     ``assert_match(value)`` does the same, for code outside pytest's assertion rewriting.
     """
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # compared with ==, so not hashable (as a dataclass with eq)
 
-    def __init__(self, run: SnapshotRun, item: pytest.Item, llama: llama_cpp.Llama, entry: Entry) -> None:
+    def __init__(
+        self, run: SnapshotRun, item: pytest.Item, llama: PooledLlama, entry: Entry, cache: CacheSettings
+    ) -> None:
         self._run = run
         self._nodeid = item.nodeid
         self._name = item.nodeid.split("::", 1)[1]
         self._file = snapshot_path(item.path)
         self._llama = llama
         self._entry = entry
+        self._cache = cache
         self._recording: Recording | None = None
         self._index = 0
 
@@ -308,7 +312,7 @@ class ModelSnapshot:
             from .snapshots import recording_of
 
             seed = repeatable_seed(record(self._llama).settings.seed)  # as the llama fixture reset it
-            self._recording = recording_of(self._llama, self._entry, seed=seed)
+            self._recording = recording_of(self._llama, self._entry, self._cache, seed=seed)
         return self._recording
 
     def __repr__(self) -> str:
@@ -317,11 +321,12 @@ class ModelSnapshot:
 
 @pytest.fixture
 def model_snapshot(
-    request: pytest.FixtureRequest, llama: llama_cpp.Llama, modelfix_model: str, modelfix: ModelfixSession
+    request: pytest.FixtureRequest, llama: PooledLlama, modelfix_model: str, modelfix: ModelfixSession
 ) -> Iterator[ModelSnapshot]:
     """``assert model_snapshot == value``: the value against its recording beside the test module."""
     run = request.config.stash[_RUN]
-    yield ModelSnapshot(run, request.node, llama, modelfix.lockfile.entry(modelfix_model))
+    project = modelfix.project
+    yield ModelSnapshot(run, request.node, llama, project.lockfile.entry(modelfix_model), project.cache_settings)
     run.flush()
 
 

@@ -1,30 +1,41 @@
-"""Cache care: what the store holds, and what may go (``modelfix cache stats|prune|gc|rm``).
+"""Cache care: what the store holds, and what may go (``modelfix cache stats|prune|gc|rm``, ``%modelfix_cache``).
 
-::
+Each function takes the store to work on and the lockfile in use (None outside a project),
+and returns a frozen report that the CLI and the notebook both render (``summary()``)::
 
-    cache_stats(lock)              usage, each view with its models, revision and state:
-                                   "pinned" (the lockfile in use pins it), "superseded" (its models
-                                   are the lockfile's, now pinned elsewhere: an old revision after
-                                   `lock --upgrade`), "unpinned" (another project's, or no lockfile)
-    prune(max_size)                least recently used blobs down to a size
-    drop_superseded(lock)          the revisions the lockfile pins no more (``prune --superseded``)
-    gc(lock)                       what nothing needs: superseded revisions, blobs no view shows and
-                                   the lockfile does not pin, views whose blobs are gone, views left
-                                   half built or half replaced, idle partial downloads, stale records
-    remove_model(name, lock)       every cached revision of one model (``cache rm``)
+    usage(store)                        Usage: blobs, bytes, partial downloads, live processes, and
+                                        each view (CachedView: key, models, revision, bytes, last use)
+    describe(store, lockfile)           the same, each view naming every lockfile model that shares
+                                        it, with its state: "pinned" (the lockfile pins it),
+                                        "superseded" (its models are the lockfile's, now pinned
+                                        elsewhere: an old revision after `lock --upgrade`),
+                                        "unpinned" (another project's, or no lockfile)
+    prune(store, cap, lockfile)         PruneReport: least recently used blobs evicted down to ``cap``
+    drop_superseded(store, lockfile)    GcReport: the revisions the lockfile pins no more
+                                        (``prune --superseded``)
+    gc(store, lockfile)                 GcReport: what nothing needs: superseded revisions, blobs no
+                                        view shows and the lockfile does not pin, views whose blobs
+                                        are gone, views left half built or half replaced, idle
+                                        partial downloads, stale records
+    remove(store, name, lockfile)       Removal: every cached revision of one model (``cache rm``)
 
-Every one of them takes ``dry_run``: it then says what would go and frees nothing. None of
-them removes what a live process leases, and none follows a link: they delete only the regular
-files and the folders the store makes, by the names it gives them (a cache folder that is a
-link is refused first, :meth:`Store.check_folders`). Bytes are counted as freed only when the
-last link to them goes: a blob hard-linked from elsewhere (another cache it was adopted from, a
-view kept for a live process) stays on disk and is not counted.
+:class:`modelfix.Project` passes them its store (or a read-only cache in front of it, for
+``usage``) and its lockfile. In a cache this process cannot write, ``prune``, ``gc`` and
+``remove`` stop before anything with one error naming it and the fix; ``usage`` reads it as it is.
+
+Every one that deletes takes ``dry_run``: it then says what would go and frees nothing. None
+of them removes what a live process leases, and none follows a link: they delete only the
+regular files and the folders the store makes, by the names it gives them (a cache folder that
+is a link is refused first, :meth:`Store.check_folders`). Bytes are counted as freed only when
+the last link to them goes: a blob hard-linked from elsewhere (another cache it was adopted from,
+a view kept for a live process) stays on disk and is not counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import stat
@@ -32,19 +43,32 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import leases, safefs, views
-from .errors import CacheError, LockError, ModelfixError
+from .errors import CacheError
+from .eviction import format_size
+from .lockfile import content_key
 from .views import View
 
 if TYPE_CHECKING:
-    from .config import CacheSettings
     from .lockfile import Lockfile
-    from .resolver import LockLike
     from .store import Store
 
-__all__ = ["Usage", "Removal", "usage", "cache_stats", "prune", "drop_superseded", "gc", "remove", "remove_model"]
+__all__ = [
+    "CachedView",
+    "Usage",
+    "PrunedFile",
+    "PruneReport",
+    "GcReport",
+    "Removal",
+    "usage",
+    "describe",
+    "prune",
+    "drop_superseded",
+    "gc",
+    "remove",
+]
 
 # A `.tmp-`/`.old-` folder under views/ without a key in its name (made by an older modelfix) is
 # taken as abandoned after this long; one with a key, as soon as that view's writer lock is free.
@@ -53,17 +77,102 @@ _PARTIAL_RE = re.compile(r"[0-9a-f]{64}\.partial(\.ranges(\.tmp|\.[0-9a-f]{8}\.t
 _STAGED_RE = re.compile(r"[0-9a-f]{64}\.(adopt|join)-[0-9a-f]{8}")
 
 
+# --- the reports ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedView:
+    """One view of the store: a revision of a model as it is cached.
+
+    ``state`` is None from :func:`usage` (no lockfile asked), else ``"pinned"``,
+    ``"superseded"`` or ``"unpinned"`` (see the module docstring).
+    """
+
+    key: str
+    models: tuple[str, ...]
+    revision: str | None
+    bytes: int
+    last_used: float  # seconds since the epoch
+    state: str | None = None
+
+
 @dataclass(frozen=True)
 class Usage:
-    """What ``modelfix cache stats`` prints. ``views``: dicts of key, models, revision, bytes,
-    last_used and (from :func:`cache_stats`) state."""
+    """What a cache holds (``modelfix cache stats``). ``readonly``: why this process cannot write
+    it (then nothing is leased there), or None."""
 
     root: Path
     blobs: int
     blob_bytes: int
-    views: tuple[dict[str, Any], ...]
+    views: tuple[CachedView, ...]  # most recently used first
     partial_bytes: int
     live_leases: int
+    readonly: str | None = None
+
+
+@dataclass(frozen=True)
+class PrunedFile:
+    """A blob that :func:`prune` evicted (or would evict): its size and what shows it (``models: file``)."""
+
+    sha256: str
+    size: int
+    shown: str
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune` evicted (or, with ``dry_run``, would evict) to fit ``cap``, and what the store holds now."""
+
+    evicted: tuple[PrunedFile, ...]
+    held: int  # bytes of blobs in the store afterwards (with dry_run: as it would be)
+    cap: float
+    dry_run: bool
+
+    @property
+    def freed(self) -> int:
+        return sum(f.size for f in self.evicted)
+
+    def summary(self) -> str:
+        """``evicted 2 files; the cache holds 1.2 GB`` (a dry run: what would go, one line per file)."""
+        if self.dry_run:
+            lines = [f"would evict {_count(len(self.evicted), 'file')} ({format_size(self.freed)}):"]
+            return "\n".join([*lines, *(f"  {f.shown}  {format_size(f.size)}" for f in self.evicted)])
+        return f"evicted {_count(len(self.evicted), 'file')}; the cache holds {format_size(self.held)}"
+
+    def note(self) -> str | None:
+        """Why the store is still above the cap, if it is (what it keeps), else None."""
+        if self.held <= self.cap:
+            return None
+        return f"the rest is in use by running processes or pinned by the lockfile: above {format_size(self.cap)}"
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What :func:`gc` (or, with ``only_superseded``, :func:`drop_superseded`) removed or would remove."""
+
+    blobs: int  # blobs no view shows and the lockfile does not pin
+    views: int  # views whose blobs are gone
+    superseded: int  # revisions the lockfile pins no more
+    leftovers: int  # half-built or half-replaced view folders
+    partials: int  # idle partial downloads
+    bytes: int  # freed (bytes whose last link went)
+    dry_run: bool
+    only_superseded: bool = False
+
+    def summary(self) -> str:
+        """``removed 1 unused file, 0 broken views, ...: 1.2 MB freed`` (``would remove`` for a dry run)."""
+        verb = "would remove" if self.dry_run else "removed"
+        if self.only_superseded:
+            return (
+                f"{verb} {_count(self.superseded, 'superseded revision')} "
+                f"({_count(self.blobs, 'file')} no other revision shows): {format_size(self.bytes)} freed"
+            )
+        return (
+            f"{verb} {_count(self.blobs, 'unused file')}, {_count(self.views, 'broken view')}, "
+            f"{_count(self.superseded, 'superseded revision')}, "
+            f"{_count(self.leftovers, 'leftover view folder')} and {_count(self.partials, 'partial download')}: "
+            f"{format_size(self.bytes)} freed"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +188,10 @@ class Removal:
     freed: int  # bytes whose last link went
     elsewhere: int  # bytes of removed files that stay on disk: linked from outside what was removed
     dry_run: bool
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 class _Freed:
@@ -117,16 +230,17 @@ class _Freed:
 
 
 def usage(store: Store) -> Usage:
+    """What ``store`` holds, each view as its manifest describes it (no state: no lockfile asked)."""
     blobs = dict(store.blobs())
     shown = [
-        {
-            "key": view.path.name,
-            "models": list(view.models),
-            "revision": view.revision,
-            "last_used": used,
-            "bytes": sum(blobs[s].st_size for s in view.shas if s in blobs),
-        }
-        for view in store._views()
+        CachedView(
+            key=view.path.name,
+            models=tuple(view.models),
+            revision=view.revision,
+            bytes=sum(blobs[s].st_size for s in view.shas if s in blobs),
+            last_used=used,
+        )
+        for view in store.views()
         if (used := view.last_used()) is not None
     ]
     partial = 0
@@ -139,9 +253,10 @@ def usage(store: Store) -> Usage:
         store.root,
         len(blobs),
         sum(s.st_size for s in blobs.values()),
-        tuple(sorted(shown, key=lambda v: -v["last_used"])),
+        tuple(sorted(shown, key=lambda v: -v.last_used)),
         partial,
-        leases.live(store.root)[1],
+        0 if store.layer else leases.live(store.root, tidy=not store.readonly)[1],
+        store.readonly,
     )
 
 
@@ -161,8 +276,6 @@ class _Pins:
 
 
 def _pins(lockfile: Lockfile | None) -> _Pins:
-    from .resolver import content_key
-
     keys: dict[str, set[str]] = {}
     for entry in lockfile.entries.values() if lockfile else ():
         if entry.files:
@@ -170,50 +283,24 @@ def _pins(lockfile: Lockfile | None) -> _Pins:
     return _Pins(keys, frozenset(lockfile.entries) if lockfile else frozenset())
 
 
-def _lockfile(lock: LockLike) -> Lockfile | None:
-    """The lockfile in use, None if there is none (care works without a project); one named
-    explicitly must be readable."""
-    from .resolver import _lockfile as load
-
-    try:
-        return load(lock)
-    except LockError:
-        if lock is not None:
-            raise
-        return None
-
-
-def _store(settings: CacheSettings | None) -> tuple[CacheSettings, Store]:
-    from .config import CacheSettings
-    from .store import Store
-
-    settings = settings or CacheSettings.resolve()
-    return settings, Store(settings.root)
-
-
-def cache_stats(lock: LockLike = None, *, settings: CacheSettings | None = None) -> Usage:
-    """The store's usage, each view naming every lockfile model that shares it, and its state.
+def describe(store: Store, lockfile: Lockfile | None) -> Usage:
+    """``store``'s usage, each view naming every lockfile model that shares it, and its state.
 
     A view's manifest names only the model that built it; a second name with the
-    same pins reuses it as it is, so only the lockfile knows. Without a readable
-    lockfile the manifest's names are all there is: stats describe the cache, a
-    project is optional (a lockfile named with ``--lock`` must be readable, though).
+    same pins reuses it as it is, so only the lockfile knows. Without a lockfile the
+    manifest's names are all there is: stats describe the cache, a project is optional.
     """
-    _, store = _store(settings)
     found = usage(store)
-    try:
-        lockfile = _lockfile(lock)
-    except ModelfixError:
-        if lock is not None:
-            raise
-        lockfile = None
     pins = _pins(lockfile)
-    shown = []
-    for view in found.views:
-        models = sorted({*view["models"], *pins.keys.get(view["key"], ())})
-        state = pins.state(View(store.view_path(view["key"]), models=tuple(view["models"])))
-        shown.append({**view, "models": models, "state": state})
-    return dataclasses.replace(found, views=tuple(shown))
+    shown = tuple(
+        dataclasses.replace(
+            view,
+            models=tuple(sorted({*view.models, *pins.keys.get(view.key, ())})),
+            state=pins.state(View(store.view_path(view.key), models=view.models)),
+        )
+        for view in found.views
+    )
+    return dataclasses.replace(found, views=shown)
 
 
 # --- what may go -------------------------------------------------------------------------------
@@ -224,93 +311,77 @@ def _kept(lockfile: Lockfile | None) -> set[str]:
     return {p.sha256 for e in lockfile.entries.values() for p in e.files} if lockfile else set()
 
 
-def prune(
-    max_size: float | str | None = None,
-    lock: LockLike = None,
-    *,
-    settings: CacheSettings | None = None,
-    dry_run: bool = False,
-) -> list[str]:
-    """Evict least recently used blobs until the store fits ``max_size`` (default: the cap).
+def prune(store: Store, cap: float, lockfile: Lockfile | None, *, dry_run: bool = False) -> PruneReport:
+    """Evict least recently used blobs until ``store`` fits ``cap`` bytes.
 
-    Keeps what live processes lease and what the lockfile in use pins, even
-    if that leaves the store above ``max_size``. Returns the evicted shas
-    (with ``dry_run``, those it would evict, evicting nothing).
+    Keeps what live processes lease and what the lockfile in use pins, even if that leaves
+    the store above ``cap`` (:meth:`PruneReport.note` says so).
     """
-    from .config import CacheSettings
-
-    settings = settings or CacheSettings.resolve(max_size=max_size)
-    if settings.max_size == float("inf"):
+    if math.isinf(cap):
         raise CacheError(
             "the cache has no cap to prune to: pass --max-size SIZE (e.g. 20GB) or set MODELFIX_CACHE_MAX_SIZE."
         )
-    keep = _kept(_lockfile(lock))
-    return _store(settings)[1].make_room({}, settings.max_size, keep=keep, best_effort=True, dry_run=dry_run)
+    sizes = {sha: st.st_size for sha, st in store.blobs()}
+    names = {f["sha256"]: f"{', '.join(v.models) or '?'}: {f['name']}" for v in store.views() for f in v.files}
+    evicted = store.make_room({}, cap, keep=_kept(lockfile), best_effort=True, dry_run=dry_run)
+    files = tuple(PrunedFile(sha, sizes.get(sha, 0), names.get(sha, sha[:12])) for sha in evicted)
+    held = sum(sizes.values()) - sum(f.size for f in files) if dry_run else sum(st.st_size for _, st in store.blobs())
+    return PruneReport(files, held, cap, dry_run)
 
 
-def drop_superseded(
-    lock: LockLike = None, *, settings: CacheSettings | None = None, dry_run: bool = False
-) -> dict[str, int]:
+def drop_superseded(store: Store, lockfile: Lockfile | None, *, dry_run: bool = False) -> GcReport:
     """Remove the revisions the lockfile in use pins no more (``cache prune --superseded``), and
-    the blobs only they showed; as :func:`gc` counts (``superseded``, ``blobs``, ``bytes``)."""
-    lockfile = _lockfile(lock)
-    report = _collect(_store(settings)[1], _kept(lockfile), _pins(lockfile), dry_run=dry_run, only_superseded=True)
-    report.pop("_blobs")
-    return report
+    the blobs only they showed."""
+    return _collect(store, _kept(lockfile), _pins(lockfile), dry_run=dry_run, only_superseded=True)
 
 
-def gc(lock: LockLike = None, *, settings: CacheSettings | None = None, dry_run: bool = False) -> dict[str, int]:
-    """Delete what nothing needs (see the module docstring), keeping the lockfile's pins.
-
-    Returns counts: ``blobs``, ``views`` (whose blobs are gone), ``superseded`` (revisions),
-    ``leftovers`` (half-built or half-replaced views), ``partials``, and ``bytes`` freed.
-    """
-    lockfile = _lockfile(lock)
-    report = _collect(_store(settings)[1], _kept(lockfile), _pins(lockfile), dry_run=dry_run)
-    report.pop("_blobs")
-    return report
+def gc(store: Store, lockfile: Lockfile | None, *, dry_run: bool = False) -> GcReport:
+    """Delete what nothing needs (see the module docstring), keeping the lockfile's pins."""
+    return _collect(store, _kept(lockfile), _pins(lockfile), dry_run=dry_run)
 
 
-def _collect(
-    store: Store, keep: set[str], pins: _Pins, *, dry_run: bool, only_superseded: bool = False
-) -> dict[str, Any]:
+def _collect(store: Store, keep: set[str], pins: _Pins, *, dry_run: bool, only_superseded: bool = False) -> GcReport:
+    store.require_writable("`modelfix cache prune --superseded`" if only_superseded else "`modelfix cache gc`")
     store.check_folders()
-    report: dict[str, Any] = {"blobs": 0, "bytes": 0, "views": 0, "superseded": 0, "leftovers": 0, "partials": 0}
+    counts = {"views": 0, "superseded": 0, "leftovers": 0, "partials": 0}
     freed, doomed = _Freed(), []
-    with store._store_lock(shared=False):
+    leftovers: list[Path] = []
+    partials: list[Path] = []
+    with store.locked(shared=False):
         leased, _ = leases.live(store.root, tidy=not dry_run)
         shown: set[str] = set()
-        for view in store._views():
+        for view in store.views():
             broken = not view.shas or not all(store.has(s) for s in view.shas)
             old = pins.state(view) == "superseded" and not view.shas & leased
             if (broken and not only_superseded) or old:
-                report["views" if broken else "superseded"] += 1
+                counts["views" if broken else "superseded"] += 1
                 freed.tree(view.path)
                 doomed.append(view.path)
             else:
                 shown |= view.shas
-        blobs = [(sha, st) for sha, st in store.blobs() if sha not in shown | keep | leased]
+        blobs = [sha for sha, _ in store.blobs() if sha not in shown | keep | leased]
         if only_superseded:  # only the blobs the dropped revisions showed
-            dropped = {s for v in store._views() if v.path in doomed for s in v.shas}
-            blobs = [(sha, st) for sha, st in blobs if sha in dropped]
-        for sha, _ in blobs:
+            dropped = {s for v in store.views() if v.path in doomed for s in v.shas}
+            blobs = [sha for sha in blobs if sha in dropped]
+        for sha in blobs:
             freed.link(store.blob_path(sha), blob=True)
-        report["blobs"], report["_blobs"] = len(blobs), [sha for sha, _ in blobs]
         if not only_superseded:
             leftovers = _leftovers(store)
-            report["leftovers"] = len(leftovers)
+            counts["leftovers"] = len(leftovers)
             for path in leftovers:
                 freed.tree(path)
             partials = _idle_partials(store)
-            report["partials"] = sum(1 for p in partials if p.name.endswith(".partial"))
+            counts["partials"] = sum(1 for p in partials if p.name.endswith(".partial"))
             for path in partials:
                 freed.link(path)
-        report["bytes"] = freed.bytes
+        report = GcReport(
+            blobs=len(blobs), bytes=freed.bytes, dry_run=dry_run, only_superseded=only_superseded, **counts
+        )
         if dry_run:
             return report
         for path in doomed:
             views.remove_tree(path)
-        store._evict_locked(report["_blobs"])
+        store.evict_locked(blobs)
         if not only_superseded:
             for path in leftovers:
                 views.remove_tree(path)
@@ -387,20 +458,7 @@ def _drop_stale_records(store: Store) -> None:
 # --- one model --------------------------------------------------------------------------------
 
 
-def remove(
-    name: str, lock: LockLike = None, *, settings: CacheSettings | None = None, dry_run: bool = False
-) -> tuple[int, list[str]]:
-    """Drop every cached revision of model ``name`` (see :func:`remove_model`).
-
-    Returns (bytes freed, shas kept because they are in use elsewhere).
-    """
-    removal = remove_model(name, lock, settings=settings, dry_run=dry_run)
-    return removal.freed, list(removal.kept)
-
-
-def remove_model(
-    name: str, lock: LockLike = None, *, settings: CacheSettings | None = None, dry_run: bool = False
-) -> Removal:
+def remove(store: Store, name: str, lockfile: Lockfile | None, *, dry_run: bool = False) -> Removal:
     """Drop every cached revision of ``name``: the view of its current pins and each view that
     names it (older revisions, or a model gone from the lockfile), with the blobs no other view
     shows and no other live process leases.
@@ -408,13 +466,9 @@ def remove_model(
     A view a live process uses stays (it reloads from there after an eviction), and so does a
     view that another model of the lockfile pins (the same bytes under two names).
     """
-    from .resolver import content_key
-
-    _, store = _store(settings)
-    lockfile = _lockfile(lock)
     entry = lockfile.entries.get(name) if lockfile else None
     ours = {content_key(entry)} if entry is not None and entry.files else set()
-    cached = list(store._views())
+    cached = list(store.views())
     ours |= {v.path.name for v in cached if name in v.models}
     if not ours and entry is None:
         names = sorted({m for v in cached for m in v.models})
@@ -428,15 +482,16 @@ def remove_model(
 
 
 def _remove(store: Store, name: str, keys: set[str], blobs: Iterable[str], shared: list[str], dry_run: bool) -> Removal:
+    store.require_writable(f"`modelfix cache rm {name}`")
     store.check_folders()
     blobs = list(blobs)
     freed = _Freed()
-    with store._store_lock(shared=False):
+    with store.locked(shared=False):
         leased, _ = leases.live(store.root, own=False, tidy=not dry_run)  # removing is this process's own decision
         removed: list[View] = []
         in_use: list[View] = []
         staying: list[View] = []
-        for view in store._views():
+        for view in store.views():
             if view.path.name in keys:
                 blobs += view.shas  # a joined file is a blob of its own, shown only here
                 # A process using these blobs loaded them from this view, and loads them
@@ -457,7 +512,7 @@ def _remove(store: Store, name: str, keys: set[str], blobs: Iterable[str], share
         if not dry_run:
             for view in removed:
                 views.remove_tree(view.path)
-            store._evict_locked(gone)
+            store.evict_locked(gone)
     return Removal(
         name,
         tuple(removed),

@@ -87,4 +87,5 @@ class EventStream:
             unsubscribe()
 
 
+# Process-wide: the core emits into one stream; each front end subscribes its reporter to it.
 events = EventStream()

@@ -4,7 +4,9 @@ Both the disk store (budget: bytes on disk; held = leased by a live process or
 pinned by the lockfile being synced) and the memory pool (budget: estimated
 bytes of resident handles, plus a maximum count; held = in use) ask
 :func:`plan` which items to drop. Keeping it in one pure function means the
-two caches cannot drift apart in how they choose.
+two caches cannot drift apart in how they choose. When nothing it may evict makes room,
+it raises :class:`~modelfix.errors.NoRoom` (defined with the other errors), which each
+caller turns into its own error.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
-from .errors import ModelfixError
+from .errors import NoRoom
 
 __all__ = ["Candidate", "NoRoom", "plan", "parse_size", "format_size"]
 
@@ -26,21 +28,6 @@ class Candidate:
     cost: int
     last_used: float
     held: bool = False
-
-
-class NoRoom(ModelfixError):
-    """Even evicting everything that is not held leaves too little room.
-
-    The store and the pool turn this into their own error kind with a message
-    naming the model; the numbers are kept here for them.
-    """
-
-    def __init__(self, needed: int, budget: float, held: int) -> None:
-        self.needed, self.budget, self.held = needed, budget, held
-        super().__init__(
-            f"needs {format_size(needed)} but the budget is {format_size(budget)} "
-            f"with {format_size(held)} held by items in use"
-        )
 
 
 def plan(
@@ -61,7 +48,7 @@ def plan(
     count = len(items) + (1 if incoming else 0)
     held = sum(i.cost for i in items if i.held)
     if incoming + held > budget:
-        raise NoRoom(incoming, budget, held)
+        raise _no_room(incoming, budget, held)
     victims: list[Hashable] = []
     for item in sorted((i for i in items if not i.held), key=lambda i: i.last_used):
         over_budget = total + incoming > budget
@@ -72,8 +59,18 @@ def plan(
         total -= item.cost
         count -= 1
     if max_count is not None and count > max_count:
-        raise NoRoom(incoming, budget, held)
+        raise _no_room(incoming, budget, held)
     return victims
+
+
+def _no_room(needed: int, budget: float, held: int) -> NoRoom:
+    return NoRoom(
+        f"needs {format_size(needed)} but the budget is {format_size(budget)} "
+        f"with {format_size(held)} held by items in use",
+        needed=needed,
+        budget=budget,
+        held=held,
+    )
 
 
 _UNITS = {

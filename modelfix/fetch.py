@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import queue
-import random
 import stat
 import threading
 import time
@@ -57,13 +56,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import safefs
-from .errors import CacheError, IntegrityError, ModelfixError, NetworkError, redact
+from .errors import CacheError, Cancelled, IntegrityError, ModelfixError, NetworkError, redact
 from .hashing import Digest, FileHash
-from .jobs import Cancelled, Job
-from .store import cache_error, writing
-from .transports import CHUNK, Body, Transient, Transport
+from .jobs import Job
+from .retry import FetchPolicy, Transient
+from .safefs import cache_error, writing
+from .transports import CHUNK, Body, Transport
 
-__all__ = ["FetchPolicy", "download"]
+__all__ = ["download"]
 
 log = logging.getLogger("modelfix")
 
@@ -97,70 +97,6 @@ class _Streams:
 
 
 _STREAMS = _Streams()
-
-
-# --- policy ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """How hard to try. ``from_env()`` reads the ``MODELFIX_*`` overrides at call time.
-
-    ``attempts`` counts consecutive failures that made no progress: a range
-    that keeps advancing keeps trying. A file of at least ``parallel_min``
-    bytes that still needs more than ``split_after`` seconds after the first
-    ``split_after`` seconds is split into ranges of at least ``min_range``
-    bytes, as many as leave the process at most ``connections`` streams, if
-    its stream spent that time waiting for the network. Splitting only streams
-    the link holds back matters: when this machine's cores or disk are the
-    limit, a single stream is quicker (one hashing pass straight from memory;
-    4 ranges were 0.80x one stream over loopback on 2 cores).
-    """
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    max_retry_after: float = 120.0
-    read_timeout: float = 30.0
-    connect_timeout: float = 10.0
-    connections: int = 4
-    parallel_min: int = 64 * 1024 * 1024
-    split_after: float = 1.0
-    min_range: int = 16 * 1024 * 1024
-
-    @classmethod
-    def from_env(cls) -> FetchPolicy:
-        """The defaults, overridden by ``MODELFIX_RETRIES``, ``MODELFIX_RETRY_BASE_DELAY``,
-        ``MODELFIX_READ_TIMEOUT``, ``MODELFIX_CONNECTIONS`` and ``MODELFIX_PARALLEL_MIN`` (bytes)."""
-        values: dict[str, int | float] = {}
-        for name, variable in _ENV:
-            raw = os.environ.get(variable, "").strip()
-            if not raw:
-                continue
-            kind = type(getattr(cls, name))
-            try:
-                values[name] = kind(raw)
-            except ValueError:
-                number = "a whole number" if kind is int else "a number"
-                raise ModelfixError(f"{variable}={raw!r} is not {number}: correct it or unset it.") from None
-        values["connections"] = max(1, int(values.get("connections", cls.connections)))
-        return cls(**values)
-
-    def delay(self, failures: int, retry_after: float | None) -> float:
-        backoff = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
-        backoff = random.uniform(backoff / 2, backoff)  # jitter: many workers must not retry in step
-        if retry_after is not None:
-            return min(max(retry_after, backoff), self.max_retry_after)
-        return backoff
-
-
-_ENV = (  # (field, environment variable): the knobs a user may need on a bad network
-    ("attempts", "MODELFIX_RETRIES"),
-    ("base_delay", "MODELFIX_RETRY_BASE_DELAY"),
-    ("read_timeout", "MODELFIX_READ_TIMEOUT"),
-    ("connections", "MODELFIX_CONNECTIONS"),
-    ("parallel_min", "MODELFIX_PARALLEL_MIN"),
-)
 
 
 class _NoRanges(Exception):
@@ -624,4 +560,5 @@ def download(
         raise cache_error(exc, partial, label=label) from None
     except ModelfixError as exc:
         # Transports and ranges know the URL and the bytes; only the caller knows the model and file.
-        raise type(exc)(f"{label}: {exc}") from None
+        exc.add_context(label, model=job.model, file=job.file)
+        raise

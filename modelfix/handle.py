@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ModelfixError, SettingsError
 
@@ -122,7 +122,7 @@ class PooledLlama:
     first if the pool evicted it); attributes read through to it. Attributes
     you *set* live on the current ``Llama`` and do not survive a reload, and
     raw llama.cpp pointers (``llm.ctx``, ``llm.model``) must not be kept
-    across calls: use ``with modelfix.pool.use(handle) as llm:`` for that.
+    across calls: use ``with modelfix.use(handle) as llm:`` for that.
     ``close()`` unloads it (the handle stays usable).
     """
 
@@ -131,7 +131,7 @@ class PooledLlama:
     def __init__(self, slot: _Slot) -> None:
         object.__setattr__(self, "_slot", slot)
 
-    @property  # type: ignore[misc]
+    @property  # type: ignore[misc]  # __class__ as a property: what makes isinstance(h, llama_cpp.Llama) true
     def __class__(self) -> type:
         # isinstance() falls back to __class__, so isinstance(h, llama_cpp.Llama) holds.
         import llama_cpp
@@ -151,12 +151,12 @@ class PooledLlama:
             # Display probes (IPython asks for _repr_html_ and a canary name):
             # Llama has none, and answering must not reload an evicted model.
             raise AttributeError(name)
-        with slot.pool._lease(slot) as llm:
+        with slot.pool.lease(slot) as llm:
             return getattr(llm, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         slot = slot_of(self)
-        with slot.pool._lease(slot) as llm:
+        with slot.pool.lease(slot) as llm:
             setattr(llm, name, value)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -185,17 +185,17 @@ def _call(slot: _Slot, name: str, *args: Any, **kwargs: Any) -> Any:
     pool = slot.pool
     slot.turns.take()
     try:
-        llm = pool._enter(slot)
+        llm = pool.enter(slot)
         try:
             result = getattr(llm, name)(*args, **kwargs)
         except BaseException:
-            pool._release(slot, used=True)
+            pool.release(slot, used=True)
             raise
         if isinstance(result, Iterator):
             # stream=True: llama.cpp works while it is iterated, so the stream takes
             # its own turn at its first chunk; the lease lasts until it ends.
             return _LeasedIterator(slot, result)
-        pool._release(slot, used=True)
+        pool.release(slot, used=True)
         return result
     finally:
         slot.turns.give_back()
@@ -230,7 +230,7 @@ class _LeasedIterator:
                     close()
             finally:
                 self._slot.turns.end(self)
-                self._slot.pool._release(self._slot, used=True)
+                self._slot.pool.release(self._slot, used=True)
 
     def __del__(self) -> None:
         self.close()
@@ -346,7 +346,7 @@ def _route_llama_logs() -> Any:
     it), since llama.cpp holds a raw pointer to it.
     """
     import llama_cpp
-    import llama_cpp._logger  # noqa: F401  (installs its callback first, so ours is the one left)
+    import llama_cpp._logger
 
     levels = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
     gate = logging.getLogger("llama-cpp-python")  # Llama(verbose=) sets its level
@@ -367,7 +367,7 @@ def _route_llama_logs() -> Any:
     return callback
 
 
-def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
+def reset_handle(llm: PooledLlama | llama_cpp.Llama, seed: int) -> None:
     """Forget earlier tokens and the KV cache and set the sampling seed.
 
     After this, a completion depends only on its prompt, its parameters and
@@ -390,7 +390,7 @@ def reset_handle(llm: llama_cpp.Llama, seed: int) -> None:
         if stream is not None:
             with contextlib.suppress(ValueError):  # one being read right now finishes its chunk first
                 stream.close()
-        with slot.pool._lease(slot) as real:  # takes the handle's turn
+        with slot.pool.lease(slot) as real:  # takes the handle's turn
             reset(real)
     else:
-        reset(llm)
+        reset(cast("llama_cpp.Llama", llm))

@@ -8,7 +8,9 @@ through ``conftest.py``: the pytest plugin forwards them). Two hooks::
     modelfix_adjust_settings(name, settings)                  (edit the dict in place)
 
 A new source scheme is therefore a plugin returning its own :class:`Source`
-(see ``modelfix.sources`` for the protocol) for the strings it recognises.
+(see ``modelfix.sources`` for the protocol) for the strings it recognises. The built-in
+forms are not a plugin here: :func:`modelfix.sources.parse_source` tries them after every
+plugin has declined, so this module imports nothing of modelfix.
 """
 
 from __future__ import annotations
@@ -43,13 +45,11 @@ class HookSpecs:
 
 @functools.lru_cache(maxsize=1)
 def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager: built-in sources plus installed plugins."""
-    from . import sources
+    """The process-wide plugin manager, with the installed plugins (entry-point group ``modelfix``).
 
+    One per process, for good: plugins register once, and the pytest plugin adds its bridge to it.
+    """
     pm = pluggy.PluginManager("modelfix")
     pm.add_hookspecs(HookSpecs)
-    # Registered first so that plugins (called last-registered-first) can
-    # claim a scheme before the built-in catch-alls see it.
-    pm.register(sources.BuiltinSources(), name="modelfix.sources")
     pm.load_setuptools_entrypoints("modelfix")
     return pm

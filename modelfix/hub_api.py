@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .errors import SourceError
+from .retry import FetchPolicy
 
 __all__ = ["MAX_ANSWER_BYTES", "MAX_PAGES", "LISTING_SECONDS", "commit", "tree", "plain_file"]
 
@@ -113,8 +114,6 @@ def _stream(url: str, token: str | None, repo: str, what: str) -> Iterator[Any]:
     huggingface_hub's error for it, read from at most MAX_ANSWER_BYTES of its body."""
     import httpx2
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    from .fetch import FetchPolicy
 
     policy = FetchPolicy.from_env()
     timeout = httpx2.Timeout(policy.read_timeout, connect=policy.connect_timeout)

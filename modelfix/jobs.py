@@ -24,16 +24,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .errors import ModelfixError, redact
+from .errors import redact
 from .events import JOB_STATUSES, Event, events
 
-__all__ = ["Job", "new_job", "jobs", "Cancelled"]
+__all__ = ["Job", "new_job", "jobs"]
 
 _PROGRESS_EVERY = 0.2  # seconds between progress events of one job
-
-
-class Cancelled(ModelfixError):
-    """A fetch was cancelled; its partial download stays and resumes next time."""
 
 
 @dataclass
@@ -90,6 +86,7 @@ class Job:
         events.emit(event)  # outside the lock: a slow listener must not stall other jobs
 
 
+# Process-wide, as the fetches they describe: anyone in the process may poll jobs().
 _JOBS_LOCK = threading.RLock()
 _JOBS: deque[Job] = deque(maxlen=512)
 

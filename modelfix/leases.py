@@ -23,6 +23,7 @@ explain them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -87,6 +88,7 @@ class _Registry:
                 reserved.update(dict.fromkeys(done, 0))
 
 
+# Process-wide: a lease file belongs to a process (flock-held until it exits), not to a Project.
 _REGISTRY = _Registry()
 
 
@@ -153,7 +155,8 @@ def _scan(root: Path, own: bool, tidy: bool) -> tuple[dict[str, int | None], int
             continue  # no flock on this filesystem: nothing can be told of it
         else:
             if tidy:
-                path.unlink(missing_ok=True)  # dead process: the lease died with it
+                with contextlib.suppress(OSError):  # a cache this process may read but not write
+                    path.unlink(missing_ok=True)  # dead process: the lease died with it
         finally:
             os.close(fd)
     return leased, processes

@@ -19,7 +19,13 @@ edited ``source`` is seen as stale without asking the network.
 
 Reading gives frozen :class:`Entry` objects and accepts a UTF-8 BOM and CRLF
 line ends; :mod:`modelfix.locking` writes the pins (one writer at a time,
-atomically, keeping comments, layout, line ends and BOM).
+atomically, keeping comments, layout, line ends and BOM). What a pinned path may
+be is :mod:`modelfix.pin_paths`'s, what a setting's value may be
+:mod:`modelfix.setting_values`'s::
+
+    Lockfile.load(path), Lockfile.find(lock)   read and check (find: MODELFIX_LOCK, else upward)
+    LockfileMemo().read(path)                  the same, parsed again only when the file changes
+    content_key(entry)                         sha256 over the pins: one view, one pool slot per content
 """
 
 from __future__ import annotations
@@ -28,15 +34,18 @@ import functools
 import os
 import re
 import stat
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from .errors import LockError
+from .hashing import Identity, file_identity, sha256_text
 from .lockfile_lines import Where
+from .pin_paths import check_relative_path, check_view_names
+from .setting_values import check_setting
 
 __all__ = [
     "LOCK_NAME",
@@ -49,15 +58,14 @@ __all__ = [
     "Pins",
     "RoutingRule",
     "Lockfile",
+    "LockfileMemo",
+    "content_key",
     "find_lockfile",
     "nearest_lockfile",
-    "check_relative_path",
     "check_name",
     "is_commit_sha",
     "MAX_FILE_SIZE",
     "MAX_LOCKFILE_BYTES",
-    "MAX_PATH_BYTES",
-    "RESERVED_NAMES",
     "BOM",
     "read_raw",
 ]
@@ -106,15 +114,6 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 MAX_FILE_SIZE = 2**50
 # A lockfile of 150,000 pinned models is about 64 MiB; a bigger one is a mistake (a log, a device).
 MAX_LOCKFILE_BYTES = 64 * 1024 * 1024
-# A pinned path is a file name in a view under the cache root: far below PATH_MAX (4096) with room
-# for the root, and NAME_MAX (255 bytes) per component, so that no path fails with ENAMETOOLONG later.
-MAX_PATH_BYTES = 1024
-_MAX_NAME_BYTES = 255
-# What modelfix itself writes in a view folder (its manifest) or beside it in views/ (a view being
-# built or replaced): a pin of that name would land on modelfix's own file.
-RESERVED_NAMES = (".modelfix.json",)
-_RESERVED_PREFIXES = (".tmp-", ".old-")
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: what a terminal would obey if printed
 BOM = "\ufeff"
 
 
@@ -186,6 +185,11 @@ class Entry:
         if not self.files:
             return None
         return Pins(self.revision, self.files, self.pinned_from or self.source)
+
+
+def content_key(entry: Entry) -> str:
+    """sha256 over the entry's pins: entries pinning the same bytes share a view and a pool slot."""
+    return sha256_text("".join(f"{p.role}\t{p.path}\t{p.size}\t{p.sha256}\t{p.join or ''}\n" for p in entry.files))
 
 
 @dataclass(frozen=True)
@@ -287,76 +291,6 @@ def nearest_lockfile(start: str | os.PathLike[str] | None = None) -> str:
     )
 
 
-def check_relative_path(path: object, what: object) -> str:
-    """``path`` if it can name a file in a view, else a LockError saying why (``what`` says where it came from).
-
-    A pinned path is relative, in canonical form (no ``.``, ``..`` or empty segments, so that two
-    spellings never name one file), free of control characters (which a terminal would obey
-    when the path is printed), not a name modelfix writes itself (``.modelfix.json``,
-    ``.tmp-*``, ``.old-*``) and short enough for any file system.
-    """
-    if not isinstance(path, str) or not path:
-        raise LockError(f"{what}: a file path must be a non-empty string, got {path!r}.")
-    if control := _CONTROL_RE.search(path):
-        raise LockError(f"{what}: unsafe file path {path!r}: it holds the control character {control[0]!r}.")
-    if path.startswith(("/", "~")) or "\\" in path or re.match(r"[A-Za-z]:", path):
-        raise LockError(f"{what}: unsafe file path {path!r} (absolute or containing '..').")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise LockError(
-            f"{what}: file path {path[:60]!r}... is longer than {MAX_PATH_BYTES} bytes, more than a cache folder can hold."
-        )
-    for part in path.split("/"):
-        if part == "":
-            raise LockError(f"{what}: unsafe file path {path!r}: an empty segment ('//' or a '/' at an end).")
-        if part in (".", ".."):
-            raise LockError(f"{what}: unsafe file path {path!r}: a {part!r} segment (absolute or containing '..').")
-        if part in RESERVED_NAMES or part.startswith(_RESERVED_PREFIXES):
-            raise LockError(f"{what}: file path {path!r} uses {part!r}, a name reserved for modelfix's own files.")
-        if len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
-            raise LockError(f"{what}: file path {path!r} has a name longer than {_MAX_NAME_BYTES} bytes.")
-    return path
-
-
-def check_view_names(files: Sequence[tuple[str, str | None]], what: object) -> None:
-    """Refuse pins ``(path, join)`` of one entry that would be one file of its view (``what`` names the entry).
-
-    A file shows in the view under its ``join`` (legacy parts, which share it) or its path. Names
-    compare as a case-insensitive, Unicode-normalizing file system (macOS, Windows) compares
-    them, so a lockfile works everywhere; a file whose name another one needs as a folder is
-    refused too.
-    """
-    shown: dict[str, int] = {}  # folded name in the view -> first pin showing it
-    parts: dict[str, int] = {}  # folded path of a legacy part -> its pin
-    for i, (path, join) in enumerate(files):
-        name = join or path
-        j = shown.setdefault(_folded(name), i)
-        if j != i and not (join is not None and files[j][1] == join):
-            raise _collision(what, files[j][1] or files[j][0], j, name, i)
-        if join is not None and (k := parts.setdefault(_folded(path), i)) != i:
-            raise _collision(what, files[k][0], k, path, i)
-    for folded, i in shown.items():
-        segments = folded.split("/")
-        for depth in range(1, len(segments)):
-            folder = shown.get("/".join(segments[:depth]))
-            if folder is not None:
-                first, second = (files[folder][1] or files[folder][0]), (files[i][1] or files[i][0])
-                raise LockError(
-                    f"{what}: two pins land on one file of the view: {first!r} (files[{folder}]) is a file, and "
-                    f"{second!r} (files[{i}]) needs it to be a folder. Re-pin with `modelfix lock --upgrade`."
-                )
-
-
-def _folded(name: str) -> str:
-    return unicodedata.normalize("NFC", name).casefold()
-
-
-def _collision(what: object, first: str, j: int, second: str, i: int) -> LockError:
-    return LockError(
-        f"{what}: two pins land on one file of the view: {first!r} (files[{j}]) and {second!r} (files[{i}]). "
-        "Give each pinned file a path of its own, or re-pin with `modelfix lock --upgrade`."
-    )
-
-
 # --- reading ---------------------------------------------------------------
 
 
@@ -437,8 +371,6 @@ def _entry(name: str, table: Any, where: Where) -> Entry:
 
 def _bounded(key: str, value: Any, where: Callable[[], str]) -> Any:
     """``value`` of setting ``key`` if a load would accept it (n_ctx at most 2**24, floats finite ...)."""
-    from .settings import check_setting
-
     try:
         return check_setting(key, value)
     except ValueError as exc:
@@ -536,7 +468,8 @@ def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule,
     raw_rules = data.get("rules", [])
     if not isinstance(raw_rules, list):
         raise LockError(
-            f'{where(key="routing")}: routing.rules must be a list of tables: rules = [{{ pattern = "...", model = "NAME" }}].'
+            f"{where(key='routing')}: routing.rules must be a list of tables: "
+            'rules = [{ pattern = "...", model = "NAME" }].'
         )
     default = data.get("default")
     if default is not None and not isinstance(default, str):
@@ -552,7 +485,8 @@ def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule,
         extra = set(rule) - {"pattern", "model"}
         if extra:
             raise LockError(
-                f"{where(key='routing')}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] (valid: pattern, model)."
+                f"{where(key='routing')}: unknown key {sorted(extra)[0]!r} in routing.rules[{i}] "
+                "(valid: pattern, model)."
             )
         try:
             re.compile(rule["pattern"])
@@ -613,3 +547,40 @@ def _check_size(path: Path, size: int) -> None:
             f"{path} is {size / 2**20:.1f} MiB, over the {MAX_LOCKFILE_BYTES // 2**20} MiB a lockfile may have: "
             "is it the right file? Pass the lockfile with --lock PATH."
         )
+
+
+# --- reading once per change -----------------------------------------------
+
+# A file written this recently may be written again within the same tick of the filesystem's clock
+# (a jiffy on ext4, up to 2 s elsewhere) and keep its identity: its text is compared instead.
+_RACY_NS = 2_000_000_000
+
+
+class LockfileMemo:
+    """Lockfiles parsed once per change of the file: a warm read pays a stat, not a TOML parse.
+
+    Keeps ``path -> (identity, text, Lockfile)``, at most ``limit`` paths. A file whose
+    identity (inode included: editors and ``modelfix lock`` replace the file) is unchanged
+    and older than the filesystem's clock tick is not read; one written in the last two
+    seconds is read again and parsed only if its text changed.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._seen: dict[str, tuple[Identity, str, Lockfile]] = {}
+        self._limit = limit
+
+    def read(self, path: str) -> Lockfile:
+        """The lockfile at ``path`` (absolute), as it is now."""
+        try:
+            stamp = file_identity(path)
+        except OSError:
+            return Lockfile.load(path)  # raises the friendly "no such lockfile"
+        cached = self._seen.get(path)
+        if cached and cached[0] == stamp and time.time_ns() - stamp[3] > _RACY_NS:
+            return cached[2]
+        text = read_raw(Path(path))  # a regular file of a bounded size, or a one-line LockError
+        parsed = cached[2] if cached and cached[1] == text else Lockfile.parse(text, Path(path))
+        if len(self._seen) >= self._limit and path not in self._seen:
+            self._seen.clear()
+        self._seen[path] = (stamp, text, parsed)
+        return parsed

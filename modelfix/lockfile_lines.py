@@ -67,7 +67,11 @@ class Lines:
             self._line += 1
 
     def _scan(self, line: str) -> None:
-        if line.lstrip().startswith("[") and (header := _HEADER_RE.match(line)) and "=" not in line.split("#")[0]:
+        if (
+            line.lstrip().startswith("[")
+            and (header := _HEADER_RE.match(line))
+            and "=" not in line.split("#", maxsplit=1)[0]
+        ):
             table, sub = _unquote(header["table"]), header["sub"]
             self._array = None
             if table == "models" and sub is not None:

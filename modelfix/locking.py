@@ -129,7 +129,8 @@ def _resolve(name: str, source_text: str, lock_path: Path, offline: bool | None)
             )
         return pins
     except ModelfixError as exc:
-        raise type(exc)(f"model {name!r} ({lock_path}): {exc}") from None
+        exc.add_context(f"model {name!r} ({lock_path})", model=name)
+        raise
 
 
 def _needs_lock(entry: Entry, upgrade: bool, models: Sequence[str] | None) -> bool:
@@ -170,7 +171,7 @@ def lock(
 
 
 def add(
-    name: str, source: str, path: Path | str | None = None, *, offline: bool | None = None, **settings
+    name: str, source: str, path: Path | str | None = None, *, offline: bool | None = None, **settings: Any
 ) -> LockResult:
     """Add ``[models.NAME]`` and pin it; nothing is written if resolving fails (``offline`` as in :func:`lock`)."""
     check_name(name)
@@ -379,7 +380,7 @@ def write_pins(path: Path, pins: Mapping[str, Pins]) -> bool:
     from, are left out: another writer changed that entry meanwhile, and its edit stands.
     """
 
-    def change(current: Lockfile | None, doc) -> None:
+    def change(current: Lockfile | None, doc: Any) -> None:
         for name, pin in pins.items():
             entry = current.entries.get(name) if current else None
             if entry is not None and entry.source == pin.pinned_from:
@@ -401,7 +402,7 @@ def add_entry(
     check_name(name)
     replaced: Entry | None = None
 
-    def change(current: Lockfile | None, doc) -> None:
+    def change(current: Lockfile | None, doc: Any) -> None:
         nonlocal replaced
         replaced = current.entries.get(name) if current else None
         models = doc.setdefault("models", tomlkit.table(is_super_table=True))
@@ -419,7 +420,7 @@ def add_entry(
     return replaced, written
 
 
-def _set_pins(table, pins: Pins) -> None:
+def _set_pins(table: Any, pins: Pins) -> None:
     import tomlkit
 
     array = tomlkit.array()
@@ -437,14 +438,14 @@ def _set_pins(table, pins: Pins) -> None:
 
 
 @contextmanager
-def _above_trailing_comments(table) -> Iterator[None]:
+def _above_trailing_comments(table: Any) -> Iterator[None]:
     """Keys added meanwhile go after the table's last key, above the blank lines and comments that end it.
 
     tomlkit files the comment lines above a table header under the table before it, and
     appends new keys after them: the comment would move to the wrong table.
     """
     body = table.value.body
-    trailing = []
+    trailing: list[Any] = []
     while body and body[-1][0] is None:  # keyless items: whitespace and comments
         trailing.insert(0, body.pop())
     try:

@@ -1,6 +1,7 @@
 """The shared pool of resident ``llama_cpp.Llama`` handles.
 
-``load(name)`` returns a :class:`~modelfix.handle.PooledLlama`: a handle that
+:meth:`Pool.acquire` (which :meth:`modelfix.Project.load` calls once the model's files are
+verified) returns a :class:`~modelfix.handle.PooledLlama`: a handle that
 behaves as the ``llama_cpp.Llama`` it wraps and that the pool may *hot-swap*:
 when it is evicted (budget, max count, keep-alive, ``unload``) the real
 ``Llama`` is closed and its memory returned, and the handle's next call loads
@@ -13,10 +14,11 @@ long-lived notebook.
     Pool
      ├── slots: {(content_key, LoadSettings): _Slot}     one per key, ever seen
      │     _Slot: llama (None when not resident), estimate, leases, last use
-     │            handle: the one PooledLlama for this key (load() returns it)
-     └── reaper: daemon thread closing handles idle longer than the keep-alive
+     │            handle: the one PooledLlama for this key (acquire() returns it)
+     └── reaper: daemon thread closing handles idle longer than the keep-alive (reap())
 
-*In use* means leased: during every call made through a handle (a streaming
+*In use* means leased (:meth:`Pool.enter` ... :meth:`Pool.release`, or :meth:`Pool.lease`
+around a block): during every call made through a handle (a streaming
 generator holds its lease until exhausted or dropped), and inside
 ``with use(...) as llm:``. A leased handle is never evicted; anything else is
 idle and evicted least recently used first by :func:`modelfix.eviction.plan`,
@@ -24,6 +26,10 @@ the same policy the disk store uses.
 
 The pool's budget counts *estimated* bytes (:mod:`modelfix.estimate`), known
 before loading, so a load that cannot fit is refused before it starts.
+
+The pool reads no lockfile and fetches nothing: it loads files it is given. One process-wide
+pool (:func:`default_pool`) serves every Project and front end in the process, so they share
+one memory budget.
 """
 
 from __future__ import annotations
@@ -32,17 +38,18 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .config import cache_root
-from .errors import MemoryBudgetError, SettingsError
+from .config import cache_root, layer_roots
+from .errors import MemoryBudgetError, NoRoom, SettingsError
 from .estimate import Estimate, estimate, memory_capacity
 from .events import Event, events
-from .eviction import Candidate, NoRoom, format_size, plan
+from .eviction import Candidate, format_size, plan
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
 from .probe import use_repack
 from .settings import (
@@ -56,22 +63,17 @@ from .settings import (
 if TYPE_CHECKING:
     import llama_cpp
 
-    from .config import CacheSettings
-    from .lockfile import Lockfile
-
 __all__ = [
     "Pool",
     "PooledLlama",
     "PoolSettings",
     "Resident",
+    "PoolMetrics",
     "default_pool",
     "configure",
-    "load",
-    "use",
     "unload",
     "loaded",
     "record",
-    "preload",
     "pool_metrics",
     "reset_handle",
 ]
@@ -100,6 +102,25 @@ class Resident:
         return self.estimate.total
 
 
+@dataclass(frozen=True)
+class PoolMetrics:
+    """A pool's counters since it started (``modelfix.pool_metrics()``), and what is resident now.
+
+    ``hits`` and ``misses``: load requests that found their handle resident, or not;
+    ``reloads``: evicted handles loaded again by their next call; ``load_seconds``: per model
+    name, the total time its loads took.
+    """
+
+    hits: int
+    misses: int
+    loads: int
+    reloads: int
+    evictions: int
+    load_seconds: Mapping[str, float]
+    resident: int
+    resident_bytes: int
+
+
 @dataclass(eq=False)
 class _Slot:
     pool: Pool
@@ -114,7 +135,7 @@ class _Slot:
     loading: bool = False
     used: bool = False  # a call went through since the last load (keep_alive=0 waits for it)
     unload_requested: bool = False
-    last_used: float = 0.0  # time.monotonic(), for LRU and keep-alive
+    last_used: float = 0.0  # the pool's clock (time.monotonic), for LRU and keep-alive
     last_used_wall: float = 0.0
     hits: int = 0
     loads: int = 0
@@ -122,13 +143,14 @@ class _Slot:
     turns: Turns = field(default_factory=Turns)  # calls on this Llama, one thread at a time
     handle: PooledLlama | None = None
     probe_root: Path | None = None  # where the backend probe's verdict is cached
+    probe_layers: tuple[Path, ...] = ()  # read-only caches where a verdict may be found too
 
     @property
     def settings(self) -> LoadSettings:
         return self.resolved.settings
 
     def touch(self) -> None:
-        self.last_used, self.last_used_wall = time.monotonic(), time.time()
+        self.last_used, self.last_used_wall = self.pool.clock(), time.time()
 
 
 class Pool:
@@ -136,10 +158,12 @@ class Pool:
 
     Pool settings given here win over ``MODELFIX_*`` variables, which win over
     the strategy's preset (see :func:`modelfix.settings.resolve_pool_settings`);
-    they are resolved again at every call.
+    they are resolved again at every call. ``clock`` (seconds, monotonic) times the
+    keep-alive and the LRU order; a test passes a fake one and calls :meth:`reap`.
     """
 
-    def __init__(self, **pool_settings: Any) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, **pool_settings: Any) -> None:
+        self.clock = clock
         self._explicit: dict[str, Any] = {}
         # Re-entrant: a dropped stream's __del__ may release its lease while
         # this thread already holds the lock (garbage collection runs anywhere).
@@ -168,30 +192,6 @@ class Pool:
 
     # --- handing out handles -----------------------------------------------------
 
-    def load(
-        self,
-        name: str,
-        lock: Lockfile | str | os.PathLike[str] | None = None,
-        *,
-        frontend: Mapping[str, Any] | None = None,
-        cache_settings: CacheSettings | None = None,
-        **settings: Any,
-    ) -> PooledLlama:
-        """Fetch model ``name``'s files if needed, then :meth:`acquire` a handle on them."""
-        from .resolver import files
-
-        m = files(name, lock, settings=cache_settings)
-        return self.acquire(
-            m.model_path,
-            m.content_key,
-            name,
-            m.entry.settings,
-            mmproj_path=m.mmproj_path,
-            frontend=frontend,
-            probe_root=cache_settings.root if cache_settings else cache_root(),
-            **settings,
-        )
-
     def acquire(
         self,
         model_path: str | os.PathLike[str],
@@ -200,16 +200,25 @@ class Pool:
         entry_settings: Mapping[str, Any] | None = None,
         *,
         mmproj_path: str | os.PathLike[str] | None = None,
-        frontend: Mapping[str, Any] | None = None,
+        load_options: Mapping[str, Any] | None = None,
         probe_root: str | os.PathLike[str] | None = None,
+        probe_layers: Sequence[Path] = (),
+        frontend: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> PooledLlama:
         """A loaded handle for these files and settings; the resident one if the key matches.
 
+        ``settings`` are the call's layer of the load settings, ``load_options`` the front
+        end's, ``entry_settings`` the lockfile's (see :mod:`modelfix.settings`).
         ``probe_root`` is the cache root that keeps the backend probe's verdict
-        (default: the cache root of the environment), for ``repack = "auto"``.
+        (default: the cache root of the environment), for ``repack = "auto"``;
+        ``probe_layers`` the read-only caches where a verdict is read too.
+        ``frontend`` is the old name of ``load_options`` (deprecated).
         """
-        resolved = resolve_settings(name, settings, frontend=frontend, entry=entry_settings)
+        if frontend is not None:
+            warnings.warn("Pool.acquire(frontend=...) is deprecated: pass load_options=...", DeprecationWarning, 2)
+            load_options = {**frontend, **(load_options or {})}
+        resolved = resolve_settings(name, settings, frontend=load_options, entry=entry_settings)
         if resolved.settings.mmproj and mmproj_path is None:
             raise SettingsError(
                 f"model {name!r} has no mmproj file, so mmproj=True cannot be honoured. "
@@ -235,28 +244,17 @@ class Pool:
                     self._slots[key] = slot
         if probe_root is not None:
             slot.probe_root = Path(probe_root)  # the latest caller's cache, for its next (re)load
-        self._enter(slot, lookup=True)
-        self._release(slot, used=False)
+            slot.probe_layers = tuple(probe_layers)
+        self.enter(slot, lookup=True)
+        self.release(slot, used=False)
         assert slot.handle is not None
         return slot.handle
 
     @contextmanager
-    def use(
-        self,
-        target: PooledLlama | str,
-        lock: Lockfile | str | os.PathLike[str] | None = None,
-        **settings: Any,
-    ) -> Iterator[llama_cpp.Llama]:
-        """``with pool.use("chat") as llm:`` the real ``Llama``, never evicted inside the block."""
-        handle = target if type(target) is PooledLlama else self.load(target, lock, **settings)
-        with self._lease(slot_of(handle), used=True) as llm:
+    def use(self, handle: PooledLlama) -> Iterator[llama_cpp.Llama]:
+        """``with pool.use(handle) as llm:`` the real ``Llama``, never evicted inside the block."""
+        with self.lease(slot_of(handle), used=True) as llm:
             yield llm
-
-    def preload(
-        self, names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None, **settings: Any
-    ) -> list[PooledLlama]:
-        """Load each model now, so that the first real call does not wait."""
-        return [self.load(n, lock, **settings) for n in ([names] if isinstance(names, str) else names)]
 
     # --- releasing ---------------------------------------------------------------
 
@@ -309,34 +307,38 @@ class Pool:
         with self._lock:
             return _record(slot_of(handle))
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> PoolMetrics:
         """Counters since start: hits, misses, loads, reloads, evictions, load seconds per model."""
         with self._lock:
             resident = [s for s in self._slots.values() if s.llama is not None]
-            return {
+            return PoolMetrics(
                 **self._counts,
-                "load_seconds": dict(self._load_seconds),
-                "resident": len(resident),
-                "resident_bytes": sum(s.estimate.total for s in resident),
-            }
+                load_seconds=dict(self._load_seconds),
+                resident=len(resident),
+                resident_bytes=sum(s.estimate.total for s in resident),
+            )
 
-    # --- leases and loading --------------------------------------------------------
+    # --- leases (what a handle's calls hold) and loading ------------------------------
 
     @contextmanager
-    def _lease(self, slot: _Slot, *, used: bool = False) -> Iterator[llama_cpp.Llama]:
+    def lease(self, slot: _Slot, *, used: bool = False) -> Iterator[llama_cpp.Llama]:
         """The real Llama of ``slot``, with its turn, for a block (``used``: it runs a generation)."""
         slot.turns.take()  # before the pool's lock: waiting for another thread's call must not block the pool
         try:
-            llm = self._enter(slot)
+            llm = self.enter(slot)
             try:
                 yield llm
             finally:
-                self._release(slot, used=used)
+                self.release(slot, used=used)
         finally:
             slot.turns.give_back()
 
-    def _enter(self, slot: _Slot, *, lookup: bool = False) -> llama_cpp.Llama:
-        """Lease ``slot``, loading it if it is not resident (callers that run it hold its turn)."""
+    def enter(self, slot: _Slot, *, lookup: bool = False) -> llama_cpp.Llama:
+        """Lease ``slot``, loading it if it is not resident; :meth:`release` ends the lease.
+
+        A handle's call holds the slot's turn around both (:class:`~modelfix.handle.Turns`);
+        ``lookup`` counts it as a load request (a hit or a miss) rather than a reload.
+        """
         with self._lock:
             slot.leases += 1
             if slot.llama is not None:
@@ -353,15 +355,16 @@ class Pool:
                 self._cond.notify_all()
             raise
 
-    def _release(self, slot: _Slot, *, used: bool) -> None:
+    def release(self, slot: _Slot, *, used: bool) -> None:
+        """End a lease of ``slot`` (``used``: a generation ran); an unload waiting for it happens now."""
         with self._cond:
             slot.leases -= 1
             slot.used = slot.used or used
             slot.touch()
             victims, reason = [], "unload" if slot.unload_requested else "keep-alive"
-            if not slot.leases and slot.llama is not None:
-                if slot.unload_requested or (slot.used and self._keep_alive() == 0):
-                    victims.append(self._detach(slot, evicted=not slot.unload_requested))
+            idle = not slot.leases and slot.llama is not None
+            if idle and (slot.unload_requested or (slot.used and self._keep_alive() == 0)):
+                victims.append(self._detach(slot, evicted=not slot.unload_requested))
             self._cond.notify_all()
         self._close(victims, reason)
 
@@ -376,7 +379,10 @@ class Pool:
             self._start_reaper()
             try:
                 # Before the first load of the process: may probe the backend in a child (not load time).
-                repack = use_repack(slot.settings.repack, slot.probe_root or cache_root())
+                root = slot.probe_root or cache_root()
+                repack = use_repack(
+                    slot.settings.repack, root, slot.probe_layers if slot.probe_root else layer_roots(root)
+                )
             except BaseException:
                 with self._lock:
                     slot.loading = False
@@ -427,7 +433,7 @@ class Pool:
             keys = plan(candidates, budget, incoming=slot.estimate.total, max_count=settings.max_count)
         except NoRoom as exc:
             raise _refusal(slot, exc, settings, [s for s in others if s.leases or s.loading]) from None
-        return [self._detach(self._slots[k]) for k in keys]
+        return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # plan() hands back the keys it was given
 
     def _detach(self, slot: _Slot, *, evicted: bool = True) -> tuple[_Slot, llama_cpp.Llama]:
         """Under the lock: make ``slot`` non-resident; the caller closes the Llama.
@@ -435,6 +441,7 @@ class Pool:
         ``evicted`` is False for an explicit unload, which the metrics do not count.
         """
         llm, slot.llama = slot.llama, None
+        assert llm is not None, "only a resident slot is detached"
         slot.unload_requested = False
         self._counts["evictions"] += evicted
         return slot, llm
@@ -463,20 +470,36 @@ class Pool:
         except SettingsError:  # a bad MODELFIX_KEEP_ALIVE: the next load reports it; keep handles meanwhile
             return math.inf
 
+    def reap(self) -> int:
+        """Close, now, the idle handles whose keep-alive ran out; returns how many.
+
+        The keep-alive thread does this at each deadline; a test with a fake ``clock`` calls it
+        after advancing the clock.
+        """
+        with self._cond:
+            victims, _ = self._expired()
+        self._close(victims, "keep-alive")
+        return len(victims)
+
+    def _expired(self) -> tuple[list[tuple[_Slot, llama_cpp.Llama]], float | None]:
+        """Under the lock: detach the handles idle past the keep-alive; and the seconds to the next deadline."""
+        keep_alive = self._keep_alive()
+        now = self.clock()
+        idle = [s for s in self._slots.values() if s.llama is not None and not s.leases]
+        # keep_alive=0 closes a handle after its first use, not right after loading.
+        due = [s for s in idle if keep_alive > 0 or s.used] if keep_alive != math.inf else []
+        victims = [self._detach(s) for s in due if s.last_used + keep_alive <= now]
+        deadlines = [s.last_used + keep_alive for s in due if s.llama is not None]
+        return victims, (max(0.0, min(deadlines) - now) if deadlines else None)
+
     def _reap_forever(self) -> None:
         while True:
             with self._cond:
                 if self._closed:
                     return
-                keep_alive = self._keep_alive()
-                now = time.monotonic()
-                idle = [s for s in self._slots.values() if s.llama is not None and not s.leases]
-                # keep_alive=0 closes a handle after its first use, not right after loading.
-                due = [s for s in idle if keep_alive > 0 or s.used] if keep_alive != math.inf else []
-                victims = [self._detach(s) for s in due if s.last_used + keep_alive <= now]
+                victims, wait = self._expired()
                 if not victims:
-                    deadlines = [s.last_used + keep_alive for s in due]
-                    self._cond.wait(min(deadlines) - now if deadlines else None)
+                    self._cond.wait(wait)
                     continue
             self._close(victims, "keep-alive")
 
@@ -527,17 +550,17 @@ def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]
 
 # --- the process-wide pool ---------------------------------------------------------
 
+# Process-wide: one memory budget per process, shared by every Project and front end in it.
 _default_lock = threading.Lock()
-_default: Pool | None = None
+_default: list[Pool] = []  # made on first use
 
 
 def default_pool() -> Pool:
-    """The pool that ``modelfix.load`` and every front end share."""
-    global _default
+    """The pool that ``modelfix.load``, every :class:`~modelfix.Project` and every front end share."""
     with _default_lock:
-        if _default is None:
-            _default = Pool()
-        return _default
+        if not _default:
+            _default.append(Pool())
+        return _default[0]
 
 
 def configure(**pool_settings: Any) -> PoolSettings:
@@ -545,30 +568,13 @@ def configure(**pool_settings: Any) -> PoolSettings:
     return default_pool().configure(**pool_settings)
 
 
-def load(
-    name: str,
-    lock: Lockfile | str | os.PathLike[str] | None = None,
-    *,
-    frontend: Mapping[str, Any] | None = None,
-    cache_settings: CacheSettings | None = None,
-    **settings: Any,
-) -> PooledLlama:
-    """A ready handle for model ``name`` from the shared pool (see :meth:`Pool.load`)."""
-    return default_pool().load(name, lock, frontend=frontend, cache_settings=cache_settings, **settings)
-
-
-def use(
-    target: PooledLlama | str, lock: Lockfile | str | os.PathLike[str] | None = None, **settings: Any
-) -> AbstractContextManager[llama_cpp.Llama]:
-    """``with use("chat") as llm:`` a real ``llama_cpp.Llama`` that is never evicted inside the block."""
-    return default_pool().use(target, lock, **settings)
-
-
 def unload(target: PooledLlama | llama_cpp.Llama | str) -> int:
+    """Close the shared pool's handles of model ``target`` (a name), or that one handle; returns how many."""
     return default_pool().unload(target)
 
 
 def loaded() -> list[Resident]:
+    """What the shared pool holds now, most recently used first."""
     return default_pool().loaded()
 
 
@@ -577,11 +583,6 @@ def record(handle: PooledLlama) -> Resident:
     return slot_of(handle).pool.record(handle)
 
 
-def preload(
-    names: str | Iterable[str], lock: Lockfile | str | os.PathLike[str] | None = None, **settings: Any
-) -> list[PooledLlama]:
-    return default_pool().preload(names, lock, **settings)
-
-
-def pool_metrics() -> dict[str, Any]:
+def pool_metrics() -> PoolMetrics:
+    """The shared pool's counters (see :class:`PoolMetrics`)."""
     return default_pool().metrics()

@@ -8,7 +8,7 @@ those kernels kill the process: llama.cpp's AMX matmul dies with SIGSEGV at
 first real load with ``repack = "auto"`` modelfix tries a short quantized
 decode in a child process::
 
-    verdict(root) ── memo (this process) ── <root>/probe/<key>.json ── else probe:
+    verdict(root, layers) ── memo (this process) ── <root or a layer>/probe/<key>.json ── else probe:
         child: python -m modelfix.probe --child MODEL --repack on    (Q4_0, repacked at load)
             exits 0                          → "on"
             killed by a signal / hangs  ──▶ child again with --repack off
@@ -23,6 +23,9 @@ probed again. (``llama_print_system_info`` follows from the library and the
 CPU flags; it is recorded in the verdict, not hashed into the key, because
 its first call costs milliseconds.) The file is written atomically; a cache
 that cannot be written keeps the verdict in memory for the process (debug log).
+A verdict is also read from the read-only caches in front of the store (``layers``, see
+:mod:`modelfix.layers`: an image that ran the probe in its build stage on a host like this one),
+never written there.
 A verdict involving a timeout is kept in memory only: a loaded machine is no
 proof. Later starts read the file: no request, well under a millisecond.
 
@@ -45,7 +48,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +167,7 @@ def build_description() -> str:
     return f"llama-cpp-python {llama_cpp.__version__} ({info})"
 
 
-_KEY: list[str] = []  # computed once per process
+_KEY: list[str] = []  # computed once per process: the build and the host do not change under it
 
 
 def probe_key() -> str:
@@ -177,7 +180,10 @@ def probe_key() -> str:
 
 # --- the verdict ---------------------------------------------------------------------------
 
-_MEMO: dict[str, Verdict] = {}
+# Process-wide: the verdict is a fact of this build on this host, learnt once per process and
+# shared by every Project and pool in it; one probe at a time; the warning said once.
+_MEMO: dict[str, tuple[Verdict, bool]] = {}  # key -> (verdict, definite: not a timeout)
+_KEPT: dict[tuple[str, Path], Verdict] = {}  # (key, cache root) -> the verdict as that cache holds it
 _LOCK = threading.Lock()
 _ANNOUNCED: set[str] = set()
 
@@ -230,35 +236,52 @@ def _write(root: Path, found: Verdict) -> Verdict:
     return dataclasses.replace(found, path=str(path))
 
 
-def known_verdict(root: Path | None = None) -> Verdict | None:
-    """The verdict this process or the cache under ``root`` already has; never probes."""
-    key = probe_key()
-    found = _MEMO.get(key)
-    if found is None and root is not None:
-        found = _read(root, key)
-    return found
+def _read_any(roots: Iterable[Path], key: str) -> Verdict | None:
+    return next((found for root in roots if (found := _read(root, key)) is not None), None)
 
 
-def verdict(root: Path, *, timeout: float | None = None) -> Verdict:
-    """This host's verdict: from memory, from ``<root>/probe/``, else by probing (then cached)."""
+def known_verdict(root: Path | None = None, layers: Sequence[Path] = ()) -> Verdict | None:
+    """The verdict this process, the cache under ``root`` or a read-only cache in ``layers`` already has;
+    never probes."""
     key = probe_key()
-    found = _MEMO.get(key)
-    if found is not None:
-        return found
+    memo = _MEMO.get(key)
+    if memo is not None:
+        return memo[0]
+    return _read_any([*layers, *([root] if root is not None else [])], key)
+
+
+def verdict(root: Path, *, timeout: float | None = None, layers: Sequence[Path] = ()) -> Verdict:
+    """This host's verdict: from memory, from ``<root>/probe/`` or a read-only cache's, else by probing
+    (then kept in ``root``, or in memory where it cannot be written).
+
+    A process that uses several caches probes once: a definite verdict it already holds is written
+    into each further cache it is asked about, so ``modelfix doctor`` shows this cache's file.
+    """
+    key = probe_key()
+    kept = _KEPT.get((key, root))
+    if kept is not None and key in _MEMO:
+        return kept
     with _LOCK:
-        found = _MEMO.get(key) or _read(root, key)
-        if found is None:
+        memo = _MEMO.get(key)
+        found = _read_any([*layers, root], key)
+        definite = True
+        if found is None and memo is not None:
+            found, definite = memo
+            if definite:
+                found = _write(root, found)
+        elif found is None:
             with _probe_lock(root, key):
                 found = _read(root, key)  # another process may have probed meanwhile
                 if found is None:
                     found, definite = _probe(key, _timeout(timeout))
                     if definite:
                         found = _write(root, found)
-        _MEMO[key] = found
+        _MEMO[key] = (found, definite)
+        _KEPT[key, root] = found
     return found
 
 
-def use_repack(setting: str, root: Path) -> bool:
+def use_repack(setting: str, root: Path, layers: Sequence[Path] = ()) -> bool:
     """Whether a load with ``repack = setting`` repacks its weights; ``auto`` follows the verdict.
 
     Raises :class:`~modelfix.errors.BackendError` where the probe found that
@@ -266,7 +289,7 @@ def use_repack(setting: str, root: Path) -> bool:
     """
     if setting != "auto":
         return setting == "on"
-    found = verdict(root)
+    found = verdict(root, layers=layers)
     if found.repack == "broken":
         slow = " If this machine is only slow, raise MODELFIX_PROBE_TIMEOUT." if "no answer" in found.crashed else ""
         raise BackendError(
@@ -295,7 +318,7 @@ def repack_text(setting: str, found: Verdict | None) -> str:
     return found.summary()
 
 
-def describe(root: Path, *, probe_now: bool = False) -> str:
+def describe(root: Path, *, probe_now: bool = False, layers: Sequence[Path] = ()) -> str:
     """How loads in this environment repack, in words: ``MODELFIX_REPACK``, else the verdict.
 
     ``probe_now`` probes a host that has no verdict yet (once per machine);
@@ -307,7 +330,7 @@ def describe(root: Path, *, probe_now: bool = False) -> str:
     if setting != "auto":
         return repack_text(setting, None)
     try:
-        return repack_text("auto", verdict(root) if probe_now else known_verdict(root))
+        return repack_text("auto", verdict(root, layers=layers) if probe_now else known_verdict(root, layers))
     except BackendError as exc:
         return f"backend probe failed: {exc}"
 
@@ -378,7 +401,7 @@ def _probe(key: str, timeout: float) -> tuple[Verdict, bool]:
         model = write_probe_model(Path(folder) / "probe-Q4_0.gguf")
         on = _run_child(model, repack=True, timeout=timeout)
         outcomes = [on]
-        if on.kind != "ok" and on.kind != "error":
+        if on.kind not in {"ok", "error"}:
             outcomes.append(_run_child(model, repack=False, timeout=timeout))
     seconds = round(time.perf_counter() - started, 3)
     last = outcomes[-1]
@@ -388,7 +411,7 @@ def _probe(key: str, timeout: float) -> tuple[Verdict, bool]:
             f"modelfix.probe) failed: {last.detail}. Set MODELFIX_REPACK=on (llama.cpp's default) or off to load "
             f"without probing, and report this with the output of `modelfix doctor`."
         )
-    crashed = "; ".join(o.describe(r) for o, r in zip(outcomes, (True, False)) if o.kind != "ok")
+    crashed = "; ".join(o.describe(r) for o, r in zip(outcomes, (True, False), strict=False) if o.kind != "ok")
     repack = "on" if on.kind == "ok" else "off" if last.kind == "ok" else "broken"
     definite = all(o.kind != "timeout" for o in outcomes)
     log.debug("backend probe: %s in %.2f s (%s)", repack, seconds, crashed or "no crash")

@@ -16,7 +16,7 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
     @pytest.mark.model(NAMES, **settings)
                                 several names = the test runs once per model (ids = names);
                                 require_gpu=True skips on builds without GPU offload
-    pytest_report_header        lockfile, cache dir, models, GPU offload; the backend probe's
+    pytest_report_header        lockfile, cache dir (and read-only caches), models, GPU offload; the backend probe's
                                 verdict (probing, once per machine, when the lockfile has models)
     pytest_terminal_summary     models used, bytes fetched, cache hits, load times, pool and
                                 cache evictions: only if a test used a fixture (see
@@ -24,7 +24,9 @@ model (or the header asks llama.cpp about GPU offload, only when a lockfile exis
 
 Options come, highest first, from the command line, the ini file, then the
 core's own environment variables and defaults; they are read once, into
-:class:`PluginOptions`.
+:class:`~modelfix._pytest_options.PluginOptions`, which builds the run's one
+:class:`~modelfix.Project`: the session object is glue over it (what the fixtures
+fetched and loaded, for the summary; offline errors said once).
 
 Under pytest-xdist every worker shares the store (one download per blob, the
 store's lock sees to that) and keeps its own handles and counters; each worker
@@ -47,26 +49,27 @@ are also pytest hooks here, named ``pytest_modelfix_*`` as pytest requires, so a
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ._pytest_breadcrumbs import Breadcrumbs, crash_report
 from ._pytest_hooks import HookBridge, PytestHookSpecs
-from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports
+from ._pytest_options import ModelfixWarning, PluginOptions, add_options, warn_budget
+from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports, worker_output
 from .errors import LockError, ModelfixError, OfflineError
 from .events import events
 
 if TYPE_CHECKING:
-    import llama_cpp
+    import pluggy
 
     from .config import CacheSettings
+    from .handle import PooledLlama
     from .lockfile import Lockfile
+    from .project import Project
     from .resolver import Materialized
 
 __all__ = ["PluginOptions", "ModelfixSession", "ModelfixWarning", "modelfix", "modelfix_model", "llama"]
@@ -79,134 +82,20 @@ MARKER = "model"
 _MARKER_ONLY = ("require_gpu",)
 
 
-class ModelfixWarning(pytest.PytestWarning):
-    """A modelfix configuration that will likely misbehave (e.g. budget × workers > RAM)."""
-
-
-# --- options -------------------------------------------------------------------------------
-
-_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    # (name, ini type, help, extra argparse keywords)
-    (
-        "lock",
-        "string",
-        "model-lock.toml to use (default: nearest upward from the invocation folder)",
-        {"metavar": "PATH"},
-    ),
-    ("cache_dir", "string", "store root (default: $MODELFIX_CACHE_DIR or the user cache folder)", {"metavar": "DIR"}),
-    (
-        "offline",
-        "bool",
-        "never touch the network: a model missing from the cache fails its tests",
-        {"action": "store_true", "default": None},
-    ),
-    (
-        "gpu_layers",
-        "string",
-        "n_gpu_layers for every handle (default: all where the build offloads, else 0)",
-        {"metavar": "N"},
-    ),
-    ("memory_budget", "string", "pool memory budget per process: bytes, 8GB, auto or inf", {"metavar": "SIZE"}),
-    (
-        "preload",
-        "bool",
-        "load every model the collected tests mark before the first test runs",
-        {"action": "store_true", "default": None},
-    ),
-    (
-        "strict",
-        "bool",
-        "make require_gpu=True an error (not a skip) on builds without GPU offload",
-        {"action": "store_true", "default": None},
-    ),
-)
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("modelfix", "modelfix: pinned llama.cpp models")
-    for name, ini_type, text, extra in _OPTIONS:
-        flag = "--modelfix-" + name.replace("_", "-")
-        group.addoption(flag, dest=f"modelfix_{name}", help=text, **extra)
-        parser.addini(f"modelfix_{name}", f"{text} ({flag})", type=ini_type, default=None)
-
-
-@final
-@dataclass(frozen=True)
-class PluginOptions:
-    """The plugin's options, resolved once: command line > ini > (the core's env and defaults).
-
-    ``None`` means "not set here": the core then reads its ``MODELFIX_*``
-    variables and defaults when it is used.
-    """
-
-    lock: Path | None = None
-    cache_dir: Path | None = None
-    offline: bool | None = None
-    gpu_layers: int | None = None
-    memory_budget: str | None = None
-    preload: bool = False
-    strict: bool = False
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> PluginOptions:
-        def get(name: str) -> tuple[Any, Path]:
-            # A relative path is relative to where it was written: the invocation
-            # folder for the command line, the ini file's folder for the ini.
-            value = config.getoption(f"modelfix_{name}")
-            if value is not None:
-                return value, config.invocation_params.dir
-            base = config.inipath.parent if config.inipath else config.rootpath
-            value = config.getini(f"modelfix_{name}")
-            return (value if value not in ("", None) else None), base
-
-        def path(name: str) -> Path | None:
-            value, base = get(name)
-            return None if value is None else base / Path(os.path.expanduser(value))
-
-        layers, _ = get("gpu_layers")
-        try:
-            gpu_layers = None if layers is None else int(layers)
-        except ValueError:
-            raise pytest.UsageError(
-                f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}"
-            ) from None
-        budget, _ = get("memory_budget")
-        if budget is not None:
-            from .settings import parse_memory_budget
-
-            try:
-                parse_memory_budget(budget)
-            except ValueError as exc:
-                raise pytest.UsageError(f"--modelfix-memory-budget / modelfix_memory_budget: {exc}") from None
-        return cls(
-            lock=path("lock"),
-            cache_dir=path("cache_dir"),
-            offline=get("offline")[0],
-            gpu_layers=gpu_layers,
-            memory_budget=budget,
-            preload=bool(get("preload")[0]),
-            strict=bool(get("strict")[0]),
-        )
-
-    def cache_settings(self) -> CacheSettings:
-        from .config import CacheSettings
-
-        return CacheSettings.resolve(cache_dir=self.cache_dir, offline=self.offline)
-
-    def frontend(self) -> dict[str, Any]:
-        """The load settings this front end contributes (its layer in the settings precedence)."""
-        return {"n_gpu_layers": self.gpu_layers}
+    add_options(parser)
 
 
 # --- the session object --------------------------------------------------------------------
 
 
 class ModelfixSession:
-    """What the ``modelfix`` fixture gives a test: the lockfile and its models, ready.
+    """What the ``modelfix`` fixture gives a test: the run's :class:`~modelfix.Project` and its models.
 
     ``path``/``files`` fetch what is missing; ``load`` hands out a handle from
     the shared pool, with this run's options (``--modelfix-gpu-layers``, ...)
-    as the front-end layer of the settings.
+    as the front-end layer of the settings. Around each, the events the core emits
+    are this run's to report (:class:`~modelfix._pytest_report.Recorder`).
     """
 
     def __init__(self, config: pytest.Config, options: PluginOptions) -> None:
@@ -214,20 +103,22 @@ class ModelfixSession:
         self.recorder = Recorder(config)
         self.stats = self.recorder.counters
         self._config = config
-        self._lockfile: Lockfile | None = None
+        self._project: Project | None = None
         self._bridge: HookBridge | None = None
         self._pool_configured = False
         self._on_disk: set[str] = set()
-        self._model: str | None = None  # the model of the latest fetch or load
-        self._offline = OfflineNotes()
+        self.model: str | None = None  # the model of the latest fetch or load
+        self.offline = OfflineNotes()
         worker = getattr(config, "workerinput", {})
         self.breadcrumbs = Breadcrumbs(worker.get("modelfix_breadcrumbs"), worker.get("workerid"))
         self.crashes: list[str] = []  # the controller's lines on workers that went down
 
     @property
-    def lockfile(self) -> Lockfile:
-        if self._lockfile is None:
-            from .lockfile import LOCK_NAME, Lockfile, find_lockfile
+    def project(self) -> Project:
+        """The run's Project: the lockfile found from the invocation folder (or named by
+        ``--modelfix-lock``), with this run's cache and load options."""
+        if self._project is None:
+            from .lockfile import LOCK_NAME, find_lockfile
 
             start = self._config.invocation_params.dir
             try:
@@ -237,8 +128,12 @@ class ModelfixSession:
                     f"no {LOCK_NAME} in {start} or any parent folder. Create one with `modelfix add NAME SOURCE`, "
                     "or pass --modelfix-lock PATH (or set modelfix_lock in the ini file)."
                 ) from None
-            self._lockfile = Lockfile.load(path)
-        return self._lockfile
+            self._project = self.options.project(Path(os.path.abspath(path)))
+        return self._project
+
+    @property
+    def lockfile(self) -> Lockfile:
+        return self.project.lockfile
 
     def explain(self, error: ModelfixError, where: str) -> tuple[str, bool]:
         """The report of ``error`` for the test (or step) ``where``, and whether it is the full message.
@@ -248,7 +143,7 @@ class ModelfixSession:
         """
         if not isinstance(error, OfflineError):
             return f"{type(error).__name__}: {error}", True
-        return self._offline.note(str(error), self._model or "the model", where)
+        return self.offline.note(str(error), self.model or "the model", where)
 
     def default_model(self) -> str:
         """The model of a test without a marker: the lockfile's only one."""
@@ -264,48 +159,34 @@ class ModelfixSession:
 
     def files(self, name: str) -> Materialized:
         """Every file of model ``name`` in its view, fetched if missing."""
-        from . import resolver
-
         with self._working_on(name):
-            return resolver.files(name, self.lockfile, settings=self.options.cache_settings())
+            return self.project.files(name)
 
     def path(self, name: str) -> Path:
         """The first model file of ``name`` (split siblings beside it)."""
         return self.files(name).model_path
 
-    def load(self, name: str, **settings: Any) -> llama_cpp.Llama:
+    def load(self, name: str, **settings: Any) -> PooledLlama:
         """A ready handle from the shared pool (the same one for the same model and settings)."""
-        from . import pool
-
         with self._working_on(name):
-            return pool.load(
-                name,
-                self.lockfile,
-                frontend=self.options.frontend(),
-                cache_settings=self.options.cache_settings(),
-                **settings,
-            )
+            return self.project.load(name, **settings)
 
     def loaded(self) -> list[Any]:
         """What the pool holds now."""
-        from . import pool
-
-        return pool.loaded()
+        return self.project.loaded()
 
     @contextlib.contextmanager
     def _working_on(self, name: str) -> Iterator[None]:
         """Around each fetch or load for a test: what the core reports meanwhile is this run's."""
         self.lockfile.entry(name)  # a name not in the lockfile fails here, and is not "used"
-        self._model = name
+        self.model = name
         self.stats.use(name)
         if self._bridge is None:
             # Late on purpose: by the first model, collection has imported every conftest.py.
             self._bridge = HookBridge(self._config)
             self._bridge.register()
         if not self._pool_configured and self.options.memory_budget is not None:
-            from . import pool
-
-            pool.configure(memory_budget=self.options.memory_budget)
+            self.project.pool.configure(memory_budget=self.options.memory_budget)
         self._pool_configured = True
         self.breadcrumbs.loading(name)
         with self.recorder.recording():
@@ -359,8 +240,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if _is_controller(config):
         import tempfile
 
-        config.pluginmanager.register(WorkerReports(session.recorder.progress, session._offline), "modelfix-workers")
-        _warn_budget(config, session.options, int(config.option.numprocesses))
+        config.pluginmanager.register(WorkerReports(session.recorder.progress, session.offline), "modelfix-workers")
+        warn_budget(config, session.options, int(config.option.numprocesses))
         config.stash[_BREADCRUMBS] = tempfile.mkdtemp(prefix="modelfix-xdist-")
 
 
@@ -390,52 +271,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
     finally:
         crumbs.test_finished()
-
-
-def _warn_budget(config: pytest.Config, options: PluginOptions, workers: int) -> None:
-    from .eviction import format_size, parse_size
-
-    raw = options.memory_budget or os.environ.get("MODELFIX_MEMORY_BUDGET")
-    # `auto` is sized by each worker against what it sees, `inf` asks for no
-    # limit: only a fixed number can be multiplied out here.
-    if not raw or raw.strip().lower() == "auto":
-        return
-    try:
-        budget = parse_size(raw, "memory budget")
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return  # a bad budget is reported by the pool, at the first load
-    if not math.isinf(budget) and budget * workers > ram:
-        setting, (filename, line) = _budget_origin(config, raw)
-        warning = ModelfixWarning(
-            f"modelfix memory budget {format_size(budget)} ({setting}) × {workers} xdist workers = "
-            f"{format_size(budget * workers)}, more than this machine's {format_size(ram)} of RAM: "
-            f"lower it to {format_size(ram // workers)} or use fewer workers."
-        )
-        _warn_at(config, warning, filename, line)
-
-
-def _budget_origin(config: pytest.Config, raw: str) -> tuple[str, tuple[str, int]]:
-    """Where the budget was set: (the setting as the user wrote it, (file, line) for the warning's location)."""
-    if config.getoption("modelfix_memory_budget") is not None:
-        return f"--modelfix-memory-budget {raw}", ("<command line>", 1)
-    if config.inipath is not None and config.getini("modelfix_memory_budget") not in ("", None):
-        lines = config.inipath.read_text(encoding="utf-8", errors="replace").splitlines()
-        line = next((i for i, text in enumerate(lines, 1) if text.strip().startswith("modelfix_memory_budget")), 1)
-        return f"modelfix_memory_budget in {config.inipath.name}", (str(config.inipath), line)
-    return f"MODELFIX_MEMORY_BUDGET={raw}", ("<environment>", 1)
-
-
-def _warn_at(config: pytest.Config, warning: Warning, filename: str, line: int) -> None:
-    """``config.issue_config_time_warning(warning)``, located at ``filename:line`` rather than in this plugin.
-
-    pytest takes a configuration warning's location from the frame that issues it, and shows
-    that frame's file, line and source text. So the call is made from code compiled under the
-    user's file name and line: the summary then points at their setting (an ini line, or
-    ``<command line>``), and the warnings filters (-W, filterwarnings) apply as to any warning.
-    """
-    call = compile("\n" * (line - 1) + "issue(warning, stacklevel=2)", filename, "exec")
-    exec(call, {"issue": config.issue_config_time_warning, "warning": warning})
 
 
 # --- marker, parametrisation, preload --------------------------------------------------------
@@ -530,16 +365,17 @@ def modelfix_model(request: pytest.FixtureRequest, modelfix: ModelfixSession) ->
 
 
 @pytest.fixture
-def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[llama_cpp.Llama]:
+def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_model: str) -> Iterator[PooledLlama]:
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
-    from . import pool
+    from .handle import reset_handle
+    from .pool import record
     from .settings import repeatable_seed
 
     _, settings, _ = _marker(request.node)
     handle = modelfix.load(modelfix_model, **settings)
     # The handle's effective seed, as the pool resolved it; unset (llama.cpp's "random")
     # becomes 0 so that sampled outputs repeat from test to test.
-    pool.reset_handle(handle, repeatable_seed(pool.record(handle).settings.seed))
+    reset_handle(handle, repeatable_seed(record(handle).settings.seed))
     yield handle
 
 
@@ -547,20 +383,24 @@ def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_mo
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     state = _session(item.config)
+    error = call.excinfo.value if call.excinfo is not None else None
     # A modelfix error names the model and the fix; a traceback through the core only hides that.
-    if call.excinfo is not None and call.excinfo.errisinstance(ModelfixError) and not item.config.option.fulltrace:
-        error = call.excinfo.value
+    if isinstance(error, ModelfixError) and not item.config.option.fulltrace:
         report.longrepr = state.explain(error, item.nodeid)[0]
         if _is_worker(item.config) and isinstance(error, OfflineError):
             # For the controller: each worker shows the first it meets in full; the run, once.
             message = str(error)
-            report.modelfix_offline = [message, state._model or "the model", state._offline.first(message)]
+            # xdist sends the report, and this with it, to the controller
+            offline = [message, state.model or "the model", state.offline.first(message)]
+            report.modelfix_offline = offline  # type: ignore[attr-defined]  # an attribute of ours on the report
     if _is_worker(item.config) and (lines := state.recorder.progress.held()):
-        report.modelfix_lines = lines  # xdist sends the report, and this with it, to the controller
+        report.modelfix_lines = lines  # type: ignore[attr-defined]  # xdist sends the report, and this with it
 
 
 def pytest_report_header(config: pytest.Config) -> str | list[str]:
@@ -569,27 +409,38 @@ def pytest_report_header(config: pytest.Config) -> str | list[str]:
         lock = state.lockfile
     except ModelfixError as exc:
         return f"modelfix: {exc}"
-    root = None
+    cache_settings = None
     try:
-        cache_settings = state.options.cache_settings()
+        cache_settings = state.project.cache_settings
     except ModelfixError as exc:
         cache, offline = f"unusable ({exc})", ""
     else:
-        cache, offline = str(cache_settings.root), ", offline" if cache_settings.offline else ""
-        root = cache_settings.root
+        cache, offline = _cache_text(cache_settings), ", offline" if cache_settings.offline else ""
     names = ", ".join(lock.entries) or "none"
     line = (
         f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
         f"GPU offload: {'yes' if _gpu_offload() else 'no'}"
     )
-    return [line, f"modelfix: llama.cpp {_backend(root)}"] if lock.entries and root is not None else line
+    if not lock.entries or cache_settings is None:
+        return line
+    return [line, f"modelfix: llama.cpp {_backend(cache_settings)}"]
 
 
-def _backend(root: Path) -> str:
+def _cache_text(settings: CacheSettings) -> str:
+    """The store and the read-only caches in front of it: ``~/.cache/modelfix, read-only caches /opt/models``."""
+    from .layers import unwritable
+
+    why = unwritable(settings.root)
+    store = f"{settings.root} (read-only here: {why})" if why else str(settings.root)
+    layers = ", ".join(map(str, settings.layers))
+    return f"{store}, read-only caches {layers}" if layers else store
+
+
+def _backend(settings: CacheSettings) -> str:
     """The backend probe's verdict, as the run's loads will follow it (probed here, once per machine)."""
     from . import probe
 
-    return probe.describe(root, probe_now=True)
+    return probe.describe(settings.root, probe_now=True, layers=settings.layers)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -605,8 +456,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _is_worker(session.config):
         state = _session(session.config)
-        session.config.workeroutput["modelfix"] = state.stats.as_dict()
-        session.config.workeroutput["modelfix_lines"] = state.recorder.progress.held()
+        worker_output(session.config)["modelfix"] = state.stats.as_dict()
+        worker_output(session.config)["modelfix_lines"] = state.recorder.progress.held()
 
 
 @pytest.hookimpl(optionalhook=True)

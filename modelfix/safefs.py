@@ -13,6 +13,9 @@ nothing here follows a link inside the cache, and nothing writes through an exis
     replace(path, data)          write a fresh temporary file beside ``path``, then rename it
     lock_file(path)              a descriptor to flock: a link planted at its name is removed
                                  (both relative to their folder's descriptor)
+    with writing(path): ...      an OSError met writing there becomes the CacheError that names
+                                 the path and the fix (:func:`cache_error`: disk full, or no right
+                                 to write: point MODELFIX_CACHE_DIR elsewhere)
 
 Modes: files are created 0o666 and folders 0o777, so that the umask decides (a team's umask
 002 keeps group write; a private 077 keeps everything private); :func:`umask` reads the umask
@@ -28,12 +31,16 @@ import os
 import stat
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CacheError
+from .errors import CacheError, PlantedError
 
 __all__ = [
     "PlantedError",
+    "planted",
+    "writing",
+    "cache_error",
     "umask",
     "folder",
     "open_folder",
@@ -56,10 +63,6 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
-class PlantedError(CacheError):
-    """Something in the cache is not what modelfix makes there: a link, or not a file or folder."""
-
-
 def planted(path: str | os.PathLike[str], what: str = "a symbolic link") -> PlantedError:
     return PlantedError(
         f"{path} is {what}, which modelfix never makes in its cache: another user or program put it "
@@ -68,13 +71,34 @@ def planted(path: str | os.PathLike[str], what: str = "a symbolic link") -> Plan
     )
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Write ``path`` (or under it) in the cache: an OSError becomes the :func:`cache_error` for it."""
+    try:
+        yield
+    except OSError as exc:
+        raise cache_error(exc, exc.filename or path) from None
+
+
+def cache_error(exc: OSError, path: str | os.PathLike[str], *, label: str = "") -> CacheError:
+    """The :class:`CacheError` for ``exc``, met writing ``path`` in the cache: where, why, what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (
+            "Make room in the cache (`modelfix cache prune --max-size SIZE`, `modelfix cache gc`) or set "
+            "MODELFIX_CACHE_DIR (or --cache-dir) to a folder on a disk with room."
+        )
+    else:
+        fix = "Point the cache elsewhere: set MODELFIX_CACHE_DIR (or --cache-dir) to a folder you can write to."
+    where = f"{label}: " if label else ""
+    return CacheError(f"{where}cannot write {path}: {exc.strerror or exc}. {fix}")
+
+
 def umask() -> int:
     """The process's umask, read without setting it (os.umask would, for every thread at once)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
     with _UMASK_LOCK:
         old = os.umask(0o022)
         os.umask(old)

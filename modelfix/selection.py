@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import SourceError
@@ -91,6 +92,7 @@ def model_groups(paths: list[str], *, repo: str = "") -> list[ModelGroup]:
         if not _is_model_name(path):
             continue
         folder, name = posixpath.split(path)
+        key: tuple[str, ...]
         if m := SPLIT_RE.fullmatch(name):
             key = ("split", folder, m["prefix"], m["count"])
             index, join = int(m["index"]), None
@@ -205,7 +207,7 @@ def select_file(paths: list[str], path: str, *, repo: str = "") -> ModelGroup:
     )
 
 
-def split_siblings(name: str, exists) -> list[str]:
+def split_siblings(name: str, exists: Callable[[str], bool]) -> list[str]:
     """All parts of the split set ``name`` belongs to, or ``[name]``.
 
     ``exists(candidate) -> bool`` probes for a sibling; used for URL and
@@ -239,7 +241,7 @@ def _pick_mmproj(paths: list[str], model: ModelGroup, tag: str | None) -> str | 
 
     def shared_depth(path: str) -> int:
         depth = 0
-        for a, b in zip(posixpath.dirname(path).split("/"), model_dir):
+        for a, b in zip(posixpath.dirname(path).split("/"), model_dir, strict=False):
             if a != b:
                 break
             depth += 1

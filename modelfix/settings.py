@@ -4,7 +4,8 @@ A handle's *load settings* are the keyword arguments of ``llama_cpp.Llama``
 that modelfix exposes. Each is taken from the first layer that sets it::
 
     1. call        modelfix.load("chat", n_ctx=4096)
-    2. frontend    options a front end passes (pytest --modelfix-gpu-layers, %load_model --n-ctx)
+    2. frontend    options a front end passes (pytest --modelfix-gpu-layers, %load_model --n-ctx):
+                   the ``load_options`` of its :class:`~modelfix.Project`
     3. env         MODELFIX_GPU_LAYERS, MODELFIX_N_CTX, MODELFIX_REPACK, ... (read at every load)
     4. lockfile    [models.chat] n_ctx = 2048 (reproducibility settings only)
     5. default     llama_cpp.Llama's own defaults, except n_gpu_layers (all
@@ -37,6 +38,8 @@ from typing import Any
 
 from .errors import SettingsError
 from .eviction import parse_size
+from .hooks import plugin_manager
+from .setting_values import CONVERTERS, LLAMA_DEFAULT_SEED, MAX_TOKENS, check_setting
 
 __all__ = [
     "LoadSettings",
@@ -54,8 +57,6 @@ __all__ = [
     "check_setting",
     "MAX_TOKENS",
 ]
-
-LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
 
 
 def repeatable_seed(seed: int) -> int:
@@ -114,117 +115,6 @@ class ResolvedSettings:
         return [(name, getattr(self.settings, name), self.origins[name]) for name in setting_names()]
 
 
-# --- value checking ----------------------------------------------------------
-# Each converter takes the raw value (already a Python object, or a string when
-# it comes from the environment) and returns the checked value or raises
-# ValueError with what was expected.
-
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-# Far above any context or batch llama.cpp can allocate on real hardware, far below sizes that
-# overflow its int32 fields or ask for petabytes: a bigger value is a typo or a tampered lockfile.
-MAX_TOKENS = 2**24
-
-
-def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    expected = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-
-    def convert(value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(expected)
-        if maximum is not None and value > maximum:
-            raise ValueError(expected)
-        return value
-
-    return convert
-
-
-def _optional_int(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto", "none")):
-        return None
-    return _int(1)(value)
-
-
-def _float(value: Any) -> float:
-    try:
-        number = float(value) if isinstance(value, str) else value
-    except ValueError:
-        number = None
-    if not isinstance(number, (int, float)) or isinstance(number, bool):
-        raise ValueError("a number")
-    try:
-        number = float(number)
-    except OverflowError:  # an int beyond any float
-        raise ValueError("a finite number") from None
-    if not math.isfinite(number):  # nan and inf would reach llama.cpp's RoPE and poison every output
-        raise ValueError("a finite number")
-    return number
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
-    if not isinstance(value, bool):
-        raise ValueError("true or false (1/0, yes/no, on/off in the environment)")
-    return value
-
-
-def _optional_str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError("a string")
-    return value
-
-
-def _repack(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text in ("auto", "on", "off"):
-        return text
-    raise ValueError('"auto" (follow the backend probe), "on" or "off"')
-
-
-def _split(value: Any) -> tuple[float, ...] | None:
-    if value is None or value == "":
-        return None
-    parts = value.split(",") if isinstance(value, str) else value
-    try:
-        return tuple(_float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError('a list of numbers, each finite ("3,1" in the environment)') from None
-
-
-_CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
-    {
-        "n_gpu_layers": _int(-1),
-        "main_gpu": _int(0),
-        "tensor_split": _split,
-        "flash_attn": _bool,
-        "offload_kqv": _bool,
-        "n_ctx": _int(0, MAX_TOKENS),
-        "n_batch": _int(1, MAX_TOKENS),
-        "n_ubatch": _int(1, MAX_TOKENS),
-        "n_threads": _optional_int,
-        "n_threads_batch": _optional_int,
-        "use_mmap": _bool,
-        "use_mlock": _bool,
-        "seed": _int(-1, LLAMA_DEFAULT_SEED),
-        "rope_freq_base": _float,
-        "rope_freq_scale": _float,
-        "chat_format": _optional_str,
-        "embedding": _bool,
-        "mmproj": _bool,
-        "verbose": _bool,
-        "repack": _repack,
-    }
-)
 # Hardware settings read best without the "n_" (MODELFIX_GPU_LAYERS, the name
 # users know from the docs), while the lockfile's error for a misplaced
 # setting suggests MODELFIX_<NAME>: both spellings work, the first is the one shown.
@@ -252,14 +142,8 @@ def env_var(name: str) -> str:
     return _ENV_ALIASES.get(name, (f"MODELFIX_{name.upper()}",))[0]
 
 
-def check_setting(name: str, value: Any) -> Any:
-    """``value`` of load setting ``name`` as a load takes it, else ValueError saying what is
-    expected (e.g. ``an integer >= 0 and <= 16777216``); the lockfile reader checks its settings here."""
-    return _CONVERTERS[name](value)
-
-
 def _check(name: str, value: Any, where: str) -> Any:
-    convert = _CONVERTERS.get(name)
+    convert = CONVERTERS.get(name)
     if convert is None:
         raise SettingsError(f"unknown setting {name!r} ({where}). Valid settings: {', '.join(setting_names())}.")
     try:
@@ -313,8 +197,6 @@ def resolve_settings(
         value, origin = next((layer[setting] for layer in layers if setting in layer), (None, "default"))
         values[setting] = _default(setting) if origin == "default" else value
         origins[setting] = origin
-
-    from .hooks import plugin_manager
 
     adjusted = dict(values)
     plugin_manager().hook.modelfix_adjust_settings(name=name, settings=adjusted)

@@ -46,7 +46,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SnapshotError
+from .errors import SnapshotError, SnapshotMismatch
+from .lockfile import content_key
 from .snapshot_file import (
     OUTPUT_SETTINGS,
     SNAPSHOT_DIR,
@@ -63,7 +64,9 @@ from .snapshot_file import (
 )
 
 if TYPE_CHECKING:
+    from .config import CacheSettings
     from .lockfile import Entry, Lockfile
+    from .project import Project
     from .settings import LoadSettings
 
 __all__ = [
@@ -92,14 +95,13 @@ __all__ = [
 _HASH = 12  # sha256 and revision characters shown in a message
 
 
-def recording_of(handle: Any, entry: Entry, *, seed: int | None = None) -> Recording:
+def recording_of(handle: Any, entry: Entry, cache: CacheSettings, *, seed: int | None = None) -> Recording:
     """The recording of what ``handle`` (a pool handle of ``entry``'s model) computes now.
 
-    ``seed`` is the seed the caller reset the handle to, where it differs from
-    the handle's setting (the pytest fixtures turn "random" into 0).
+    ``cache`` is where the handle's project keeps the backend probe's verdict (for the
+    runtime's repacking); ``seed`` is the seed the caller reset the handle to, where it
+    differs from the handle's setting (the pytest fixtures turn "random" into 0).
     """
-    from .resolver import content_key
-
     resident = _resident(handle)
     if resident.content_key != content_key(entry):
         raise SnapshotError(
@@ -109,7 +111,7 @@ def recording_of(handle: Any, entry: Entry, *, seed: int | None = None) -> Recor
     settings = resident.settings if seed is None else dataclasses.replace(resident.settings, seed=seed)
     pin = Pin(entry.source, entry.revision, tuple((f.path, f.sha256) for f in entry.files))
     chosen = tuple((name, getattr(settings, name)) for name in OUTPUT_SETTINGS)
-    return Recording(entry.name, pin, tuple((k, v) for k, v in chosen if v is not None), runtime_of(settings))
+    return Recording(entry.name, pin, tuple((k, v) for k, v in chosen if v is not None), runtime_of(settings, cache))
 
 
 def _resident(handle: Any) -> Any:
@@ -132,16 +134,16 @@ def _system_info() -> str:
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
 
 
-def runtime_of(settings: LoadSettings) -> Runtime:
-    """This process's runtime for a handle with these settings (the backend follows its GPU layers)."""
+def runtime_of(settings: LoadSettings, cache: CacheSettings) -> Runtime:
+    """This process's runtime for a handle with these settings (the backend follows its GPU layers),
+    the repacking as the backend probe's verdict in ``cache`` (or its read-only caches) decides."""
     import llama_cpp
 
-    from .config import cache_root
     from .probe import use_repack
 
     offload = settings.n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
     # After a load the backend probe's verdict is in memory: no probe runs here.
-    repack = "on" if use_repack(settings.repack, cache_root()) else "off"
+    repack = "on" if use_repack(settings.repack, cache.root, cache.layers) else "off"
     return Runtime(llama_cpp.__version__, backend_name(_system_info(), offload=offload), repack, _system_info())
 
 
@@ -175,14 +177,6 @@ def judge(recorded: Snapshot | None, now: Snapshot, *, update: bool) -> str:
     if recorded.value == now.value:
         return "updated" if update and recorded.recording != now.recording else "passed"
     return "updated" if update else "failed"
-
-
-class SnapshotMismatch(AssertionError):
-    """A value is not what its snapshot recorded (or nothing is recorded): a failed check, not an error."""
-
-    def _render_traceback_(self) -> list[str]:
-        # IPython: the message says everything; the frames inside modelfix would only bury it.
-        return [f"SnapshotMismatch: {self}"]
 
 
 def explain(old: Recording, new: Recording) -> list[str]:
@@ -240,9 +234,10 @@ def runtime_changes(old: Runtime, new: Runtime) -> list[str]:
 def _features(build: str) -> dict[str, str]:
     """``CPU : SSE3 = 1 | AVX2 = 1 | ...`` as {"CPU SSE3": "1", "CPU AVX2": "1", ...}."""
     found, section = {}, ""
-    for part in (p.strip() for p in build.split("|")):
-        if " : " in part:
-            section, _, part = part.partition(" : ")
+    for item in (p.strip() for p in build.split("|")):
+        part = item
+        if " : " in item:
+            section, _, part = item.partition(" : ")
         if part:
             name, _, value = part.partition(" = ")
             found[f"{section} {name}".strip()] = value
@@ -322,9 +317,9 @@ class Snapshots:
     ``pytest --modelfix-snapshot-update`` writes.
     """
 
-    def __init__(self, path: Path, lock: Lockfile | str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: Path, project: Project) -> None:
         self.file = SnapshotFile(path)
-        self._lock = lock
+        self._project = project
 
     @property
     def path(self) -> Path:
@@ -332,10 +327,8 @@ class Snapshots:
 
     def check(self, name: str, llm: Any, value: Any, *, update: bool = False) -> str:
         """Record ``value`` as ``name`` (what ``llm`` answered), or compare it with the recording."""
-        from .lockfile import Lockfile
-
-        lockfile = self._lock if isinstance(self._lock, Lockfile) else Lockfile.find(self._lock)
-        now = Snapshot(Value.of(value), recording_of(llm, lockfile.entry(_resident(llm).name)))
+        entry = self._project.lockfile.entry(_resident(llm).name)
+        now = Snapshot(Value.of(value), recording_of(llm, entry, self._project.cache_settings))
         recorded = self.file.read().get(name)
         outcome = judge(recorded, now, update=update or recorded is None)
         if outcome == "failed":
@@ -358,15 +351,18 @@ class Snapshots:
 
 
 def snapshot(
-    name_or_path: str | os.PathLike[str], *, lock: Lockfile | str | os.PathLike[str] | None = None
+    name_or_path: str | os.PathLike[str], *, lock: Project | Lockfile | str | os.PathLike[str] | None = None
 ) -> Snapshots:
     """The snapshot file ``name_or_path``: a name is ``__snapshots__/NAME.modelfix.toml`` in the
     working folder, a path (with a ``/`` or ending ``.toml``) is that file. ``lock`` is the
-    lockfile the handles come from (default: ``MODELFIX_LOCK``, else the nearest ``model-lock.toml``).
+    lockfile the handles come from (default: ``MODELFIX_LOCK``, else the nearest ``model-lock.toml``),
+    or the :class:`~modelfix.Project` they were loaded by.
     """
+    from .project import Project, default_project
+
     text = os.fspath(name_or_path)
     if isinstance(name_or_path, os.PathLike) or text.endswith(".toml") or os.sep in text or "/" in text:
         path = Path(text)
     else:
         path = Path(SNAPSHOT_DIR) / f"{text}{SUFFIX}"
-    return Snapshots(path.absolute(), lock)
+    return Snapshots(path.absolute(), lock if isinstance(lock, Project) else default_project(lock))

@@ -30,20 +30,25 @@ import hashlib
 import os
 import posixpath
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
 
-from .errors import AuthError, NetworkError, OfflineError, SourceError, redact
+from .config import env_flag
+from .errors import AuthError, NetworkError, OfflineError, SourceError, SourceMissing, redact
 from .hooks import hookimpl, plugin_manager
-from .lockfile import MAX_FILE_SIZE, FilePin, Pins, check_relative_path
+from .lockfile import MAX_FILE_SIZE, FilePin, Pins
+from .pin_paths import check_relative_path
+from .retry import FetchPolicy, Transient, parse_retry_after, with_retries
 from .selection import select, select_file, split_siblings
+from .transports import Location, transport_for
+
+T = TypeVar("T")
 
 __all__ = [
     "Source",
@@ -68,21 +73,17 @@ _SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _REF_SLOT = "\x00ref\x00"  # stands in for a refs/pr/N revision while a Hub source is parsed
 
 
-@dataclass(frozen=True)
-class Location:
-    """Where a pinned file's bytes can be read: an fsspec URL and its options.
-
-    ``storage_options`` may carry a token: never log or print them.
-    """
-
-    url: str
-    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
 @runtime_checkable
 class Source(Protocol):
-    text: str
-    kind: str
+    """What a source string becomes: the built-in :class:`HubSource` and :class:`FsspecSource`, or a plugin's."""
+
+    @property
+    def text(self) -> str:
+        """The source string, as written in the lockfile."""
+
+    @property
+    def kind(self) -> str:
+        """A short name of the scheme (``hub``, ``url``, a plugin's own)."""
 
     def resolve(self) -> Pins: ...
 
@@ -92,9 +93,12 @@ class Source(Protocol):
 
 
 def parse_source(text: str, base_dir: Path | None = None) -> Source:
-    """Turn a source string into a :class:`Source`, asking every plugin."""
+    """Turn a source string into a :class:`Source`: every plugin is asked first, then the built-in forms."""
     text = text.strip()
-    source = plugin_manager().hook.modelfix_parse_source(text=text, base_dir=base_dir or Path.cwd())
+    base_dir = base_dir or Path.cwd()
+    source = plugin_manager().hook.modelfix_parse_source(text=text, base_dir=base_dir)
+    if source is None:
+        source = _BUILTIN.modelfix_parse_source(text=text, base_dir=base_dir)
     if source is None:
         raise SourceError(
             f"cannot understand source {text!r}. Expected ORG/REPO[:TAG][@REVISION], "
@@ -116,8 +120,6 @@ def hub_token() -> str | None:
     repository would lock and then fail to sync. It is sent to the Hub's origin
     only and never written anywhere.
     """
-    from .config import env_flag
-
     token = os.environ.get("HF_TOKEN", "").strip()
     if token or env_flag("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         return token or None
@@ -177,7 +179,8 @@ class HubSource:
         if special:
             body = body[: special.start(1)] + _REF_SLOT + body[special.end(1) :]
         repo_part, _, rest = body.partition("/")
-        name_part, slash, file = rest.partition("/")
+        name_part, slash, path = rest.partition("/")
+        file: str | None = path
         revision = None
         if slash and file and not name_part.count(":"):
             # hf://org/repo[@rev]/path/file.gguf
@@ -274,30 +277,30 @@ class HubSource:
         url = self.locate(FilePin(path, 0, "0" * 64), commit).url
         return self._call(lambda: hub_api.plain_file(url, size, hub_token(), self.repo, path), commit)
 
-    def _call(self, fn, revision: str):
+    def _call(self, fn: Callable[[], T], revision: str) -> T:
         """Run a Hub call, retrying what a retry can fix (5xx, 429, resets), with backoff.
 
         huggingface_hub does not retry its API calls (``model_info``, the tree listing), so a
         busy Hub or a flaky proxy would otherwise fail a whole ``modelfix lock``.
         """
-        return _with_retries(lambda: self._once(fn, revision), f"{self.repo}: ", hub_endpoint())
+        return with_retries(lambda: self._once(fn, revision), f"{self.repo}: ", hub_endpoint())
 
-    def _once(self, fn, revision: str):
+    def _once(self, fn: Callable[[], T], revision: str) -> T:
         """Run a Hub call once, turning the client's errors into ours (no tokens, with a fix)."""
         from huggingface_hub import errors as hf
-
-        from .transports import Transient, parse_retry_after
 
         try:
             return fn()
         except hf.GatedRepoError:
             raise AuthError(
-                f"{self.repo} is gated: accept its terms on the Hub, then log in with `hf auth login` or set HF_TOKEN to a token of that account."
+                f"{self.repo} is gated: accept its terms on the Hub, then log in with `hf auth login` or set "
+                "HF_TOKEN to a token of that account."
             ) from None
         except hf.RepositoryNotFoundError:
             if hub_token():
                 raise SourceError(
-                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or your Hub token has no access to it). Check the name in source {self.text!r}."
+                    f"repository {self.repo!r} was not found at {hub_endpoint()} (or your Hub token has no access "
+                    f"to it). Check the name in source {self.text!r}."
                 ) from None
             raise AuthError(
                 f"repository {self.repo!r} was not found at {hub_endpoint()}. If it is private, "
@@ -305,7 +308,8 @@ class HubSource:
             ) from None
         except hf.RevisionNotFoundError:
             raise SourceError(
-                f"revision {revision!r} does not exist in {self.repo}. Use a branch, tag or full commit sha that exists."
+                f"revision {revision!r} does not exist in {self.repo}. "
+                "Use a branch, tag or full commit sha that exists."
             ) from None
         except hf.RemoteEntryNotFoundError as exc:
             raise SourceError(f"{self.repo}@{revision}: {redact(str(exc)).splitlines()[0]}") from None
@@ -329,30 +333,6 @@ class HubSource:
             if type(exc).__module__.startswith(("httpx", "httpcore")):
                 raise Transient(f"cannot reach {hub_endpoint()}: {type(exc).__name__}: {redact(str(exc))}") from None
             raise
-
-
-def _with_retries(attempt: Callable[[], Any], failure: str, where: str) -> Any:
-    """``attempt()`` again, with the fetch policy's backoff, while it raises ``Transient``.
-
-    Then a NetworkError: ``failure`` (what failed, e.g. ``"org/repo: "``) and the last fault,
-    the number of attempts, and ``where`` to look. Downloads retry in :mod:`modelfix.fetch`,
-    which also counts progress; resolving a source reads nothing worth resuming.
-    """
-    from .fetch import FetchPolicy
-    from .transports import Transient
-
-    policy, failures = FetchPolicy.from_env(), 0
-    while True:
-        try:
-            return attempt()
-        except Transient as exc:
-            failures += 1
-            if failures >= policy.attempts:
-                raise NetworkError(
-                    f"{failure}{redact(str(exc))} (gave up after {failures} attempts). Check the network and "
-                    f"{where}, then run the command again; MODELFIX_RETRIES sets the attempts."
-                ) from None
-            time.sleep(policy.delay(failures, exc.retry_after))
 
 
 # --- fsspec URLs and local paths -------------------------------------------
@@ -387,11 +367,13 @@ class FsspecSource:
         local = _local_path(self.url)
         if local is not None:
             return self._resolve_local(local)
-        sizes: dict[str, int | None] = {}
+        sizes: dict[str, int] = {}
 
         def exists(url: str) -> bool:
-            sizes[url] = self._retrying(url, _size_of)
-            return sizes[url] is not None
+            size = self._retrying(url, _size_of)
+            if size is not None:
+                sizes[url] = size
+            return size is not None
 
         if not exists(self.url):
             raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
@@ -420,11 +402,8 @@ class FsspecSource:
         A missing file is an answer, not a fault: ``read`` says so itself. Only
         a server that keeps failing (or cannot be reached) ends in a NetworkError.
         """
-        from .fetch import FetchPolicy
-        from .transports import transport_for
-
         transport = transport_for(Location(url), FetchPolicy.from_env())
-        return _with_retries(lambda: read(transport), f"source {self.text!r}: cannot read {url}: ", "the server")
+        return with_retries(lambda: read(transport), f"source {self.text!r}: cannot read {url}: ", "the server")
 
 
 def _local_path(url: str) -> str | None:
@@ -436,8 +415,6 @@ def _local_path(url: str) -> str | None:
 
 def _size_of(transport: Any) -> int | None:
     """The size of the file behind ``transport``, or None if there is none (404, no such key)."""
-    from .transports import SourceMissing
-
     try:
         with transport.read(0, 1) as body:
             if body.total is None:
@@ -475,9 +452,10 @@ def _hash_local(path: str) -> tuple[str, int]:
 
 
 class BuiltinSources:
-    """The built-in ``modelfix_parse_source`` implementation."""
+    """The built-in forms, as a ``modelfix_parse_source`` implementation: :func:`parse_source`
+    asks it after every plugin (a plugin may claim any scheme, the catch-alls included)."""
 
-    @hookimpl(trylast=True)
+    @hookimpl
     def modelfix_parse_source(self, text: str, base_dir: Path) -> Source | None:
         if text.startswith("hf://"):
             return HubSource.parse(text)
@@ -492,6 +470,9 @@ class BuiltinSources:
         if text.count("/") == 1 or re.match(r"^[^/]+/[^/@:]+[:@]", text):
             return HubSource.parse(text)
         return None
+
+
+_BUILTIN = BuiltinSources()
 
 
 def source_for(entry_source: str, lock_path: Path | None) -> Source:

@@ -10,7 +10,7 @@ Layout under the cache root (:meth:`CacheSettings.resolve().root`)::
       tmp/<key>.adopt-<rand>       a file being adopted or joined, before its commit
       locks/abcd…ef.lock           flock: one writer per blob (or view-<key>) across processes
       locks/store.lock             flock: shared while taking a lease, exclusive to evict
-      joins/<key>                  sha256 of the file joined from legacy parts <key>
+      joins/<key>                  sha256 of the file joined from legacy parts <key> (:mod:`modelfix.joins`)
       views/<content_key>/         a model's files under their pinned names, linked to
                                    their blobs (see :mod:`modelfix.views`)
       leases/<host>-<pid>-<rand>   blobs a live process uses (see :mod:`modelfix.leases`)
@@ -24,20 +24,27 @@ named by its blob, not by its process, so that a download killed outright
 blob's lock; any source may continue it, since the bytes are the same.
 Eviction removes a blob together with every view holding a link to it (a hard
 link would otherwise keep its bytes on disk), never a blob a live process
-leases. Usage, gc and removal live in :mod:`modelfix.care`.
+leases. Usage, gc and removal live in :mod:`modelfix.care`, which reads the store from outside.
 
 The cache may be shared by several users (see :mod:`modelfix.safefs`): its own
 folders must be folders, not links (the root may be a link the user made);
 files are opened without following links and created new, never written
 through; a blob is never a symlink; everything is created 0o666/0o777 and the
 umask decides. An OSError met writing here becomes a :class:`CacheError` that
-names the path and the fix (:func:`cache_error`).
+names the path and the fix (:func:`modelfix.safefs.cache_error`).
+
+A store this process cannot write (a read-only mount, another user's cache, or a read-only
+layer in front of the writable store) serves what it holds in place and writes nothing: its
+views are checked as :mod:`modelfix.layers` describes (the trust model of read-only caches),
+and what must write there (a miss, ``sync``, ``gc``, ``prune``, ``rm``) is one error naming
+the folder and the fix (:meth:`Store.require_writable`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -45,21 +52,19 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import leases, safefs, views
-from .care import Usage
-from .config import CacheSettings
-from .errors import CacheError
+from . import layers, leases, safefs, views
+from .errors import CacheError, Cancelled, NoRoom
 from .events import Event, events
-from .eviction import Candidate, NoRoom, plan
-from .hashing import Digest, FileHash, Identity, hash_fd, identity_of, sha256_text
-from .jobs import Cancelled
+from .eviction import Candidate, plan
+from .hashing import FileHash, Identity, hash_fd, identity_of
+from .safefs import writing
 from .views import Snapshot, View, ViewFile
 
-__all__ = ["Store", "Usage", "stats", "writing", "cache_error", "FOLDERS"]
+__all__ = ["Store", "FOLDERS", "UseRecorder"]
 
 log = logging.getLogger("modelfix")
 _LOCK_POLL = 0.05  # seconds between tries of another writer's lock (and checks for a cancel)
@@ -69,11 +74,29 @@ FOLDERS = ("blobs", "memo", "tmp", "locks", "joins", "views", "leases")
 
 
 class Store:
-    """One cache root. Cheap to create: it only names paths until asked to act."""
+    """One cache root. Cheap to create: it only names paths until asked to act.
 
-    def __init__(self, root: Path) -> None:
+    ``layer``: a read-only cache in front of the writable store, never written whatever its
+    permissions (see :mod:`modelfix.layers`).
+    """
+
+    def __init__(self, root: Path, *, layer: bool = False) -> None:
         # The settings' own Path, when given one: leases are looked up by it on every warm call.
         self.root = root if isinstance(root, Path) else Path(root)
+        self.layer = layer
+
+    @functools.cached_property
+    def readonly(self) -> str | None:
+        """Why this process writes nothing here (a layer, a read-only file system...), or None if it may."""
+        why = "a read-only layer" if self.layer else layers.unwritable(self.root)
+        if why:
+            layers.announce(self.root, why)
+        return why
+
+    def require_writable(self, doing: str) -> None:
+        """Raise the one-line error for ``doing`` (``"`modelfix cache gc`"``) where this process cannot write."""
+        if why := self.readonly:
+            raise layers.refusal(self.root, why, doing)
 
     # --- paths -------------------------------------------------------------
 
@@ -84,8 +107,8 @@ class Store:
         return self.root / "memo" / sha[:2] / f"{sha}.json"
 
     def partial_path(self, sha: str) -> Path:
-        """Where blob ``sha`` is downloaded to; ``self._dir("tmp")`` makes sure the folder exists."""
-        return self._dir("tmp") / f"{sha}.partial"
+        """Where blob ``sha`` is downloaded to; ``self.folder("tmp")`` makes sure the folder exists."""
+        return self.folder("tmp") / f"{sha}.partial"
 
     def discard_partial(self, sha: str) -> None:
         partial = self.partial_path(sha)
@@ -109,7 +132,7 @@ class Store:
     def _lock_path(self, key: str) -> Path:
         return self.root / "locks" / f"{key}.lock"
 
-    def _dir(self, *parts: str) -> Path:
+    def folder(self, *parts: str) -> Path:
         """``root/parts...``, made where missing; a folder of the cache that is a link is refused."""
         path = self.root.joinpath(*parts)
         with writing(path):
@@ -126,7 +149,7 @@ class Store:
 
     def staged(self, key: str, what: str) -> Path:
         """A fresh name in ``tmp/`` for ``what`` (adopt, join) to fill under ``key``'s writer lock."""
-        return self._dir("tmp") / f"{key}.{what}-{uuid.uuid4().hex[:8]}"
+        return self.folder("tmp") / f"{key}.{what}-{uuid.uuid4().hex[:8]}"
 
     # --- blobs and their memo --------------------------------------------------
 
@@ -146,7 +169,7 @@ class Store:
 
     def _write_memo(self, sha: str, result: FileHash, identity: Identity) -> None:
         record = {"size": result.size, "xxh3": result.xxh3, "id": list(identity)}
-        self._dir("memo", sha[:2])
+        self.folder("memo", sha[:2])
         with writing(self._memo_path(sha)):
             safefs.replace(self._memo_path(sha), json.dumps(record).encode())
 
@@ -157,6 +180,8 @@ class Store:
         link elsewhere) is re-hashed: xxh3 against the memo, or sha256 if there is no memo. A
         blob that fails, or is not a regular file, is deleted, so the next fetch replaces it.
         """
+        if self.readonly:
+            return self.has(sha)  # as built (see modelfix.layers); nothing could be removed here anyway
         path = self.blob_path(sha)
         try:
             st = os.lstat(path)
@@ -196,20 +221,23 @@ class Store:
                 self._write_memo(sha, result, identity)
         return ok
 
-    def verify_blob(self, sha: str, *, full: bool) -> tuple[str, str] | None:
-        """Hash a committed blob: None if good, else (expected, got) as ``algo:hex``.
+    def verify_blob(self, sha: str, *, full: bool, path: Path | None = None) -> tuple[str, str] | None:
+        """Hash a committed blob (or ``path``, a view file showing it): None if good, else (expected, got)
+        as ``algo:hex``.
 
         xxh3 against the memo by default, sha256 against the address with
         ``full`` (or when there is no memo). A wrong blob is removed, with the
-        views showing it, so that ``modelfix sync`` fetches it again.
+        views showing it, so that ``modelfix sync`` fetches it again; in a cache
+        this process cannot write, it is only reported, and no memo is written.
         """
         record = self.memo(sha)
         fast = not full and bool(record and record.get("xxh3"))
         fd = None
         with contextlib.suppress(CacheError):
-            fd = safefs.open_regular(self.blob_path(sha))
+            fd = safefs.open_regular(path or self.blob_path(sha))
         if fd is None:
-            self.evict([sha])
+            if not self.readonly:
+                self.evict([sha])
             return f"sha256:{sha}", "not a regular file"
         try:
             identity = identity_of(os.fstat(fd))
@@ -219,9 +247,10 @@ class Store:
         expected = f"xxh3:{record['xxh3']}" if fast and record else f"sha256:{sha}"
         got = f"xxh3:{result.xxh3}" if fast else f"sha256:{result.sha256}"
         if got != expected:
-            self.evict([sha])
+            if not self.readonly:
+                self.evict([sha])
             return expected, got
-        if record is None or record.get("id") != list(identity):
+        if not self.readonly and path is None and (record is None or record.get("id") != list(identity)):
             with contextlib.suppress(CacheError):
                 self._write_memo(sha, FileHash(result.size, sha, result.xxh3 or (record or {}).get("xxh3")), identity)
         return None
@@ -231,7 +260,7 @@ class Store:
         # No fsync: a power cut may leave a bad blob behind a good name, which
         # `modelfix verify` catches; fsyncing every gigabyte would halve cold fetches.
         final = self.blob_path(sha)
-        self._dir("blobs", "sha256", sha[:2])
+        self.folder("blobs", "sha256", sha[:2])
         with writing(final):
             fd = safefs.open_regular(staged)
             if fd is None:
@@ -268,7 +297,7 @@ class Store:
         """
         blob = self.blob_path(sha)
         try:
-            self._dir("blobs", "sha256", sha[:2])
+            self.folder("blobs", "sha256", sha[:2])
             os.link(source, blob)  # link() never follows: a link at source would stay a link
             linked = True
         except (OSError, CacheError) as exc:
@@ -307,7 +336,7 @@ class Store:
         the rename still keeps their mixed bytes out of ``blobs/``.
         """
         with _thread_lock(str(self.root / sha)):
-            self._dir("locks")
+            self.folder("locks")
             with writing(self._lock_path(sha)):
                 fd = safefs.lock_file(self._lock_path(sha))
             try:
@@ -318,47 +347,11 @@ class Store:
             finally:
                 os.close(fd)  # closing drops the flock
 
-    def joined(self, parts: Sequence[str], *, check: bool = True) -> str | None:
-        """The blob made by :meth:`join` from ``parts``, if it was made and is still here (and,
-        with ``check``, still the bytes verified; ``verify`` hashes it itself, to report it)."""
-        with contextlib.suppress(OSError, ValueError, CacheError):
-            sha = (safefs.read_small(self.root / "joins" / _join_key(parts), 256) or b"").decode().strip()
-            return sha if sha and (self.check(sha) if check else self.has(sha)) else None
-        return None
-
-    def join(self, parts: Sequence[str], cancel: threading.Event | None = None) -> str:
-        """The blob of legacy multi-part blobs concatenated in order (made once, then remembered)."""
-        if sha := self.joined(parts):
-            return sha
-        key = _join_key(parts)
-        record = self.root / "joins" / key
-        with self.writer(key, cancel or threading.Event()):
-            staged = self.staged(key, "join")
-            try:
-                digest = Digest()
-                with writing(staged), os.fdopen(safefs.create(staged), "wb") as out:
-                    for part in parts:
-                        fd = safefs.open_regular(self.blob_path(part))
-                        if fd is None:
-                            raise FileNotFoundError(errno.ENOENT, "a part is missing", str(self.blob_path(part)))
-                        with os.fdopen(fd, "rb") as src:
-                            while chunk := src.read(8 * 1024 * 1024):
-                                out.write(chunk)
-                                digest.update(chunk)
-                result = digest.result()
-                joined = str(result.sha256)
-                if not self.has(joined):
-                    self.commit(joined, staged, result)
-            finally:
-                staged.unlink(missing_ok=True)
-            self._dir("joins")
-            with writing(record):
-                safefs.replace(record, joined.encode())
-            return joined
-
     # --- views ---------------------------------------------------------------
 
-    def use_view(self, key: str, seen: Snapshot | None = None) -> Snapshot | None:
+    def use_view(
+        self, key: str, seen: Snapshot | None = None, expect: layers.Expected | None = None
+    ) -> Snapshot | None:
         """View ``key`` if it is whole, each file still the blob it was made from; its blobs leased.
 
         This is the warm path: with ``seen`` (what an earlier call returned) one
@@ -367,15 +360,20 @@ class Store:
         an lstat per blob (:meth:`View.check`), no hashing unless an identity
         moved. The lease is taken, and the view checked again, under the shared
         store lock, so an eviction either sees the lease or finished before the check.
+        In a store this process cannot write, the view is checked as :func:`modelfix.layers.check`
+        does (against ``expect``, the files the pins name), and nothing is leased or recorded.
         """
-        if seen is not None and seen.shas <= leases.held(self.root) and seen.unchanged():
-            _used(seen.manifest)
+        if seen is not None and (seen.shas <= leases.held(self.root) or not seen.leased) and seen.unchanged():
+            if seen.leased:
+                _used(seen.manifest)
             return seen
+        if self.readonly:
+            return layers.check(self, key, expect)
         now = self._check_view(key)
         if now is None:
             return None
         if not now.shas <= leases.held(self.root):
-            with self._store_lock(shared=True):
+            with self.locked(shared=True):
                 now = self._check_view(key)
                 if now is None:
                     return None
@@ -388,13 +386,15 @@ class Store:
         view = View.read(self.view_path(key))
         return view.check(self) if view.files else None
 
-    def check_view(self, key: str) -> bool:
+    def check_view(self, key: str, expect: layers.Expected | None = None) -> bool:
         """Is view ``key`` whole? Restores blobs deleted from under it, takes no lease (for ``verify``)."""
+        if self.readonly:
+            return layers.check(self, key, expect) is not None
         return self._check_view(key) is not None
 
     def build_view(self, key: str, files: Sequence[ViewFile], model: str, revision: str | None = None) -> Path:
         """Make (or repair) view ``key`` showing ``files``; every blob must be present."""
-        final = self._dir("views") / key
+        final = self.folder("views") / key
         # One builder at a time, so that a good view is never swapped out under a reader.
         with self.writer(f"view-{key}", threading.Event()):
             if self._check_view(key) is None:
@@ -402,19 +402,19 @@ class Store:
                     views.build(final, files, model, self.blob_path, revision)
         return final
 
-    def _views(self) -> Iterator[View]:
+    def views(self) -> Iterator[View]:
         return views.scan(self.root / "views")
 
     # --- leases ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _store_lock(self, shared: bool) -> Iterator[None]:
+    def locked(self, shared: bool) -> Iterator[None]:
         """Shared while a lease is taken, exclusive while evicting (see :mod:`modelfix.leases`).
 
         The lock file is made 0o666 & ~umask, so that every user of a team's cache may take it
         (another user's lock file that this one may not write is opened read-only: flock needs no more).
         """
-        path = self._dir("locks") / "store.lock"
+        path = self.folder("locks") / "store.lock"
         with writing(path):
             fd = safefs.lock_file(path)
         try:
@@ -427,7 +427,7 @@ class Store:
         """Mark blobs ``shas`` (present or about to be) in use by this process until it exits."""
         new = [s for s in dict.fromkeys(shas) if s not in leases.held(self.root)]
         if new:
-            with self._store_lock(shared=True):
+            with self.locked(shared=True):
                 self._take(new)
 
     def unreserve(self, shas: Iterable[str]) -> None:
@@ -436,7 +436,7 @@ class Store:
             leases.unreserve(self.root, shas)
 
     def _take(self, shas: Iterable[str], sizes: Mapping[str, int] | None = None) -> None:
-        self._dir("leases")
+        self.folder("leases")
         with writing(self.root / "leases"):
             leases.take(self.root, shas, sizes)
 
@@ -454,11 +454,6 @@ class Store:
                         st = blob.stat(follow_symlinks=False)
                         if stat.S_ISREG(st.st_mode) and _is_sha256(blob.name):
                             yield blob.name, st
-
-    def usage(self) -> Usage:
-        from .care import usage
-
-        return usage(self)
 
     def make_room(
         self,
@@ -482,12 +477,13 @@ class Store:
         Returns the evicted shas (with ``dry_run``, those it would evict, evicting nothing).
         """
         keep = set(keep)
+        self.require_writable(f"fetching {model}" if model else "`modelfix cache prune`")
         self.check_folders()
-        with self._store_lock(shared=False):
+        with self.locked(shared=False):
             sizes = leases.live_with_sizes(self.root, tidy=not dry_run)
             leased = set(sizes)
             last_used: dict[str, float] = {}
-            for view in self._views():
+            for view in self.views():
                 used = view.last_used() or 0.0
                 for sha in view.shas:
                     last_used[sha] = max(used, last_used.get(sha, 0.0))
@@ -512,18 +508,18 @@ class Store:
                 victims = [str(c.key) for c in candidates if not c.held]
             if dry_run:
                 return victims
-            evicted = self._evict_locked(victims)
+            evicted = self.evict_locked(victims)
             if incoming:
                 self._take(incoming.keys(), sizes=incoming)
             return evicted
 
     def evict(self, shas: Iterable[str]) -> list[str]:
-        with self._store_lock(shared=False):
-            return self._evict_locked(list(shas))
+        with self.locked(shared=False):
+            return self.evict_locked(list(shas))
 
-    def _evict_locked(self, shas: list[str]) -> list[str]:
+    def evict_locked(self, shas: list[str]) -> list[str]:
         doomed = set(shas)
-        for view in self._views():
+        for view in self.views():
             gone = [f["name"] for f in view.files if f["sha256"] in doomed]
             for name in gone:
                 events.emit(Event(kind="evict", model=", ".join(view.models), file=name, source="cache"))
@@ -537,55 +533,11 @@ class Store:
         return shas
 
 
-def stats(settings: CacheSettings) -> Usage:
-    """What the store at ``settings.root`` holds (for ``modelfix cache stats`` and ``%modelfix_cache``)."""
-    return Store(settings.root).usage()
-
-
-@contextlib.contextmanager
-def writing(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Write ``path`` (or under it) in the cache: an OSError becomes the :func:`cache_error` for it."""
-    try:
-        yield
-    except OSError as exc:
-        raise cache_error(exc, exc.filename or path) from None
-
-
-def cache_error(exc: OSError, path: str | os.PathLike[str], *, label: str = "") -> CacheError:
-    """The :class:`CacheError` for ``exc``, met writing ``path`` in the cache: where, why, what to do."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = (
-            "Make room in the cache (`modelfix cache prune --max-size SIZE`, `modelfix cache gc`) or set "
-            "MODELFIX_CACHE_DIR (or --cache-dir) to a folder on a disk with room."
-        )
-    else:
-        fix = "Point the cache elsewhere: set MODELFIX_CACHE_DIR (or --cache-dir) to a folder you can write to."
-    where = f"{label}: " if label else ""
-    return CacheError(f"{where}cannot write {path}: {exc.strerror or exc}. {fix}")
-
-
 # --- helpers -----------------------------------------------------------------
-
-
-def _join_key(parts: Sequence[str]) -> str:
-    return sha256_text("join\n" + "\n".join(parts))
 
 
 def _is_sha256(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
-
-
-def _used(manifest: str) -> None:
-    """Record a use of the view (its manifest's mtime, for eviction), at most once a minute per process.
-
-    Eviction orders views by last use; a minute is far below the gaps that
-    matter there, and a utime on every warm call would double its cost.
-    """
-    now = time.monotonic()
-    if now - _LAST_USED.get(manifest, -_USE_EVERY) >= _USE_EVERY:
-        _LAST_USED[manifest] = now
-        with contextlib.suppress(OSError):
-            os.utime(manifest)
 
 
 def _thread_lock(key: str) -> threading.Lock:
@@ -594,7 +546,32 @@ def _thread_lock(key: str) -> threading.Lock:
         return _THREAD_LOCKS.setdefault(key, threading.Lock())
 
 
+# Process-wide: the threads of one process queue per blob, whichever Project (or Store object) they use.
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
-_LAST_USED: dict[str, float] = {}  # manifest -> time.monotonic() of the last utime
-_USE_EVERY = 60.0
+
+
+class UseRecorder:
+    """Records a use of a view (its manifest's mtime, for eviction), at most once a minute per process.
+
+    Eviction orders views by last use; a minute is far below the gaps that matter there, and a
+    utime on every warm call would double its cost. ``clock`` (seconds, monotonic) is injectable
+    so that the minute is tested without waiting one.
+    """
+
+    EVERY = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last: dict[str, float] = {}  # manifest -> clock() of the last utime
+
+    def __call__(self, manifest: str) -> None:
+        now = self.clock()
+        if now - self._last.get(manifest, -self.EVERY) >= self.EVERY:
+            self._last[manifest] = now
+            with contextlib.suppress(OSError):
+                os.utime(manifest)
+
+
+# Process-wide: the last use of a view is a fact of the disk, the same for every Project in the process.
+_used = UseRecorder()

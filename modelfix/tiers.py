@@ -1,15 +1,18 @@
-"""Where bytes come from besides the store and the origin: other local caches and the remote tier.
+"""Where bytes come from besides the store and the origin: read-only caches, other local caches, the remote tier.
 
+* **Read-only caches** (``MODELFIX_READONLY_CACHES``, see :mod:`modelfix.layers`): a model
+  whose view is whole in one is served from there; a blob one holds is copied into the store
+  and verified (:func:`adopt` with ``link=False``). :func:`stores` lists them with the store.
 * **Other caches**: huggingface_hub's and llama.cpp's downloads may already hold a
   pinned file; :func:`adoption_candidates` names where to look, and :func:`adopt`
   verifies what it finds and links it into the store (or copies it: another user's file).
 * **The remote tier** (``MODELFIX_REMOTE``): content-addressed like the store,
-  so any runner can fill it (:func:`push`) and none has to trust it::
+  so any runner can fill it (:func:`upload`, what ``modelfix push`` does after a sync) and
+  none has to trust it::
 
       <remote>/blobs/sha256/<sha256>
 
-:mod:`modelfix.resolver` tries them in that order before the origin, and
-re-exports these functions.
+:mod:`modelfix.obtain` tries them in that order before the origin.
 """
 
 from __future__ import annotations
@@ -22,20 +25,26 @@ import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import safefs
-from .config import CacheSettings
 from .errors import CacheError, OfflineError, redact
 from .hashing import hash_fd
 from .store import Store
 
 if TYPE_CHECKING:
-    from .resolver import LockLike
+    from .config import CacheSettings
+    from .lockfile import Entry
 
-__all__ = ["adoption_candidates", "adopt", "remote_url", "push"]
+__all__ = ["stores", "adoption_candidates", "adopt", "remote_url", "Pushed", "check_pushable", "upload"]
 
 log = logging.getLogger("modelfix")
+
+
+def stores(cache: CacheSettings, *, writable: bool = True) -> list[Store]:
+    """The read-only caches of ``cache`` in order, then (with ``writable``) its store: where a pinned file may be."""
+    found = [Store(layer, layer=True) for layer in cache.layers]
+    return [*found, Store(cache.root)] if writable else found
 
 
 def adoption_candidates(
@@ -74,14 +83,16 @@ def adoption_candidates(
     return [p for p in dict.fromkeys(found) if os.path.isfile(p)]
 
 
-def adopt(store: Store, sha: str, size: int, candidate: Path) -> bool:
+def adopt(store: Store, sha: str, size: int, candidate: Path, *, link: bool = True) -> bool:
     """Take a verified copy of ``candidate`` (another cache's file) as blob ``sha`` of ``store``.
 
     A hard link costs no space; it also makes the other cache's file
     read-only, which neither huggingface_hub nor llama.cpp minds (they
     only ever replace files, never write into them). Only a file of this
     user (or root) is linked: another user could rewrite a linked file
-    later, under the identity this store trusts. Anyone else's is copied.
+    later, under the identity this store trusts. Anyone else's is copied,
+    and so is every file when not ``link`` (a read-only cache's: a link
+    would change its mode, a write there).
     """
     try:
         # A snapshot entry is a relative symlink to the other cache's blob; Linux's link()
@@ -95,7 +106,7 @@ def adopt(store: Store, sha: str, size: int, candidate: Path) -> bool:
     staged = store.staged(sha, "adopt")
     try:
         linked = False
-        if st.st_uid in (os.geteuid(), 0):
+        if link and st.st_uid in (os.geteuid(), 0):
             with contextlib.suppress(OSError):
                 os.link(candidate, staged)
                 linked = True
@@ -131,63 +142,72 @@ def remote_url(remote: str, sha: str) -> str:
     return f"{remote.rstrip('/')}/blobs/sha256/{sha}"
 
 
-def push(
-    names: Sequence[str] | None = None,
-    lock: LockLike = None,
-    *,
-    settings: CacheSettings | None = None,
-    force: bool = False,
-) -> list[tuple[str, str, str]]:
-    """Upload the pinned blobs of ``names`` to the remote tier, skipping those already there.
+class Pushed(NamedTuple):
+    """One pinned file of a ``push``: ``uploaded``, or ``present`` (already in the remote tier)."""
 
-    Returns (model, file, "uploaded" | "present") per pinned file. Fetches
-    into the local store first what it lacks. A copy of the right size is
-    taken as present (checking its bytes means downloading it); ``force``
-    uploads every file again, which repairs a corrupt copy that ``sync``
-    reported.
+    model: str
+    file: str
+    status: str
+
+
+def check_pushable(cache: CacheSettings) -> str:
+    """The remote tier of ``cache``, if ``push`` may write there; else the error that says why."""
+    import fsspec
+
+    if not cache.remote:
+        raise CacheError(
+            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL "
+            "(s3://bucket/models, /mnt/team/models, ...)."
+        )
+    if cache.offline:
+        raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
+    if fsspec.utils.get_protocol(cache.remote) in ("http", "https"):
+        raise CacheError(
+            f"MODELFIX_REMOTE={cache.remote} is read-only over HTTP: `modelfix push` to the storage "
+            "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
+        )
+    return cache.remote
+
+
+def upload(entries: Sequence[Entry], cache: CacheSettings, *, force: bool = False) -> list[Pushed]:
+    """Upload the pinned blobs of ``entries`` (all in the store or a read-only cache already) to the
+    remote tier, skipping those already there.
+
+    A copy of the right size is taken as present (checking its bytes means downloading it);
+    ``force`` uploads every file again, which repairs a corrupt copy that ``sync`` reported.
     """
     import fsspec
 
-    from .resolver import sync
-
-    settings = settings or CacheSettings.resolve()
-    if not settings.remote:
-        raise CacheError(
-            "no remote tier to push to: set MODELFIX_REMOTE to an fsspec URL (s3://bucket/models, /mnt/team/models, ...)."
-        )
-    if settings.offline:
-        raise OfflineError("offline mode is on: `modelfix push` needs the network. Turn offline mode off.")
-    if fsspec.utils.get_protocol(settings.remote) in ("http", "https"):
-        raise CacheError(
-            f"MODELFIX_REMOTE={settings.remote} is read-only over HTTP: `modelfix push` to the storage "
-            "behind it instead (MODELFIX_REMOTE=s3://bucket/models, a mounted folder, ...)."
-        )
-    materialized = sync(names, lock, settings=settings)
-    store = Store(settings.root)
-    fs, _ = fsspec.core.url_to_fs(settings.remote)
-    report, done = [], set()
-    for item in materialized:
-        for pin in item.entry.files:
+    remote = check_pushable(cache)
+    where = stores(cache)  # a model served from a read-only cache is uploaded from there
+    fs, _ = fsspec.core.url_to_fs(remote)
+    report: list[Pushed] = []
+    done: set[str] = set()
+    for entry in entries:
+        for pin in entry.files:
             if pin.sha256 in done:
-                report.append((item.name, pin.path, "present"))
+                report.append(Pushed(entry.name, pin.path, "present"))
                 continue
             done.add(pin.sha256)
-            _, target = fsspec.core.url_to_fs(remote_url(settings.remote, pin.sha256))
+            _, target = fsspec.core.url_to_fs(remote_url(remote, pin.sha256))
             try:
                 if not force and fs.exists(target) and fs.size(target) == pin.size:
-                    report.append((item.name, pin.path, "present"))
+                    report.append(Pushed(entry.name, pin.path, "present"))
                     continue
                 # Upload beside, then rename: readers of the remote never see half a blob
                 # (they would reject it by its hash anyway).
                 staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
                 fs.makedirs(os.path.dirname(target), exist_ok=True)
-                fs.put_file(str(store.blob_path(pin.sha256)), staging)
+                source = next((s.blob_path(pin.sha256) for s in where if s.has(pin.sha256)), None)
+                fs.put_file(str(source or where[-1].blob_path(pin.sha256)), staging)
                 fs.mv(staging, target)
             except Exception as exc:  # each fsspec backend raises its own kind (aiohttp, botocore, gcsfs ...)
                 raise CacheError(
-                    f"{item.name}: cannot upload {pin.path} to {settings.remote}: {type(exc).__name__}: "
+                    f"{entry.name}: cannot upload {pin.path} to {remote}: {type(exc).__name__}: "
                     f"{redact(str(exc))}. Check that "
-                    "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again."
+                    "MODELFIX_REMOTE points where your credentials may write, then run `modelfix push` again.",
+                    model=entry.name,
+                    file=pin.path,
                 ) from None
-            report.append((item.name, pin.path, "uploaded"))
+            report.append(Pushed(entry.name, pin.path, "uploaded"))
     return report

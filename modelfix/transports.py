@@ -24,34 +24,31 @@
   ``s3://``, ``gs://``, ``memory://``, ``hf://`` ...
 
 A transport makes one attempt and says how it went: bytes, or
-:class:`Transient` (worth another try: 5xx, 429, reset, truncation, stall),
+:class:`~modelfix.retry.Transient` (worth another try: 5xx, 429, reset, truncation, stall),
 or a :class:`~modelfix.errors.ModelfixError` that no retry fixes (missing,
-denied). Retrying, resuming and hashing are :mod:`modelfix.fetch`'s business.
+denied). Retrying, resuming and hashing are :mod:`modelfix.fetch`'s business. Where
+the bytes are (:class:`Location`) is a source's answer (:mod:`modelfix.sources`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
-from .errors import AuthError, IntegrityError, NetworkError, SourceError
-from .sources import Location
+from .errors import AuthError, IntegrityError, NetworkError, SourceError, SourceMissing
+from .retry import Transient, parse_retry_after
 
 __all__ = [
     "CHUNK",
+    "Location",
     "Body",
     "Transport",
     "Timeouts",
-    "Transient",
-    "parse_retry_after",
-    "SourceMissing",
     "HttpTransport",
     "FsspecTransport",
     "transport_for",
@@ -60,16 +57,15 @@ __all__ = [
 CHUNK = 1024 * 1024  # the unit bytes are written and hashed in
 
 
-class SourceMissing(SourceError):
-    """The file is not at this location (404, no such key or path)."""
+@dataclass(frozen=True)
+class Location:
+    """Where a pinned file's bytes can be read: an fsspec URL and its options (a source's answer).
 
+    ``storage_options`` may carry a token: never log or print them.
+    """
 
-class Transient(Exception):
-    """Worth another try: 5xx, 429, reset, truncation, stall."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Timeouts(Protocol):
@@ -147,19 +143,6 @@ def _describe(exc: BaseException) -> str:
 def _short(got: int, wanted: int, failure: str | None = None) -> Transient:
     """A body that ended early: the retry asks for the rest."""
     return Transient(f"{failure or 'truncated body'}: got {got} of {wanted} bytes")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: a number, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 class HttpTransport:

@@ -194,11 +194,16 @@ class View:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A whole view as :meth:`View.check` found it: each file's path and identity, the blobs shown."""
+    """A whole view as :meth:`View.check` found it: each file's path and identity, the blobs shown.
+
+    ``leased`` is False for a view of a cache this process cannot write (:mod:`modelfix.layers`):
+    it takes no lease there, and its identities are those the files had when first checked.
+    """
 
     manifest: str
     files: tuple[tuple[str, tuple[int, ...]], ...]
     shas: frozenset[str]
+    leased: bool = True
 
     def unchanged(self) -> bool:
         """Does every file still have its identity? One stat each; no pathlib, no manifest."""

@@ -3,42 +3,40 @@
 The local Hub (``local_hub``, ``hub_env``) comes from ``modelfix.testing`` —
 the same fixtures users get. On top of it: a tiny model repository written
 once per session, a hub serving it as ``org/tiny``, an isolated cache, and a
-working folder with a lockfile.
+working folder with a lockfile. ``users`` acts as other users (``setpriv``) in
+``shared`` folders, for what a cache shared by several users, or one that
+another user made, must withstand.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from modelfix.testing.fixtures import hub_env, local_hub  # noqa: F401  (re-exported fixtures)
 from modelfix.testing.gguf import tiny_repo_files
+
+pytest_plugins = ["modelfix.testing.fixtures"]  # local_hub, hub_env: the fixtures users get too
 
 TINY_REPO = "org/tiny"
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's cache, token or offline switches."""
-    for name in (
-        "HF_TOKEN",
-        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
-        "HF_OIDC_RESOURCE",
-        "MODELFIX_LOCK",
-        "MODELFIX_OFFLINE",
-        "HF_HUB_OFFLINE",
-        "MODELFIX_REMOTE",
-        "MODELFIX_CACHE_MAX_SIZE",
-        "MODELFIX_GPU_LAYERS",
-        "MODELFIX_MEMORY_BUDGET",
-        "MODELFIX_KEEP_ALIVE",
-        "MODELFIX_POOL_STRATEGY",
-        "MODELFIX_REPACK",
-        "MODELFIX_PROBE_FAULT",
-        "MODELFIX_PROBE_TIMEOUT",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    """No test reads the developer's cache, token, offline switches or any other MODELFIX_*/HF_* setting.
+
+    Every variable with those prefixes is cleared (the code reads some thirty of them, and a new one
+    must not leak in from a shell); then the few the suite needs are set.
+    """
+    for name in list(os.environ):
+        if name.startswith(("MODELFIX_", "HF_")) or name == "HUGGING_FACE_HUB_TOKEN":
+            monkeypatch.delenv(name)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     # huggingface_hub read HF_HOME when it was imported: point its saved-token paths there too,
@@ -49,6 +47,25 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("MODELFIX_RETRY_BASE_DELAY", "0.01")
+
+
+class FakeClock:
+    """A monotonic clock (seconds) that moves only when the test advances it: timing logic without sleeping."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`FakeClock`, for where modelfix takes a ``clock`` (the pool's keep-alive, the store's use records)."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +143,7 @@ def run_cli(capsys):
 
 @pytest.fixture
 def undocumented():
-    """``undocumented(parser)``: each argument, command or `COMMAND --help` of an argparse tree that has no help text."""
+    """``undocumented(parser)``: each argument, command or `COMMAND --help` of an argparse tree without help text."""
     import argparse
 
     def walk(parser: argparse.ArgumentParser) -> list[str]:
@@ -146,3 +163,67 @@ def undocumented():
         return missing
 
     return walk
+
+
+# --- acting as other users ------------------------------------------------------------------------
+
+
+class Users:
+    """Runs commands as other users: uids and a group that no account here uses."""
+
+    OTHER, ALICE, BOB, TEAM = 4021, 4022, 4023, 4020
+    # What `modelfix ARGS...` runs as another user: this interpreter, which may not be on their PATH.
+    CLI = "import sys; from modelfix.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this process cannot act as another user, or None."""
+        if os.geteuid() != 0:
+            return "acting as a second user needs root (setpriv --reuid)"
+        if shutil.which("setpriv") is None:
+            return "setpriv (util-linux) is not installed"
+        probe = ["setpriv", f"--reuid={cls.OTHER}", f"--regid={cls.TEAM}", "--clear-groups", "true"]
+        return None if subprocess.run(probe, check=False).returncode == 0 else "root may not switch uid here"
+
+    def run(self, uid: int, *command: str, **kwargs) -> subprocess.CompletedProcess:
+        """Run ``command`` as ``uid`` in group TEAM, with no other groups."""
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={self.TEAM}", "--clear-groups", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            **kwargs,
+        )
+
+    def cli(self, uid: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """``modelfix ARGS...`` as ``uid``."""
+        return self.run(uid, sys.executable, "-c", self.CLI, *args, **kwargs)
+
+    def plant_link(self, target: Path, link: Path) -> None:
+        """Another user makes ``link`` point at ``target``."""
+        done = self.run(self.OTHER, "ln", "-s", str(target), str(link))
+        assert done.returncode == 0, done.stderr
+
+    def team_folder(self, path: Path) -> Path:
+        """``path``, a setgid folder of the team: what is made inside belongs to the team."""
+        path.mkdir(exist_ok=True)
+        os.chown(path, -1, self.TEAM)
+        path.chmod(0o2775)
+        return path
+
+
+@pytest.fixture(scope="session")
+def users() -> Users:
+    """:class:`Users`; the test is skipped where this process cannot act as another user (not root, no setpriv)."""
+    if (reason := Users.unavailable()) is not None:
+        pytest.skip(reason)
+    return Users()
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder every uid can reach (pytest's own temp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="modelfix-shared-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

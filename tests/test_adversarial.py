@@ -21,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -33,17 +32,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import modelfix
+import modelfix.project
 from modelfix.config import CacheSettings
-from modelfix.fetch import FetchPolicy, download
+from modelfix.fetch import download
 from modelfix.jobs import new_job
-from modelfix.lockfile import Lockfile
-from modelfix.resolver import content_key
+from modelfix.lockfile import Lockfile, content_key
+from modelfix.retry import FetchPolicy
 from modelfix.store import Store
 from modelfix.testing.hub import Fault
 from modelfix.transports import HttpTransport
 
 REPO = "org/tiny"
-OTHER, ALICE, BOB, TEAM = 4021, 4022, 4023, 4020  # uids and a gid that no account here uses
 
 
 def _sha(path: Path) -> str:
@@ -55,59 +54,10 @@ def _one_line_error(code: int, err: str) -> None:
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
-# --- acting as another user -----------------------------------------------------------------
-
-
-def _other_users_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "acting as a second user needs root (setpriv --reuid)"
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is not installed"
-    probe = subprocess.run(["setpriv", f"--reuid={OTHER}", f"--regid={TEAM}", "--clear-groups", "true"], check=False)
-    return None if probe.returncode == 0 else "this machine does not let root switch to another uid"
-
-
-_OTHER_USERS = _other_users_reason()
-needs_other_users = pytest.mark.skipif(_OTHER_USERS is not None, reason=_OTHER_USERS or "")
-
-
-def as_user(uid: int, *command: str, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``command`` as ``uid`` in group TEAM, with no other groups."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={TEAM}", "--clear-groups", *command],
-        capture_output=True,
-        text=True,
-        check=False,
-        **kwargs,
-    )
-
-
-def plant_link(target: Path, link: Path) -> None:
-    """Another user makes ``link`` point at ``target``."""
-    done = as_user(OTHER, "ln", "-s", str(target), str(link))
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.fixture
-def shared() -> Iterator[Path]:
-    """A folder every uid can reach (pytest's own temp folders are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="modelfix-shared-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _team_folder(path: Path) -> Path:
-    path.mkdir(exist_ok=True)
-    os.chown(path, -1, TEAM)
-    path.chmod(0o2775)  # setgid: what is made inside belongs to the team
-    return path
-
-
-@pytest.fixture
-def team_cache(shared: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache root the team (OTHER included) may write into, in use by this process."""
-    root = _team_folder(shared / "cache")
+def team_cache(users, shared: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache root the team (users.OTHER included) may write into, in use by this process."""
+    root = users.team_folder(shared / "cache")
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(root))
     return root
 
@@ -168,7 +118,7 @@ def test_a_hub_listing_with_an_empty_path_segment_is_refused_at_lock_time(hub_en
         },
     )
 
-    code, out, err = run_cli("add", "c", "org/evil:Q4_K_M")
+    code, _out, err = run_cli("add", "c", "org/evil:Q4_K_M")
 
     _one_line_error(code, err)
     assert "org/evil" in err and "'a//m-Q4_K_M-00001-of-00002.gguf'" in err
@@ -191,13 +141,12 @@ def test_a_tree_name_with_control_characters_is_refused_and_never_printed_raw(hu
 # --- 2. links planted by another user -----------------------------------------------------------
 
 
-@needs_other_users
-def test_a_partial_planted_as_a_link_is_never_written_through(lock, team_cache, tmp_path, run_cli):
+def test_a_partial_planted_as_a_link_is_never_written_through(users, lock, team_cache, tmp_path, run_cli):
     victim = tmp_path / "victim"  # root's file, far from the cache
     victim.write_bytes(b"precious")
     pin = Lockfile.load(lock).entry("chat").files[0]
-    tmp = _team_folder(team_cache / "tmp")
-    plant_link(victim, tmp / f"{pin.sha256}.partial")
+    tmp = users.team_folder(team_cache / "tmp")
+    users.plant_link(victim, tmp / f"{pin.sha256}.partial")
 
     code, _, err = run_cli("sync", "chat")
 
@@ -207,15 +156,16 @@ def test_a_partial_planted_as_a_link_is_never_written_through(lock, team_cache, 
     assert code == 0, err
 
 
-@needs_other_users
-def test_another_users_partial_download_never_becomes_a_blob_they_own(lock, team_cache, tiny_files, shared, run_cli):
+def test_another_users_partial_download_never_becomes_a_blob_they_own(
+    users, lock, team_cache, tiny_files, shared, run_cli
+):
     pin = Lockfile.load(lock).entry("chat").files[0]
-    tmp = _team_folder(team_cache / "tmp")
+    tmp = users.team_folder(team_cache / "tmp")
     partial = tmp / f"{pin.sha256}.partial"
     prefix = shared / "prefix"  # the first bytes of the right file: a download of theirs, interrupted
     prefix.write_bytes(tiny_files[pin.path].read_bytes()[: pin.size // 2])
     prefix.chmod(0o644)
-    assert as_user(OTHER, "cp", str(prefix), str(partial)).returncode == 0
+    assert users.run(users.OTHER, "cp", str(prefix), str(partial)).returncode == 0
 
     code, _, err = run_cli("sync", "chat")
 
@@ -225,16 +175,15 @@ def test_another_users_partial_download_never_becomes_a_blob_they_own(lock, team
     assert _sha(blob) == pin.sha256
 
 
-@needs_other_users
-def test_the_ranges_journal_is_never_written_through_a_planted_link(hub, tiny_files, shared, tmp_path):
+def test_the_ranges_journal_is_never_written_through_a_planted_link(users, hub, tiny_files, shared, tmp_path):
     name = max((n for n in tiny_files if n.endswith(".gguf")), key=lambda n: tiny_files[n].stat().st_size)
     data = tiny_files[name].read_bytes()
-    folder = _team_folder(shared / "tmp")
+    folder = users.team_folder(shared / "tmp")
     partial = folder / "blob.partial"
     victims = {suffix: tmp_path / f"victim{suffix}" for suffix in (".ranges", ".ranges.tmp")}
     for suffix, victim in victims.items():
         victim.write_bytes(b"precious")
-        plant_link(victim, partial.with_name(partial.name + suffix))
+        users.plant_link(victim, partial.with_name(partial.name + suffix))
     policy = FetchPolicy(
         base_delay=0.01, read_timeout=30, parallel_min=len(data) // 4, min_range=len(data) // 8, split_after=0.2
     )
@@ -254,15 +203,14 @@ def test_the_ranges_journal_is_never_written_through_a_planted_link(hub, tiny_fi
     assert {s: v.read_bytes() for s, v in victims.items()} == dict.fromkeys(victims, b"precious")
 
 
-@needs_other_users
-def test_gc_refuses_a_tmp_folder_that_is_a_planted_link(team_cache, tmp_path, run_cli):
+def test_gc_refuses_a_tmp_folder_that_is_a_planted_link(users, team_cache, tmp_path, run_cli):
     precious = tmp_path / "precious"
     precious.mkdir()
     for name in ("a" * 64 + ".partial", "notes.txt"):
         (precious / name).write_text("keep me")
-    plant_link(precious, team_cache / "tmp")
+    users.plant_link(precious, team_cache / "tmp")
 
-    code, out, err = run_cli("cache", "gc")
+    code, _out, err = run_cli("cache", "gc")
 
     assert sorted(os.listdir(precious)) == sorted(["a" * 64 + ".partial", "notes.txt"])
     _one_line_error(code, err)
@@ -290,25 +238,24 @@ def test_a_cache_root_that_is_a_link_the_user_made_works(lock, tmp_path, monkeyp
     (tmp_path / "cache-link").symlink_to(real)
     monkeypatch.setenv("MODELFIX_CACHE_DIR", str(tmp_path / "cache-link"))
 
-    code, out, err = run_cli("sync", "chat")
+    code, _out, err = run_cli("sync", "chat")
 
     assert code == 0, err
     assert run_cli("verify", "--full", "chat")[0] == 0 and (real / "blobs").is_dir()
 
 
-@needs_other_users
-def test_gc_deletes_only_the_regular_files_it_made(lock, team_cache, tmp_path, run_cli):
+def test_gc_deletes_only_the_regular_files_it_made(users, lock, team_cache, tmp_path, run_cli):
     assert run_cli("sync", "chat")[0] == 0
-    tmp = _team_folder(team_cache / "tmp")  # as a team member's umask 002 would have made it
+    tmp = users.team_folder(team_cache / "tmp")  # as a team member's umask 002 would have made it
     victim = tmp_path / "victim"
     victim.write_text("precious")
     stale = tmp / f"{'1' * 64}.partial"
     stale.write_bytes(b"abandoned")
     planted = tmp / f"{'2' * 64}.partial"
-    plant_link(victim, planted)
-    assert as_user(OTHER, "cp", "/etc/hostname", str(tmp / "notes.txt")).returncode == 0
+    users.plant_link(victim, planted)
+    assert users.run(users.OTHER, "cp", "/etc/hostname", str(tmp / "notes.txt")).returncode == 0
 
-    code, out, err = run_cli("cache", "gc")
+    code, _out, err = run_cli("cache", "gc")
 
     assert code == 0, err
     assert not stale.exists() and victim.read_text() == "precious"
@@ -329,11 +276,10 @@ def test_a_lock_file_that_is_a_link_is_not_followed(lock, tmp_path, run_cli):
     assert victim.read_text() == "precious" and not (locks / f"{pin.sha256}.lock").is_symlink()
 
 
-@needs_other_users
 @pytest.mark.parametrize("ids", ["old", "new"], ids=["ids-of-the-previous-version", "ids-with-ctime"])
-def test_a_view_planted_by_another_user_is_not_served(lock, team_cache, ids):
+def test_a_view_planted_by_another_user_is_not_served(users, lock, team_cache, ids):
     entry = Lockfile.load(lock).entry("chat")
-    views = _team_folder(team_cache / "views")
+    views = users.team_folder(team_cache / "views")
     planted = views / content_key(entry)
     files = [{"name": p.path, "sha256": p.sha256, "size": p.size} for p in entry.files]
     # The other user builds the view folder from files of their own, with a manifest whose ids match them.
@@ -348,7 +294,9 @@ def test_a_view_planted_by_another_user_is_not_served(lock, team_cache, ids):
         "    f.update(how='hardlink', id=[st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns][:fields])\n"
         "json.dump({'files': files, 'models': ['chat']}, open(os.path.join(view, '.modelfix.json'), 'w'))\n"
     )
-    made = as_user(OTHER, sys.executable, "-c", script, str(planted), json.dumps(files), "4" if ids == "old" else "5")
+    made = users.run(
+        users.OTHER, sys.executable, "-c", script, str(planted), json.dumps(files), "4" if ids == "old" else "5"
+    )
     assert made.returncode == 0, made.stderr
 
     served = modelfix.files("chat", lock)
@@ -378,7 +326,7 @@ def test_bytes_rewritten_in_place_with_the_mtime_put_back_are_not_served(lock, h
     pin = m.entry.files[0]
     _rewrite_keeping_mtime(m.model_path)
     if not warm:
-        modelfix.resolver._WARM.clear()  # what a new process knows: the manifest alone
+        modelfix.project._DEFAULTS.clear()  # what a new process knows: the manifest alone
 
     served = modelfix.path("chat", lock)
 
@@ -398,7 +346,7 @@ def test_a_view_and_memo_of_the_previous_version_are_checked_once_and_keep_worki
         memo = store._memo_path(pin.sha256)
         record = json.loads(memo.read_text())
         memo.write_text(json.dumps({**record, "id": record["id"][:4]}))
-    modelfix.resolver._WARM.clear()
+    modelfix.project._DEFAULTS.clear()
     hub.clear_log()
 
     served = modelfix.files("chat", lock)
@@ -408,8 +356,7 @@ def test_a_view_and_memo_of_the_previous_version_are_checked_once_and_keep_worki
     assert all(len(f["id"]) == 5 for f in json.loads(manifest.read_text())["files"])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root (chown)")
-def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(lock, tmp_path, monkeypatch):
+def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(users, lock, tmp_path, monkeypatch):
     entry = Lockfile.load(lock).entry("chat")
     theirs, ours = entry.files[0], entry.files[1]
     cache = tmp_path / "hf" / "hub"
@@ -418,11 +365,11 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(lock, tmp_path
         hf[pin.sha256] = cache / "models--org--tiny" / "blobs" / pin.sha256
         hf[pin.sha256].parent.mkdir(parents=True, exist_ok=True)
     # Bytes from the hub itself, so that adoption has the right ones to take.
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     donor = Store(tmp_path / "donor")
     for pin in entry.files:
         hf[pin.sha256].write_bytes(donor.blob_path(pin.sha256).read_bytes())
-    os.chown(hf[theirs.sha256], OTHER, OTHER)
+    os.chown(hf[theirs.sha256], users.OTHER, users.OTHER)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("MODELFIX_OFFLINE", "1")
 
@@ -434,10 +381,9 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(lock, tmp_path
     assert os.path.samefile(store.blob_path(ours.sha256), hf[ours.sha256])
 
 
-@needs_other_users
-def test_a_user_adopts_roots_files_without_download(lock, shared, tmp_path):
+def test_a_user_adopts_roots_files_without_download(users, lock, shared, tmp_path):
     entry = Lockfile.load(lock).entry("chat")
-    modelfix.sync(["chat"], lock, settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
+    modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     hf = shared / "hf" / "hub" / "models--org--tiny" / "blobs"
     hf.mkdir(parents=True)
     for pin in entry.files:  # root's, 0644: only root may write them
@@ -448,14 +394,14 @@ def test_a_user_adopts_roots_files_without_download(lock, shared, tmp_path):
     project, cache = shared / "project", shared / "cache"
     project.mkdir()
     cache.mkdir()
-    os.chown(cache, OTHER, TEAM)
+    os.chown(cache, users.OTHER, users.TEAM)
     shutil.copy(lock, project / "model-lock.toml")
     (project / "model-lock.toml").chmod(0o644)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cache), "MODELFIX_CACHE_DIR": str(cache)}
     env |= {"HF_HUB_CACHE": str(shared / "hf" / "hub"), "MODELFIX_OFFLINE": "1", "LLAMA_CACHE": str(cache / "llama")}
     command = "import sys; from modelfix.cli import main; sys.exit(main(sys.argv[1:]))"
 
-    done = as_user(OTHER, sys.executable, "-c", command, "sync", "chat", cwd=project, env=env)
+    done = users.run(users.OTHER, sys.executable, "-c", command, "sync", "chat", cwd=project, env=env)
 
     assert done.returncode == 0, done.stderr  # offline: every file came from root's cache
     # Root's files may be linked (only root can write them); a kernel with protected hard links
@@ -470,9 +416,8 @@ def test_a_user_adopts_roots_files_without_download(lock, shared, tmp_path):
 # --- 5. a cache shared by a team ---------------------------------------------------------------------
 
 
-@needs_other_users
-def test_a_team_cache_in_a_setgid_folder_works_for_two_users(lock, hub, shared):
-    cache = _team_folder(shared / "team-cache")
+def test_a_team_cache_in_a_setgid_folder_works_for_two_users(users, lock, hub, shared):
+    cache = users.team_folder(shared / "team-cache")
     project = shared / "project"
     project.mkdir()
     shutil.copy(lock, project / "model-lock.toml")
@@ -481,7 +426,7 @@ def test_a_team_cache_in_a_setgid_folder_works_for_two_users(lock, hub, shared):
     def cli(uid: int, *args: str) -> subprocess.CompletedProcess:
         home = shared / f"home-{uid}"
         home.mkdir(exist_ok=True)
-        os.chown(home, uid, TEAM)
+        os.chown(home, uid, users.TEAM)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home),
@@ -492,23 +437,23 @@ def test_a_team_cache_in_a_setgid_folder_works_for_two_users(lock, hub, shared):
             "MODELFIX_CACHE_DIR": str(cache),
         }
         command = "import os, sys; os.umask(0o002); from modelfix.cli import main; sys.exit(main(sys.argv[1:]))"
-        return as_user(uid, sys.executable, "-c", command, *args, cwd=project, env=env)
+        return users.run(uid, sys.executable, "-c", command, *args, cwd=project, env=env)
 
     steps = [
-        (ALICE, "sync", "chat"),
-        (BOB, "--offline", "cache", "path", "chat"),  # takes a lease: locks/store.lock, leases/
-        (BOB, "sync", "split"),  # shares mmproj and preset with chat
-        (BOB, "cache", "rm", "chat"),
-        (ALICE, "sync", "chat"),  # into folders and lock files that Bob made
-        (BOB, "verify", "--full"),
-        (ALICE, "cache", "gc"),
+        (users.ALICE, "sync", "chat"),
+        (users.BOB, "--offline", "cache", "path", "chat"),  # takes a lease: locks/store.lock, leases/
+        (users.BOB, "sync", "split"),  # shares mmproj and preset with chat
+        (users.BOB, "cache", "rm", "chat"),
+        (users.ALICE, "sync", "chat"),  # into folders and lock files that Bob made
+        (users.BOB, "verify", "--full"),
+        (users.ALICE, "cache", "gc"),
     ]
     for uid, *args in steps:
         done = cli(uid, *args)
         assert done.returncode == 0, f"{uid} {args}: {done.stderr}"
         assert "Traceback" not in done.stderr
     store_lock = cache / "locks" / "store.lock"
-    assert store_lock.stat().st_mode & 0o060 == 0o060 and store_lock.stat().st_gid == TEAM
+    assert store_lock.stat().st_mode & 0o060 == 0o060 and store_lock.stat().st_gid == users.TEAM
 
 
 # --- 4. hostile Hub answers ------------------------------------------------------------------------
@@ -664,7 +609,7 @@ def _endless_tree(hostile: Hostile, delay: float = 0.0) -> None:
 def test_endless_tree_pages_stop_at_a_bound(hostile, workdir, run_cli):
     _endless_tree(hostile)
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "pages" in err
@@ -679,7 +624,7 @@ def test_slow_tree_pages_stop_at_a_time_bound(hostile, workdir, run_cli, monkeyp
     _endless_tree(hostile, delay=0.2)
     started = time.monotonic()
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "1 s" in err
@@ -703,7 +648,7 @@ def test_an_endless_plain_file_is_read_to_its_declared_size_plus_one_byte(hostil
     hostile.overrides["/api/models/evil/repo/tree/"] = tree
     hostile.overrides[f"/evil/repo/resolve/{COMMIT}/preset.ini"] = endless
 
-    code, out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
+    code, _out, err = run_cli("add", "m", "evil/repo:Q4_K_M")
 
     _one_line_error(code, err)
     assert "evil/repo" in err and "preset.ini" in err and "10 bytes" in err

@@ -20,7 +20,7 @@ def fresh_probe(monkeypatch):
     monkeypatch.setattr(probe, "_ANNOUNCED", set())
 
 
-def test_one_screen_with_everything_a_bug_report_needs(run_cli, lock, hub, workdir, monkeypatch):
+def test_one_screen_with_everything_a_bug_report_needs(run_cli, lock, hub, workdir, monkeypatch, fresh_probe):
     import llama_cpp
 
     monkeypatch.setenv("HF_TOKEN", SECRET)

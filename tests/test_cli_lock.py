@@ -52,7 +52,7 @@ def test_one_lock_asks_the_hub_once_per_repository(hub, workdir, run_cli, tiny_f
     new_commit = hub.commit(REPO, {"notes.txt": b"unrelated change"}, message="docs")
     hub.clear_log()
 
-    code, out, err = run_cli("lock", "--upgrade")
+    code, _out, err = run_cli("lock", "--upgrade")
     assert code == 0, err
     after = Lockfile.load(workdir / "model-lock.toml")
     assert {e.revision for e in after.entries.values()} == {new_commit}
@@ -226,7 +226,7 @@ def test_offline_pinning_refuses_hub_sources_without_a_request(hub, workdir, run
 
 
 def test_a_local_file_pins_offline(workdir, run_cli, tiny_files):
-    code, out, err = run_cli("--offline", "add", "local", str(tiny_files["tiny-Q8_0.gguf"]))
+    code, _out, err = run_cli("--offline", "add", "local", str(tiny_files["tiny-Q8_0.gguf"]))
     assert code == 0, err
     assert Lockfile.load(workdir / "model-lock.toml").entry("local").is_pinned
 
@@ -257,7 +257,7 @@ def test_concurrent_adds_and_lock_keep_every_pin(hub, workdir, run_cli, tiny_fil
         for argv in commands
     ]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
-    assert [(proc.returncode, err) for proc, err in zip(procs, errors)] == [(0, "")] * len(commands)
+    assert [(proc.returncode, err) for proc, err in zip(procs, errors, strict=True)] == [(0, "")] * len(commands)
     lock = Lockfile.load(workdir / "model-lock.toml")
     assert sorted(lock.entries) == ["base"] + [f"m{i}" for i in range(6)]
     assert all(entry.is_pinned for entry in lock.entries.values())

@@ -54,7 +54,7 @@ def test_eight_processes_syncing_one_cold_model_download_each_blob_once(hub, wor
     assert all(r["problems"] == [] for r in reports)
     assert len({tuple(r["files"]) for r in reports}) == 1  # everyone got the same view
     pins = {p.path: p.sha256 for e in Lockfile.load(lock).entries.values() for p in e.files}
-    for name, sha in pins.items():
+    for name in pins:
         assert _byte_downloads(hub, name) == 1, name
     for file in reports[0]["files"]:
         assert hashlib.sha256(Path(file).read_bytes()).hexdigest() == pins[Path(file).name]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,13 @@ def test_bad_max_size_argument_names_the_option_not_the_variable(monkeypatch):
     monkeypatch.delenv("MODELFIX_CACHE_MAX_SIZE", raising=False)
     with pytest.raises(CacheError, match="--max-size '2XB'"):
         CacheSettings.resolve(max_size="2XB")
+
+
+def test_read_only_caches_come_in_order_without_repeats_or_the_store_itself(monkeypatch, tmp_path):
+    a, b, store = tmp_path / "a", tmp_path / "b", tmp_path / "store"
+    monkeypatch.setenv("MODELFIX_READONLY_CACHES", os.pathsep.join([str(a), "", str(b), str(a), str(store)]))
+    assert CacheSettings.resolve(cache_dir=store).layers == (a, b)
+    assert CacheSettings.resolve(cache_dir=store, readonly_caches=[b, "~/x"]).layers == (b, Path.home() / "x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODELFIX_READONLY_CACHES", "a")  # relative: to the working folder, when used
+    assert CacheSettings.resolve(cache_dir=store).layers == (a,)

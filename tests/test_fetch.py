@@ -15,12 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelfix.errors import IntegrityError, NetworkError
+from modelfix.errors import Cancelled, IntegrityError, NetworkError, SourceMissing
 from modelfix.events import events
-from modelfix.fetch import FetchPolicy, download
-from modelfix.jobs import Cancelled, jobs, new_job
+from modelfix.fetch import download
+from modelfix.jobs import jobs, new_job
+from modelfix.retry import FetchPolicy
 from modelfix.testing.hub import Fault
-from modelfix.transports import FsspecTransport, HttpTransport, SourceMissing
+from modelfix.transports import FsspecTransport, HttpTransport
 
 REPO, FILE = "org/tiny", "tiny-Q4_0.gguf"
 FAST = FetchPolicy(base_delay=0.01, read_timeout=0.5, attempts=3)

@@ -86,14 +86,16 @@ BAD = [
     ('[models._chat]\nsource = "a/b"\n', r"model-lock.toml:1: model name '_chat' must start with a letter or digit"),
     (
         '[models.chat]\nsource = "a/b"\nrevision = "../../x"\n',
-        r"model-lock.toml:3: revision must be a full commit sha \(40 lowercase hex characters\), got '../../x'. Run `modelfix lock --upgrade --model chat`",
+        r"model-lock.toml:3: revision must be a full commit sha \(40 lowercase hex characters\), got '../../x'. "
+        r"Run `modelfix lock --upgrade --model chat`",
     ),
     ('[models.chat]\nsource = "a/b"\nrevision = "main"\n', r"model-lock.toml:3: revision must be a full commit sha"),
     (
         '[models.chat]\nsource = "a/b"\nfiles = [{path = "m.gguf", size = 9223372036854775807, sha256 = "'
         + SHA
         + '"}]\n',
-        r"model-lock.toml:3: files\[0\] of \[models.chat\] \(m.gguf\): size must be a non-negative integer of at most 2\*\*50 bytes",
+        r"model-lock.toml:3: files\[0\] of \[models.chat\] \(m.gguf\): "
+        r"size must be a non-negative integer of at most 2\*\*50 bytes",
     ),
     (
         '[models.a]\nsource = "a/b"\n[models.a]\nsource = "c/d"\n',
@@ -436,7 +438,7 @@ def _many(n: int, bad_last: bool = False) -> str:
 
 
 def test_a_valid_lockfile_is_read_without_looking_up_a_single_line(tmp_path, monkeypatch):
-    import modelfix.lockfile_lines as lockfile_lines
+    from modelfix import lockfile_lines
 
     scans = []
     monkeypatch.setattr(lockfile_lines, "Lines", lambda *a, real=lockfile_lines.Lines: scans.append(a) or real(*a))
@@ -446,7 +448,7 @@ def test_a_valid_lockfile_is_read_without_looking_up_a_single_line(tmp_path, mon
 
 
 def test_an_error_deep_in_a_big_lockfile_scans_its_lines_once(tmp_path, monkeypatch):
-    import modelfix.lockfile_lines as lockfile_lines
+    from modelfix import lockfile_lines
 
     scanned = []
     real = lockfile_lines.Lines

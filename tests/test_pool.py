@@ -71,7 +71,7 @@ def test_equal_keys_share_one_handle(pool, models, recorded, name):
     first = get(pool, models, name)
     second = get(pool, models, name, n_ctx=512)  # the default, spelled out: same key
     assert first is second
-    assert pool.metrics()["loads"] == 1 and pool.metrics()["hits"] == 1
+    assert pool.metrics().loads == 1 and pool.metrics().hits == 1
     assert [(e.kind, e.status) for e in recorded if e.model == name] == [("load", "loading"), ("load", "loaded")]
     assert text(first)
 
@@ -81,7 +81,7 @@ def test_a_changed_setting_loads_another_handle(pool, models, change):
     base = get(pool, models, "a")
     other = get(pool, models, "a", **change)
     assert other is not base
-    assert pool.metrics()["loads"] == 2
+    assert pool.metrics().loads == 2
     assert len(pool.loaded()) == 2
     if "n_ctx" in change:
         assert (base.n_ctx(), other.n_ctx()) == (512, 256)
@@ -125,15 +125,21 @@ def test_n_gpu_layers_reaches_llama_cpp(pool, models, monkeypatch, via, layers, 
 
 def test_frontend_and_lockfile_layers_reach_the_handle(pool, models):
     # (llama.cpp rounds n_ctx up to a multiple of 256, so the sizes here are such multiples)
-    llm = pool.acquire(models["a"], "sha-a", "a", {"n_ctx": 256}, frontend={"n_ctx": 768})
+    llm = pool.acquire(models["a"], "sha-a", "a", {"n_ctx": 256}, load_options={"n_ctx": 768})
     assert llm.n_ctx() == 768
     assert pool.acquire(models["a"], "sha-a", "a", {"n_ctx": 256}).n_ctx() == 256
 
 
+def test_the_old_frontend_keyword_still_works_and_says_it_is_deprecated(pool, models):
+    with pytest.warns(DeprecationWarning, match="load_options="):
+        llm = pool.acquire(models["a"], "sha-a", "a", frontend={"n_ctx": 768})
+    assert llm.n_ctx() == 768
+
+
 def test_unknown_setting_is_refused_before_loading(pool, models):
-    with pytest.raises(SettingsError, match="unknown setting 'ctx'.*n_ctx"):
+    with pytest.raises(SettingsError, match=r"unknown setting 'ctx'.*n_ctx"):
         get(pool, models, "a", ctx=128)
-    assert pool.metrics()["loads"] == 0
+    assert pool.metrics().loads == 0
 
 
 # --- eviction --------------------------------------------------------------------
@@ -149,7 +155,7 @@ def test_budget_evicts_least_recently_used_first(models, recorded):
         get(pool, models, "c")
         assert sorted(r.name for r in pool.loaded()) == ["a", "c"]
         assert [e.model for e in recorded if e.kind == "evict"] == ["b"]
-        assert pool.metrics()["evictions"] == 1
+        assert pool.metrics().evictions == 1
     finally:
         pool.close()
 
@@ -199,7 +205,7 @@ def test_over_budget_load_is_refused_with_sizes_and_where_the_budget_was_set(mod
         message = str(info.value)
         assert "'a'" in message and "needs about" in message and "KV cache" in message
         assert "n_ctx=512" in message and "budget is" in message and named in message
-        assert pool.metrics()["loads"] == 0 and pool.loaded() == []
+        assert pool.metrics().loads == 0 and pool.loaded() == []
     finally:
         pool.close()
 
@@ -207,9 +213,8 @@ def test_over_budget_load_is_refused_with_sizes_and_where_the_budget_was_set(mod
 def test_budget_held_by_handles_in_use_is_named(models):
     pool = Pool(memory_budget=int(1.5 * cost(models, "a")))
     try:
-        with pool.use(get(pool, models, "a")):
-            with pytest.raises(MemoryBudgetError, match=r"held by handles in use \(a\)"):
-                get(pool, models, "b")
+        with pool.use(get(pool, models, "a")), pytest.raises(MemoryBudgetError, match=r"held by handles in use \(a\)"):
+            get(pool, models, "b")
     finally:
         pool.close()
 
@@ -398,7 +403,7 @@ def test_an_evicted_handle_reloads_on_its_next_call(pool, models):
     assert pool.unload(llm) == 1
     assert pool.loaded() == [] and "not resident" in repr(llm)
     assert text(llm) == expected  # a closed Llama here would crash the process
-    assert pool.metrics()["reloads"] == 1 and pool.metrics()["loads"] == 2
+    assert pool.metrics().reloads == 1 and pool.metrics().loads == 2
 
 
 def test_a_stream_holds_its_handle_until_exhausted(pool, models):
@@ -428,7 +433,7 @@ def test_concurrent_first_loads_of_one_key_load_once(pool, models):
     for t in threads:
         t.join()
     assert len({id(h) for h in handles}) == 1
-    assert pool.metrics()["loads"] == 1
+    assert pool.metrics().loads == 1
 
 
 # --- keep-alive and strategies ----------------------------------------------------------
@@ -444,25 +449,40 @@ def test_idle_handles_expire_without_further_pool_calls(models):
     pool = Pool(memory_budget="inf", keep_alive=0.2)
     try:
         with events.listening(listen):
+            started = time.monotonic()  # before the load: its last use is later, so its expiry too
             llm = get(pool, models, "a")
-            started = time.monotonic()
             assert expired.wait(5), "the keep-alive thread did not release the idle handle"
-        assert time.monotonic() - started >= 0.15
+        assert time.monotonic() - started >= 0.2
         assert pool.loaded() == []
         assert text(llm)  # and it comes back on use
     finally:
         pool.close()
 
 
-def test_keep_alive_counts_from_the_last_use(models):
-    pool = Pool(memory_budget="inf", keep_alive=2.0)
+def test_keep_alive_counts_from_the_last_use(models, clock):
+    pool = Pool(memory_budget="inf", keep_alive=2.0, clock=clock)
     try:
         llm = get(pool, models, "a")
-        time.sleep(1.2)
+        clock.advance(1.2)
         text(llm)
-        time.sleep(1.2)
-        # 2.4 s since the load, but only 1.2 s since the last call (wide margins for a busy CI runner)
-        assert [r.name for r in pool.loaded()] == ["a"]
+        clock.advance(1.2)
+        # 2.4 s since the load, but only 1.2 s since the last call
+        assert pool.reap() == 0 and [r.name for r in pool.loaded()] == ["a"]
+        clock.advance(0.8)  # 2.0 s since the last call
+        pool.reap()  # (or the keep-alive thread, had it woken up first)
+        assert pool.loaded() == []
+    finally:
+        pool.close()
+
+
+def test_keep_alive_zero_waits_for_the_first_call(models, clock):
+    pool = Pool(memory_budget="inf", keep_alive=0, clock=clock)
+    try:
+        llm = get(pool, models, "a")
+        clock.advance(3600)
+        assert pool.reap() == 0 and len(pool.loaded()) == 1  # loaded, never called: kept for its first call
+        text(llm)
+        assert pool.loaded() == []  # closed as the call returned
     finally:
         pool.close()
 
@@ -476,7 +496,7 @@ def test_strategy_none_unloads_after_each_use(models, monkeypatch):
         text(llm)
         assert pool.loaded() == []
         text(llm)  # loads again for this call only
-        assert pool.loaded() == [] and pool.metrics()["loads"] == 2
+        assert pool.loaded() == [] and pool.metrics().loads == 2
     finally:
         pool.close()
 
@@ -509,16 +529,16 @@ def test_loaded_records_and_metrics(pool, models, recorded):
     assert a.cost == estimate(models["a"], n_ctx=256).total and a.content_key == "sha-a"
     assert before <= a.last_used <= time.time()
     with pytest.raises(AttributeError):
-        a.hits = 2  # type: ignore[misc]
+        a.hits = 2  # type: ignore[misc]  # frozen: assigning is what this checks
     metrics = pool.metrics()
-    assert {k: metrics[k] for k in ("hits", "misses", "loads", "evictions", "resident")} == {
+    assert {k: getattr(metrics, k) for k in ("hits", "misses", "loads", "evictions", "resident")} == {
         "hits": 1,
         "misses": 2,
         "loads": 2,
         "evictions": 0,
         "resident": 2,
     }
-    assert set(metrics["load_seconds"]) == {"a", "b"} and all(s > 0 for s in metrics["load_seconds"].values())
+    assert set(metrics.load_seconds) == {"a", "b"} and all(s > 0 for s in metrics.load_seconds.values())
     loaded_events = [e for e in recorded if e.kind == "load" and e.status == "loaded"]
     assert [e.model for e in loaded_events] == ["a", "b"] and all(e.seconds > 0 for e in loaded_events)
 
@@ -530,7 +550,7 @@ def test_unload_by_name_closes_every_setting_of_that_model(pool, models):
     assert pool.unload("a") == 2
     assert pool.unload("a") == 0
     assert [r.name for r in pool.loaded()] == ["b"]
-    assert pool.metrics()["evictions"] == 0  # an explicit unload is not an eviction
+    assert pool.metrics().evictions == 0  # an explicit unload is not an eviction
 
 
 # --- behaviour of the handles ---------------------------------------------------------
@@ -637,7 +657,7 @@ def test_load_by_name_uses_the_lockfile_settings(project, shared):
     assert modelfix.load("tiny", project, n_ctx=512) is not llm
     (record, *_) = [r for r in modelfix.loaded() if r.settings.n_ctx == 256]
     assert record.name == "tiny" and record.settings.seed == 3 and record.hits == 1
-    assert modelfix.pool_metrics()["hits"] >= 1
+    assert modelfix.pool_metrics().hits >= 1
     assert text(llm)
 
 
@@ -666,7 +686,7 @@ def test_preload_then_unload(project, shared):
     assert modelfix.load("split", project) is handles[1]
     assert modelfix.unload("tiny") == 1
     assert [r.name for r in modelfix.loaded()] == ["split"]
-    with modelfix.pool.use("tiny", project) as llm:  # the evicted model comes back for the block
+    with modelfix.use("tiny", project) as llm:  # the evicted model comes back for the block
         assert type(llm) is llama_cpp.Llama and text(llm)
 
 
@@ -675,7 +695,7 @@ def test_display_probes_do_not_reload_an_evicted_handle(pool, models):
     pool.unload(llm)
     for probe in ("_repr_html_", "_ipython_canary_method_should_not_exist_", "_ipython_display_"):
         assert getattr(llm, probe, None) is None
-    assert pool.metrics()["loads"] == 1
+    assert pool.metrics().loads == 1
 
 
 def test_a_model_llama_cpp_cannot_load_is_a_clear_error(pool, models, tmp_path, recorded):

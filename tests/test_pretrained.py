@@ -134,6 +134,7 @@ def test_the_llama_fixture(project: Path, pytester: pytest.Pytester, reference: 
 
 def test_load_model_in_a_real_kernel(project: Path, tmp_path: Path, monkeypatch, reference: Reference) -> None:
     import nbformat
+
     from modelfix_jupyter.run import run_notebook
 
     monkeypatch.setenv("MODELFIX_LOCK", str(project))

@@ -45,6 +45,7 @@ REPACK_BUFFER = ("CPU_REPACK model buffer size", "AMX model buffer size")
 def fresh(monkeypatch):
     """No verdict in this process's memory (restored after, so other tests do not probe again)."""
     monkeypatch.setattr(probe, "_MEMO", {})
+    monkeypatch.setattr(probe, "_KEPT", {})
     monkeypatch.setattr(probe, "_ANNOUNCED", set())
     monkeypatch.setattr(probe, "_KEY", [])
     return probe
@@ -126,6 +127,19 @@ def test_this_host_is_probed_once_then_read_from_the_cache(fresh, root):
     assert done.stdout.split() == [expected, "True"], done.stderr
 
 
+def test_each_cache_a_process_uses_gets_the_verdict_from_one_probe(fresh, root, tmp_path, monkeypatch):
+    first = probe.verdict(root)
+    monkeypatch.setattr(probe, "_probe", lambda *args: pytest.fail("probed twice in one process"))
+
+    other = tmp_path / "other-cache"
+    found = probe.verdict(other)
+
+    # `modelfix doctor` on the other cache shows that cache's file, and a later process reads it there.
+    assert found.path == str(other / "probe" / f"{first.key}.json") and found.repack == first.repack
+    assert json.loads(Path(found.path).read_text())["repack"] == first.repack
+    assert probe.verdict(root).path == first.path
+
+
 def test_a_crash_with_repacking_on_turns_it_off_and_loads_say_so(fresh, root, monkeypatch, caplog):
     # Stands in for the AMX crash, which cannot happen on this CPU: the child dies by SIGSEGV with repacking on.
     monkeypatch.setenv("MODELFIX_PROBE_FAULT", "crash-with-repack")
@@ -189,6 +203,19 @@ def test_a_cache_that_cannot_be_written_keeps_the_verdict_in_memory(fresh, tmp_p
     assert found.repack == "off" and found.path is None
     assert any("cannot keep the probe verdict" in r.getMessage() for r in caplog.records)
     assert probe.use_repack("auto", blocked) is False
+
+
+def test_a_verdict_in_a_read_only_cache_is_used_and_nothing_is_written_anywhere(fresh, root, tmp_path, monkeypatch):
+    layer = tmp_path / "image"
+    baked = probe._write(layer, probe.Verdict("off", probe.probe_key(), "llama.cpp as built", "died by SIGSEGV"))
+    monkeypatch.setattr(probe, "_probe", lambda *args: pytest.fail("probed, though a read-only cache has a verdict"))
+    before = sorted(p.stat().st_mtime_ns for p in layer.rglob("*"))
+
+    found = probe.verdict(root, layers=[tmp_path / "absent", layer])
+
+    assert (found.repack, found.cached, found.path) == ("off", True, baked.path)
+    assert probe.use_repack("auto", root, [layer]) is False
+    assert not root.exists() and sorted(p.stat().st_mtime_ns for p in layer.rglob("*")) == before
 
 
 def test_the_key_follows_the_build_the_cpu_and_the_kernel(fresh, monkeypatch):

@@ -198,7 +198,10 @@ def test_handle_state_is_reset_whatever_the_order(suite: pytest.Pytester, monkey
     run(suite).assert_outcomes(passed=3)
     backward = [json.loads(line) for line in outputs.read_text().splitlines()]
     assert list(backward[0]) == ["three"]  # the order really was reversed
-    merged = lambda rows: {k: v for row in rows for k, v in row.items()}  # noqa: E731
+
+    def merged(rows: list[dict]) -> dict:
+        return {k: v for row in rows for k, v in row.items()}
+
     assert merged(forward) == merged(backward)
     assert merged(forward)["one"] == merged(forward)["three"]
 
@@ -254,7 +257,9 @@ def test_offline_missing_model_is_explained_once_then_in_one_line(
     options = ["--modelfix-preload"] * preload + ["-n", "2"] * xdist
     result = run(suite, "--modelfix-offline", *options)
     result.assert_outcomes(passed=1, failed=1, errors=2)
-    text = result.stdout.str()
+    # The short summary at the end repeats each first line, cut to the terminal's width except where
+    # pytest sees a CI (CI or BUILD_NUMBER set): what is promised is the reports above it.
+    text = result.stdout.str().split("short test summary info")[0]
     # The core's message in full (the model, its files, the command that fetches them), once:
     assert text.count("offline mode is on (") == 1 and text.count("modelfix sync tiny") == 1
     assert text.count("tiny: tiny-Q4_0.gguf") == 1
@@ -263,12 +268,12 @@ def test_offline_missing_model_is_explained_once_then_in_one_line(
     (first,) = set(shorts)  # all point at the one full message
     if preload:  # said before the first test runs
         assert first == "the --modelfix-preload message above the test results"
-        assert text.index("offline mode is on (") < text.index("passed")
+        assert text.index("offline mode is on (") < result.stdout.str().index("passed")
     else:
         assert re.fullmatch(r"test_offline\S*\.py::test_needs_(model|path|it_again)", first), first
         # The full message is in the report of the test the others point at.
         sections = re.split(r"^_{3,} (.*?) _{3,}$", text, flags=re.M)
-        shown = {title: body for title, body in zip(sections[1::2], sections[2::2])}
+        shown = {title: body for title, body in zip(sections[1::2], sections[2::2], strict=True)}
         (full,) = [title for title, body in shown.items() if "offline mode is on (" in body]
         assert full.endswith(first.split("::")[1]), (full, first)
     assert "Traceback" not in text and "resolver.py" not in text
@@ -372,6 +377,43 @@ def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub)
     run(pytester, "--modelfix-cache-dir", str(other)).stdout.re_match_lines(
         [rf".*, cache {re.escape(str(other))}, offline, .*"]
     )
+
+
+def test_the_llama_fixture_serves_from_read_only_caches_of_the_ini_or_the_command_line(
+    suite: pytest.Pytester, hub
+) -> None:
+    import modelfix
+    from modelfix.config import CacheSettings
+
+    image = suite.path / "image"
+    modelfix.sync(["tiny"], suite.path / "model-lock.toml", cache_settings=CacheSettings.resolve(cache_dir=image))
+    suite.makeini(
+        """
+        [pytest]
+        modelfix_readonly_cache =
+            missing
+            image
+        modelfix_offline = true
+        """
+    )
+    suite.makepyfile(
+        """
+        def test_in_place(llama, modelfix):
+            assert modelfix.path("tiny").is_relative_to(modelfix.options.readonly_caches[-1])
+            assert llama("Hello", max_tokens=4)["choices"][0]["text"]
+        """
+    )
+    hub.clear_log()
+
+    result = run(suite)
+    elsewhere = run(suite, "--modelfix-readonly-cache", str(suite.path / "elsewhere"))
+
+    result.assert_outcomes(passed=1)
+    layers = f"read-only caches {suite.path / 'missing'}, {image}, offline"
+    result.stdout.re_match_lines([rf"modelfix: lockfile .*, cache .*, {re.escape(layers)}, models: tiny, .*"])
+    assert hub.requests == []
+    elsewhere.assert_outcomes(errors=1)  # the command line replaces the ini's list: offline, tiny is missing
+    elsewhere.stdout.fnmatch_lines(["*offline mode is on*"])
 
 
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:

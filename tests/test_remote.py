@@ -18,7 +18,8 @@ import modelfix
 from modelfix.events import events
 from modelfix.lockfile import Lockfile
 from modelfix.locking import add
-from modelfix.resolver import push, remote_url
+from modelfix.project import push
+from modelfix.tiers import remote_url
 
 REPO = "org/tiny"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 import modelfix
-import modelfix.resolver
+import modelfix.lockfile
 import modelfix.store
 import modelfix.views
 from modelfix.config import CacheSettings
-from modelfix.errors import IntegrityError, LockError, NetworkError, OfflineError
-from modelfix.jobs import Cancelled, jobs
+from modelfix.errors import Cancelled, IntegrityError, LockError, NetworkError, OfflineError
+from modelfix.jobs import jobs
 from modelfix.lockfile import Lockfile
 from modelfix.locking import add, add_entry
 from modelfix.resolver import cached_state, missing
@@ -61,7 +61,7 @@ def test_files_names_every_file_of_the_entry_in_its_view(lock, tiny_files):
     assert m.model_path.name == "tiny-Q4_1-00001-of-00003.gguf"
     assert m.mmproj_path == m.view / "mmproj-tiny-f16.gguf"
     assert m.preset_path == m.view / "preset.ini"
-    for pin, file in zip(m.entry.files, m.files):
+    for pin, file in zip(m.entry.files, m.files, strict=True):
         assert (
             hashlib.sha256(file.read_bytes()).hexdigest()
             == pin.sha256
@@ -77,7 +77,8 @@ def test_entries_pinning_the_same_bytes_share_one_view(lock):
 
 
 @pytest.mark.parametrize("lock_arg", ["given", "found upward"])
-def test_a_warm_path_makes_no_request_hashes_and_parses_nothing_and_is_fast(lock, hub, monkeypatch, lock_arg):
+def test_a_warm_path_makes_no_request_hashes_and_parses_nothing(lock, hub, monkeypatch, lock_arg):
+    """How fast it is, is benchmarks/bench_warm.py's claim (docs/benchmarks.md), not a timed test."""
     given = lock if lock_arg == "given" else None
     an_hour_ago = time.time() - 3600  # as a project's lockfile is: its stat alone is trusted
     os.utime(lock, (an_hour_ago, an_hour_ago))
@@ -89,14 +90,11 @@ def test_a_warm_path_makes_no_request_hashes_and_parses_nothing_and_is_fast(lock
 
     monkeypatch.setattr(modelfix.store, "hash_fd", forbidden)
     monkeypatch.setattr(modelfix.views.View, "read", forbidden)
-    monkeypatch.setattr(modelfix.resolver.Lockfile, "parse", forbidden)
-    started = time.perf_counter()
+    monkeypatch.setattr(modelfix.lockfile.Lockfile, "parse", forbidden)
     for _ in range(200):
         assert modelfix.path("chat", given) == first
-    per_call = (time.perf_counter() - started) / 200
 
     assert hub.requests == []
-    assert per_call < 0.0005
 
 
 def _cache_rm(m, lock) -> None:
@@ -185,7 +183,7 @@ def test_unpinned_and_stale_entries_ask_for_modelfix_lock(lock):
     with pytest.raises(LockError, match="not pinned yet: run `modelfix lock`"):
         modelfix.path("new", lock)
     add_entry(lock, "chat", f"{REPO}:Q8_0")  # source edited, pins not refreshed
-    with pytest.raises(LockError, match="stale.*Run `modelfix lock`"):
+    with pytest.raises(LockError, match=r"stale.*Run `modelfix lock`"):
         modelfix.path("chat", lock)
 
 
@@ -279,13 +277,15 @@ def test_a_cancelled_sync_leaves_a_resumable_partial_and_nothing_half_written(lo
 
 
 def test_jobs_can_be_watched_from_another_thread_while_sync_runs(lock, hub):
-    hub.inject(REPO, MODEL, Fault.stall(1.0, after_bytes=100_000))
+    hub.inject(REPO, MODEL, Fault.stall(60, after_bytes=100_000))  # until this thread has seen it downloading
     worker = threading.Thread(target=modelfix.sync, args=(["chat"], lock))
     worker.start()
-    statuses = set()
-    while worker.is_alive():
+    statuses: set[str] = set()
+    deadline = time.monotonic() + 60
+    while "downloading" not in statuses and worker.is_alive() and time.monotonic() < deadline:
         statuses |= {j.status for j in jobs() if j.file == MODEL}
         time.sleep(0.05)
+    hub.release_stalls()
     worker.join()
 
     assert "downloading" in statuses

@@ -59,7 +59,7 @@ def test_default_falls_back_to_q8_then_first():
 
 def test_tag_needs_a_separator_after_it():
     # "Q4_K" must not match "Q4_K_M": the tag is followed by '.' or '-' only.
-    with pytest.raises(SourceError, match="matches no model file.*Available: m-Q4_K_M.gguf"):
+    with pytest.raises(SourceError, match=r"matches no model file.*Available: m-Q4_K_M\.gguf"):
         select(["m-Q4_K_M.gguf"], "Q4_K")
 
 
@@ -108,7 +108,7 @@ def test_explicit_file_brings_its_split_set():
 
 
 def test_explicit_missing_file_lists_models():
-    with pytest.raises(SourceError, match="does not exist.*Model-Q4_K_M.gguf"):
+    with pytest.raises(SourceError, match=r"does not exist.*Model-Q4_K_M\.gguf"):
         select_file(LISTING, "nope.gguf")
 
 
@@ -130,7 +130,7 @@ def test_tag_is_a_substring_match_as_in_llama_cpp():
 
 
 def test_an_explicit_file_that_is_not_gguf_is_refused():
-    with pytest.raises(SourceError, match="'README.md' in org/x is not a GGUF model file.*Model files there: "):
+    with pytest.raises(SourceError, match=r"'README\.md' in org/x is not a GGUF model file.*Model files there: "):
         select_file(["README.md", "config.json", "m-Q4_0.gguf"], "README.md", repo="org/x")
 
 

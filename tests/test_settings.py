@@ -152,7 +152,7 @@ def test_settings_are_frozen_and_hashable():
     assert settings.tensor_split == (1.0, 1.0)
     assert hash(settings) == hash(resolve_settings("chat", {"tensor_split": (1.0, 1.0)}).settings)
     with pytest.raises(AttributeError):
-        settings.n_ctx = 1  # type: ignore[misc]
+        settings.n_ctx = 1  # type: ignore[misc]  # frozen: assigning is what this checks
     assert "mmproj" not in settings.llama_kwargs()
     assert settings.llama_kwargs()["tensor_split"] == [1.0, 1.0]
 
@@ -177,7 +177,7 @@ def test_plugins_adjust_settings_last(plugin):
     pm.register(instance)
     try:
         if plugin is _BadPlugin:
-            with pytest.raises(SettingsError, match="unknown setting 'gpu'.*plugin"):
+            with pytest.raises(SettingsError, match=r"unknown setting 'gpu'.*plugin"):
                 resolve_settings("chat")
             return
         resolved = resolve_settings("chat", {"n_ctx": 300})

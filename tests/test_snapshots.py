@@ -330,7 +330,8 @@ def test_unused_snapshots_are_reported_and_removed_only_when_known_unused(suite:
     deselected.stdout.re_match_lines(
         [
             r"-+ modelfix -+",
-            r"snapshots: 0 passed, 0 written, 0 updated, 0 failed, 1 unused \(--modelfix-snapshot-update removes them\)",
+            r"snapshots: 0 passed, 0 written, 0 updated, 0 failed, 1 unused "
+            r"\(--modelfix-snapshot-update removes them\)",
         ]
     )
     narrowed = run(suite, UPDATE, "-v", "test_answers.py::test_without_snapshots")

@@ -135,13 +135,13 @@ def test_missing_revision(hub):
 
 def test_tag_without_match_lists_what_exists(hub):
     with pytest.raises(
-        SourceError, match="tag 'Q3_K_S' matches no model file in org/tiny. Available: .*tiny-Q8_0.gguf"
+        SourceError, match=r"tag 'Q3_K_S' matches no model file in org/tiny\. Available: .*tiny-Q8_0\.gguf"
     ):
         parse_source(f"{TINY_REPO}:Q3_K_S").resolve()
 
 
 def test_missing_repo(hub):
-    with pytest.raises(AuthError, match="repository 'org/nothing' was not found.*HF_TOKEN"):
+    with pytest.raises(AuthError, match=r"repository 'org/nothing' was not found.*HF_TOKEN"):
         parse_source("org/nothing").resolve()
 
 

@@ -19,11 +19,14 @@ import pytest
 
 import modelfix
 import modelfix.store
+from modelfix import joins
+from modelfix.care import usage
 from modelfix.config import CacheSettings
 from modelfix.errors import CacheError
 from modelfix.events import events
 from modelfix.locking import add
-from modelfix.store import Store, cache_error
+from modelfix.safefs import cache_error
+from modelfix.store import Store
 
 REPO = "org/tiny"
 
@@ -69,7 +72,7 @@ def test_blobs_are_read_only_and_views_link_them_under_the_pinned_names(lock, ti
         "preset.ini",
     ]
     assert {p.parent for p in m.files} == {m.view}  # llama.cpp finds the split siblings beside part 1
-    for pin, file in zip(m.entry.files, m.files):
+    for pin, file in zip(m.entry.files, m.files, strict=True):
         blob = store.blob_path(pin.sha256)
         assert os.path.samefile(blob, file)  # a hard link: no second copy on disk
         assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -108,17 +111,20 @@ def test_a_flipped_byte_in_a_committed_blob_is_caught_and_removed(lock, hub, ful
     assert modelfix.verify(["a"], lock, full=True) == []
 
 
-def test_a_warm_use_records_the_views_last_use_at_most_once_a_minute(lock, monkeypatch):
+def test_a_warm_use_records_the_views_last_use_at_most_once_a_minute(lock, monkeypatch, clock):
+    monkeypatch.setattr(modelfix.store._used, "clock", clock)
     manifest = modelfix.files("a", lock).view / ".modelfix.json"
     os.utime(manifest, (1000, 1000))
 
     modelfix.files("a", lock)
-    assert manifest.stat().st_mtime == 1000  # recorded a moment ago: a warm call writes nothing
+    clock.advance(59)
+    modelfix.files("a", lock)
+    assert manifest.stat().st_mtime == 1000  # recorded less than a minute ago: a warm call writes nothing
 
-    monkeypatch.setattr(modelfix.store, "_USE_EVERY", 0.0)  # as if a minute had passed
+    clock.advance(1)
     modelfix.files("a", lock)
     assert manifest.stat().st_mtime > time.time() - 60
-    assert _store().usage().views[0]["last_used"] == manifest.stat().st_mtime
+    assert usage(_store()).views[0].last_used == manifest.stat().st_mtime
 
 
 def test_a_blob_whose_identity_moved_is_rehashed_and_kept_if_good(lock):
@@ -204,7 +210,7 @@ def test_legacy_multi_part_uploads_are_joined_into_one_file_in_the_view(hub_env,
     assert modelfix.files("old", lock) == m  # warm: the joined blob is remembered
 
     store = _store()
-    _rot(store.blob_path(store.joined([p.sha256 for p in m.entry.files])))
+    _rot(store.blob_path(joins.joined(store, [p.sha256 for p in m.entry.files])))
     assert [p.file for p in modelfix.verify(["old"], lock)] == ["old.gguf"]
     assert modelfix.files("old", lock).model_path.read_bytes() == parts[0] + parts[1]  # joined again
 
@@ -270,7 +276,7 @@ def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
         assert synced.returncode == 0, synced.stderr
         assert blob["a"].exists() and blob["c"].exists() and all(p.exists() for p in shared)
         assert not blob["b"].exists()
-        assert store.usage().blob_bytes <= 500_000
+        assert usage(store).blob_bytes <= 500_000
 
         # Outside the project no lockfile pins anything: only the lease protects a (and its mmproj, preset).
         pruned = _cli("cache", "prune", "--max-size", "1", cwd=tmp_path)
@@ -281,7 +287,7 @@ def test_eviction_under_a_cap_keeps_leased_and_locked_blobs(lock, tmp_path):
         holder.wait(timeout=30)
 
     assert _cli("cache", "prune", "--max-size", "1", cwd=tmp_path).returncode == 0  # the lease died with its process
-    assert store.usage().blobs == 0 and not blob["a"].exists()
+    assert usage(store).blobs == 0 and not blob["a"].exists()
 
 
 def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(lock, hub):
@@ -290,7 +296,7 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
     store, lockfile = _store(), modelfix.Lockfile.load(lock)
     a_file = lockfile.entry("a").files[0]
     cap = "300000"  # a with the shared mmproj and preset fits (236 kB); b beside them does not (496 kB)
-    hub.inject(REPO, a_file.path, Fault.stall(3.0, after_bytes=100_000))  # a is still downloading when b asks
+    hub.inject(REPO, a_file.path, Fault.stall(60, after_bytes=100_000))  # a is still downloading when b asks
     first = subprocess.Popen(
         [sys.executable, "-m", "modelfix", "sync", "a"],
         cwd=lock.parent,
@@ -309,9 +315,10 @@ def test_processes_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(l
 
         assert second.returncode == 1 and "not enough room under the cache cap" in second.stderr
     finally:
-        out, err = first.communicate(timeout=120)
+        hub.release_stalls()  # a's download goes on only now: b asked while it was surely in flight
+        _out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
-    assert store.usage().blob_bytes <= int(cap)
+    assert usage(store).blob_bytes <= int(cap)
 
 
 def test_a_failed_download_gives_its_reserved_room_back_at_once(lock, hub, monkeypatch):
@@ -340,9 +347,9 @@ def test_gc_keeps_what_views_and_the_lockfile_need_and_drops_the_rest(lock, tmp_
     orphan.write_bytes(b"nobody needs me")
     (store.root / "tmp" / f"{'1' * 64}.partial").write_bytes(b"abandoned")
 
-    report = modelfix.resolver.gc(lock)
+    report = modelfix.Project(lock).gc()
 
-    assert report["blobs"] == 1 and report["partials"] == 1
+    assert report.blobs == 1 and report.partials == 1
     assert not orphan.exists() and all(f.exists() for f in m.files)
     assert not list((store.root / "tmp").glob("*.partial"))
 
@@ -351,10 +358,10 @@ def test_rm_removes_one_model_and_keeps_what_another_view_shows(lock):
     a, b = modelfix.files("a", lock), modelfix.files("b", lock)
     store = _store()
 
-    freed, kept = modelfix.resolver.remove("a", lock)
+    removal = modelfix.Project(lock).remove("a")
 
-    assert freed == a.entry.files[0].size  # mmproj and preset are shown by b's view too
-    assert set(kept) == {p.sha256 for p in a.entry.files[1:]}
+    assert removal.freed == a.entry.files[0].size  # mmproj and preset are shown by b's view too
+    assert set(removal.kept) == {p.sha256 for p in a.entry.files[1:]}
     assert not a.view.exists() and not store.has(a.entry.files[0].sha256)
     assert all(f.exists() for f in b.files)
 
@@ -424,7 +431,7 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
 
     monkeypatch.setenv("MODELFIX_CACHE_MAX_SIZE", "300000")  # a (with mmproj and preset) fits; b beside it does not
     store, a_file = _store(), modelfix.Lockfile.load(lock).entry("a").files[0]
-    hub.inject(REPO, a_file.path, Fault.stall(2.0, after_bytes=100_000))
+    hub.inject(REPO, a_file.path, Fault.stall(60, after_bytes=100_000))  # until b has asked
     errors: list[BaseException] = []
 
     def sync(name: str) -> None:
@@ -439,11 +446,14 @@ def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(loc
     while not store.partial_path(a_file.sha256).exists():
         assert time.monotonic() < deadline, "a's download never started"
         time.sleep(0.05)
-    sync("b")
-    first.join()
+    try:
+        sync("b")
+    finally:
+        hub.release_stalls()
+        first.join()
 
     assert [str(e) for e in errors if "not enough room under the cache cap" in str(e)] != []
-    assert store.usage().blob_bytes <= 300_000
+    assert usage(store).blob_bytes <= 300_000
 
 
 def test_gc_collects_views_left_half_built_or_half_replaced_unless_in_use(lock):
@@ -474,12 +484,12 @@ def test_gc_collects_views_left_half_built_or_half_replaced_unless_in_use(lock):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        report = modelfix.resolver.gc(lock)
+        report = modelfix.Project(lock).gc()
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
 
-    assert report["leftovers"] == 3
+    assert report.leftovers == 3
     assert not crashed_build.exists() and not crashed_swap.exists() and not old_style.exists()
     assert recent.exists() and building.exists()
     assert all(f.exists() for f in m.files)
@@ -492,7 +502,7 @@ def test_rm_counts_only_the_bytes_it_really_frees(lock, tmp_path):
     elsewhere = tmp_path / "elsewhere.gguf"  # e.g. the huggingface_hub file it was adopted from
     os.link(store.blob_path(model.sha256), elsewhere)
 
-    freed, kept = modelfix.resolver.remove("a", lock)
+    removal = modelfix.Project(lock).remove("a")
 
-    assert freed == sum(p.size for p in m.entry.files[1:])  # the model's bytes stay on disk, under elsewhere
-    assert elsewhere.read_bytes() and not store.has(model.sha256) and kept == []
+    assert removal.freed == sum(p.size for p in m.entry.files[1:])  # the model's bytes stay on disk, under elsewhere
+    assert elsewhere.read_bytes() and not store.has(model.sha256) and removal.kept == ()

@@ -1,11 +1,15 @@
 """The notebook magics: ``%load_model``, ``%models``, ``%unload_model``, ``%modelfix_cache``.
 
-They are a thin front end over the same pool, store and settings layers as
-the pytest plugin and the CLI; nothing here decides what to fetch, what to
-keep resident or which setting wins. The magic flags are the *front-end*
-layer of :mod:`modelfix.settings`::
+They are a thin front end over a :class:`modelfix.Project`, one per kernel and
+``--lock`` (:meth:`ModelfixMagics.project`), as the pytest plugin and the CLI hold one;
+nothing here decides what to fetch, what to keep resident or which setting wins.
+The magic flags are the *front-end* layer of :mod:`modelfix.settings` (the Project's
+``load_options``)::
 
     modelfix.load() kwargs  >  %load_model flags  >  MODELFIX_* env  >  lockfile  >  defaults
+
+``%modelfix_cache --prune`` runs the Project's ``gc()`` and ``prune()``, as ``modelfix cache
+gc`` and ``modelfix cache prune`` do, and shows their reports in the same words.
 
 :func:`load` (``%load_ext``) registers the magics, the HTML formatters and
 the one-line error display; :func:`unload` (``%unload_ext``, and the first
@@ -15,8 +19,9 @@ undoes the rest, so a reload starts clean.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -24,6 +29,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import errors, render
 from .progress import reporter_for
+
+if TYPE_CHECKING:
+    from modelfix.project import Project
 
 __all__ = ["ModelfixMagics", "load", "unload"]
 
@@ -43,9 +51,19 @@ class ModelfixMagics(Magics):
         self.handed_out: dict[int, tuple[Any, Any, Any]] = {}
         # model -> (when, why) its handles were last released: %models shows it.
         self.released: dict[str, tuple[float, str]] = {}
+        self._projects: dict[str | None, Project] = {}  # --lock -> this kernel's Project for it
         from modelfix.events import events
 
         self._unsubscribe = events.subscribe(self._on_event)
+
+    def project(self, lock: str | None = None) -> Project:
+        """This kernel's Project for ``--lock`` (None: ``MODELFIX_LOCK``, else the nearest model-lock.toml)."""
+        found = self._projects.get(lock)
+        if found is None:
+            from modelfix.project import Project
+
+            found = self._projects[lock] = Project(lock)
+        return found
 
     # -- %load_model -----------------------------------------------------------
 
@@ -77,18 +95,16 @@ class ModelfixMagics(Magics):
         the lockfile and the defaults.
         """
         args = parse_argstring(self.load_model, line)
-        from modelfix import pool
-        from modelfix.config import CacheSettings
         from modelfix.events import events
-        from modelfix.lockfile import Lockfile
 
+        base = self.project(args.lock)
         if args.keep_alive is not None:
-            pool.configure(keep_alive=_duration(args.keep_alive))  # the pool's keep-alive is per process
-        lockfile = Lockfile.find(args.lock)
-        frontend = {"n_ctx": args.n_ctx, "n_gpu_layers": args.gpu_layers}  # None = not set by a flag
-        cache = CacheSettings.resolve(offline=True if args.offline else None)
+            base.pool.configure(keep_alive=_duration(args.keep_alive))  # the pool's keep-alive is per process
+        flags = {"n_ctx": args.n_ctx, "n_gpu_layers": args.gpu_layers}  # None = not set by a flag
+        project = base.derive(offline=True if args.offline else None, load_options=flags)
         with events.listening(reporter_for(self.shell, args.name)):
-            handle = pool.load(args.name, lockfile, frontend=frontend, cache_settings=cache)
+            handle = project.load(args.name)
+        lockfile = project.lockfile
         self.handed_out[id(handle)] = (handle, lockfile.entry(args.name), lockfile.path)
         return handle
 
@@ -100,22 +116,18 @@ class ModelfixMagics(Magics):
     def models(self, line: str) -> render.Table:
         """The lockfile's models: pins, whether cached, whether resident, memory, last use."""
         args = parse_argstring(self.models, line)
-        from modelfix import pool
-        from modelfix.config import CacheSettings
-        from modelfix.lockfile import Lockfile
-
-        resident = pool.loaded()
-        seen = {(r.content_key, r.settings) for r in resident}
-        # Released handles these magics handed out still count for "last used".
-        records = resident + [r for r in map(pool.record, self._handles()) if (r.content_key, r.settings) not in seen]
+        from modelfix.pool import record
         from modelfix.probe import describe
 
-        cache = CacheSettings.resolve()
-        summary = render.pool_summary(pool.default_pool().settings(), pool.pool_metrics())
-        backend = f"llama.cpp: {describe(cache.root)}"  # the verdict, as known: %models never probes
-        return render.models_table(
-            Lockfile.find(args.lock), cache, records, self.released, footer=f"{summary}\n{backend}"
-        )
+        project = self.project(args.lock)
+        resident = project.loaded()
+        seen = {(r.content_key, r.settings) for r in resident}
+        # Released handles these magics handed out still count for "last used".
+        records = resident + [r for r in map(record, self._handles()) if (r.content_key, r.settings) not in seen]
+        cache = project.cache_settings
+        summary = render.pool_summary(project.pool.settings(), project.pool.metrics())
+        backend = f"llama.cpp: {describe(cache.root, layers=cache.layers)}"  # as known: %models never probes
+        return render.models_table(project, records, self.released, footer=f"{summary}\n{backend}")
 
     # -- %unload_model ---------------------------------------------------------
 
@@ -132,15 +144,14 @@ class ModelfixMagics(Magics):
         args = parse_argstring(self.unload_model, line)
         if bool(args.name) == bool(args.all):
             raise UsageError("%unload_model: give a model NAME or --all (not both).")
-        from modelfix import pool
-
-        names = sorted({r.name for r in pool.loaded()}) if args.all else [args.name]
-        counts = {name: pool.unload(name) for name in names}
+        project = self.project()
+        names = sorted({r.name for r in project.loaded()}) if args.all else [args.name]
+        counts = {name: project.unload(name) for name in names}
         done = [f"{name} ({n} handles)" if n > 1 else name for name, n in counts.items() if n]
         if done:
             print(f"released: {', '.join(done)}")
         elif args.name:
-            print(f"{args.name} was not resident{_unknown_name_note(args.name)}")
+            print(f"{args.name} was not resident{_unknown_name_note(project, args.name)}")
         else:
             print("nothing was resident")
 
@@ -161,12 +172,11 @@ class ModelfixMagics(Magics):
         args = parse_argstring(self.modelfix_cache, line)
         if args.max_size and not args.prune:
             raise UsageError("%modelfix_cache: --max-size goes with --prune.")
-        from modelfix.config import CacheSettings
-        from modelfix.resolver import cache_stats
-
-        cache = CacheSettings.resolve(max_size=args.max_size)
-        note = _prune(cache, args.lock) if args.prune else ""
-        return render.cache_view(cache_stats(args.lock, settings=cache), cache, note)
+        project = self.project(args.lock)
+        if args.max_size:
+            project = project.derive(max_size=args.max_size)
+        note = _prune(project) if args.prune else ""
+        return render.cache_view(project.stats(), project.cache_settings, note)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -185,10 +195,9 @@ class ModelfixMagics(Magics):
     def close(self) -> None:
         """Release what these magics handed out and stop listening."""
         self._unsubscribe()
-        from modelfix import pool
-
+        project = self.project()
         for handle in self._handles():
-            pool.unload(handle)  # one that is not resident any more counts 0
+            project.unload(handle)  # one that is not resident any more counts 0
         self.handed_out.clear()
 
 
@@ -201,25 +210,17 @@ def _duration(text: str) -> float:
         raise UsageError(f"%load_model --keep-alive: {exc}") from None
 
 
-def _prune(cache: Any, lock: str | None) -> str:
-    """Free what nothing needs, then trim to the cap; one line saying what went."""
-    from modelfix import resolver
-    from modelfix.eviction import format_size
-    from modelfix.store import stats
-
-    report = resolver.gc(lock, settings=cache)
-    line = (
-        f"pruned {format_size(report['bytes'])}: unused files {report['blobs']}, "
-        f"partial downloads {report['partials']}, broken views {report['views']}"
-    )
-    if cache.max_size == float("inf"):
-        return line + "; no cap to trim to (--max-size or MODELFIX_CACHE_MAX_SIZE)"
-    evicted = resolver.prune(lock=lock, settings=cache)
-    left = stats(cache).blob_bytes
-    line += f"; to fit {format_size(cache.max_size)}, least recently used files evicted: {len(evicted)}"
-    if left > cache.max_size:
-        line += f" (still {format_size(left)}: the rest is pinned by the lockfile or in use)"
-    return line
+def _prune(project: Project) -> str:
+    """``gc()``, then ``prune()`` to the cap if there is one: what went, in the CLI's words."""
+    lines = [project.gc().summary()]
+    if math.isinf(project.cache_settings.max_size):
+        lines.append("no cap to prune to: pass --max-size or set MODELFIX_CACHE_MAX_SIZE")
+        return "\n".join(lines)
+    pruned = project.prune()
+    lines.append(pruned.summary())
+    if note := pruned.note():
+        lines.append(note)
+    return "\n".join(lines)
 
 
 # --- %load_ext / %unload_ext ------------------------------------------------------------
@@ -252,13 +253,12 @@ def unload(shell: Any) -> None:
         shell._modelfix_magics = None
 
 
-def _unknown_name_note(name: str) -> str:
+def _unknown_name_note(project: Project, name: str) -> str:
     """``; the lockfile has no model 'x' (models: a, b)`` for a likely typo, else nothing."""
     from modelfix.errors import ModelfixError
-    from modelfix.lockfile import Lockfile
 
     try:
-        lockfile = Lockfile.find()
+        lockfile = project.lockfile
     except ModelfixError:
         return ""
     if name in lockfile.entries:

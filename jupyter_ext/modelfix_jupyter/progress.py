@@ -56,7 +56,7 @@ def widgets_available(shell: Any) -> bool:
     if getattr(shell, "kernel", None) is None:
         return False
     try:
-        import ipywidgets  # noqa: F401
+        import ipywidgets  # noqa: F401  # only whether it imports: the widgets are made elsewhere
         from comm import get_comm_manager
 
         return get_comm_manager() is not None

@@ -31,11 +31,11 @@ from modelfix.eviction import format_size
 from modelfix.lockfile import Entry
 
 if TYPE_CHECKING:
+    from modelfix.care import Usage
     from modelfix.config import CacheSettings
-    from modelfix.lockfile import Lockfile
-    from modelfix.pool import Resident
+    from modelfix.pool import PoolMetrics, Resident
+    from modelfix.project import Project
     from modelfix.settings import PoolSettings
-    from modelfix.store import Usage
 
 __all__ = [
     "Table",
@@ -102,7 +102,7 @@ class Table:
     def __repr__(self) -> str:
         cells = [list(self.header)] + [[_cell(c) for c in row] for row in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
         if any(self.header):
             lines.insert(1, "  ".join("-" * w for w in widths))
         else:
@@ -265,8 +265,7 @@ def gpu_layers_offloaded(model_path: Path, asked: int) -> str:
 
 
 def models_table(
-    lockfile: Lockfile,
-    cache: CacheSettings,
+    project: Project,
     records: Sequence[Resident],
     released: Mapping[str, tuple[float, str]],
     footer: str = "",
@@ -276,8 +275,7 @@ def models_table(
     ``records`` are the pool's records of the handles to account for (resident
     or not); ``released`` maps a model to when and why its handles went.
     """
-    from modelfix.resolver import cached_state
-
+    lockfile = project.lockfile
     rows = []
     for entry in lockfile.entries.values():
         info = _describe_source(entry, lockfile.path)
@@ -290,7 +288,7 @@ def models_table(
                 info.get("tag"),
                 (entry.revision or "")[:10] or None,
                 format_size(entry.size),
-                cached_state(entry, cache) if entry.files else "not pinned",
+                project.cached_state(entry) if entry.files else "not pinned",
                 _resident_text(len(resident), released.get(entry.name)),
                 format_size(sum(r.cost for r in resident)) if resident else None,
                 ago(max((r.last_used for r in mine), default=None)),
@@ -309,14 +307,14 @@ def _resident_text(count: int, released: tuple[float, str] | None) -> str:
     return "no"
 
 
-def pool_summary(settings: PoolSettings, metrics: Mapping[str, Any]) -> str:
+def pool_summary(settings: PoolSettings, metrics: PoolMetrics) -> str:
     """One line on the pool: what it holds, its budget, keep-alive and counters."""
     budget = "auto (80% of memory)" if settings.memory_budget is None else format_size(settings.memory_budget)
     count = "" if settings.max_count is None else f" · at most {settings.max_count} resident"
     return (
-        f"pool: {metrics['resident']} resident ({format_size(metrics['resident_bytes'])}) · budget {budget}"
-        f"{count} · keep-alive {duration(settings.keep_alive)} · {_count(metrics['loads'], 'load')}, "
-        f"{_count(metrics['hits'], 'hit')}, {_count(metrics['evictions'], 'eviction')}"
+        f"pool: {metrics.resident} resident ({format_size(metrics.resident_bytes)}) · budget {budget}"
+        f"{count} · keep-alive {duration(settings.keep_alive)} · {_count(metrics.loads, 'load')}, "
+        f"{_count(metrics.hits, 'hit')}, {_count(metrics.evictions, 'eviction')}"
     )
 
 
@@ -340,7 +338,7 @@ def cache_view(usage: Usage, cache: CacheSettings, note: str = "") -> Stack:
     )
     views = Table(
         ("models", "size", "last used"),
-        [(", ".join(v["models"]) or "?", format_size(v["bytes"]), ago(v["last_used"])) for v in usage.views]
+        [(", ".join(v.models) or "?", format_size(v.bytes), ago(v.last_used)) for v in usage.views]
         or [("(none)", "", "")],
         caption="cached models",
     )

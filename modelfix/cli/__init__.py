@@ -10,6 +10,11 @@ which adds its sub-commands with a ``handler(args) -> int``::
     doctor.py         doctor
     progress.py       what sync, push, run and cache path show while files arrive
 
+Every command that touches the cache, the store or the pool works through one
+:class:`~modelfix.Project`, built here from the common options (:func:`project`:
+``--lock``, ``--cache-dir``, ``--offline``, ``--readonly-cache``); ``add``, ``remove``
+and ``lock`` write the lockfile through :mod:`modelfix.locking`.
+
 Exit codes: 0 ok, 1 out of date / mismatch / failure, 2 usage error.
 Every :class:`~modelfix.errors.ModelfixError` is printed as one line on
 stderr, never as a traceback.
@@ -19,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelfixError, redact
 
-__all__ = ["main", "build_parser", "count"]
+if TYPE_CHECKING:
+    from ..project import Project
+
+__all__ = ["main", "build_parser", "count", "project", "readonly_caches"]
 
 _GROUPS = ("lock", "cache", "run", "inspect_model", "doctor")
 
@@ -44,9 +53,39 @@ def _common_options(parser: argparse.ArgumentParser, default: object = None) -> 
         help="store root (default: $MODELFIX_CACHE_DIR or the user cache dir)",
     )
     parser.add_argument("--offline", action="store_true", default=default, help="never touch the network")
+    # Given after the command too: a sub-command parses into a namespace of its own, which would
+    # replace the list given before it, so it keeps its own (readonly_caches() joins them).
+    parser.add_argument(
+        "--readonly-cache",
+        metavar="DIR",
+        action="append",
+        dest="readonly_cache" if default is None else "readonly_cache_after",
+        default=default,
+        help="a read-only cache served in place in front of the cache dir, never written (repeatable; "
+        "default: $MODELFIX_READONLY_CACHES)",
+    )
 
 
-def _subparsers(parser: argparse.ArgumentParser):
+def readonly_caches(args: argparse.Namespace) -> list[str] | None:
+    """The ``--readonly-cache`` folders given before and after the command, None if none was."""
+    given = [*(getattr(args, "readonly_cache", None) or ()), *(getattr(args, "readonly_cache_after", None) or ())]
+    return given or None
+
+
+def project(args: argparse.Namespace, **overrides: Any) -> Project:
+    """The :class:`~modelfix.Project` of a command: its common options (``overrides`` win), then the environment."""
+    from ..project import Project
+
+    options: dict[str, Any] = {
+        "cache_dir": args.cache_dir,
+        "offline": args.offline,
+        "readonly_caches": readonly_caches(args),
+        **overrides,
+    }
+    return Project(args.lock, **options)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):

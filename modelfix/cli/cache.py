@@ -1,9 +1,11 @@
 """``modelfix sync``, ``verify``, ``push`` and ``cache stats|prune|gc|rm|path``.
 
-Handlers are thin: the work is in :mod:`modelfix.resolver` and
-:mod:`modelfix.care`; what arrives meanwhile is shown by :mod:`.progress`
-(one tqdm bar per file being downloaded: name, bytes, speed). ``prune``, ``gc``
-and ``rm`` take ``--dry-run``; ``stats`` takes ``--json``.
+Handlers are thin: each calls a method of the command's :class:`~modelfix.Project`
+(:func:`modelfix.cli.project`) and prints what it returns; the cache-care reports
+(:mod:`modelfix.care`) say themselves what they did, in the words ``%modelfix_cache``
+shows too. What arrives meanwhile is shown by :mod:`.progress` (one tqdm bar per file
+being downloaded: name, bytes, speed). ``prune``, ``gc`` and ``rm`` take ``--dry-run``;
+``stats`` takes ``--json``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..eviction import format_size
-from . import count
+from . import count, project
 from .progress import progress
 
 if TYPE_CHECKING:
+    from ..care import Usage
     from ..config import CacheSettings
 
 __all__ = ["register"]
@@ -75,18 +78,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     path.set_defaults(handler=_path)
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> CacheSettings:
-    from ..config import CacheSettings
-
-    return CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline, **overrides)
-
-
 def _sync(args: argparse.Namespace) -> int:
-    from ..resolver import sync
-
     started = time.perf_counter()
     with progress():
-        done = sync(args.names or None, args.lock, settings=_settings(args), workers=max(1, args.jobs))
+        done = project(args).sync(args.names or None, workers=max(1, args.jobs))
     for m in done:
         print(f"{m.name}: {count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
     print(f"{count(len(done), 'model')} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -94,9 +89,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..resolver import verify
-
-    problems = verify(args.names or None, args.lock, full=args.full, settings=_settings(args))
+    problems = project(args).verify(args.names or None, full=args.full)
     for p in problems:
         print(f"{p.model}: {p.file}: {p.message}", file=sys.stderr)
     if problems:
@@ -106,39 +99,42 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from ..resolver import push
-
-    settings = _settings(args)
+    chosen = project(args)
     with progress():
-        report = push(args.names or None, args.lock, settings=settings, force=args.force)
+        report = chosen.push(args.names or None, force=args.force)
     for model, file, what in report:
         print(f"{model}: {file}: {what}")
     uploaded = sum(1 for *_, what in report if what == "uploaded")
-    print(f"{uploaded} uploaded, {len(report) - uploaded} already in {settings.remote}", file=sys.stderr)
+    print(f"{uploaded} uploaded, {len(report) - uploaded} already in {chosen.cache_settings.remote}", file=sys.stderr)
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ..care import cache_stats
-
-    settings = _settings(args)
-    usage = cache_stats(args.lock, settings=settings)
+    chosen = project(args)
+    settings = chosen.cache_settings
+    usage = chosen.stats()
+    layers = chosen.layer_stats()
     if args.json:
-        print(json.dumps(_stats_json(usage, settings), indent=1))
+        print(json.dumps(_stats_json(usage, settings, layers), indent=1))
         return 0
-    print(f"cache     {usage.root}")
+    for layer in layers:
+        print(f"read-only {layer.root} · {layer.blobs} blobs ({format_size(layer.blob_bytes)}) · served in place")
+    readonly = f" (read-only: {usage.readonly}; nothing is written there)" if usage.readonly else ""
+    print(f"cache     {usage.root}{readonly}")
     print(f"cap       {format_size(settings.max_size)}")
     print(f"blobs     {usage.blobs} ({format_size(usage.blob_bytes)})")
     print(f"partial   {format_size(usage.partial_bytes)} of interrupted downloads")
     print(f"in use by {usage.live_leases} live processes")
-    if usage.views:
+    views = [(layer.root, view) for layer in layers for view in layer.views] + [(None, view) for view in usage.views]
+    if views:
         print(f"\n{'MODELS':<30}  {'REVISION':<12}  {'SIZE':>10}  {'LAST USED':<16}  STATE")
-        for view in usage.views:
-            models = ", ".join(view["models"]) or "?"
-            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(view["last_used"]))
-            revision = (view["revision"] or "-")[:12]
-            print(f"{models:<30}  {revision:<12}  {format_size(view['bytes']):>10}  {used:<16}  {view['state']}")
-    if any(v["state"] == "superseded" for v in usage.views):
+        for root, view in views:
+            models = ", ".join(view.models) or "?"
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(view.last_used))
+            revision = (view.revision or "-")[:12]
+            state = f"{view.state}" + (f" (read-only {root})" if root else "")
+            print(f"{models:<30}  {revision:<12}  {format_size(view.bytes):>10}  {used:<16}  {state}")
+    if any(v.state == "superseded" for v in usage.views):
         print(
             "\nsuperseded: the lockfile pins these models elsewhere now; `modelfix cache gc` drops them",
             file=sys.stderr,
@@ -146,86 +142,56 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats_json(usage: Any, settings: CacheSettings) -> dict[str, Any]:
+def _stats_json(usage: Usage, settings: CacheSettings, layers: list[Usage]) -> dict[str, Any]:
+    def models(found: Usage) -> list[dict[str, Any]]:
+        return [
+            {
+                "models": list(view.models),
+                "revision": view.revision,
+                "bytes": view.bytes,
+                "last_used": view.last_used,
+                "state": view.state,
+                "key": view.key,
+            }
+            for view in found.views
+        ]
+
     return {
         "cache": str(usage.root),
+        "readonly": usage.readonly,
         "cap": None if settings.max_size == float("inf") else int(settings.max_size),
         "blobs": usage.blobs,
         "blob_bytes": usage.blob_bytes,
         "partial_bytes": usage.partial_bytes,
         "live_processes": usage.live_leases,
-        "models": [
-            {k: view[k] for k in ("models", "revision", "bytes", "last_used", "state", "key")} for view in usage.views
+        "models": models(usage),
+        "readonly_caches": [
+            {"cache": str(layer.root), "blobs": layer.blobs, "blob_bytes": layer.blob_bytes, "models": models(layer)}
+            for layer in layers
         ],
     }
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from ..care import drop_superseded, prune
-    from ..store import stats
-
-    settings = _settings(args, max_size=args.max_size)
-    verb = "would remove" if args.dry_run else "removed"
+    chosen = project(args, max_size=args.max_size)
     if args.superseded:
-        report = drop_superseded(args.lock, settings=settings, dry_run=args.dry_run)
-        print(
-            f"{verb} {count(report['superseded'], 'superseded revision')} "
-            f"({count(report['blobs'], 'file')} no other revision shows): {format_size(report['bytes'])} freed"
-        )
-        if settings.max_size == float("inf"):
+        print(chosen.drop_superseded(dry_run=args.dry_run).summary())
+        if chosen.cache_settings.max_size == float("inf"):
             return 0  # no size asked for: dropping the old revisions was the whole request
-    before = _names(settings) if args.dry_run else {}
-    evicted = prune(lock=args.lock, settings=settings, dry_run=args.dry_run)
-    if args.dry_run:
-        freed = sum(before.get(sha, (0, ""))[0] for sha in evicted)
-        print(f"would evict {count(len(evicted), 'file')} ({format_size(freed)}):")
-        for sha in evicted:
-            size, shown = before.get(sha, (0, sha[:12]))
-            print(f"  {shown}  {format_size(size)}")
-        return 0
-    size = stats(settings).blob_bytes
-    print(f"evicted {len(evicted)} files; the cache holds {format_size(size)}")
-    if size > settings.max_size:
-        print(
-            f"the rest is in use by running processes or pinned by the lockfile: above {format_size(settings.max_size)}",
-            file=sys.stderr,
-        )
+    report = chosen.prune(dry_run=args.dry_run)
+    print(report.summary())
+    if (note := report.note()) and not args.dry_run:
+        print(note, file=sys.stderr)
     return 0
 
 
-def _names(settings: CacheSettings) -> dict[str, tuple[int, str]]:
-    """sha256 -> (size, "models: file") of every blob a view shows, for what a dry run lists."""
-    from ..store import Store
-
-    store = Store(settings.root)
-    sizes = {sha: st.st_size for sha, st in store.blobs()}
-    return {
-        f["sha256"]: (sizes.get(f["sha256"], 0), f"{', '.join(view.models) or '?'}: {f['name']}")
-        for view in store._views()
-        for f in view.files
-    }
-
-
 def _gc(args: argparse.Namespace) -> int:
-    from ..care import gc
-
-    report = gc(args.lock, settings=_settings(args), dry_run=args.dry_run)
-    what = (
-        f"{count(report['blobs'], 'unused file')}, {count(report['views'], 'broken view')}, "
-        f"{count(report['superseded'], 'superseded revision')}, {count(report['leftovers'], 'leftover view folder')} "
-        f"and {count(report['partials'], 'partial download')}"
-    )
-    if args.dry_run:
-        print(f"would remove {what}: {format_size(report['bytes'])} freed")
-    else:
-        print(f"removed {what}: {format_size(report['bytes'])} freed")
+    print(project(args).gc(dry_run=args.dry_run).summary())
     return 0
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from ..care import remove_model
-
-    removal = remove_model(args.name, args.lock, settings=_settings(args), dry_run=args.dry_run)
+    removal = project(args).remove(args.name, dry_run=args.dry_run)
     revisions = count(len(removal.views), "revision")
     if args.dry_run:
         print(f"{args.name}: would free {format_size(removal.freed)}, removing {revisions}")
@@ -252,13 +218,11 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    chosen = project(args)
     if not args.name:
-        print(settings.root)
+        print(chosen.cache_settings.root)
         return 0
-    from ..resolver import path
-
     with progress():  # on a cold cache the model is fetched first
-        found = path(args.name, args.lock, settings=settings)
+        found = chosen.path(args.name)
     print(found)
     return 0

@@ -9,6 +9,7 @@
     gpu         no offload (this llama.cpp build has no GPU backend)
     backend     repack on (the backend probe's quantized decode ran)
                 verdict ~/.cache/modelfix/probe/9f3c….json, probed in 0.75 s
+    read-only   /opt/models · 3 blobs, 520.1 MB · served in place: chat   (each read-only cache, if any)
     cache       ~/.cache/modelfix · 7 blobs, 1.2 GB · cap unlimited
     lockfile    ./model-lock.toml · 2 models: chat (cached), split (missing)
     hub         https://huggingface.co (default) · token absent · offline no
@@ -30,9 +31,13 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelfixError, redact
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
+    from ..project import Project
 
 __all__ = ["register", "report"]
 
@@ -49,19 +54,28 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    found = report(args.lock, args.cache_dir, offline=args.offline)
+    from . import project
+
+    found = report(project(args), lock=args.lock, offline=args.offline)
     print(json.dumps(found, indent=1) if args.json else _text(found))
     return 1 if found["problems"] else 0
 
 
-def report(lock: str | None = None, cache_dir: str | None = None, *, offline: bool | None = None) -> dict[str, Any]:
-    """Everything ``doctor`` shows, as plain data; ``problems`` lists what would stop a load."""
+def report(project: Project, *, lock: str | None = None, offline: bool | None = None) -> dict[str, Any]:
+    """Everything ``doctor`` shows about ``project`` (``lock`` and ``offline``: as given on the command
+    line, if they were), as plain data; ``problems`` lists what would stop a load."""
     problems: list[str] = []
     data: dict[str, Any] = {"versions": _versions(), "platform": _platform()}
     data["llama_cpp"] = _llama_cpp(problems)
-    data["cache"] = cache = _cache(cache_dir, offline, problems)
-    data["backend"] = _backend(cache["root"], problems) if data["llama_cpp"] and cache["root"] else None
-    data["lockfile"] = _lockfile(lock, cache_dir, offline, problems)
+    try:
+        settings = project.cache_settings
+    except ModelfixError as exc:
+        problems.append(str(exc))
+        settings = None
+    data["cache"] = cache = _cache(project, settings, bool(offline), problems)
+    layers = [Path(layer["root"]) for layer in cache["readonly"]]
+    data["backend"] = _backend(cache["root"], layers, problems) if data["llama_cpp"] and cache["root"] else None
+    data["lockfile"] = _lockfile(project, lock, settings is not None, problems)
     data["hub"] = _hub()
     data["settings"] = _settings(problems)
     data["problems"] = [redact(p) for p in problems]
@@ -143,13 +157,13 @@ def _devices() -> list[dict[str, Any]]:
         return []
 
 
-def _backend(root: str, problems: list[str]) -> dict[str, Any]:
+def _backend(root: str, layers: list[Path], problems: list[str]) -> dict[str, Any]:
     from .. import probe
     from ..errors import BackendError
 
-    text = probe.describe(Path(root), probe_now=True)
+    text = probe.describe(Path(root), probe_now=True, layers=layers)
     try:
-        found = probe.verdict(Path(root))
+        found = probe.verdict(Path(root), layers=layers)
     except BackendError as exc:
         problems.append(str(exc))
         return {"text": text, "verdict": None}
@@ -161,48 +175,59 @@ def _backend(root: str, problems: list[str]) -> dict[str, Any]:
     return {"text": text, "verdict": found.as_dict()}
 
 
-def _cache(cache_dir: str | None, offline: bool | None, problems: list[str]) -> dict[str, Any]:
-    from ..config import CacheSettings
-    from ..store import stats
+def _cache(project: Project, settings: CacheSettings | None, offline: bool, problems: list[str]) -> dict[str, Any]:
+    from ..care import usage
 
-    try:
-        settings = CacheSettings.resolve(cache_dir=cache_dir, offline=offline)
-    except ModelfixError as exc:
-        problems.append(str(exc))
-        return {"root": None, "blobs": 0, "bytes": 0, "max_size": None, "offline": bool(offline)}
-    usage = stats(settings)
+    if settings is None:
+        return {"root": None, "blobs": 0, "bytes": 0, "max_size": None, "offline": offline, "readonly": []}
+    *layers, store = project.stores()
+    found = usage(store)
+    shown = []
+    for layer in layers:
+        if not os.path.isdir(layer.root):
+            problems.append(
+                f"the read-only cache {layer.root} is not a folder here: check MODELFIX_READONLY_CACHES (or "
+                "--readonly-cache, --modelfix-readonly-cache) and the mount"
+            )
+        held = usage(layer)
+        models = sorted({m for view in held.views for m in view.models})
+        shown.append({"root": str(layer.root), "blobs": held.blobs, "bytes": held.blob_bytes, "models": models})
     return {
         "root": str(settings.root),
-        "blobs": usage.blobs,
-        "bytes": usage.blob_bytes,
+        "blobs": found.blobs,
+        "bytes": found.blob_bytes,
         "max_size": None if settings.max_size == float("inf") else settings.max_size,
         "offline": settings.offline,
+        "writable": found.readonly is None,
+        "why_readonly": found.readonly,
+        "readonly": shown,
     }
 
 
-def _lockfile(lock: str | None, cache_dir: str | None, offline: bool | None, problems: list[str]) -> dict | None:
-    from ..config import CacheSettings
+def _lockfile(project: Project, lock: str | None, cached: bool, problems: list[str]) -> dict[str, Any] | None:
+    """The lockfile and its models' cache states (``cached``: the cache settings could be resolved)."""
     from ..errors import LockError
-    from ..lockfile import Lockfile, find_lockfile
-    from ..resolver import cached_state
+    from ..lockfile import find_lockfile
 
     try:
         path = find_lockfile(lock)
     except LockError:
         return None  # outside a project: nothing to load by name, nothing wrong
     try:
-        lockfile = Lockfile.load(path)
-        cache = CacheSettings.resolve(cache_dir=cache_dir, offline=offline)
+        lockfile = project.lockfile
     except ModelfixError as exc:
         problems.append(str(exc))
         return {"path": str(path), "models": {}}
+    if not cached:
+        return {"path": str(lockfile.path), "models": {}}
+    offline = project.cache_settings.offline
     models = {}
     for name, entry in lockfile.entries.items():
-        state = cached_state(entry, cache) if entry.is_pinned else "not pinned"
+        state = project.cached_state(entry) if entry.is_pinned else "not pinned"
         models[name] = {"source": entry.source, "state": state}
         if state == "not pinned":
             problems.append(f"model {name!r} is not pinned ({lockfile.where(name)}): run `modelfix lock`")
-        elif state != "cached" and cache.offline:
+        elif state != "cached" and offline:
             problems.append(f"model {name!r} is not cached and offline mode is on: run `modelfix sync {name}` online")
     return {"path": str(lockfile.path), "models": models}
 
@@ -235,9 +260,10 @@ def _settings(problems: list[str]) -> dict[str, str]:
     from ..settings import resolve_settings
 
     chosen = {}
-    for name, value in sorted(os.environ.items()):
+    for name, raw in sorted(os.environ.items()):
         if name.startswith("MODELFIX_"):
-            url = urlsplit(value)
+            url = urlsplit(raw)
+            value = raw
             if url.scheme and url.netloc and ("@" in url.netloc):
                 value = url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[1]).geturl()
             chosen[name] = redact(value)
@@ -280,8 +306,16 @@ def _text(r: dict[str, Any]) -> str:
             where = verdict["path"] or "kept in memory (the cache cannot be written)"
             lines.append(f"            verdict {where}, probed in {verdict['seconds']:.2f} s")
     c = r["cache"]
+    for layer in c["readonly"]:
+        models = ", ".join(layer["models"]) or "no models"
+        held = f"{layer['blobs']} blobs, {_size(layer['bytes'])}"
+        lines.append(f"read-only   {layer['root']} · {held} · served in place: {models}")
     if c["root"]:
-        lines.append(f"cache       {c['root']} · {c['blobs']} blobs, {_size(c['bytes'])} · cap {_size(c['max_size'])}")
+        readonly = (
+            f" · read-only here ({c['why_readonly']}): served in place, nothing written" if c["why_readonly"] else ""
+        )
+        held = f"{c['blobs']} blobs, {_size(c['bytes'])}"
+        lines.append(f"cache       {c['root']} · {held} · cap {_size(c['max_size'])}{readonly}")
     lock = r["lockfile"]
     if lock is None:
         lines.append("lockfile    none found (searched upward from here; --lock or MODELFIX_LOCK name one)")

@@ -33,7 +33,8 @@ from . import count
 
 if TYPE_CHECKING:
     from ..config import CacheSettings
-    from ..lockfile import Entry, Lockfile
+    from ..lockfile import Entry
+    from ..project import Project
 
 __all__ = ["register", "describe"]
 
@@ -53,14 +54,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ..config import CacheSettings
-    from ..lockfile import Lockfile
+    from . import project
 
-    lockfile = Lockfile.find(args.lock)
     # Inspecting never downloads: offline whatever the environment says.
-    cache = CacheSettings.resolve(cache_dir=args.cache_dir, offline=True)
+    chosen = project(args, offline=True)
+    lockfile = chosen.lockfile
     names = args.names or list(lockfile.entries)
-    reports = [describe(lockfile, lockfile.entry(n), cache, n_ctx=args.n_ctx) for n in names]
+    reports = [describe(chosen, lockfile.entry(n), n_ctx=args.n_ctx) for n in names]
     if args.json:
         for report in reports:
             print(json.dumps(report))
@@ -69,22 +69,21 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: int | None = None) -> dict[str, Any]:
-    """What ``inspect`` shows for ``entry``, as plain data (the ``--json`` output)."""
-    from ..resolver import cached_state, files
+def describe(project: Project, entry: Entry, *, n_ctx: int | None = None) -> dict[str, Any]:
+    """What ``inspect`` shows for ``entry`` of ``project``'s lockfile, as plain data (the ``--json`` output)."""
     from ..settings import resolve_settings
-    from ..store import Store
 
-    store = Store(cache.root)
+    lockfile, cache = project.lockfile, project.cache_settings
+    where = project.stores()  # the read-only caches, then the store
     report: dict[str, Any] = {
         "name": entry.name,
         "where": lockfile.where(entry.name),
         "source": entry.source,
         "revision": entry.revision,
         "pinned": entry.is_pinned,
-        "files": [{**pin.as_toml(), "cached": store.has(pin.sha256)} for pin in entry.files],
+        "files": [{**pin.as_toml(), "cached": any(s.has(pin.sha256) for s in where)} for pin in entry.files],
         "size": entry.size,
-        "cache": cached_state(entry, cache) if entry.files else "unpinned",
+        "cache": project.cached_state(entry) if entry.files else "unpinned",
         "view": None,
         "gguf": None,
         "memory": None,
@@ -100,7 +99,7 @@ def describe(lockfile: Lockfile, entry: Entry, cache: CacheSettings, *, n_ctx: i
 
     from ..estimate import estimate, read_header
 
-    m = files(entry.name, lockfile, settings=cache)  # offline: links the cached blobs, fetches nothing
+    m = project.files(entry.name)  # offline: links the cached blobs, fetches nothing
     header = read_header(m.model_path)
     s = resolved.settings
     cost = estimate(
@@ -141,7 +140,7 @@ def _backend(setting: str, cache: CacheSettings) -> dict[str, Any]:
     if setting != "auto":
         return {"repack": setting, "verdict": None, "text": repack_text(setting, None)}
     try:
-        found = verdict(cache.root)
+        found = verdict(cache.root, layers=cache.layers)
     except BackendError as exc:
         return {"repack": None, "verdict": None, "text": f"backend probe failed: {exc}"}
     effective = None if found.repack == "broken" else found.repack

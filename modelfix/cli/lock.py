@@ -1,5 +1,9 @@
 """``modelfix add``, ``remove``, ``lock`` and ``list``: the commands that read and write the lockfile.
 
+``add``, ``remove`` and ``lock`` write it through :mod:`modelfix.locking` (one writer at a time,
+atomically); ``lock --check`` and ``list`` read it through the command's Project, ``list`` with
+each model's cache state.
+
 Every message names the lockfile by its absolute path: it may have been found
 in a parent folder, and the path says which file changed.
 """
@@ -10,12 +14,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..eviction import format_size
 from ..lockfile import ENTRY_SETTINGS, Entry, Lockfile, Pins
 from . import count
+
+if TYPE_CHECKING:
+    from ..project import Project
 
 __all__ = ["register"]
 
@@ -142,7 +149,9 @@ def _lock(args: argparse.Namespace) -> int:
     from ..locking import check, lock
 
     if args.check:
-        lockfile = Lockfile.find(args.lock)
+        from . import project
+
+        lockfile = project(args).lockfile
         for name in args.model or ():
             lockfile.entry(name)  # an unknown name fails here, as it does without --check
         problems = check(lockfile)
@@ -170,11 +179,14 @@ def _lock(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    lockfile = Lockfile.find(args.lock)
-    state = _cache_state(args)
+    from . import project
+
+    chosen = project(args)
+    lockfile = chosen.lockfile
+    state = _cache_state(chosen)
     if args.json:
-        rows = [_listed(entry, state(entry) if entry.files else "unpinned") for entry in lockfile.entries.values()]
-        print(json.dumps(rows, indent=2))
+        listed = [_listed(entry, state(entry) if entry.files else "unpinned") for entry in lockfile.entries.values()]
+        print(json.dumps(listed, indent=2))
         return 0
     rows = [("NAME", "SOURCE", "REVISION", "FILES", "SIZE", "CACHE")]
     for entry in lockfile.entries.values():
@@ -182,7 +194,7 @@ def _list(args: argparse.Namespace) -> int:
         rows.append((entry.name, entry.source, revision, str(len(entry.files)), format_size(entry.size), state(entry)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -199,10 +211,6 @@ def _listed(entry: Entry, cache: str) -> Mapping[str, Any]:
     }
 
 
-def _cache_state(args: argparse.Namespace):
+def _cache_state(project: Project) -> Callable[[Entry], str]:
     """``entry -> "cached" | "partial" | "missing"`` (``-`` for unpinned entries); no network."""
-    from ..config import CacheSettings
-    from ..resolver import cached_state
-
-    settings = CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline)
-    return lambda entry: cached_state(entry, settings) if entry.files else "-"
+    return lambda entry: project.cached_state(entry) if entry.files else "-"

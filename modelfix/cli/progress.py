@@ -1,4 +1,4 @@
-"""What the CLI shows on stderr while files arrive: the one progress reporter of ``sync``, ``push``, ``run`` and ``cache path``.
+"""What the CLI shows on stderr while files arrive: the progress of ``sync``, ``push``, ``run``, ``cache path``.
 
 Drawn from the core's event stream while a command works::
 

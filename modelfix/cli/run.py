@@ -30,14 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import CacheSettings
-    from ..pool import load
+    from . import project
     from .progress import progress
 
-    cache = CacheSettings.resolve(cache_dir=args.cache_dir, offline=args.offline)
     with progress():
         started = time.perf_counter()
-        llm = load(args.name, args.lock, cache_settings=cache, n_ctx=args.n_ctx)
+        llm = project(args).load(args.name, n_ctx=args.n_ctx)
         load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()

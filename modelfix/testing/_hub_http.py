@@ -11,6 +11,7 @@ for annotations and the import stays one-way (``hub`` imports this module, never
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -21,10 +22,11 @@ import struct
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 if TYPE_CHECKING:
@@ -71,7 +73,8 @@ class HubServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup that can hang offline.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = host if isinstance(host, str) else bytes(host).decode()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients drop keep-alive connections and abort downloads all the time (that is what
@@ -83,10 +86,8 @@ class HubServer(ThreadingHTTPServer):
     def close_connections(self) -> None:
         with self.conns_lock:
             for conn in self.conns:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -94,6 +95,11 @@ class HubHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out in two writes
     server: HubServer
     server_version = "LocalHub/1"
+    # What the request log records of the request being answered (reset for each one by _dispatch).
+    _status: int = 0
+    _repo_id: str | None = None
+    _filename: str | None = None
+    _logged: bool = False
 
     def setup(self) -> None:
         super().setup()
@@ -103,10 +109,8 @@ class HubHandler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.server.conns_lock:
             self.server.conns.discard(self.connection)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the hub keeps its own log
         pass
@@ -245,7 +249,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if fault is None:
             return False
         if fault.kind == "stall":
-            self.server.hub._stopping.wait(fault.seconds)
+            self.server.hub._stall(fault.seconds)
             return False
         if fault.kind == "status":
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
@@ -411,12 +415,12 @@ class HubHandler(BaseHTTPRequestHandler):
                     repo = self.server.hub._repos.get(repo_id)
                     blob = repo.lfs.get(rest[0]) if repo else None
                 if blob is not None:
-                    name = quote(self._filename.rsplit("/", 1)[-1])
+                    name = quote(rest[-1])
                     headers = {
                         "ETag": f'"{blob.sha256}"',
                         "Content-Disposition": f"inline; filename*=UTF-8''{name}; filename=\"{name}\";",
                     }
-                    return self._send_blob(blob, repo_id, self._filename, headers)
+                    return self._send_blob(blob, repo_id, "/".join(rest[1:]), headers)
         raise _HttpError(404, "NoSuchKey")
 
     # -- answers -----------------------------------------------------------------------------
@@ -448,7 +452,7 @@ class HubHandler(BaseHTTPRequestHandler):
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             return self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
         if fault and kind == "stall" and fault.after_bytes <= 0:
-            self.server.hub._stopping.wait(fault.seconds)
+            self.server.hub._stall(fault.seconds)
         self.send_response(206 if partial else 200)
         for k, v in {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}.items():
             self.send_header(k, v)
@@ -468,9 +472,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if fault and kind == "stall" and fault.after_bytes > 0:
             cut = min(end, start + fault.after_bytes)
             self._write(blob, start, cut, None)
-            self.server.hub._stopping.wait(fault.seconds)
+            self.server.hub._stall(fault.seconds)
             start = cut
-        self._write(blob, start, end, fault.offset if kind == "corrupt" else None)
+        self._write(blob, start, end, fault.offset if fault and kind == "corrupt" else None)
 
     def _write(self, blob: _Blob, start: int, end: int, corrupt_at: int | None) -> None:
         if corrupt_at is not None and start <= corrupt_at < end:
@@ -482,7 +486,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if blob.data is not None:
             self.wfile.write(memoryview(blob.data)[start:end])
         else:
-            with open(blob.path, "rb") as f:  # type: ignore[arg-type]
+            with open(blob.path, "rb") as f:  # type: ignore[arg-type]  # a blob not held in memory has a path
                 self.connection.sendfile(f, offset=start, count=end - start)  # zero-copy for big files
 
 

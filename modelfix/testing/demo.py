@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _step(title: str, argv: list[str], env: dict[str, str], *, expect: int = 0) -> None:
     print(f"\n\033[1m== {title}\033[0m\n$ {' '.join(argv)}", flush=True)
     started = time.perf_counter()
-    result = subprocess.run(argv, env=env, cwd=ROOT)
+    result = subprocess.run(argv, env=env, cwd=ROOT, check=False)  # the exit status is checked below
     if result.returncode != expect:
         sys.exit(f"demo step failed ({title}): exit {result.returncode}")
     print(f"({time.perf_counter() - started:.1f} s)", flush=True)

@@ -1,10 +1,11 @@
 """pytest fixtures for the local Hub: ``local_hub`` (a started :class:`LocalHub`) and ``hub_env``
 (the process environment pointed at it), and :func:`point_at_hub` for a hub that lives longer than
-a test. tests/conftest.py imports them; so can a user's."""
+a test. tests/conftest.py loads them (``pytest_plugins = ["modelfix.testing.fixtures"]``); so can
+a user's, or import them by name."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -38,8 +39,7 @@ def point_at_hub(hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:
     too (monkeypatch restores them): code that calls it without ``endpoint=`` reaches the hub.
     """
     # Import first, so that monkeypatch's undo restores the real values.
-    import huggingface_hub.constants as constants
-    from huggingface_hub import HfFileSystem, hf_api
+    from huggingface_hub import HfFileSystem, constants, hf_api
 
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -41,10 +41,11 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from modelfix.testing._hub_http import HubHandler, HubServer
@@ -98,8 +99,8 @@ class Fault:
 
     @classmethod
     def stall(cls, seconds: float, after_bytes: int = 0) -> Fault:
-        """Go silent for ``seconds``: before the status line if ``after_bytes`` is 0, else after
-        that many body bytes; then answer normally."""
+        """Go silent for ``seconds`` (or until :meth:`LocalHub.release_stalls`): before the status
+        line if ``after_bytes`` is 0, else after that many body bytes; then answer normally."""
         return cls("stall", seconds=seconds, after_bytes=after_bytes)
 
 
@@ -136,7 +137,7 @@ class _Blob:
     def read(self, start: int, length: int) -> bytes:
         if self.data is not None:
             return self.data[start : start + length]
-        with open(self.path, "rb") as f:  # type: ignore[arg-type]
+        with open(self.path, "rb") as f:  # type: ignore[arg-type]  # a blob not held in memory has a path
             f.seek(start)
             return f.read(length)
 
@@ -216,6 +217,7 @@ class LocalHub:
         self._log: list[Request] = []
         self._counter = 0
         self._stopping = threading.Event()
+        self._unstall = threading.Event()  # set (and replaced) by release_stalls(): ends the stalls under way
         self._servers: list[HubServer] = []
         self._threads: list[threading.Thread] = []
         self._uploads: str | None = None  # where files committed over HTTP are kept, made on the first
@@ -227,6 +229,7 @@ class LocalHub:
         if self._servers:
             return self
         self._stopping.clear()
+        self._unstall = threading.Event()
         url_host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
         for origin, port in (("api", self._port), ("cdn", self._cdn_port)):
             server = HubServer((self.host, port), HubHandler)
@@ -241,7 +244,8 @@ class LocalHub:
         return self
 
     def stop(self) -> None:
-        self._stopping.set()  # wakes stalled answers
+        self._stopping.set()
+        self._unstall.set()  # wakes stalled answers
         for server in self._servers:
             server.shutdown()
             server.close_connections()  # idle keep-alive connections would hold threads forever
@@ -291,8 +295,8 @@ class LocalHub:
             repo = self._repo(repo_id)
             parent = repo.branches.get(branch) or repo.branches["main"]
             tree = dict(repo.commits[parent].tree)
-            for d in delete:
-                d = d.strip("/")
+            for deleted in delete:
+                d = deleted.strip("/")
                 for p in [p for p in tree if p == d or p.startswith(d + "/")]:
                     del tree[p]
             tree.update(blobs)
@@ -377,6 +381,23 @@ class LocalHub:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+
+    def release_stalls(self) -> None:
+        """End every stall under way now (they answer normally from there); later stalls stall again.
+
+        With a long stall (``Fault.stall(60, ...)``) and this, a test holds a download in flight
+        exactly as long as it needs, however slow the machine, rather than betting on a duration.
+        """
+        with self._lock:
+            released, self._unstall = self._unstall, threading.Event()
+        released.set()
+
+    def _stall(self, seconds: float) -> None:
+        """Go silent for ``seconds``, or until :meth:`release_stalls` or :meth:`stop`."""
+        with self._lock:
+            unstall = self._unstall
+        if not self._stopping.is_set():
+            unstall.wait(seconds)
 
     def _take_fault(self, repo_id: str, filename: str | None) -> Fault | None:
         with self._lock:
@@ -522,7 +543,8 @@ class HubCommandError(Exception):
 
 
 def _commit(args: argparse.Namespace) -> int:
-    """Send DIR's files to the hub at ``--endpoint`` as one commit (the format: :data:`modelfix.testing._hub_http.UPLOAD_FORMAT`)."""
+    """Send DIR's files to the hub at ``--endpoint`` as one commit
+    (the format: :data:`modelfix.testing._hub_http.UPLOAD_FORMAT`)."""
     endpoint = args.endpoint or os.environ.get("HF_ENDPOINT")
     if not endpoint:
         raise HubCommandError("which hub? Pass --endpoint URL (the HF_ENDPOINT=... line modelfix-hub printed).")
