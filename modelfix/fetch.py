@@ -48,7 +48,6 @@ import queue
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -525,7 +524,7 @@ class _Download:
             self._journaled = now
             # Progress is read after the bytes were written, so the journal never claims more than the disk holds.
             data = json.dumps({"size": self.size, "ranges": [[r.start, r.end, r.done] for r in ranges]})
-            tmp = f"{self.journal.name}.{uuid.uuid4().hex[:8]}.tmp"  # new each time: never a planted name
+            tmp = f"{self.journal.name}.{os.urandom(4).hex()}.tmp"  # new each time: never a planted name
             with writing(self.journal):
                 with os.fdopen(safefs.create(tmp, dir_fd=self._folder), "w") as f:
                     f.write(data)

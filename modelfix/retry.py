@@ -20,7 +20,6 @@ raise :class:`Transient`; both follow the same :class:`FetchPolicy`.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import random
 import time
@@ -112,6 +111,8 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         try:
+            import email.utils
+
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
