@@ -169,6 +169,9 @@ def clean_env(**extra: str) -> dict[str, str]:
         if not k.startswith(("MODELFIX_", "HF_", "HUGGING_FACE_", "LLAMA_", "PYTEST_"))
     }
     env.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1")
+    # A user's interpreter keeps compiled bytecode; without it every start compiles each module again
+    # (60 ms of a warm `modelfix sync`), which measures the sandbox, not modelfix.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra)
     return env
 

@@ -1,4 +1,5 @@
-"""Claim: fetching a 1 GiB file with ``modelfix sync`` peaks at less than 64 MB above the baseline.
+"""Claim: fetching a 1 GiB file (or a 1 GiB 4-part split set) with ``modelfix sync`` peaks at less than 64 MB
+above the baseline.
 
 Every way runs in its own Python process, which prints its own peak RSS
 (``VmHWM`` in ``/proc/self/status``) as it exits; ``ru_maxrss`` from
@@ -31,6 +32,7 @@ from _common import (
     point_at,
     run_child,
     scratch,
+    split_files,
     table,
 )
 
@@ -78,6 +80,7 @@ def ways(lock: Path, big_name: str) -> list[Way]:
         Way(mf, mf),
         Way("`modelfix sync tiny`", cli("tiny"), mf),
         Way("`modelfix sync big`", cli("big"), mf, "`modelfix sync tiny`", target=True),
+        Way("`modelfix sync split` (4 files at once)", cli("split"), mf, "`modelfix sync tiny`", target=True),
         Way("modelfix.sync(['tiny'])", api("tiny"), mf),
         Way("modelfix.sync(['big'])", api("big"), mf, "modelfix.sync(['tiny'])", target=True),
         Way(hh, hh),
@@ -91,15 +94,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per way (default: 3)")
     args = parser.parse_args()
     print(machine(), flush=True)
-    big = big_file()
+    big, parts = big_file(), split_files()
     from modelfix.testing.gguf import tiny_repo_files
 
     with scratch("memory-") as home:
         tiny_repo_files(home / "tiny", tags=("F32",), mmproj=False, preset=False)
-        with Hub({"bench/big": big.parent, "bench/tiny": home / "tiny"}) as hub:
+        with Hub({"bench/big": big.parent, "bench/split": parts[0].parent, "bench/tiny": home / "tiny"}) as hub:
             point_at(hub, home)
             lock = home / "project" / "model-lock.toml"
             add_model(lock, "big", "bench/big:Q4_K_M")
+            add_model(lock, "split", "bench/split:Q4_K_M")
             add_model(lock, "tiny", "bench/tiny:F32")
             measured = ways(lock, big.name)
             peaks = measure_peaks(hub, measured, args.rounds)
@@ -120,7 +124,7 @@ def main() -> None:
                 above(way.small),
             )
         )
-    print(f"\npeak RSS fetching a {big.stat().st_size / 2**30:.0f} GiB file, median of {args.rounds} runs")
+    print(f"\npeak RSS fetching a {big.stat().st_size / 2**30:.0f} GiB file or split set, median of {args.rounds} runs")
     table(
         ("process", "peak RSS (range)", "above `import` of its library", "above the same call on the 0.5 MB model"),
         rows,

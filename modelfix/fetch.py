@@ -22,6 +22,16 @@ bytes in order, taking chunks straight from the receiving threads (and reading
 back from the page cache only what arrived out of order or was already on
 disk), so sha256 and xxh3 are ready when the last byte lands.
 
+The bytes of a file pass through a fixed set of buffers, never copied in Python::
+
+    socket --readinto--> buffer --pwrite--> partial
+                           |
+                           +--> hashing thread (sha256, xxh3) --> buffer free again
+
+Receiving and writing run in the stream's thread, hashing in another; all three
+release the GIL, so two cores keep both threads busy. The buffers bound the
+memory a download holds, and a hasher that falls behind holds the stream back.
+
 Progress goes to the file's :class:`~modelfix.jobs.Job`. Every error leaving
 :func:`download` is a :class:`~modelfix.errors.ModelfixError` that starts with
 the caller's label (model and file).
@@ -30,6 +40,7 @@ the caller's label (model and file).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -37,7 +48,6 @@ import queue
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -56,8 +66,9 @@ __all__ = ["download"]
 
 log = logging.getLogger("modelfix")
 
-_QUEUE_CHUNKS = 16  # bounds the bytes in flight to the hashing thread: memory stays flat
+_BUFFERS = 4  # CHUNK-sized buffers per file: received, written, then hashed (8 were no faster than 4)
 _JOURNAL_EVERY = 0.5  # seconds between writes of the ranges journal
+_NETWORK_BOUND = 0.75  # a stream waiting for bytes less of the time than this is held back by this machine
 
 
 class _Streams:
@@ -105,26 +116,51 @@ class _Range:
         return self.start + self.done
 
 
+class _Buffers:
+    """The buffers of one file's download: a stream takes one, fills and writes it, and hands
+    it to the hasher, which gives it back once hashed. At most ``count``, made as needed (a
+    small file needs one); taking waits while all are out."""
+
+    def __init__(self, count: int) -> None:
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._left = count
+
+    def take(self) -> bytearray:
+        with contextlib.suppress(queue.Empty):
+            return self._free.get_nowait()
+        with self._lock:
+            if self._left > 0:
+                self._left -= 1
+                return bytearray(CHUNK)
+        return self._free.get()
+
+    def give(self, buffer: bytearray) -> None:
+        self._free.put(buffer)
+
+
 class _Hasher(threading.Thread):
     """Hashes the partial file in order while ranges arrive in any order.
 
-    A chunk at the hashing position is hashed straight from memory; a chunk
-    further ahead is dropped and its range remembered, to be read back from
-    the page cache once the position reaches it. Bytes on disk before this
+    A chunk at the hashing position is hashed straight from its buffer; a chunk
+    further ahead is left to the disk and its range remembered, to be read back
+    from the page cache once the position reaches it. Bytes on disk before this
     run (a resumed partial) are read back the same way.
     """
 
-    def __init__(self, fd: int, size: int, ranges: list[_Range]) -> None:
+    def __init__(self, fd: int, size: int, ranges: list[_Range], buffers: _Buffers) -> None:
         super().__init__(name="modelfix-hash", daemon=True)
-        self._fd, self._size, self._ranges = fd, size, ranges
+        self._fd, self._size, self._ranges, self._buffers = fd, size, ranges, buffers
         self._on_disk = [r.pos for r in ranges]  # per range: readable from disk up to here
-        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(_QUEUE_CHUNKS)
+        self._queue: queue.SimpleQueue[tuple[int, bytearray, int] | None] = queue.SimpleQueue()
         self._digest = Digest()
         self._hashed = 0
         self._error: BaseException | None = None
+        self._spare: memoryview | None = None  # for reading back from disk
 
-    def feed(self, offset: int, chunk: bytes) -> None:
-        self._queue.put((offset, chunk))
+    def feed(self, offset: int, buffer: bytearray, length: int) -> None:
+        """Hash ``buffer[:length]``, written at ``offset``; the buffer goes back to the pool after."""
+        self._queue.put((offset, buffer, length))
 
     def add(self, ranges: list[_Range]) -> None:
         """Follow ranges split off while running (call before they are added to the shared list)."""
@@ -141,11 +177,13 @@ class _Hasher(threading.Thread):
         return self._digest.result() if self._hashed == self._size else None
 
     def run(self) -> None:
-        # Never stop draining the queue, even after an error: writers block on it.
+        # Never stop giving buffers back, even after an error: the streams wait for them.
         self._guarded(self._catch_up)
         while (item := self._queue.get()) is not None:
+            offset, buffer, length = item
             if self._error is None:
-                self._guarded(lambda: self._take(*item))
+                self._guarded(functools.partial(self._take, offset, memoryview(buffer)[:length]))
+            self._buffers.give(buffer)
         self._guarded(self._catch_up)
 
     def _guarded(self, fn) -> None:
@@ -154,10 +192,10 @@ class _Hasher(threading.Thread):
         except BaseException as exc:  # re-raised by result() in the caller's thread
             self._error = exc
 
-    def _take(self, offset: int, chunk: bytes) -> None:
+    def _take(self, offset: int, chunk: memoryview) -> None:
         end = offset + len(chunk)
         if offset <= self._hashed < end:
-            self._digest.update(memoryview(chunk)[self._hashed - offset :])
+            self._digest.update(chunk[self._hashed - offset :])
             self._hashed = end
         elif offset > self._hashed:
             i = self._index(offset)
@@ -172,14 +210,16 @@ class _Hasher(threading.Thread):
             limit = self._on_disk[self._index(self._hashed)]
             if limit <= self._hashed:
                 return
-            data = os.pread(self._fd, min(limit - self._hashed, CHUNK), self._hashed)
-            if not data:
+            if self._spare is None:
+                self._spare = memoryview(bytearray(CHUNK))
+            got = os.preadv(self._fd, [self._spare[: min(limit - self._hashed, CHUNK)]], self._hashed)
+            if not got:
                 raise CacheError(
                     f"the partial download shrank at byte {self._hashed} while it was written (another "
                     "process changed it); run the same command again: it resumes from what is left."
                 )
-            self._digest.update(data)
-            self._hashed += len(data)
+            self._digest.update(self._spare[:got])
+            self._hashed += got
 
 
 class _Download:
@@ -205,6 +245,11 @@ class _Download:
         self._reading_lock = threading.Lock()
         self._may_split = policy.connections > 1 and size >= policy.parallel_min
         self._ranged = False  # has the server answered a range with a range (206)?
+        self._buffers = _Buffers(_BUFFERS)
+        # Seconds spent waiting for bytes, and since when the wait under way: read only while a
+        # single stream runs, to tell a slow link from a busy machine.
+        self._waited = 0.0
+        self._waiting_since: float | None = None
 
     def run(self) -> FileHash:
         self._folder = safefs.open_folder(self.partial.parent)
@@ -284,7 +329,7 @@ class _Download:
         fd = self._open()
         try:
             self.job.advance(0, to=sum(r.done for r in ranges))
-            hasher = _Hasher(fd, self.size, ranges)
+            hasher = _Hasher(fd, self.size, ranges, self._buffers)
             hasher.start()
             finished = threading.Event()
             watcher = threading.Thread(target=self._watch, args=(finished,), name="modelfix-cancel", daemon=True)
@@ -347,17 +392,22 @@ class _Download:
     def _split_if_slow(self, r: _Range, running: Future, hasher: _Hasher) -> list[_Range]:
         """Watch the single stream for ``split_after`` seconds; if the rest would take longer
         than that again, hand the rest of its range to new ranges."""
-        started, before = time.monotonic(), r.done
+        started, before, waited = time.monotonic(), r.done, self._waited_so_far()
         with contextlib.suppress(FutureTimeout):
             running.exception(timeout=self.policy.split_after)
             return []  # finished (or failed) already
         if not self._ranged:
             return []  # the server has not shown it serves ranges: splitting would only restart it
-        rate = (r.done - before) / (time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        rate = (r.done - before) / elapsed
+        waiting = (self._waited_so_far() - waited) / elapsed
         remaining = r.end - r.pos
         spare = self.policy.connections - _STREAMS.open + 1  # this stream's own connection counts as its first range
         count = min(spare, remaining // max(1, self.policy.min_range))
-        if count < 2 or (rate > 0 and remaining / rate <= self.policy.split_after):
+        log.debug(
+            "%s: one stream, %.1f MB/s, waiting for bytes %.0f%% of the time", self.label, rate / 1e6, waiting * 100
+        )
+        if count < 2 or (rate > 0 and remaining / rate <= self.policy.split_after) or waiting < _NETWORK_BOUND:
             return []
         with self._journal_lock:
             cuts = [r.pos + remaining * i // count for i in range(count + 1)]
@@ -397,19 +447,11 @@ class _Download:
                             f"{self.transport.url} now has {body.total} bytes, the lockfile pins {self.size}. "
                             "The file changed upstream: re-pin with `modelfix lock --upgrade`."
                         )
-                    for chunk in body.chunks:
-                        if len(chunk) > r.end - r.pos:  # the range was split while it ran
-                            chunk = chunk[: max(0, r.end - r.pos)]
+                    while r.pos < r.end:
                         # Bytes that arrived are kept even when a cancel comes: they need not come again.
-                        self._write(fd, chunk, r.pos)
-                        offset = r.pos
-                        r.done += len(chunk)
-                        hasher.feed(offset, chunk)
-                        self.job.advance(len(chunk))
+                        self._receive(fd, body, r, hasher)
                         self._write_journal()
                         self._check()
-                        if r.pos >= r.end:
-                            break
             except Transient as exc:
                 self._check()  # a read aborted by a cancel fails like a reset; it is not one
                 failures = 0 if r.done > before else failures + 1
@@ -424,6 +466,36 @@ class _Download:
                 if self.cancel.wait(delay):
                     self._check()
 
+    def _waited_so_far(self) -> float:
+        since = self._waiting_since
+        return self._waited + (time.monotonic() - since if since is not None else 0.0)
+
+    def _receive(self, fd: int, body: Body, r: _Range, hasher: _Hasher) -> None:
+        """One buffer's worth of ``body`` into the partial at ``r``'s position, and on to the hasher."""
+        buffer = self._buffers.take()
+        try:
+            self._waiting_since = since = time.monotonic()
+            try:
+                got = body.readinto(memoryview(buffer)[: min(CHUNK, r.end - r.pos)])
+            finally:
+                self._waiting_since = None
+                self._waited += time.monotonic() - since
+            if got == 0:
+                raise Transient(f"the answer ended at byte {r.pos}, before the end of its range at {r.end}")
+            got = min(got, r.end - r.pos)  # the range was split while it ran: the rest is another's
+            offset = r.pos
+            if got > 0:
+                self._write(fd, memoryview(buffer)[:got], offset)
+                r.done += got
+        except BaseException:
+            self._buffers.give(buffer)
+            raise
+        if got <= 0:
+            self._buffers.give(buffer)
+            return
+        hasher.feed(offset, buffer, got)  # the hasher gives the buffer back
+        self.job.advance(got)
+
     @contextlib.contextmanager
     def _tracked(self, body: Body) -> Iterator[None]:
         with self._reading_lock:
@@ -434,8 +506,7 @@ class _Download:
             with self._reading_lock:
                 self._reading.discard(body)
 
-    def _write(self, fd: int, chunk: bytes, offset: int) -> None:
-        view = memoryview(chunk)
+    def _write(self, fd: int, view: memoryview, offset: int) -> None:
         # Inside a transport's read a bare OSError would pass for a network fault and be retried.
         with writing(self.partial):
             while view:
@@ -453,7 +524,7 @@ class _Download:
             self._journaled = now
             # Progress is read after the bytes were written, so the journal never claims more than the disk holds.
             data = json.dumps({"size": self.size, "ranges": [[r.start, r.end, r.done] for r in ranges]})
-            tmp = f"{self.journal.name}.{uuid.uuid4().hex[:8]}.tmp"  # new each time: never a planted name
+            tmp = f"{self.journal.name}.{os.urandom(4).hex()}.tmp"  # new each time: never a planted name
             with writing(self.journal):
                 with os.fdopen(safefs.create(tmp, dir_fd=self._folder), "w") as f:
                     f.write(data)

@@ -381,7 +381,9 @@ def reset_handle(llm: PooledLlama | llama_cpp.Llama, seed: int) -> None:
         real.reset()
         memory = llama_cpp.llama_get_memory(real.ctx)
         if memory:
-            llama_cpp.llama_memory_clear(memory, True)
+            # Metadata only: emptied cells are never read before they are written, and zeroing the
+            # buffers would cost a memset of the whole KV cache per test (GBs at long contexts).
+            llama_cpp.llama_memory_clear(memory, False)
         real.set_seed(seed)
 
     if type(llm) is PooledLlama:

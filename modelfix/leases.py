@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -63,7 +61,7 @@ class _Registry:
             key = (root, os.getpid())
             if key not in self._files:
                 folder = safefs.folder(root, "leases")
-                path = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                path = folder / f"{os.uname().nodename}-{os.getpid()}-{os.urandom(4).hex()}"
                 # New, never followed, 0o666 & ~umask: other users of a team's cache read it.
                 fd = safefs.create(path, flags=os.O_WRONLY | os.O_APPEND)
                 fcntl.flock(fd, fcntl.LOCK_EX)

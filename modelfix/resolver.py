@@ -41,7 +41,6 @@ from . import joins
 from .config import CacheSettings
 from .errors import CacheError, LockError
 from .lockfile import Entry, FilePin, Lockfile, content_key
-from .obtain import fetch, sync_command
 from .store import Store
 from .tiers import stores
 from .views import Snapshot, View, ViewFile
@@ -178,6 +177,8 @@ class Resolver:
     ) -> list[Materialized]:
         """The cold path: fetch what ``entries`` lack (``workers`` files at a time; ``cancel`` stops the
         transfers, keeping partial downloads), then build and remember each view."""
+        from .obtain import fetch  # the network stack: imported only when something is missing
+
         store = Store(cache.root)
         fetch(entries, lockfile, cache, store, workers, cancel or threading.Event())
         return [self._build(entry, lockfile, store, cache.layers) for entry in entries]
@@ -192,6 +193,8 @@ class Resolver:
         ``modelfix sync`` fetches it again; in a cache this process cannot write it is reported
         and stays, and nothing is written there. Missing files are problems too.
         """
+        from .obtain import sync_command
+
         store = Store(cache.root)
         problems: list[Problem] = []
         checked: dict[tuple[Path, str], tuple[str, str] | None] = {}

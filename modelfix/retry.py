@@ -20,7 +20,6 @@ raise :class:`Transient`; both follow the same :class:`FetchPolicy`.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import random
 import time
@@ -43,8 +42,11 @@ class FetchPolicy:
     that keeps advancing keeps trying. A file of at least ``parallel_min``
     bytes that still needs more than ``split_after`` seconds after the first
     ``split_after`` seconds is split into ranges of at least ``min_range``
-    bytes, as many as leave the process at most ``connections`` streams. Splitting only slow streams matters: on a fast
-    link a single stream is quicker (one hashing pass straight from memory).
+    bytes, as many as leave the process at most ``connections`` streams, if
+    its stream spent that time waiting for the network. Splitting only streams
+    the link holds back matters: when this machine's cores or disk are the
+    limit, a single stream is quicker (one hashing pass straight from memory;
+    4 ranges were 0.80x one stream over loopback on 2 cores).
     """
 
     attempts: int = 5
@@ -109,6 +111,8 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         try:
+            import email.utils
+
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None

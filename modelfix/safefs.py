@@ -30,7 +30,6 @@ import logging
 import os
 import stat
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,7 +185,7 @@ def replace(path: Path, data: bytes) -> None:
     """Make ``path`` hold ``data``: a new temporary file beside it, renamed over it, both
     relative to the folder's descriptor (a folder swapped for a link meanwhile is not followed)."""
     folder = open_folder(path.parent)
-    tmp = f".{path.name}.{uuid.uuid4().hex[:8]}"
+    tmp = f".{path.name}.{os.urandom(4).hex()}"
     try:
         with os.fdopen(create(tmp, dir_fd=folder), "wb") as f:
             f.write(data)

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit
-from urllib.request import url2pathname
 
 from .config import env_flag
 from .errors import AuthError, NetworkError, OfflineError, SourceError, SourceMissing, redact
@@ -409,6 +408,8 @@ class FsspecSource:
 def _local_path(url: str) -> str | None:
     """The file system path ``url`` names (``file://`` URLs percent-decoded), or None if it is remote."""
     if url.startswith("file://"):
+        from urllib.request import url2pathname  # a large import, for file:// sources only
+
         return url2pathname(urlsplit(url).path)
     return None if _SCHEME_RE.match(url) else url
 

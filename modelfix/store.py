@@ -51,7 +51,6 @@ import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,7 +148,7 @@ class Store:
 
     def staged(self, key: str, what: str) -> Path:
         """A fresh name in ``tmp/`` for ``what`` (adopt, join) to fill under ``key``'s writer lock."""
-        return self.folder("tmp") / f"{key}.{what}-{uuid.uuid4().hex[:8]}"
+        return self.folder("tmp") / f"{key}.{what}-{os.urandom(4).hex()}"
 
     # --- blobs and their memo --------------------------------------------------
 

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -196,7 +195,7 @@ def upload(entries: Sequence[Entry], cache: CacheSettings, *, force: bool = Fals
                     continue
                 # Upload beside, then rename: readers of the remote never see half a blob
                 # (they would reject it by its hash anyway).
-                staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+                staging = f"{target}.tmp-{os.urandom(4).hex()}"
                 fs.makedirs(os.path.dirname(target), exist_ok=True)
                 source = next((s.blob_path(pin.sha256) for s in where if s.has(pin.sha256)), None)
                 fs.put_file(str(source or where[-1].blob_path(pin.sha256)), staging)

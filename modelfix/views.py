@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +244,7 @@ def build(
     the folder being built (which the lockfile's checks rule out) is an error, not a copy into
     it. The caller holds the view's writer lock; OSErrors are its to explain.
     """
-    staging = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
+    staging = final.with_name(f".tmp-{final.name}-{os.urandom(4).hex()}")
     try:
         staging.mkdir()
         hows = []
@@ -263,7 +262,7 @@ def build(
         with os.fdopen(safefs.create(staging / MANIFEST), "wb") as out:
             out.write(manifest)
         if os.path.lexists(final):
-            old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+            old = final.with_name(f".old-{final.name}-{os.urandom(4).hex()}")
             with contextlib.suppress(FileNotFoundError):
                 os.rename(final, old)  # a link there is renamed itself, never followed
                 remove_tree(old)

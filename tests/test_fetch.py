@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,6 +171,23 @@ def test_no_split_before_the_server_shows_it_serves_ranges(hub, tiny_files, tmp_
 def test_a_fast_stream_is_not_split(hub, tiny_files, tmp_path):
     _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
 
+    assert len(_byte_gets(hub)) == 1
+
+
+def test_a_stream_held_back_by_this_machine_not_the_link_is_not_split(hub, tiny_files, tmp_path, monkeypatch):
+    # A slow disk (simulated: each write takes 0.5 s) makes the stream slow, but its bytes came at
+    # once: more connections would only compete for the same disk and cores.
+    write = os.pwrite
+
+    def slow_disk(fd: int, data: memoryview, offset: int) -> int:
+        time.sleep(0.5)
+        return write(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", slow_disk)
+
+    result, data, partial = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and partial.read_bytes() == data
     assert len(_byte_gets(hub)) == 1
 
 
