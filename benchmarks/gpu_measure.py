@@ -65,11 +65,12 @@ def speed(llm: Any) -> dict[str, float]:
 
 
 def one(pool: Pool, path: Path, layers: int | str, name: str) -> dict[str, Any]:
+    timed = pool.metrics().load_seconds.get(name, 0.0)  # the pool sums load times per name
     llm = pool.acquire(path, f"sha-{name}-{layers}", name, n_gpu_layers=layers, n_ctx=2048)
     llm.tokenize(b"x")  # acquire loaded it: the pool timed that load
     record = pool.record(llm)
     row: dict[str, Any] = {"model": name, "asked": layers, "gpu_layers": record.gpu_layers}
-    row["load_s"] = pool.metrics().load_seconds.get(name, 0.0)
+    row["load_s"] = pool.metrics().load_seconds.get(name, 0.0) - timed
     row.update(speed(llm))
     used = vram()
     est = record.estimate
