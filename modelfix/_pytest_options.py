@@ -6,7 +6,8 @@
     --modelfix-cache-dir DIR        modelfix_cache_dir        the store root
     --modelfix-readonly-cache DIR   modelfix_readonly_cache   read-only caches in front (repeatable)
     --modelfix-offline              modelfix_offline          never touch the network
-    --modelfix-gpu-layers N         modelfix_gpu_layers       n_gpu_layers for every handle
+    --modelfix-gpu-layers auto|N    modelfix_gpu_layers       n_gpu_layers for every handle
+    --modelfix-gpu-memory-budget S  modelfix_gpu_memory_budget  the pool's VRAM budget per GPU
     --modelfix-memory-budget SIZE   modelfix_memory_budget    the pool's budget per process
     --modelfix-preload              modelfix_preload          load the marked models before the tests
     --modelfix-strict               modelfix_strict           require_gpu=True fails rather than skips
@@ -62,10 +63,17 @@ _OPTIONS: tuple[tuple[str, Literal["string", "linelist", "bool"], str, dict[str,
     (
         "gpu_layers",
         "string",
-        "n_gpu_layers for every handle (default: all where the build offloads, else 0)",
-        {"metavar": "N"},
+        "n_gpu_layers for every handle: auto (as many as the GPU budget holds; the default where "
+        "the build offloads), -1 (all) or a number",
+        {"metavar": "auto|N"},
     ),
     ("memory_budget", "string", "pool memory budget per process: bytes, 8GB, auto or inf", {"metavar": "SIZE"}),
+    (
+        "gpu_memory_budget",
+        "string",
+        "pool VRAM budget per GPU: bytes, 8GB, auto (90% of free VRAM) or inf",
+        {"metavar": "SIZE"},
+    ),
     (
         "preload",
         "bool",
@@ -103,8 +111,9 @@ class PluginOptions:
     cache_dir: Path | None = None
     readonly_caches: tuple[Path, ...] | None = None
     offline: bool | None = None
-    gpu_layers: int | None = None
+    gpu_layers: int | str | None = None
     memory_budget: str | None = None
+    gpu_memory_budget: str | None = None
     preload: bool = False
     strict: bool = False
 
@@ -129,27 +138,35 @@ class PluginOptions:
             return None if not values else tuple(base / Path(os.path.expanduser(v)) for v in values)
 
         layers, _ = get("gpu_layers")
-        try:
-            gpu_layers = None if layers is None else int(layers)
-        except ValueError:
-            raise pytest.UsageError(
-                f"--modelfix-gpu-layers / modelfix_gpu_layers: expected an integer, got {layers!r}"
-            ) from None
-        budget, _ = get("memory_budget")
-        if budget is not None:
-            from .settings import parse_memory_budget
+        gpu_layers = None
+        if layers is not None:
+            from .setting_values import check_setting
 
             try:
-                parse_memory_budget(budget)
+                gpu_layers = check_setting("n_gpu_layers", layers)
             except ValueError as exc:
-                raise pytest.UsageError(f"--modelfix-memory-budget / modelfix_memory_budget: {exc}") from None
+                raise pytest.UsageError(
+                    f"--modelfix-gpu-layers / modelfix_gpu_layers: expected {exc}, got {layers!r}"
+                ) from None
+        budgets: dict[str, str | None] = {}
+        for name in ("memory_budget", "gpu_memory_budget"):
+            budgets[name], _ = get(name)
+            if budgets[name] is not None:
+                from .settings import parse_memory_budget
+
+                try:
+                    parse_memory_budget(budgets[name])
+                except ValueError as exc:
+                    flag = "--modelfix-" + name.replace("_", "-")
+                    raise pytest.UsageError(f"{flag} / modelfix_{name}: {exc}") from None
         return cls(
             lock=path("lock"),
             cache_dir=path("cache_dir"),
             readonly_caches=paths("readonly_cache"),
             offline=get("offline")[0],
             gpu_layers=gpu_layers,
-            memory_budget=budget,
+            memory_budget=budgets["memory_budget"],
+            gpu_memory_budget=budgets["gpu_memory_budget"],
             preload=bool(get("preload")[0]),
             strict=bool(get("strict")[0]),
         )

@@ -158,9 +158,12 @@ class NoRoom(ModelfixError):
     the model; the numbers (bytes) are kept here for them.
     """
 
-    def __init__(self, message: str = "", *, needed: int = 0, budget: float = 0.0, held: int = 0) -> None:
+    def __init__(
+        self, message: str = "", *, needed: int = 0, budget: float = 0.0, held: int = 0, budget_name: str = ""
+    ) -> None:
         super().__init__(message)
         self.needed, self.budget, self.held = needed, budget, held
+        self.budget_name = budget_name  # "" for the main budget, else the other budget's name ("gpu0")
 
 
 class SnapshotMismatch(AssertionError):

@@ -2,18 +2,27 @@
 
 Both the disk store (budget: bytes on disk; held = leased by a live process or
 pinned by the lockfile being synced) and the memory pool (budget: estimated
-bytes of resident handles, plus a maximum count; held = in use) ask
-:func:`plan` which items to drop. Keeping it in one pure function means the
-two caches cannot drift apart in how they choose. When nothing it may evict makes room,
-it raises :class:`~modelfix.errors.NoRoom` (defined with the other errors), which each
+bytes of resident handles in RAM, and on each GPU its own budget, plus a maximum count;
+held = in use) ask :func:`plan` which items to drop. Keeping it in one pure function means the
+caches and budgets cannot drift apart in how they choose: with several budgets, the least
+recently used idle item goes first until every budget has room::
+
+    items (LRU order) ──▶ drop the oldest idle one while any budget is short:
+                            main budget   Σ cost            + incoming            <= budget
+                            "gpu0" ...    Σ costs["gpu0"]   + incomings["gpu0"]   <= budgets["gpu0"]
+                            count         n items (+ 1 incoming)                  <= max_count
+
+When nothing it may evict makes room, it raises :class:`~modelfix.errors.NoRoom` (defined with
+the other errors), which each
 caller turns into its own error.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from .errors import NoRoom
 
@@ -28,6 +37,7 @@ class Candidate:
     cost: int
     last_used: float
     held: bool = False
+    costs: Mapping[str, int] = field(default_factory=dict)  # what it takes of each other budget ("gpu0")
 
 
 def plan(
@@ -35,41 +45,58 @@ def plan(
     budget: float = math.inf,
     incoming: int = 0,
     max_count: int | None = None,
+    *,
+    budgets: Mapping[str, float] | None = None,
+    incomings: Mapping[str, int] | None = None,
 ) -> list[Hashable]:
     """Keys to evict, oldest first, so that ``incoming`` fits.
 
     After evicting the returned keys, the total cost plus ``incoming`` is at
-    most ``budget`` and (when ``incoming`` > 0 counts as one more item) the
-    number of items is within ``max_count``. Raises :class:`NoRoom` when that
-    cannot be reached without touching held items.
+    most ``budget``, each other budget's (``budgets[name]``, with the items'
+    ``costs[name]`` and ``incomings[name]``) likewise, and (when ``incoming``
+    > 0 counts as one more item) the number of items is within ``max_count``.
+    Raises :class:`NoRoom` when that cannot be reached without touching held items.
     """
     items = list(items)
-    total = sum(i.cost for i in items)
-    count = len(items) + (1 if incoming else 0)
-    held = sum(i.cost for i in items if i.held)
-    if incoming + held > budget:
-        raise _no_room(incoming, budget, held)
+    limits: list[tuple[str, float, int, Callable[[Candidate], int]]] = [("", budget, incoming, _main_cost)]
+    for name, limit in (budgets or {}).items():
+        limits.append((name, limit, (incomings or {}).get(name, 0), functools.partial(_other_cost, name)))
+    totals = [sum(cost(i) for i in items) for _, _, _, cost in limits]
+    for name, limit, needed, cost in limits:
+        held = sum(cost(i) for i in items if i.held)
+        if needed + held > limit:
+            raise _no_room(needed, limit, held, name)
+    count = len(items) + (1 if incoming or any((incomings or {}).values()) else 0)
     victims: list[Hashable] = []
     for item in sorted((i for i in items if not i.held), key=lambda i: i.last_used):
-        over_budget = total + incoming > budget
+        over_budget = any(total + needed > limit for total, (_, limit, needed, _) in zip(totals, limits, strict=True))
         over_count = max_count is not None and count > max_count
         if not (over_budget or over_count):
             break
         victims.append(item.key)
-        total -= item.cost
+        totals = [total - cost(item) for total, (_, _, _, cost) in zip(totals, limits, strict=True)]
         count -= 1
     if max_count is not None and count > max_count:
-        raise _no_room(incoming, budget, held)
+        raise _no_room(incoming, budget, sum(i.cost for i in items if i.held))
     return victims
 
 
-def _no_room(needed: int, budget: float, held: int) -> NoRoom:
+def _main_cost(item: Candidate) -> int:
+    return item.cost
+
+
+def _other_cost(name: str, item: Candidate) -> int:
+    return item.costs.get(name, 0)
+
+
+def _no_room(needed: int, budget: float, held: int, name: str = "") -> NoRoom:
     return NoRoom(
-        f"needs {format_size(needed)} but the budget is {format_size(budget)} "
+        f"needs {format_size(needed)} but the {name + ' ' if name else ''}budget is {format_size(budget)} "
         f"with {format_size(held)} held by items in use",
         needed=needed,
         budget=budget,
         held=held,
+        budget_name=name,
     )
 
 

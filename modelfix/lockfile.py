@@ -96,6 +96,7 @@ HARDWARE_SETTINGS = frozenset(
         "n_gpu_layers",
         "main_gpu",
         "tensor_split",
+        "split_mode",
         "flash_attn",
         "offload_kqv",
         "n_threads",

@@ -24,8 +24,20 @@ generator holds its lease until exhausted or dropped), and inside
 idle and evicted least recently used first by :func:`modelfix.eviction.plan`,
 the same policy the disk store uses.
 
-The pool's budget counts *estimated* bytes (:mod:`modelfix.estimate`), known
-before loading, so a load that cannot fit is refused before it starts.
+The pool's budgets count *estimated* bytes (:mod:`modelfix.estimate`), known
+before loading, so a load that cannot fit is refused before it starts. Two kinds, one
+policy (:func:`modelfix.eviction.plan` with several budgets)::
+
+    memory_budget       RAM: what a handle keeps on the CPU (all of it on a CPU build)
+    gpu_memory_budget   per GPU ("gpu0", ...): its layers, their KV cache, the compute buffer,
+                        plus CUDA_OVERHEAD once per device (the process's CUDA context);
+                        auto = 90% of the GPU's free memory when the pool first looks
+
+``n_gpu_layers="auto"`` (the default where the build offloads) picks the number of layers at
+load, as Ollama's scheduler does: all of them if they fit after evicting idle handles (least
+recently used first); if not even that fits, as many as fit in the budget left once every idle
+handle is gone (the compute buffer and the CUDA overhead are reserved first, layers go last to
+first as llama.cpp offloads them). The chosen number is the handle's ``gpu_layers``.
 
 The pool reads no lockfile and fetches nothing: it loads files it is given. One process-wide
 pool (:func:`default_pool`) serves every Project and front end in the process, so they share
@@ -34,6 +46,7 @@ one memory budget.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -47,7 +60,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .config import cache_root, layer_roots
 from .errors import MemoryBudgetError, NoRoom, SettingsError
-from .estimate import Estimate, estimate, memory_capacity
+from .estimate import CUDA_OVERHEAD, Estimate, GpuDevice, estimate, gpu_devices, memory_capacity, offload_supported
 from .events import Event, events
 from .eviction import Candidate, format_size, plan
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
@@ -96,6 +109,7 @@ class Resident:
     in_use: bool
     resident: bool = True  # False once evicted or unloaded: the handle reloads on its next call
     origins: Mapping[str, str] = field(default_factory=dict)  # setting -> layer it came from
+    gpu_layers: int = 0  # layers offloaded (what n_gpu_layers="auto" chose); 0 on a CPU build
 
     @property
     def cost(self) -> int:
@@ -144,6 +158,7 @@ class _Slot:
     handle: PooledLlama | None = None
     probe_root: Path | None = None  # where the backend probe's verdict is cached
     probe_layers: tuple[Path, ...] = ()  # read-only caches where a verdict may be found too
+    mmproj_used: Path | None = None  # the mmproj counted in the estimate (settings.mmproj)
 
     @property
     def settings(self) -> LoadSettings:
@@ -174,12 +189,13 @@ class Pool:
         self._load_seconds: dict[str, float] = {}
         self._reaper: threading.Thread | None = None
         self._closed = False
+        self._gpus: list[GpuDevice] | None = None  # the GPUs as first seen (auto budget: their free memory then)
         self.configure(**pool_settings)
 
     # --- configuration ---------------------------------------------------------
 
     def configure(self, **pool_settings: Any) -> PoolSettings:
-        """Set (or, with ``None``, unset) strategy, memory_budget, keep_alive, max_count."""
+        """Set (or, with ``None``, unset) strategy, memory_budget, gpu_memory_budget, keep_alive, max_count."""
         merged = {**self._explicit, **pool_settings}
         settings = resolve_pool_settings(merged)  # validates before anything changes
         with self._cond:
@@ -227,19 +243,22 @@ class Pool:
         key: Key = (content_key, resolved.settings)
         slot = self._slots.get(key)
         if slot is None:
-            s = resolved.settings
-            cost = estimate(
-                model_path,
-                n_ctx=s.n_ctx,
-                n_ubatch=min(s.n_batch, s.n_ubatch),
-                flash_attn=s.flash_attn,
-                mmproj_path=mmproj_path if s.mmproj else None,
-            )
+            mmproj = Path(mmproj_path) if mmproj_path and resolved.settings.mmproj else None
+            cost = self._estimate(Path(model_path), resolved.settings, mmproj)
             with self._lock:
                 slot = self._slots.get(key)
                 if slot is None:
-                    mmproj = Path(mmproj_path) if mmproj_path else None
-                    slot = _Slot(self, key, name, Path(model_path), mmproj, resolved, cost, turns=Turns(name))
+                    slot = _Slot(
+                        self,
+                        key,
+                        name,
+                        Path(model_path),
+                        Path(mmproj_path) if mmproj_path else None,
+                        resolved,
+                        cost,
+                        turns=Turns(name),
+                        mmproj_used=mmproj,
+                    )
                     slot.handle = PooledLlama(slot)
                     self._slots[key] = slot
         if probe_root is not None:
@@ -390,7 +409,10 @@ class Pool:
             events.emit(Event("load", slot.name, slot.model_path.name, "loading", total=slot.estimate.total))
             started = time.perf_counter()
             try:
-                llm = build_llama(slot.name, slot.model_path, slot.settings, slot.mmproj_path, repack=repack)
+                settings = slot.settings
+                if settings.n_gpu_layers == "auto":
+                    settings = dataclasses.replace(settings, n_gpu_layers=slot.estimate.gpu_layers)
+                llm = build_llama(slot.name, slot.model_path, settings, slot.mmproj_path, repack=repack)
             except BaseException as exc:
                 events.emit(Event("load", slot.name, slot.model_path.name, "failed", message=str(exc)))
                 raise
@@ -418,22 +440,121 @@ class Pool:
             )
             return llm
 
+    # --- budgets -----------------------------------------------------------------------
+
+    def gpus(self) -> list[GpuDevice]:
+        """The GPUs this pool loads onto, as it first saw them; empty where the build cannot offload."""
+        if self._gpus is None:
+            self._gpus = gpu_devices() if offload_supported() else []
+        return self._gpus
+
+    def _estimate(self, model_path: Path, s: LoadSettings, mmproj: Path | None, layers: int | None = None) -> Estimate:
+        """The cost of a handle with ``layers`` offloaded (default: what ``s`` asks; "auto" asks all)."""
+        k = layers if layers is not None else (-1 if s.n_gpu_layers == "auto" else int(s.n_gpu_layers))
+        return estimate(
+            model_path,
+            n_ctx=s.n_ctx,
+            n_ubatch=min(s.n_batch, s.n_ubatch),
+            flash_attn=s.flash_attn,
+            mmproj_path=mmproj,
+            n_gpu_layers=k,
+            offload=bool(self.gpus()),
+            offload_kqv=s.offload_kqv,
+        )
+
+    def _device_costs(self, est: Estimate, s: LoadSettings) -> dict[str, int]:
+        """Bytes on each GPU ("gpu0", ...): layers and KV as ``split_mode`` and ``tensor_split`` share them."""
+        gpus = self.gpus()
+        if not gpus or not est.gpu:
+            return {}
+        main = min(s.main_gpu, len(gpus) - 1)
+        if s.split_mode == "none" or len(gpus) == 1:
+            shares = [1.0 if d.index == main else 0.0 for d in gpus]
+        else:  # llama.cpp splits by tensor_split, else by each device's free memory
+            weights = list(s.tensor_split or ()) + [0.0] * len(gpus) if s.tensor_split else [d.free for d in gpus]
+            total = sum(weights[: len(gpus)]) or 1
+            shares = [w / total for w in weights[: len(gpus)]]
+        spread = est.gpu_weights + est.gpu_kv
+        costs = {f"gpu{d.index}": int(spread * share) for d, share in zip(gpus, shares, strict=True)}
+        costs[f"gpu{main}"] += est.gpu_compute
+        return costs
+
+    def _gpu_budgets(self, settings: PoolSettings) -> dict[str, float]:
+        """Each GPU's budget for handles: gpu_memory_budget (auto: 90% of its free memory) less the CUDA overhead."""
+        budgets = {}
+        for d in self.gpus():
+            budget = settings.gpu_memory_budget if settings.gpu_memory_budget is not None else 0.9 * d.free
+            budgets[f"gpu{d.index}"] = budget - CUDA_OVERHEAD
+        return budgets
+
+    def fit(
+        self, model_path: str | os.PathLike[str], settings: LoadSettings, mmproj_path: Path | None = None
+    ) -> Estimate:
+        """The estimate of a handle with these settings on an otherwise idle pool: for "auto", the
+        layers that would be offloaded (``gpu_layers``); nothing is loaded or evicted (``modelfix inspect``)."""
+        tries = self._tries(Path(model_path), settings, mmproj_path if settings.mmproj else None)
+        gpu_budgets = self._gpu_budgets(self.settings())
+        for est in tries:
+            try:
+                plan([], math.inf, budgets=gpu_budgets, incomings=self._device_costs(est, settings))
+            except NoRoom:
+                continue
+            return est
+        return tries[-1]
+
+    def _tries(self, model_path: Path, s: LoadSettings, mmproj: Path | None) -> list[Estimate]:
+        """The estimates to try, best first: "auto" on a GPU tries every layer count from all down to none."""
+        full = self._estimate(model_path, s, mmproj)
+        if s.n_gpu_layers != "auto" or not self.gpus():
+            return [full]
+        return [full] + [self._estimate(model_path, s, mmproj, k) for k in range(full.gpu_layers - 1, -1, -1)]
+
     def _make_room(self, slot: _Slot) -> list[tuple[_Slot, llama_cpp.Llama]]:
-        """Under the lock: detach what must go for ``slot`` to fit, or refuse."""
+        """Under the lock: choose ``slot``'s GPU layers, detach what must go for it to fit, or refuse."""
         settings = self.settings()
         budget = settings.memory_budget
         if budget is None:
-            import llama_cpp
-
-            offload = slot.settings.n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
-            budget = 0.8 * memory_capacity(offload)
-        others = [s for s in self._slots.values() if s is not slot and (s.llama is not None or s.loading)]
-        candidates = [Candidate(s.key, s.estimate.total, s.last_used, held=bool(s.leases or s.loading)) for s in others]
-        try:
-            keys = plan(candidates, budget, incoming=slot.estimate.total, max_count=settings.max_count)
-        except NoRoom as exc:
-            raise _refusal(slot, exc, settings, [s for s in others if s.leases or s.loading]) from None
-        return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # plan() hands back the keys it was given
+            budget = 0.8 * memory_capacity(False)
+        gpu_budgets = self._gpu_budgets(settings)
+        s = slot.settings
+        if s.main_gpu and s.main_gpu >= max(len(self.gpus()), 1):
+            raise SettingsError(
+                f"main_gpu={s.main_gpu} for model {slot.name!r}, but llama.cpp sees {len(self.gpus())} GPU(s) "
+                f"(numbered from 0). Use a smaller main_gpu."
+            )
+        others = [x for x in self._slots.values() if x is not slot and (x.llama is not None or x.loading)]
+        candidates = [
+            Candidate(
+                x.key,
+                x.estimate.ram if gpu_budgets else x.estimate.total,
+                x.last_used,
+                held=bool(x.leases or x.loading),
+                costs=self._device_costs(x.estimate, x.settings),
+            )
+            for x in others
+        ]
+        tries = self._tries(slot.model_path, s, slot.mmproj_used)  # "auto": all layers first, then fewer
+        first_refusal: NoRoom | None = None
+        for est in tries:
+            try:
+                keys = plan(
+                    candidates,
+                    budget,
+                    incoming=est.ram if gpu_budgets else est.total,
+                    max_count=settings.max_count,
+                    budgets=gpu_budgets,
+                    incomings=self._device_costs(est, s),
+                )
+            except NoRoom as exc:
+                first_refusal = first_refusal or exc
+                if exc.budget_name == "":  # RAM or the count: fewer GPU layers only need more RAM
+                    break
+                continue
+            slot.estimate = est
+            return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # plan() hands back the keys it was given
+        assert first_refusal is not None
+        held = [x for x in others if x.leases or x.loading]
+        raise _refusal(slot, first_refusal, settings, held) from None
 
     def _detach(self, slot: _Slot, *, evicted: bool = True) -> tuple[_Slot, llama_cpp.Llama]:
         """Under the lock: make ``slot`` non-resident; the caller closes the Llama.
@@ -517,6 +638,7 @@ def _record(s: _Slot) -> Resident:
         s.leases > 0,
         s.llama is not None,
         s.resolved.origins,
+        s.estimate.gpu_layers,
     )
 
 
@@ -531,6 +653,18 @@ def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]
             f"cannot load model {slot.name!r}: the pool holds at most {settings.max_count} handle(s) "
             f"and those resident are in use ({_names(held)}). Raise MODELFIX_MAX_LOADED or finish using one."
         )
+    in_use = f", of which {format_size(exc.held)} is held by handles in use ({_names(held)})" if held else ""
+    if exc.budget_name:  # a GPU's budget
+        origin = settings.gpu_budget_origin
+        where = {"auto": "auto: 90% of the GPU's free memory", "configure": "set by a front-end option or configure()"}
+        return MemoryBudgetError(
+            f"cannot load model {slot.name!r} onto {exc.budget_name}: its layers, KV cache and compute buffer "
+            f"need about {format_size(exc.needed)} of VRAM but the GPU memory budget leaves "
+            f"{format_size(max(exc.budget, 0))} for handles ({where.get(origin, origin)}; "
+            f"{format_size(CUDA_OVERHEAD)} go to the CUDA context){in_use}. To load it, raise the budget "
+            f"(MODELFIX_GPU_MEMORY_BUDGET, --modelfix-gpu-memory-budget, configure(gpu_memory_budget=...)), "
+            f'use n_gpu_layers="auto" or fewer layers, lower n_ctx, or release a model.'
+        )
     budget_source, raise_it = {
         "auto": ("auto: 80% of memory", "set a larger MODELFIX_MEMORY_BUDGET"),
         "configure": (
@@ -539,9 +673,9 @@ def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]
             "modelfix.configure(memory_budget=...))",
         ),
     }.get(settings.budget_origin, (settings.budget_origin, f"raise {settings.budget_origin}"))
-    in_use = f", of which {format_size(exc.held)} is held by handles in use ({_names(held)})" if held else ""
+    ram = f" in RAM ({format_size(exc.needed)} of it stays on the CPU)" if est.gpu else ""
     return MemoryBudgetError(
-        f"cannot load model {slot.name!r}: it needs about {format_size(est.total)} (weights "
+        f"cannot load model {slot.name!r}: it needs about {format_size(est.total)}{ram} (weights "
         f"{format_size(est.weights)} + KV cache {format_size(est.kv_cache)} for n_ctx={est.n_ctx} + compute "
         f"{format_size(est.compute)}) but the memory budget is {format_size(exc.budget)} ({budget_source}){in_use}. "
         f"To load it, {raise_it}, lower n_ctx, or release a model."
@@ -564,7 +698,7 @@ def default_pool() -> Pool:
 
 
 def configure(**pool_settings: Any) -> PoolSettings:
-    """Set the shared pool's strategy, memory_budget, keep_alive or max_count (``None`` unsets)."""
+    """Set the shared pool's strategy, memory_budget, gpu_memory_budget, keep_alive or max_count (``None`` unsets)."""
     return default_pool().configure(**pool_settings)
 
 

@@ -185,8 +185,10 @@ class ModelfixSession:
             # Late on purpose: by the first model, collection has imported every conftest.py.
             self._bridge = HookBridge(self._config)
             self._bridge.register()
-        if not self._pool_configured and self.options.memory_budget is not None:
-            self.project.pool.configure(memory_budget=self.options.memory_budget)
+        if not self._pool_configured:
+            budgets = {"memory_budget": self.options.memory_budget, "gpu_memory_budget": self.options.gpu_memory_budget}
+            if any(v is not None for v in budgets.values()):
+                self.project.pool.configure(**budgets)
         self._pool_configured = True
         self.breadcrumbs.loading(name)
         with self.recorder.recording():
@@ -233,6 +235,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}(*names, require_gpu=False, **settings): the lockfile models this test uses "
         "(several names: one run per model) and their load settings.",
+    )
+    config.addinivalue_line(
+        "markers", "gpu: needs a GPU: runs where the llama.cpp build offloads and a GPU is seen, else skips"
     )
     session = ModelfixSession(config, PluginOptions.from_config(config))
     config.stash[_SESSION] = session
@@ -296,21 +301,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("modelfix_model", names, indirect=True, ids=names)
 
 
-_NO_GPU = "needs GPU offload (require_gpu=True) and this llama-cpp-python build has none"
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A skip marker, not pytest.skip() in setup: the report then points at the test, not at us.
     needs_gpu = [item for item in items if _marker(item)[2]]
-    if needs_gpu and not _session(config).options.strict and not _gpu_offload():
+    if needs_gpu and not _session(config).options.strict and (why := _no_gpu()):
         for item in needs_gpu:
-            item.add_marker(pytest.mark.skip(reason=_NO_GPU))
+            item.add_marker(pytest.mark.skip(reason=f"needs GPU offload (require_gpu=True) and {why}"))
+    marked_gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if marked_gpu and (why := _no_gpu()):
+        for item in marked_gpu:
+            item.add_marker(pytest.mark.skip(reason=f"marked gpu, and {why}"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     _, _, require_gpu = _marker(item)
-    if require_gpu and _session(item.config).options.strict and not _gpu_offload():
-        pytest.fail(f"{_NO_GPU} (--modelfix-strict)", pytrace=False)
+    if require_gpu and _session(item.config).options.strict and (why := _no_gpu()):
+        pytest.fail(f"needs GPU offload (require_gpu=True) and {why} (--modelfix-strict)", pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -417,10 +423,7 @@ def pytest_report_header(config: pytest.Config) -> str | list[str]:
     else:
         cache, offline = _cache_text(cache_settings), ", offline" if cache_settings.offline else ""
     names = ", ".join(lock.entries) or "none"
-    line = (
-        f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, "
-        f"GPU offload: {'yes' if _gpu_offload() else 'no'}"
-    )
+    line = f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, GPU offload: {_gpu_text(state)}"
     if not lock.entries or cache_settings is None:
         return line
     return [line, f"modelfix: llama.cpp {_backend(cache_settings)}"]
@@ -449,7 +452,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not stats.anything and not state.crashes:
         return
     terminalreporter.write_sep("-", "modelfix")
-    for line in [*state.crashes, *(stats.lines() if stats.anything else [])]:
+    for line in [*state.crashes, *(stats.lines() if stats.anything else []), *_gpu_layers_chosen(state)]:
         terminalreporter.write_line(line)
 
 
@@ -478,7 +481,32 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
             state.crashes.append(f"modelfix: {line}")
 
 
-def _gpu_offload() -> bool:
-    import llama_cpp
+def _no_gpu() -> str | None:
+    """Why a GPU test cannot run here (no offload in the build, or no GPU seen), or None."""
+    from .estimate import gpu_devices, offload_supported
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    if not offload_supported():
+        return "this llama-cpp-python build has none"
+    if not gpu_devices():
+        return "llama.cpp sees no GPU on this machine"
+    return None
+
+
+def _gpu_text(state: ModelfixSession) -> str:
+    """``no``, or ``yes (CUDA0 ...), gpu layers auto``: the GPUs and how many layers handles take."""
+    from .estimate import gpu_devices, offload_supported
+    from .eviction import format_size
+
+    if not offload_supported():
+        return "no"
+    devices = ", ".join(f"{d.name} {format_size(d.free)} free" for d in gpu_devices()) or "no GPU seen"
+    layers = state.options.gpu_layers if state.options.gpu_layers is not None else "auto unless set"
+    return f"yes ({devices}), gpu layers {layers}"
+
+
+def _gpu_layers_chosen(state: ModelfixSession) -> list[str]:
+    """``GPU layers: chat 25 (auto)``: what each resident handle offloaded, where any did."""
+    offloaded = [r for r in state.project.pool.loaded() if r.gpu_layers]
+    how = {True: " (auto)", False: ""}
+    text = ", ".join(f"{r.name} {r.gpu_layers}{how[r.settings.n_gpu_layers == 'auto']}" for r in offloaded)
+    return [f"GPU layers: {text}"] if text else []

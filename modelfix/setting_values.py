@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["LLAMA_DEFAULT_SEED", "MAX_TOKENS", "CONVERTERS", "check_setting"]
+__all__ = ["LLAMA_DEFAULT_SEED", "MAX_TOKENS", "MAX_DEVICES", "SPLIT_MODES", "CONVERTERS", "check_setting"]
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
 
@@ -94,21 +94,52 @@ def _repack(value: Any) -> str:
     raise ValueError('"auto" (follow the backend probe), "on" or "off"')
 
 
+# llama.cpp's LLAMA_MAX_DEVICES: llama-cpp-python refuses a longer tensor_split.
+MAX_DEVICES = 16
+SPLIT_MODES = ("none", "layer", "row")  # llama_cpp.LLAMA_SPLIT_MODE_NONE, _LAYER, _ROW: 0, 1, 2
+
+
 def _split(value: Any) -> tuple[float, ...] | None:
+    expected = (
+        f'a list of numbers, each finite and >= 0, not all zero, at most {MAX_DEVICES} ("3,1" in the environment)'
+    )
     if value is None or value == "":
         return None
     parts = value.split(",") if isinstance(value, str) else value
     try:
-        return tuple(_float(p) for p in parts)
+        split = tuple(_float(p) for p in parts)
     except (TypeError, ValueError):
-        raise ValueError('a list of numbers, each finite ("3,1" in the environment)') from None
+        raise ValueError(expected) from None
+    if not split or len(split) > MAX_DEVICES or min(split) < 0 or not sum(split) > 0:
+        raise ValueError(expected)
+    return split
+
+
+def _gpu_layers(value: Any) -> int | str:
+    """``"auto"`` (as many layers as the GPU budget holds), -1 (all) or a count."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int(-1)(value)
+    except ValueError:
+        raise ValueError('"auto", -1 (all layers) or a number of layers >= 0') from None
+
+
+def _split_mode(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(SPLIT_MODES):
+        return SPLIT_MODES[value]
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in SPLIT_MODES:
+        return text
+    raise ValueError('"none" (all on main_gpu), "layer" or "row" (split across the GPUs)')
 
 
 CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
     {
-        "n_gpu_layers": _int(-1),
+        "n_gpu_layers": _gpu_layers,
         "main_gpu": _int(0),
         "tensor_split": _split,
+        "split_mode": _split_mode,
         "flash_attn": _bool,
         "offload_kqv": _bool,
         "n_ctx": _int(0, MAX_TOKENS),

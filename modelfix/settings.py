@@ -8,9 +8,10 @@ that modelfix exposes. Each is taken from the first layer that sets it::
                    the ``load_options`` of its :class:`~modelfix.Project`
     3. env         MODELFIX_GPU_LAYERS, MODELFIX_N_CTX, MODELFIX_REPACK, ... (read at every load)
     4. lockfile    [models.chat] n_ctx = 2048 (reproducibility settings only)
-    5. default     llama_cpp.Llama's own defaults, except n_gpu_layers (all
-                   layers when the build can offload, else 0), verbose (off) and
-                   repack ("auto": on unless the backend probe found it crashes)
+    5. default     llama_cpp.Llama's own defaults, except n_gpu_layers ("auto" when
+                   the build can offload: as many layers as the GPU budget holds, chosen
+                   by the pool at load; else 0), verbose (off) and repack ("auto": on
+                   unless the backend probe found it crashes)
 
 then the ``modelfix_adjust_settings`` plugin hook may edit the result (origin
 ``plugin``). Unknown names and ill-typed values are a :class:`SettingsError`
@@ -39,7 +40,7 @@ from typing import Any
 from .errors import SettingsError
 from .eviction import parse_size
 from .hooks import plugin_manager
-from .setting_values import CONVERTERS, LLAMA_DEFAULT_SEED, MAX_TOKENS, check_setting
+from .setting_values import CONVERTERS, LLAMA_DEFAULT_SEED, MAX_TOKENS, SPLIT_MODES, check_setting
 
 __all__ = [
     "LoadSettings",
@@ -68,9 +69,10 @@ def repeatable_seed(seed: int) -> int:
 class LoadSettings:
     """The effective settings a handle is built with (part of its pool key)."""
 
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | str = 0  # or "auto": the pool chooses at load (Estimate.gpu_layers)
     main_gpu: int = 0
     tensor_split: tuple[float, ...] | None = None
+    split_mode: str = "layer"  # "none", "layer", "row": llama_cpp.LLAMA_SPLIT_MODE_*
     flash_attn: bool = False
     offload_kqv: bool = True
     n_ctx: int = 512
@@ -93,10 +95,13 @@ class LoadSettings:
     def llama_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``llama_cpp.Llama`` (``mmproj`` becomes a chat handler in the pool,
         ``repack`` a field of llama.cpp's model parameters)."""
+        if self.n_gpu_layers == "auto":
+            raise ValueError('n_gpu_layers="auto" is chosen by the pool at load time: replace it with the count')
         kwargs = dataclasses.asdict(self)
         del kwargs["mmproj"], kwargs["repack"]
         if self.tensor_split is not None:
             kwargs["tensor_split"] = list(self.tensor_split)
+        kwargs["split_mode"] = SPLIT_MODES.index(self.split_mode)
         return kwargs
 
 
@@ -167,9 +172,9 @@ def _default(name: str) -> Any:
     if name == "n_gpu_layers":
         import llama_cpp
 
-        # -1 = every layer; where the build cannot offload, 0 keeps llama.cpp
-        # from pretending (and the pool's budget uses RAM, not VRAM).
-        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        # "auto": as many layers as the GPU budget holds (the pool decides at load); where the
+        # build cannot offload, 0 keeps llama.cpp from pretending (and the pool budgets RAM only).
+        return "auto" if llama_cpp.llama_supports_gpu_offload() else 0
     return _field_defaults()[name]
 
 
@@ -245,8 +250,9 @@ def parse_duration(value: str | int | float) -> float:
 class PoolSettings:
     """How the pool keeps handles: see :data:`STRATEGIES` for the presets.
 
-    ``memory_budget`` is bytes, ``math.inf``, or ``None`` for *auto* (80% of
-    RAM, or of VRAM when the incoming handle offloads to a GPU).
+    ``memory_budget`` is bytes of RAM, ``math.inf``, or ``None`` for *auto* (80% of RAM).
+    ``gpu_memory_budget`` is bytes of VRAM per GPU, ``math.inf``, or ``None`` for *auto*
+    (90% of each GPU's free memory when the pool first loads onto it).
     ``keep_alive`` is idle seconds before a handle is closed: ``0`` closes it
     when a call through it returns, ``math.inf`` never.
     """
@@ -257,6 +263,8 @@ class PoolSettings:
     max_count: int | None = None
     # where memory_budget came from, for the refusal message: "configure", an env var, or "auto"
     budget_origin: str = "auto"
+    gpu_memory_budget: float | None = None
+    gpu_budget_origin: str = "auto"
 
 
 STRATEGIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
@@ -272,6 +280,7 @@ _POOL_ENV = MappingProxyType(
         "memory_budget": "MODELFIX_MEMORY_BUDGET",
         "keep_alive": "MODELFIX_KEEP_ALIVE",
         "max_count": "MODELFIX_MAX_LOADED",
+        "gpu_memory_budget": "MODELFIX_GPU_MEMORY_BUDGET",
     }
 )
 
@@ -306,7 +315,13 @@ def _strategy(value: Any) -> str:
 
 
 _POOL_CONVERTERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
-    {"strategy": _strategy, "memory_budget": parse_memory_budget, "keep_alive": parse_duration, "max_count": _max_count}
+    {
+        "strategy": _strategy,
+        "memory_budget": parse_memory_budget,
+        "keep_alive": parse_duration,
+        "max_count": _max_count,
+        "gpu_memory_budget": parse_memory_budget,
+    }
 )
 
 
@@ -336,4 +351,8 @@ def resolve_pool_settings(explicit: Mapping[str, Any] | None = None) -> PoolSett
         keep_alive=chosen.get("keep_alive", preset["keep_alive"]),
         max_count=chosen["max_count"] if "max_count" in chosen else preset["max_count"],
         budget_origin=origins.get("memory_budget", "auto") if chosen.get("memory_budget") is not None else "auto",
+        gpu_memory_budget=chosen.get("gpu_memory_budget"),
+        gpu_budget_origin=origins.get("gpu_memory_budget", "auto")
+        if chosen.get("gpu_memory_budget") is not None
+        else "auto",
     )

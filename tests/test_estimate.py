@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -121,3 +124,74 @@ def test_the_context_is_rounded_up_as_llama_cpp_rounds_it(single, asked):
         assert estimate(single, n_ctx=asked).n_ctx == llm.n_ctx()
     finally:
         llm.close()
+
+
+def test_tensor_table_gives_every_tensor_its_bytes(single):
+    header = read_header(single)
+    tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(single).tensors}
+    for i in range(3):
+        assert header.layer_bytes[i] == sum(n for name, n in tensors.items() if name.startswith(f"blk.{i}."))
+    assert header.output_bytes == tensors["output.weight"] + tensors["output_norm.weight"]
+    assert header.embd_bytes == header.input_bytes == tensors["token_embd.weight"]
+    assert not header.tied_output
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2, 3, 4, -1])
+def test_gpu_share_follows_llama_cpp_layer_order(single, layers):
+    """k layers: the output layer first, then the last k - 1 blocks (llama.cpp's load_tensors)."""
+    header = read_header(single)
+    est = estimate(single, n_ctx=256, n_gpu_layers=layers, offload=True)
+    k = 4 if layers == -1 else layers
+    blocks = sum(header.layer_bytes[4 - k :]) if k else 0
+    assert est.gpu_weights == blocks + (header.output_bytes if k else 0)
+    assert est.gpu_kv == est.kv_cache * max(k - 1, 0) // 3
+    assert est.gpu_layers == k
+    assert est.ram == est.weights - est.gpu_weights + est.kv_cache - est.gpu_kv + est.compute
+    assert estimate(single, n_ctx=256, n_gpu_layers=layers).gpu == 0  # a build that cannot offload
+
+
+_BUFFER = re.compile(r"CPU (KV|compute) buffer size =\s+([\d.]+) MiB")
+_LOAD = (
+    "import sys, llama_cpp\n"
+    "llama_cpp.Llama(sys.argv[1], n_ctx=int(sys.argv[2]), flash_attn=sys.argv[3] == '1', "
+    "n_ubatch=int(sys.argv[4]), n_batch=int(sys.argv[4]), n_gpu_layers=0, verbose=True).close()\n"
+)
+
+
+def llama_cpp_buffers(path: Path, n_ctx: int, flash_attn: bool, n_ubatch: int) -> dict[str, float]:
+    """The KV and compute buffers (MiB) llama.cpp reports for a load (its verbose log, in a child)."""
+    args = [str(path), str(n_ctx), "1" if flash_attn else "0", str(n_ubatch)]
+    log = subprocess.run([sys.executable, "-c", _LOAD, *args], capture_output=True, text=True, timeout=120).stderr
+    found: dict[str, float] = {}
+    for kind, mib in _BUFFER.findall(log):
+        found[kind] = found.get(kind, 0.0) + float(mib)  # an SWA model has two KV caches
+    return found
+
+
+@pytest.mark.parametrize(
+    ("n_ctx", "flash_attn", "n_ubatch"), [(512, False, 512), (4096, False, 512), (4096, True, 512), (2048, False, 256)]
+)
+def test_kv_and_compute_match_the_buffers_llama_cpp_allocates(tmp_path, n_ctx, flash_attn, n_ubatch):
+    (path,) = write_tiny_model(tmp_path / "m.gguf", n_layer=3, n_embd=128, n_head=4, n_ff=384)
+    est = estimate(path, n_ctx=n_ctx, flash_attn=flash_attn, n_ubatch=n_ubatch)
+    real = llama_cpp_buffers(path, n_ctx, flash_attn, n_ubatch)
+    assert est.kv_cache == real["KV"] * 2**20
+    assert est.compute == pytest.approx(real["compute"] * 2**20, rel=0.1)
+
+
+@pytest.mark.pretrained
+def test_estimate_of_the_real_model_matches_llama_cpp(tmp_path_factory):
+    """Gemma 3 270M: 18 layers of SWA and global attention, tied embeddings, 262k vocabulary (512 MiB of logits)."""
+    from modelfix.testing import pretrained
+
+    if not pretrained.available():
+        pytest.skip("the pretrained model's package is not installed")
+    path = pretrained.pretrained_gguf(tmp_path_factory.getbasetemp() / "pretrained")
+    header = read_header(path)
+    assert header.tied_output and header.n_vocab == 262144
+    est = estimate(path, n_ctx=1024)
+    real = llama_cpp_buffers(path, 1024, False, 512)
+    assert est.kv_cache == real["KV"] * 2**20
+    assert est.compute == pytest.approx(real["compute"] * 2**20, rel=0.05)
+    full = estimate(path, n_ctx=1024, n_gpu_layers=-1, offload=True)
+    assert full.gpu_weights == sum(header.layer_bytes) + header.embd_bytes  # a copy of the tied embeddings

@@ -80,12 +80,12 @@ def test_gpu_layers_from_the_environment(monkeypatch, var):
     assert resolved.origins["n_gpu_layers"] == f"env:{var}"
 
 
-@pytest.mark.parametrize(("supports", "expected"), [(True, -1), (False, 0)])
+@pytest.mark.parametrize(("supports", "expected"), [(True, "auto"), (False, 0)])
 def test_gpu_layers_default_follows_the_build(monkeypatch, supports, expected):
     import llama_cpp
 
-    # No GPU on this machine: faking the build's answer tests only the
-    # default's decision (all layers where offload is possible, else none).
+    # Stands in for a GPU: no GPU on this machine, so faking the build's answer tests only the
+    # default's decision ("auto": as many layers as the GPU budget holds, where offload is possible; else none).
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: supports)
     assert resolve_settings("chat").settings.n_gpu_layers == expected
 
@@ -93,7 +93,7 @@ def test_gpu_layers_default_follows_the_build(monkeypatch, supports, expected):
 def test_gpu_layers_default_on_this_cpu_build():
     import llama_cpp
 
-    expected = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    expected = "auto" if llama_cpp.llama_supports_gpu_offload() else 0
     assert resolve_settings("chat").settings.n_gpu_layers == expected
 
 
@@ -263,10 +263,10 @@ def test_defaults_match_llama_cpp_where_modelfix_does_not_decide():
     import llama_cpp
 
     params = inspect.signature(llama_cpp.Llama.__init__).parameters
-    defaults = LoadSettings()
+    defaults = LoadSettings().llama_kwargs()  # split_mode: a name here, llama.cpp's number there
     for name in setting_names():
         if name in params and name not in ("n_gpu_layers", "verbose", "seed", "n_threads", "n_threads_batch"):
-            assert getattr(defaults, name) == params[name].default, name
+            assert defaults[name] == params[name].default, name
 
 
 REPACK_CASES = [

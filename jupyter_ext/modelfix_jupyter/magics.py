@@ -39,6 +39,18 @@ _MAGICS = ("load_model", "models", "unload_model", "modelfix_cache")
 _LOCK_HELP = "lockfile (default: MODELFIX_LOCK or the nearest model-lock.toml)"
 
 
+def _gpu_layers(text: str) -> int | str:
+    """``--gpu-layers``: ``auto`` or a number (-1 = all); argparse names the flag if it is neither."""
+    import argparse
+
+    from modelfix.setting_values import check_setting
+
+    try:
+        return check_setting("n_gpu_layers", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected {exc}") from None
+
+
 @magics_class
 class ModelfixMagics(Magics):
     """The magics, plus what they handed out (released again on unload)."""
@@ -72,10 +84,12 @@ class ModelfixMagics(Magics):
     @argument("--n-ctx", type=int, metavar="N", help="context length (default: the lockfile's n_ctx, else 512)")
     @argument(
         "--gpu-layers",
-        type=int,
-        metavar="N",
-        help="layers to offload to the GPU (-1 = all; default: all where the build can offload)",
+        type=_gpu_layers,
+        metavar="auto|N",
+        help="layers to offload to the GPU (auto = as many as the GPU budget holds, the default where the "
+        "build can offload; -1 = all)",
     )
+    @argument("--main-gpu", type=int, metavar="N", help="the GPU (from 0) that holds the model (split_mode none)")
     @argument("--lock", metavar="PATH", help=_LOCK_HELP)
     @argument("--offline", action="store_true", help="never touch the network: fail if a file is not cached")
     @argument(
@@ -100,7 +114,7 @@ class ModelfixMagics(Magics):
         base = self.project(args.lock)
         if args.keep_alive is not None:
             base.pool.configure(keep_alive=_duration(args.keep_alive))  # the pool's keep-alive is per process
-        flags = {"n_ctx": args.n_ctx, "n_gpu_layers": args.gpu_layers}  # None = not set by a flag
+        flags = {"n_ctx": args.n_ctx, "n_gpu_layers": args.gpu_layers, "main_gpu": args.main_gpu}  # None = not set
         project = base.derive(offline=True if args.offline else None, load_options=flags)
         with events.listening(reporter_for(self.shell, args.name)):
             handle = project.load(args.name)

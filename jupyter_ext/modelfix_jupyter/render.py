@@ -219,7 +219,7 @@ def handle_table(handle: Any, entry: Entry | None = None, lock_path: Any = None)
     if entry is None:
         rows.append(("file", f"{r.model_path.name} · {format_size(_file_size(r.model_path))}"))
     rows.append(("settings", _settings_text(r)))
-    rows.append(("GPU layers offloaded", gpu_layers_offloaded(r.model_path, r.settings.n_gpu_layers)))
+    rows.append(("GPU layers offloaded", gpu_layers_offloaded(r.model_path, r.settings.n_gpu_layers, r.gpu_layers)))
     est = r.estimate
     rows.append(
         (
@@ -252,8 +252,11 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def gpu_layers_offloaded(model_path: Path, asked: int) -> str:
-    """``"0 of 3 (this llama.cpp build cannot offload)"`` or ``"3 of 3"``."""
+def gpu_layers_offloaded(model_path: Path, asked: int | str, chosen: int | None = None) -> str:
+    """``"0 of 3 (this llama.cpp build cannot offload)"``, ``"3 of 3"`` or ``"2 of 3 (auto)"``.
+
+    ``chosen`` is what the pool offloaded (``Resident.gpu_layers``), which ``"auto"`` decides at load.
+    """
     import llama_cpp
 
     from modelfix.estimate import read_header
@@ -261,7 +264,10 @@ def gpu_layers_offloaded(model_path: Path, asked: int) -> str:
     total = read_header(model_path).n_layer + 1  # llama.cpp counts the output layer too
     if not llama_cpp.llama_supports_gpu_offload():
         return f"0 of {total} (this llama.cpp build cannot offload)"
-    return f"{total if asked < 0 else min(asked, total)} of {total}"
+    if asked == "auto":
+        return f"{chosen} of {total} (auto)" if chosen is not None else f"auto, of {total} (chosen at load)"
+    count = int(asked)
+    return f"{total if count < 0 else min(count, total)} of {total}"
 
 
 def models_table(

@@ -97,18 +97,12 @@ def describe(project: Project, entry: Entry, *, n_ctx: int | None = None) -> dic
     if report["cache"] != "cached" or not entry.is_pinned:
         return report
 
-    from ..estimate import estimate, read_header
+    from ..estimate import CUDA_OVERHEAD, read_header
 
     m = project.files(entry.name)  # offline: links the cached blobs, fetches nothing
     header = read_header(m.model_path)
     s = resolved.settings
-    cost = estimate(
-        m.model_path,
-        n_ctx=s.n_ctx,
-        n_ubatch=min(s.n_batch, s.n_ubatch),
-        flash_attn=s.flash_attn,
-        mmproj_path=m.mmproj_path if s.mmproj else None,
-    )
+    cost = project.pool.fit(m.model_path, s, m.mmproj_path)  # on a GPU: the layers "auto" would offload
     report["view"] = str(m.model_path)
     report["gguf"] = {
         "architecture": header.architecture,
@@ -128,6 +122,10 @@ def describe(project: Project, entry: Entry, *, n_ctx: int | None = None) -> dic
         "kv_cache": cost.kv_cache,
         "compute": cost.compute,
         "total": cost.total,
+        "gpu_layers": cost.gpu_layers,
+        "of_layers": header.n_layer + 1,  # llama.cpp counts the output layer
+        "vram": cost.gpu + (CUDA_OVERHEAD if cost.gpu else 0),
+        "ram": cost.ram,
     }
     return report
 
@@ -211,6 +209,17 @@ def _text(r: dict[str, Any]) -> str:
             f"{format_size(mem['weights'])} + KV cache {format_size(mem['kv_cache'])} + "
             f"compute {format_size(mem['compute'])}"
         )
+        if mem["vram"]:
+            asked = r["settings"]["n_gpu_layers"]["value"]
+            how = (
+                "auto: what fits in the GPU budget now"
+                if asked == "auto"
+                else f"n_gpu_layers {_shown('n_gpu_layers', asked)}"
+            )
+            lines.append(
+                f"  gpu       {mem['gpu_layers']} of {mem['of_layers']} layers offloaded ({how}) · "
+                f"VRAM ≈ {format_size(mem['vram'])} with the CUDA context · RAM ≈ {format_size(mem['ram'])}"
+            )
     chosen = [f"{k} {_shown(k, v['value'])} ({v['from']})" for k, v in r["settings"].items() if v["from"] != "default"]
     defaults = [
         f"{k} {_shown(k, v['value'])}"
