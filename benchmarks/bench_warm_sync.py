@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tomllib
 from pathlib import Path
 
+import tomllib
 from _common import PYTHON, Hub, add_model, load, machine, point_at, ratio, run_child, scratch, table
 
 SIDES = {
@@ -36,7 +36,11 @@ SIDES = {
 def _anchor(lock: Path) -> str:
     pins = tomllib.loads(lock.read_text())["models"].values()
     calls = [(m["source"].split(":")[0], f["path"], m["revision"]) for m in pins for f in m["files"]]
-    return f"from huggingface_hub import hf_hub_download\nfor repo, file, sha in {calls!r}:\n    hf_hub_download(repo, file, revision=sha)\n"
+    return (
+        "from huggingface_hub import hf_hub_download\n"
+        f"for repo, file, sha in {calls!r}:\n"
+        "    hf_hub_download(repo, file, revision=sha)\n"
+    )
 
 
 def main() -> None:
