@@ -129,6 +129,21 @@ def test_flags_are_the_frontend_layer(shell, monkeypatch) -> None:
     assert "n_ctx=768 ($MODELFIX_N_CTX)" in shell.display_formatter.format(from_env)[0]["text/html"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("--gpu-layers 3", {"n_gpu_layers": 3}),
+        ("--gpu-layers auto --main-gpu 0", {"n_gpu_layers": "auto", "main_gpu": 0}),
+    ],
+)
+def test_gpu_flags_reach_the_handle(shell, flags: str, expected: dict) -> None:
+    # On this CPU build nothing is offloaded: what is checked is the setting the handle was loaded with.
+    from modelfix.pool import record
+
+    settings = record(magic(shell, f"load_model tiny {flags}")).settings
+    assert {name: getattr(settings, name) for name in expected} == expected
+
+
 def test_models_table_html_and_text(shell) -> None:
     before = magic(shell, "models")
     assert "missing" in repr(before) and " no " in repr(before)
@@ -246,6 +261,7 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
         ("load_model tiny --n-ctx lots", "invalid int value"),
         ("load_model", "required: name"),
         ("load_model tiny --keep-alive soon", "bad duration"),
+        ("load_model tiny --gpu-layers lots", "--gpu-layers"),
         ("unload_model", "NAME or --all"),
         ("modelfix_cache --max-size 1GB", "goes with --prune"),
     ],

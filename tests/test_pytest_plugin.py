@@ -544,3 +544,57 @@ def test_a_crashed_xdist_worker_is_reported_with_its_model(suite: pytest.Pyteste
         ]
     )
     assert result.stdout.str().count("went down") == 1  # the worker without a model is not blamed on one
+
+
+@pytest.mark.skipif(
+    __import__("llama_cpp").llama_supports_gpu_offload(), reason="this build can offload: nothing is skipped"
+)
+def test_a_test_marked_gpu_skips_with_the_reason_on_a_cpu_build(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.gpu
+        def test_on_the_gpu():
+            raise AssertionError("ran on a build without GPU offload")
+
+        def test_on_the_cpu():
+            pass
+        """
+    )
+    result = run(suite, "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED *.py:3: marked gpu, and this llama-cpp-python build has none"])
+
+
+@pytest.mark.parametrize("where", ["option", "ini"])
+def test_gpu_layers_of_the_command_line_or_the_ini_reach_every_handle(suite: pytest.Pytester, where: str) -> None:
+    # On this CPU build nothing is offloaded; the setting itself is what each handle is loaded with.
+    suite.makepyfile(
+        """
+        from modelfix.pool import record
+
+        def test_layers(llama):
+            assert record(llama).settings.n_gpu_layers == 3
+        """
+    )
+    if where == "ini":
+        suite.makeini("[pytest]\nmodelfix_gpu_layers = 3\n")
+    result = run(suite, *(["--modelfix-gpu-layers", "3"] if where == "option" else []))
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--modelfix-gpu-layers", "lots", "*--modelfix-gpu-layers*lots*"),
+        ("--modelfix-gpu-memory-budget", "lots", "*--modelfix-gpu-memory-budget / modelfix_gpu_memory_budget*lots*"),
+    ],
+)
+def test_a_bad_gpu_option_is_a_usage_error_naming_it(
+    suite: pytest.Pytester, option: str, value: str, said: str
+) -> None:
+    suite.makepyfile("def test_nothing():\n    pass\n")
+    result = run(suite, option, value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([said])
