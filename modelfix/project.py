@@ -47,7 +47,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
-from . import care
 from .config import CacheSettings, cache_root, layer_roots
 from .errors import LockError
 from .lockfile import Entry, FilePin, Lockfile, LockfileMemo, nearest_lockfile
@@ -58,6 +57,7 @@ from .tiers import Pushed, check_pushable, stores, upload
 if TYPE_CHECKING:
     import llama_cpp
 
+    from . import care
     from .handle import PooledLlama
     from .pool import Pool, Resident
 
@@ -297,34 +297,46 @@ class Project:
 
         return route(text, self.lockfile)
 
-    # --- cache care ----------------------------------------------------------------------------
+    # --- cache care (care.py is imported by these methods only: no warm path needs it) ----------
 
     def stats(self) -> care.Usage:
         """What the store holds, each view with every lockfile model sharing it and its state."""
+        from . import care
+
         return care.describe(self.store, self._lockfile_if_any())
 
     def layer_stats(self) -> list[care.Usage]:
         """What each read-only cache in front of the store holds, in order."""
         lockfile = self._lockfile_if_any()
+        from . import care
+
         return [care.describe(layer, lockfile) for layer in stores(self.cache_settings, writable=False)]
 
     def prune(self, max_size: str | int | float | None = None, *, dry_run: bool = False) -> care.PruneReport:
         """Evict least recently used files down to ``max_size`` (default: this Project's cap), keeping
         what the lockfile pins and what live processes use."""
         settings = self.cache_settings if max_size is None else self.derive(max_size=max_size).cache_settings
+        from . import care
+
         return care.prune(Store(settings.root), settings.max_size, self._lockfile_if_any(), dry_run=dry_run)
 
     def drop_superseded(self, *, dry_run: bool = False) -> care.GcReport:
         """Remove the revisions the lockfile pins no more (those ``modelfix lock --upgrade`` replaced)."""
+        from . import care
+
         return care.drop_superseded(self.store, self._lockfile_if_any(), dry_run=dry_run)
 
     def gc(self, *, dry_run: bool = False) -> care.GcReport:
         """Delete what nothing needs: unused files, superseded revisions, broken and half-built views,
         idle partial downloads."""
+        from . import care
+
         return care.gc(self.store, self._lockfile_if_any(), dry_run=dry_run)
 
     def remove(self, name: str, *, dry_run: bool = False) -> care.Removal:
         """Remove every cached revision of model ``name`` (``modelfix cache rm``)."""
+        from . import care
+
         return care.remove(self.store, name, self._lockfile_if_any(), dry_run=dry_run)
 
 
