@@ -31,7 +31,7 @@ import pytest
 if TYPE_CHECKING:
     from .project import Project
 
-__all__ = ["ModelfixWarning", "PluginOptions", "add_options", "warn_budget"]
+__all__ = ["ModelfixWarning", "PluginOptions", "add_options", "cores", "thread_share", "warn_budget", "worker_threads"]
 
 
 class ModelfixWarning(pytest.PytestWarning):
@@ -176,13 +176,44 @@ class PluginOptions:
         settings this front end contributes (its layer in the settings precedence)."""
         from .project import Project
 
+        threads = worker_threads()
         return Project(
             lock,
             cache_dir=self.cache_dir,
             offline=self.offline,
             readonly_caches=self.readonly_caches,
             load_options={"n_gpu_layers": self.gpu_layers},
+            load_defaults={"n_threads": threads, "n_threads_batch": threads} if threads else None,
         )
+
+
+def worker_threads() -> int | None:
+    """In a pytest-xdist worker, its share of the cores (at least 1): the default ``n_threads`` and
+    ``n_threads_batch`` of its handles; else None (llama.cpp's own defaults).
+
+    llama.cpp's threads spin while they wait for work, so N workers each running as many threads
+    as there are cores take turns on every operation: on 2 cores, 2 workers decoding with 2
+    threads each made every completion of a 270M model 5x slower (150 ms instead of 30 ms).
+    A value set anywhere (marker, ``MODELFIX_THREADS``, lockfile, hook) still wins.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return None
+    try:
+        return thread_share(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")))
+    except ValueError:
+        return None
+
+
+def thread_share(workers: int) -> int | None:
+    """Each of ``workers`` processes' share of this machine's cores (at least 1); None for one process."""
+    if workers < 2:
+        return None
+    return max(1, cores() // workers)
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity: a container's CPU set, ``taskset``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def warn_budget(config: pytest.Config, options: PluginOptions, workers: int) -> None:

@@ -217,6 +217,7 @@ class Pool:
         *,
         mmproj_path: str | os.PathLike[str] | None = None,
         load_options: Mapping[str, Any] | None = None,
+        load_defaults: Mapping[str, Any] | None = None,
         probe_root: str | os.PathLike[str] | None = None,
         probe_layers: Sequence[Path] = (),
         frontend: Mapping[str, Any] | None = None,
@@ -225,7 +226,8 @@ class Pool:
         """A loaded handle for these files and settings; the resident one if the key matches.
 
         ``settings`` are the call's layer of the load settings, ``load_options`` the front
-        end's, ``entry_settings`` the lockfile's (see :mod:`modelfix.settings`).
+        end's, ``entry_settings`` the lockfile's, ``load_defaults`` the front end's defaults below
+        the lockfile (see :mod:`modelfix.settings`).
         ``probe_root`` is the cache root that keeps the backend probe's verdict
         (default: the cache root of the environment), for ``repack = "auto"``;
         ``probe_layers`` the read-only caches where a verdict is read too.
@@ -234,7 +236,7 @@ class Pool:
         if frontend is not None:
             warnings.warn("Pool.acquire(frontend=...) is deprecated: pass load_options=...", DeprecationWarning, 2)
             load_options = {**frontend, **(load_options or {})}
-        resolved = resolve_settings(name, settings, frontend=load_options, entry=entry_settings)
+        resolved = resolve_settings(name, settings, frontend=load_options, entry=entry_settings, defaults=load_defaults)
         if resolved.settings.mmproj and mmproj_path is None:
             raise SettingsError(
                 f"model {name!r} has no mmproj file, so mmproj=True cannot be honoured. "

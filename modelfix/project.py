@@ -3,7 +3,7 @@
 ::
 
     Project(lock=None, *, cache_dir=None, offline=None, max_size=None, remote=None,
-            readonly_caches=None, pool=None, load_options=None)
+            readonly_caches=None, pool=None, load_options=None, load_defaults=None)
      ├── lockfile          the Lockfile; re-read when the file changes
      ├── cache_settings    CacheSettings: the arguments, then MODELFIX_* variables, then defaults
      ├── store, stores()   the writable store; the read-only caches in front of it, then the store
@@ -19,7 +19,9 @@ the nearest ``model-lock.toml`` upward from the working folder, looked up at eac
 None project follows ``chdir``). ``load_options`` are the front end's layer of the load
 settings (the pytest plugin's ``--modelfix-gpu-layers``, ``%load_model --n-ctx``): below a
 ``load()`` call's own settings, above the environment and the lockfile
-(:mod:`modelfix.settings`). Settings are read when used, never frozen at construction: what
+(:mod:`modelfix.settings`). ``load_defaults`` are the front end's defaults, below the
+lockfile: the pytest plugin gives each xdist worker its share of the cores as ``n_threads``.
+Settings are read when used, never frozen at construction: what
 the caller left None comes from the environment at each call.
 
 What a Project remembers is its own (:meth:`derive` shares it with a variant)::
@@ -97,6 +99,7 @@ class Project:
         readonly_caches: Sequence[PathLike] | str | None = None,
         pool: Pool | None = None,
         load_options: Mapping[str, Any] | None = None,
+        load_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self._args: dict[str, Any] = {
             "lock": lock,
@@ -107,6 +110,7 @@ class Project:
             "readonly_caches": readonly_caches,
             "pool": pool,
             "load_options": load_options,
+            "load_defaults": load_defaults,
         }
         self._given: Lockfile | None = None
         self._lock: str | None = None
@@ -122,6 +126,7 @@ class Project:
         )
         self._pool = pool
         self.load_options: Mapping[str, Any] = MappingProxyType(dict(load_options or {}))
+        self.load_defaults: Mapping[str, Any] = MappingProxyType(dict(load_defaults or {}))
         self._locks = LockfileMemo()
         self._resolver = Resolver()
 
@@ -265,6 +270,7 @@ class Project:
             m.entry.settings,
             mmproj_path=m.mmproj_path,
             load_options=self.load_options,
+            load_defaults=self.load_defaults,
             probe_root=root,
             probe_layers=layers,
             **settings,

@@ -426,7 +426,19 @@ def pytest_report_header(config: pytest.Config) -> str | list[str]:
     line = f"modelfix: lockfile {lock.path}, cache {cache}{offline}, models: {names}, GPU offload: {_gpu_text(state)}"
     if not lock.entries or cache_settings is None:
         return line
-    return [line, f"modelfix: llama.cpp {_backend(cache_settings)}"]
+    return [line, f"modelfix: llama.cpp {_backend(cache_settings)}{_threads_text(config)}"]
+
+
+def _threads_text(config: pytest.Config) -> str:
+    """``, 1 thread per handle (2 cores / 2 xdist workers)`` where xdist workers share the cores."""
+    from ._pytest_options import cores, thread_share
+
+    workers = getattr(config.option, "numprocesses", None)
+    share = thread_share(workers) if _is_controller(config) and isinstance(workers, int) else None
+    if share is None:
+        return ""
+    plural = "s" if share > 1 else ""
+    return f", {share} thread{plural} per handle unless set ({cores()} cores / {workers} xdist workers)"
 
 
 def _cache_text(settings: CacheSettings) -> str:

@@ -184,17 +184,21 @@ def resolve_settings(
     *,
     frontend: Mapping[str, Any] | None = None,
     entry: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> ResolvedSettings:
     """Merge the layers for model ``name`` (highest first), run the plugin hook, check types.
 
     ``None`` in ``call`` or ``frontend`` means "not set here": a front end can
-    pass every option it has without overriding lower layers.
+    pass every option it has without overriding lower layers. ``defaults`` are a
+    front end's defaults, below the lockfile (origin ``"frontend default"``): the
+    pytest plugin's share of the cores for each xdist worker.
     """
     layers: list[dict[str, tuple[Any, str]]] = [
         {k: (_check(k, v, f"argument of load({name!r})"), "call") for k, v in (call or {}).items() if v is not None},
         {k: (_check(k, v, "front-end option"), "frontend") for k, v in (frontend or {}).items() if v is not None},
         _from_env(),
         {k: (_check(k, v, f"[models.{name}] in the lockfile"), "lockfile") for k, v in (entry or {}).items()},
+        {k: (_check(k, v, "front-end default"), "frontend default") for k, v in (defaults or {}).items()},
     ]
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}

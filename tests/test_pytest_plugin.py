@@ -5,6 +5,7 @@ by the real llama-cpp-python."""
 from __future__ import annotations
 
 import json
+import fnmatch
 import re
 import subprocess
 import sys
@@ -598,3 +599,31 @@ def test_a_bad_gpu_option_is_a_usage_error_naming_it(
     result = run(suite, option, value)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     result.stderr.fnmatch_lines([said])
+
+
+@pytest.mark.parametrize("xdist", [True, False], ids=["xdist", "one-process"])
+def test_xdist_workers_share_the_cores_unless_threads_are_set(suite: pytest.Pytester, xdist: bool) -> None:
+    suite.makepyfile(
+        f"""
+        import os
+        import pytest
+        from modelfix.pool import record
+
+        def test_default(llama):
+            resident = record(llama)
+            if {xdist}:  # each of the 2 workers gets half the cores, at least one
+                share = max(1, len(os.sched_getaffinity(0)) // 2)
+                assert (resident.settings.n_threads, resident.settings.n_threads_batch) == (share, share)
+                assert resident.origins["n_threads"] == "frontend default"
+            else:  # llama.cpp's own defaults
+                assert (resident.settings.n_threads, resident.origins["n_threads"]) == (None, "default")
+
+        @pytest.mark.model("tiny", n_threads=3)
+        def test_a_marker_wins(llama):
+            assert record(llama).settings.n_threads == 3
+        """
+    )
+    result = run(suite, *(["-n", "2"] if xdist else []))
+    result.assert_outcomes(passed=2)
+    shown = "*thread* per handle unless set (* cores / 2 xdist workers)"
+    assert bool(fnmatch.filter(result.stdout.lines, f"modelfix: llama.cpp {shown}")) is xdist, result.stdout.str()

@@ -28,20 +28,21 @@ def _no_setting_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 LAYER_CASES = [
-    # (call, frontend, env, lockfile) -> expected n_ctx and its origin; None = layer does not set it
-    ((1024, 2048, 3072, 4096), 1024, "call"),
-    ((None, 2048, 3072, 4096), 2048, "frontend"),
-    ((None, None, 3072, 4096), 3072, "env:MODELFIX_N_CTX"),
-    ((None, None, None, 4096), 4096, "lockfile"),
-    ((None, None, None, None), 512, "default"),
-    ((1024, None, None, 4096), 1024, "call"),
-    ((None, 2048, None, 4096), 2048, "frontend"),
+    # (call, frontend, env, lockfile, front-end default) -> expected n_ctx and its origin; None = not set there
+    ((1024, 2048, 3072, 4096, 5120), 1024, "call"),
+    ((None, 2048, 3072, 4096, 5120), 2048, "frontend"),
+    ((None, None, 3072, 4096, 5120), 3072, "env:MODELFIX_N_CTX"),
+    ((None, None, None, 4096, 5120), 4096, "lockfile"),
+    ((None, None, None, None, 5120), 5120, "frontend default"),
+    ((None, None, None, None, None), 512, "default"),
+    ((1024, None, None, 4096, None), 1024, "call"),
+    ((None, 2048, None, 4096, None), 2048, "frontend"),
 ]
 
 
 @pytest.mark.parametrize(("layers", "expected", "origin"), LAYER_CASES)
 def test_each_layer_wins_over_those_below(monkeypatch, layers, expected, origin):
-    call, frontend, env, lock = layers
+    call, frontend, env, lock, default = layers
     if env is not None:
         monkeypatch.setenv("MODELFIX_N_CTX", str(env))
     resolved = resolve_settings(
@@ -49,6 +50,7 @@ def test_each_layer_wins_over_those_below(monkeypatch, layers, expected, origin)
         {"n_ctx": call},
         frontend={"n_ctx": frontend},
         entry={"n_ctx": lock} if lock is not None else {},
+        defaults={"n_ctx": default} if default is not None else {},
     )
     assert resolved.settings.n_ctx == expected
     assert resolved.origins["n_ctx"] == origin

@@ -64,6 +64,7 @@ _ORIGINS = {
     "call": "load() argument",
     "frontend": "%load_model flag",
     "lockfile": "lockfile",
+    "frontend default": "front-end default",
     "default": "default",
     "plugin": "plugin",
 }
