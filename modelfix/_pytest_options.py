@@ -31,7 +31,7 @@ import pytest
 if TYPE_CHECKING:
     from .project import Project
 
-__all__ = ["ModelfixWarning", "PluginOptions", "add_options", "cores", "thread_share", "warn_budget", "worker_threads"]
+__all__ = ["ModelfixWarning", "PluginOptions", "add_options", "cores", "thread_share", "warn_budget"]
 
 
 class ModelfixWarning(pytest.PytestWarning):
@@ -171,12 +171,13 @@ class PluginOptions:
             strict=bool(get("strict")[0]),
         )
 
-    def project(self, lock: Path) -> Project:
+    def project(self, lock: Path, workers: int | None = None) -> Project:
         """The run's :class:`~modelfix.Project` on ``lock``: these cache options, and the load
-        settings this front end contributes (its layer in the settings precedence)."""
+        settings this front end contributes (its layer in the settings precedence); in one of
+        ``workers`` xdist workers, its share of the cores as the default thread counts."""
         from .project import Project
 
-        threads = worker_threads()
+        threads = thread_share(workers or 1)
         return Project(
             lock,
             cache_dir=self.cache_dir,
@@ -187,25 +188,15 @@ class PluginOptions:
         )
 
 
-def worker_threads() -> int | None:
-    """In a pytest-xdist worker, its share of the cores (at least 1): the default ``n_threads`` and
-    ``n_threads_batch`` of its handles; else None (llama.cpp's own defaults).
+def thread_share(workers: int) -> int | None:
+    """Each of ``workers`` xdist workers' share of this machine's cores (at least 1): the default
+    ``n_threads`` and ``n_threads_batch`` of its handles; None for one process (llama.cpp's own).
 
     llama.cpp's threads spin while they wait for work, so N workers each running as many threads
     as there are cores take turns on every operation: on 2 cores, 2 workers decoding with 2
     threads each made every completion of a 270M model 5x slower (150 ms instead of 30 ms).
     A value set anywhere (marker, ``MODELFIX_THREADS``, lockfile, hook) still wins.
     """
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return None
-    try:
-        return thread_share(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")))
-    except ValueError:
-        return None
-
-
-def thread_share(workers: int) -> int | None:
-    """Each of ``workers`` processes' share of this machine's cores (at least 1); None for one process."""
     if workers < 2:
         return None
     return max(1, cores() // workers)

@@ -128,7 +128,10 @@ class ModelfixSession:
                     f"no {LOCK_NAME} in {start} or any parent folder. Create one with `modelfix add NAME SOURCE`, "
                     "or pass --modelfix-lock PATH (or set modelfix_lock in the ini file)."
                 ) from None
-            self._project = self.options.project(Path(os.path.abspath(path)))
+            # From the worker's own config, not PYTEST_XDIST_WORKER*: a pytest run as a
+            # subprocess of a worker inherits those variables.
+            workers = getattr(self._config, "workerinput", {}).get("workercount")
+            self._project = self.options.project(Path(os.path.abspath(path)), workers)
         return self._project
 
     @property
