@@ -4,8 +4,8 @@ by the real llama-cpp-python."""
 
 from __future__ import annotations
 
-import json
 import fnmatch
+import json
 import re
 import subprocess
 import sys
