@@ -208,6 +208,29 @@ def test_unload_model_frees_the_pool_entry(shell, capsys) -> None:
     assert not resident()
 
 
+def test_unload_frees_the_real_llama_though_out_and_underscore_hold_the_handle(shell) -> None:
+    """What keeps a model's memory (VRAM on a GPU build) after an unload is a live ``Llama``
+    (llama-cpp-python #1442, #223): a notebook's ``Out[]`` and ``_`` keep what a cell showed.
+    They hold the pool's stand-in; the real ``Llama`` goes with the unload."""
+    import gc
+    import weakref
+
+    from modelfix.handle import slot_of
+
+    shell.run_cell("llm = %load_model tiny", store_history=True)
+    shell.run_cell("llm", store_history=True)  # shown: now in Out[] and _
+    shell.run_cell("llm('Hello', max_tokens=1)", store_history=True)
+    handle = shell.user_ns["llm"]
+    real = weakref.ref(slot_of(handle).llama)
+    assert real() is not None and any(value is handle for value in shell.user_ns["Out"].values())
+
+    magic(shell, "unload_model tiny")
+    gc.collect()
+
+    assert real() is None  # nothing (Out, _, the pool, its events) kept the real Llama alive
+    assert any(value is handle for value in shell.user_ns["Out"].values())  # while Out still holds the handle
+
+
 def test_showing_a_released_handle_does_not_reload_it(shell, capsys) -> None:
     """IPython probes _repr_html_, _repr_mimebundle_, _ipython_display_...: none may load the model."""
     from modelfix import pool
