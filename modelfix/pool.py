@@ -25,7 +25,8 @@ idle and evicted least recently used first by :func:`modelfix.eviction.plan`,
 the same policy the disk store uses.
 
 The pool's budgets count *estimated* bytes (:mod:`modelfix.estimate`), known
-before loading, so a load that cannot fit is refused before it starts. Two kinds, one
+before loading, so a load that cannot fit is refused before it starts (:mod:`modelfix.placement`
+puts an estimate in each budget's terms and words the refusal). Two kinds, one
 policy (:func:`modelfix.eviction.plan` with several budgets)::
 
     memory_budget       RAM: what a handle keeps on the CPU (all of it on a CPU build)
@@ -52,18 +53,19 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .config import cache_root, layer_roots
-from .errors import MemoryBudgetError, NoRoom, SettingsError
-from .estimate import CUDA_OVERHEAD, Estimate, GpuDevice, estimate, gpu_devices, memory_capacity, offload_supported
+from .errors import NoRoom, SettingsError
+from .estimate import Estimate, GpuDevice, gpu_devices, memory_capacity, offload_supported
 from .events import Event, events
-from .eviction import Candidate, format_size, plan
+from .eviction import Candidate, plan
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
+from .placement import device_costs, gpu_budgets, handle_estimate, layer_tries, refusal
 from .probe import use_repack
 from .settings import (
     LoadSettings,
@@ -246,7 +248,7 @@ class Pool:
         slot = self._slots.get(key)
         if slot is None:
             mmproj = Path(mmproj_path) if mmproj_path and resolved.settings.mmproj else None
-            cost = self._estimate(Path(model_path), resolved.settings, mmproj)
+            cost = handle_estimate(Path(model_path), resolved.settings, mmproj, offload=bool(self.gpus()))
             with self._lock:
                 slot = self._slots.get(key)
                 if slot is None:
@@ -450,66 +452,20 @@ class Pool:
             self._gpus = gpu_devices() if offload_supported() else []
         return self._gpus
 
-    def _estimate(self, model_path: Path, s: LoadSettings, mmproj: Path | None, layers: int | None = None) -> Estimate:
-        """The cost of a handle with ``layers`` offloaded (default: what ``s`` asks; "auto" asks all)."""
-        k = layers if layers is not None else (-1 if s.n_gpu_layers == "auto" else int(s.n_gpu_layers))
-        return estimate(
-            model_path,
-            n_ctx=s.n_ctx,
-            n_ubatch=min(s.n_batch, s.n_ubatch),
-            flash_attn=s.flash_attn,
-            mmproj_path=mmproj,
-            n_gpu_layers=k,
-            offload=bool(self.gpus()),
-            offload_kqv=s.offload_kqv,
-        )
-
-    def _device_costs(self, est: Estimate, s: LoadSettings) -> dict[str, int]:
-        """Bytes on each GPU ("gpu0", ...): layers and KV as ``split_mode`` and ``tensor_split`` share them."""
-        gpus = self.gpus()
-        if not gpus or not est.gpu:
-            return {}
-        main = min(s.main_gpu, len(gpus) - 1)
-        if s.split_mode == "none" or len(gpus) == 1:
-            shares = [1.0 if d.index == main else 0.0 for d in gpus]
-        else:  # llama.cpp splits by tensor_split, else by each device's free memory
-            weights = list(s.tensor_split or ()) + [0.0] * len(gpus) if s.tensor_split else [d.free for d in gpus]
-            total = sum(weights[: len(gpus)]) or 1
-            shares = [w / total for w in weights[: len(gpus)]]
-        spread = est.gpu_weights + est.gpu_kv
-        costs = {f"gpu{d.index}": int(spread * share) for d, share in zip(gpus, shares, strict=True)}
-        costs[f"gpu{main}"] += est.gpu_compute
-        return costs
-
-    def _gpu_budgets(self, settings: PoolSettings) -> dict[str, float]:
-        """Each GPU's budget for handles: gpu_memory_budget (auto: 90% of its free memory) less the CUDA overhead."""
-        budgets = {}
-        for d in self.gpus():
-            budget = settings.gpu_memory_budget if settings.gpu_memory_budget is not None else 0.9 * d.free
-            budgets[f"gpu{d.index}"] = budget - CUDA_OVERHEAD
-        return budgets
-
     def fit(
         self, model_path: str | os.PathLike[str], settings: LoadSettings, mmproj_path: Path | None = None
     ) -> Estimate:
         """The estimate of a handle with these settings on an otherwise idle pool: for "auto", the
         layers that would be offloaded (``gpu_layers``); nothing is loaded or evicted (``modelfix inspect``)."""
-        tries = self._tries(Path(model_path), settings, mmproj_path if settings.mmproj else None)
-        gpu_budgets = self._gpu_budgets(self.settings())
+        tries = layer_tries(Path(model_path), settings, mmproj_path if settings.mmproj else None, bool(self.gpus()))
+        budgets = gpu_budgets(self.settings(), self.gpus())
         for est in tries:
             try:
-                plan([], math.inf, budgets=gpu_budgets, incomings=self._device_costs(est, settings))
+                plan([], math.inf, budgets=budgets, incomings=device_costs(est, settings, self.gpus()))
             except NoRoom:
                 continue
             return est
         return tries[-1]
-
-    def _tries(self, model_path: Path, s: LoadSettings, mmproj: Path | None) -> list[Estimate]:
-        """The estimates to try, best first: "auto" on a GPU tries every layer count from all down to none."""
-        full = self._estimate(model_path, s, mmproj)
-        if s.n_gpu_layers != "auto" or not self.gpus():
-            return [full]
-        return [full] + [self._estimate(model_path, s, mmproj, k) for k in range(full.gpu_layers - 1, -1, -1)]
 
     def _make_room(self, slot: _Slot) -> list[tuple[_Slot, llama_cpp.Llama]]:
         """Under the lock: choose ``slot``'s GPU layers, detach what must go for it to fit, or refuse."""
@@ -517,7 +473,7 @@ class Pool:
         budget = settings.memory_budget
         if budget is None:
             budget = 0.8 * memory_capacity(False)
-        gpu_budgets = self._gpu_budgets(settings)
+        budgets = gpu_budgets(settings, self.gpus())
         s = slot.settings
         if s.main_gpu and s.main_gpu >= max(len(self.gpus()), 1):
             raise SettingsError(
@@ -528,24 +484,26 @@ class Pool:
         candidates = [
             Candidate(
                 x.key,
-                x.estimate.ram if gpu_budgets else x.estimate.total,
+                x.estimate.ram if budgets else x.estimate.total,
                 x.last_used,
                 held=bool(x.leases or x.loading),
-                costs=self._device_costs(x.estimate, x.settings),
+                costs=device_costs(x.estimate, x.settings, self.gpus()),
             )
             for x in others
         ]
-        tries = self._tries(slot.model_path, s, slot.mmproj_used)  # "auto": all layers first, then fewer
+        tries = layer_tries(
+            slot.model_path, s, slot.mmproj_used, bool(self.gpus())
+        )  # "auto": all layers first, then fewer
         first_refusal: NoRoom | None = None
         for est in tries:
             try:
                 keys = plan(
                     candidates,
                     budget,
-                    incoming=est.ram if gpu_budgets else est.total,
+                    incoming=est.ram if budgets else est.total,
                     max_count=settings.max_count,
-                    budgets=gpu_budgets,
-                    incomings=self._device_costs(est, s),
+                    budgets=budgets,
+                    incomings=device_costs(est, s, self.gpus()),
                 )
             except NoRoom as exc:
                 first_refusal = first_refusal or exc
@@ -556,7 +514,7 @@ class Pool:
             return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # plan() hands back the keys it was given
         assert first_refusal is not None
         held = [x for x in others if x.leases or x.loading]
-        raise _refusal(slot, first_refusal, settings, held) from None
+        raise refusal(slot.name, slot.estimate, first_refusal, settings, [x.name for x in held]) from None
 
     def _detach(self, slot: _Slot, *, evicted: bool = True) -> tuple[_Slot, llama_cpp.Llama]:
         """Under the lock: make ``slot`` non-resident; the caller closes the Llama.
@@ -641,46 +599,6 @@ def _record(s: _Slot) -> Resident:
         s.llama is not None,
         s.resolved.origins,
         s.estimate.gpu_layers,
-    )
-
-
-def _names(slots: Iterable[_Slot]) -> str:
-    return ", ".join(sorted({s.name for s in slots})) or "none"
-
-
-def _refusal(slot: _Slot, exc: NoRoom, settings: PoolSettings, held: list[_Slot]) -> MemoryBudgetError:
-    est = slot.estimate
-    if exc.needed + exc.held <= exc.budget:  # the sizes fit: it is the count that does not
-        return MemoryBudgetError(
-            f"cannot load model {slot.name!r}: the pool holds at most {settings.max_count} handle(s) "
-            f"and those resident are in use ({_names(held)}). Raise MODELFIX_MAX_LOADED or finish using one."
-        )
-    in_use = f", of which {format_size(exc.held)} is held by handles in use ({_names(held)})" if held else ""
-    if exc.budget_name:  # a GPU's budget
-        origin = settings.gpu_budget_origin
-        where = {"auto": "auto: 90% of the GPU's free memory", "configure": "set by a front-end option or configure()"}
-        return MemoryBudgetError(
-            f"cannot load model {slot.name!r} onto {exc.budget_name}: its layers, KV cache and compute buffer "
-            f"need about {format_size(exc.needed)} of VRAM but the GPU memory budget leaves "
-            f"{format_size(max(exc.budget, 0))} for handles ({where.get(origin, origin)}; "
-            f"{format_size(CUDA_OVERHEAD)} go to the CUDA context){in_use}. To load it, raise the budget "
-            f"(MODELFIX_GPU_MEMORY_BUDGET, --modelfix-gpu-memory-budget, configure(gpu_memory_budget=...)), "
-            f'use n_gpu_layers="auto" or fewer layers, lower n_ctx, or release a model.'
-        )
-    budget_source, raise_it = {
-        "auto": ("auto: 80% of memory", "set a larger MODELFIX_MEMORY_BUDGET"),
-        "configure": (
-            "set by a front-end option or modelfix.configure()",
-            "raise it where it was set (--modelfix-memory-budget, modelfix_memory_budget, "
-            "modelfix.configure(memory_budget=...))",
-        ),
-    }.get(settings.budget_origin, (settings.budget_origin, f"raise {settings.budget_origin}"))
-    ram = f" in RAM ({format_size(exc.needed)} of it stays on the CPU)" if est.gpu else ""
-    return MemoryBudgetError(
-        f"cannot load model {slot.name!r}: it needs about {format_size(est.total)}{ram} (weights "
-        f"{format_size(est.weights)} + KV cache {format_size(est.kv_cache)} for n_ctx={est.n_ctx} + compute "
-        f"{format_size(est.compute)}) but the memory budget is {format_size(exc.budget)} ({budget_source}){in_use}. "
-        f"To load it, {raise_it}, lower n_ctx, or release a model."
     )
 
 

@@ -52,6 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "handle",
         "probe",
         "snapshot_file",
+        "placement",
     ),
     # 2. engines: where files come from, the fetcher, the pool, cache care, locking, routing
     ("sources", "fetch", "tiers", "care", "pool", "locking", "routing", "obtain"),

@@ -22,6 +22,7 @@ import modelfix.pool as pool_module
 from modelfix.errors import MemoryBudgetError, SettingsError
 from modelfix.estimate import CUDA_OVERHEAD, GpuDevice, estimate
 from modelfix.events import events
+from modelfix.placement import device_costs
 from modelfix.pool import Pool
 from modelfix.settings import resolve_pool_settings
 from modelfix.testing.gguf import write_tiny_model
@@ -159,9 +160,9 @@ def test_layers_follow_the_tensor_split_across_two_gpus(gpus, models):
     pool = Pool(memory_budget="inf", gpu_memory_budget="inf")
     est = estimate(models["a"], n_ctx=512, n_gpu_layers=-1, offload=True)
     spread = est.gpu_weights + est.gpu_kv
-    costs = pool._device_costs(est, pool_module.LoadSettings(tensor_split=(3.0, 1.0)))
+    costs = device_costs(est, pool_module.LoadSettings(tensor_split=(3.0, 1.0)), pool.gpus())
     assert costs == {"gpu0": int(spread * 0.75) + est.gpu_compute, "gpu1": int(spread * 0.25)}
-    alone = pool._device_costs(est, pool_module.LoadSettings(split_mode="none", main_gpu=1))
+    alone = device_costs(est, pool_module.LoadSettings(split_mode="none", main_gpu=1), pool.gpus())
     assert alone == {"gpu0": 0, "gpu1": est.gpu}
     pool.close()
 
