@@ -16,8 +16,14 @@ cd "$(dirname "$0")/.."
 WHEELS=.gpu/wheels
 PY=${PY:-.venv/bin/python}
 # What the GPU image (/work/.library/device/KINDS.md) lacks or holds too old; the rest
-# (fsspec, filelock, xxhash, tqdm, pluggy, pytest, numpy, nvidia-ml-py, httpx, pyyaml) is there.
-NEED=("huggingface_hub>=2.0" "tomlkit>=0.13" "tomli>=2.1" "platformdirs>=4.0" "gguf>=0.17")
+# (fsspec, filelock, xxhash, tqdm, pluggy, pytest, numpy, nvidia-ml-py, anyio, h11, idna, pyyaml) is
+# there. huggingface_hub 2.x talks HTTP through httpx2/httpcore2 (not the image's httpx), which
+# modelfix's transports use too; truststore is theirs; click >= 8.4.2 is huggingface_hub's.
+# The versions are this checkout's own (.venv), the ones its tests ran with.
+NAMES=(huggingface_hub httpx2 httpcore2 truststore click tomlkit tomli platformdirs gguf)
+mapfile -t NEED < <("$PY" -c 'import sys
+from importlib.metadata import version
+print("\n".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' "${NAMES[@]}")
 rm -rf "$WHEELS.new" && mkdir -p "$WHEELS.new"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -28,6 +34,7 @@ missing=0
 [ -f .gpu/device/INSTALL-ON-DEVICE.sh ] || { echo "missing .gpu/device: build it as benchmarks/README.md "GPU payload" says"; missing=1; }
 ls .gpu/sdist/*.tar.gz > /dev/null 2>&1 || { echo "missing .gpu/sdist: repack it as benchmarks/README.md "GPU payload" says"; missing=1; }
 du -sh .gpu/* 2>/dev/null
-echo "total with the checkout (64 MiB travel at most; keep .gpu/gemma out of the main run's carry):"
-du -sh --exclude=.venv --exclude=.git --exclude=.gpu/gemma . 2>/dev/null
+echo "what travels (64 MiB at most; keep .gpu/gemma out of the main run's carry): the tracked files, then .gpu"
+git ls-files -z | du -ch --files0-from=- 2>/dev/null | tail -1
+du -sch .gpu/device .gpu/sdist "$WHEELS" 2>/dev/null | tail -1
 exit $missing
