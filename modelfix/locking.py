@@ -35,7 +35,6 @@ exactly the lockfile without the entry (an unusual layout), tomlkit removes it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -58,7 +57,7 @@ from .lockfile import (
     is_commit_sha,
     read_raw,
 )
-from .safefs import umask
+from .safefs import umask, writers_lock
 from .sources import shared_lookups, source_for
 
 __all__ = ["LockResult", "Problem", "lock", "add", "remove", "check", "write_pins", "add_entry"]
@@ -296,43 +295,6 @@ def _styled(text: str, like: str | None) -> str:
     return BOM + text if like.startswith(BOM) else text
 
 
-# Taking the writers' lock waits for other modelfix processes; they hold it only to read, edit
-# and write the file (never over the network), so a minute means one of them is stuck.
-_WRITERS_TIMEOUT_S = 60
-
-
-@contextmanager
-def _writers_lock(path: Path) -> Iterator[None]:
-    """Let one modelfix process at a time re-read, edit and write the lockfile at ``path``.
-
-    The lock is not the lockfile itself, which every write replaces (a lock on the old inode
-    would not stop the next writer), and not a ``model-lock.toml.lock`` beside it, which would
-    litter the user's project and its ``git status``: it lives in the temp folder, named by the
-    file's real path so that a symlink and its target, or two spellings of one path, share it.
-    """
-    from filelock import FileLock, Timeout
-
-    key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
-    where = os.path.join(tempfile.gettempdir(), f"modelfix-lockfile-{key}.lock")
-    lock = FileLock(where, mode=0o666)  # another user of a shared project takes the same lock
-    try:
-        lock.acquire(timeout=_WRITERS_TIMEOUT_S)
-    except Timeout:
-        raise LockError(
-            f"{path}: another modelfix process has been writing this lockfile for "
-            f"{_WRITERS_TIMEOUT_S} s. Let it finish (or stop it), then try again."
-        ) from None
-    except OSError as exc:
-        raise LockError(
-            f"{path}: cannot take the writers' lock {where} ({exc.strerror or exc}). "
-            "Make the temp folder writable, or point TMPDIR at one that is."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def _update(path: Path, change: Callable[[Lockfile | None, Any], None], *, create: bool = False) -> bool:
     """Apply ``change(current, document)`` to the file's tomlkit document and write it once (see :func:`_rewrite`)."""
     import tomlkit
@@ -353,7 +315,7 @@ def _rewrite(path: Path, edit: Callable[[Lockfile | None, str | None], str], *, 
     own back). The result must parse back before it replaces the file. ``create`` starts a
     missing file anew (``current`` and ``text`` None).
     """
-    with _writers_lock(path):
+    with writers_lock(path, tag="lockfile", kind="lockfile", error=LockError, who="modelfix process"):
         raw = None if create and not path.exists() else read_raw(path)
         current = None if raw is None else Lockfile.parse(raw, path)  # never rewrite a file we could not read back
         new = _styled(edit(current, None if raw is None else _plain(raw)), raw)

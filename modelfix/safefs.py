@@ -31,9 +31,10 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CacheError, PlantedError
+from .errors import CacheError, ModelfixError, PlantedError
 
 __all__ = [
     "PlantedError",
@@ -49,6 +50,7 @@ __all__ = [
     "replace",
     "lock_file",
     "try_lock",
+    "writers_lock",
 ]
 
 log = logging.getLogger("modelfix")
@@ -245,3 +247,47 @@ def try_lock(fd: int, *, shared: bool = False, wait: bool = False) -> bool | Non
         if exc.errno in _NO_FLOCK:
             return None
         raise
+
+
+# Writers hold a writers' lock only to re-read, edit and write one file (never over the
+# network), so a minute of waiting means one of them is stuck.
+WRITERS_TIMEOUT_S = 60
+
+
+@contextmanager
+def writers_lock(
+    path: Path, *, tag: str, kind: str, error: type[ModelfixError], who: str = "process"
+) -> Iterator[None]:
+    """One writer at a time of the user's file ``path`` (a lockfile, a snapshot file), across processes.
+
+    The lock is not the file itself, which every write replaces (a lock on the old inode would
+    not stop the next writer), and not a ``NAME.lock`` beside it, which would litter the user's
+    project and its ``git status``: it lives in the temp folder, named by the file's real path so
+    that a symlink and its target, or two spellings of one path, share it, and any user may take
+    it (another user of a shared project takes the same lock): ``modelfix-{tag}-{hash}.lock``.
+    ``kind`` names the file in the messages, ``error`` is what they are raised as.
+    """
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
+    where = os.path.join(tempfile.gettempdir(), f"modelfix-{tag}-{key}.lock")
+    lock = FileLock(where, mode=0o666)
+    try:
+        lock.acquire(timeout=WRITERS_TIMEOUT_S)
+    except Timeout:
+        raise error(
+            f"{path}: another {who} has been writing this {kind} for {WRITERS_TIMEOUT_S} s. "
+            "Let it finish (or stop it), then try again."
+        ) from None
+    except OSError as exc:
+        raise error(
+            f"{path}: cannot take the writers' lock {where} ({exc.strerror or exc}). "
+            "Make the temp folder writable, or point TMPDIR at one that is."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -38,14 +38,11 @@ not rewritten, and a file left with no entries is removed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,8 +344,6 @@ def _table(table: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 # --- the file ------------------------------------------------------------------------------
 
-_WRITERS_TIMEOUT_S = 60  # writers hold the lock to re-read, merge and write one file: a minute means stuck
-
 
 class SnapshotFile:
     """One snapshot file: :meth:`read` its entries, :meth:`write` changes to them (see the module docstring)."""
@@ -370,7 +365,7 @@ class SnapshotFile:
         """Set the entries ``changes`` names (``None``: remove it), keeping every other; True if the file changed."""
         from . import safefs
 
-        with _writers_lock(self.path):
+        with safefs.writers_lock(self.path, tag="snapshots", kind="snapshot file", error=SnapshotError):
             current = self.read()
             merged = dict(current)
             for key, snap in changes.items():
@@ -396,29 +391,3 @@ class SnapshotFile:
 
     def __repr__(self) -> str:
         return f"SnapshotFile({str(self.path)!r})"
-
-
-@contextmanager
-def _writers_lock(path: Path) -> Iterator[None]:
-    """One writer of ``path`` at a time, across processes (as for the lockfile: see :mod:`modelfix.locking`)."""
-    from filelock import FileLock, Timeout
-
-    key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
-    where = os.path.join(tempfile.gettempdir(), f"modelfix-snapshots-{key}.lock")
-    lock = FileLock(where, mode=0o666)
-    try:
-        lock.acquire(timeout=_WRITERS_TIMEOUT_S)
-    except Timeout:
-        raise SnapshotError(
-            f"{path}: another process has been writing this snapshot file for {_WRITERS_TIMEOUT_S} s. "
-            "Let it finish (or stop it), then try again."
-        ) from None
-    except OSError as exc:
-        raise SnapshotError(
-            f"{path}: cannot take the writers' lock {where} ({exc.strerror or exc}). "
-            "Make the temp folder writable, or point TMPDIR at one that is."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
