@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,30 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gpu_survey import vram_used  # the scripts run from benchmarks/: NVML read the same way
+
 from modelfix.estimate import CUDA_OVERHEAD, offload_supported
 from modelfix.pool import Pool
 
 MIB = 1 << 20
 PROMPT = "The history of the river valley begins with the first settlers, who " * 8
-
-
-def vram() -> dict[str, int]:
-    """This process's GPU memory and the device's, from NVML (zeros without a GPU)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-    except Exception:
-        return {"process": 0, "device": 0}
-    found = {"process": 0, "device": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)}
-    try:
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                found["process"] = int(proc.usedGpuMemory)
-    except pynvml.NVMLError:
-        pass
-    return found
 
 
 def speed(llm: Any) -> dict[str, float]:
@@ -72,17 +54,17 @@ def one(pool: Pool, path: Path, layers: int | str, name: str) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "asked": layers, "gpu_layers": record.gpu_layers}
     row["load_s"] = pool.metrics().load_seconds.get(name, 0.0) - timed
     row.update(speed(llm))
-    used = vram()
+    used = vram_used()
     est = record.estimate
     row["estimate_mib"] = (est.gpu + (CUDA_OVERHEAD if est.gpu else 0)) / MIB
-    row["nvml_process_mib"] = used["process"] / MIB
+    row["nvml_process_mib"] = used.get("process", 0) / MIB
     row["ratio"] = row["nvml_process_mib"] / row["estimate_mib"] if row["estimate_mib"] else None
     row["parts_mib"] = {
         k: v / MIB for k, v in [("weights", est.gpu_weights), ("kv", est.gpu_kv), ("compute", est.gpu_compute)]
     }
     pool.unload(llm)
     gc.collect()
-    row["after_unload_mib"] = vram()["process"] / MIB
+    row["after_unload_mib"] = vram_used().get("process", 0) / MIB
     return row
 
 
@@ -120,12 +102,16 @@ def swap(a: Path, b: Path) -> dict[str, Any]:
         llm = pool.acquire(path, f"sha-{path.stem}", path.stem, n_gpu_layers=-1, n_ctx=2048)
         llm("Hello", max_tokens=4)
         steps.append(
-            {"used": path.stem, "resident": [r.name for r in pool.loaded()], "vram_mib": vram()["process"] / MIB}
+            {
+                "used": path.stem,
+                "resident": [r.name for r in pool.loaded()],
+                "vram_mib": vram_used().get("process", 0) / MIB,
+            }
         )
     out = {"budget_mib": (CUDA_OVERHEAD + need * 1.2) / MIB, "steps": steps, "evictions": pool.metrics().evictions}
     pool.close()
     gc.collect()
-    out["after_close_mib"] = vram()["process"] / MIB
+    out["after_close_mib"] = vram_used().get("process", 0) / MIB
     print(json.dumps({"swap": out}), flush=True)
     return out
 
@@ -145,7 +131,7 @@ def auto_partial(path: Path) -> dict[str, Any]:
         "gpu_layers": record.gpu_layers,
         "of": full.gpu_layers,
         "estimate_mib": (record.estimate.gpu + CUDA_OVERHEAD) / MIB,
-        "nvml_process_mib": vram()["process"] / MIB,
+        "nvml_process_mib": vram_used().get("process", 0) / MIB,
     }
     pool.close()
     print(json.dumps({"auto_partial": out}), flush=True)

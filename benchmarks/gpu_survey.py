@@ -38,7 +38,7 @@ from pathlib import Path
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS) buffer size =\s+([\d.]+) MiB")
 
 
-def _used() -> dict[str, int]:
+def vram_used() -> dict[str, int]:
     """GPU memory in use (bytes): the device's total and, where NVML can see it, this process's."""
     try:
         import pynvml
@@ -58,12 +58,12 @@ def _used() -> dict[str, int]:
 
 
 def _child(config: dict) -> dict:
-    result: dict = {"config": config, "memory": {"before": _used()}}
+    result: dict = {"config": config, "memory": {"before": vram_used()}}
     started = time.perf_counter()
     import llama_cpp
 
     result["import_seconds"] = time.perf_counter() - started
-    result["memory"]["imported"] = _used()
+    result["memory"]["imported"] = vram_used()
     result["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
 
     def load() -> llama_cpp.Llama:
@@ -79,7 +79,7 @@ def _child(config: dict) -> dict:
     started = time.perf_counter()
     llm = load()
     result["load_seconds"] = time.perf_counter() - started
-    result["memory"]["loaded"] = _used()
+    result["memory"]["loaded"] = vram_used()
     result["n_ctx"] = llm.n_ctx()
 
     prompt = llm.tokenize(b" hello world" * 400)[: max(16, min(512, config["n_ctx"] - 160))]
@@ -93,18 +93,18 @@ def _child(config: dict) -> dict:
     seconds = time.perf_counter() - started
     tokens = out["usage"]["completion_tokens"]
     result["generated_tokens"], result["generation_tokens_per_s"] = tokens, tokens / seconds
-    result["memory"]["generated"] = _used()
+    result["memory"]["generated"] = vram_used()
 
     llm.close()
     del llm
     gc.collect()
-    result["memory"]["closed"] = _used()
+    result["memory"]["closed"] = vram_used()
     llm = load()
-    result["memory"]["reloaded"] = _used()
+    result["memory"]["reloaded"] = vram_used()
     llm.close()
     del llm
     gc.collect()
-    result["memory"]["reclosed"] = _used()
+    result["memory"]["reclosed"] = vram_used()
     return result
 
 
