@@ -10,6 +10,7 @@ another user made, must withstand.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -185,6 +186,15 @@ class Users:
         probe = ["setpriv", f"--reuid={cls.OTHER}", f"--regid={cls.TEAM}", "--clear-groups", "true"]
         return None if subprocess.run(probe, check=False).returncode == 0 else "root may not switch uid here"
 
+    @functools.cached_property
+    def python_unreachable(self) -> str | None:
+        """Why another user cannot run modelfix from this interpreter and checkout, or None. A checkout
+        in a private folder (`mktemp -d` makes 0700 ones) is out of its reach."""
+        command = [sys.executable, "-c", "import modelfix"]
+        if self.run(self.OTHER, *command).returncode == 0:
+            return None
+        return f"uid {self.OTHER} cannot import modelfix from {sys.executable} (a private folder above the checkout?)"
+
     def run(self, uid: int, *command: str, **kwargs) -> subprocess.CompletedProcess:
         """Run ``command`` as ``uid`` in group TEAM, with no other groups."""
         return subprocess.run(
@@ -218,6 +228,14 @@ def users() -> Users:
     if (reason := Users.unavailable()) is not None:
         pytest.skip(reason)
     return Users()
+
+
+@pytest.fixture
+def users_python(users: Users) -> Users:
+    """:class:`Users`, for tests that run modelfix as another user: skipped where that user cannot."""
+    if users.python_unreachable is not None:
+        pytest.skip(users.python_unreachable)
+    return users
 
 
 @pytest.fixture

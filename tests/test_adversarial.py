@@ -381,7 +381,8 @@ def test_only_files_of_this_user_or_root_are_adopted_by_hard_link(users, lock, t
     assert os.path.samefile(store.blob_path(ours.sha256), hf[ours.sha256])
 
 
-def test_a_user_adopts_roots_files_without_download(users, lock, shared, tmp_path):
+def test_a_user_adopts_roots_files_without_download(users_python, lock, shared, tmp_path):
+    users = users_python
     entry = Lockfile.load(lock).entry("chat")
     modelfix.sync(["chat"], lock, cache_settings=CacheSettings.resolve(cache_dir=tmp_path / "donor"))
     hf = shared / "hf" / "hub" / "models--org--tiny" / "blobs"
@@ -416,7 +417,8 @@ def test_a_user_adopts_roots_files_without_download(users, lock, shared, tmp_pat
 # --- 5. a cache shared by a team ---------------------------------------------------------------------
 
 
-def test_a_team_cache_in_a_setgid_folder_works_for_two_users(users, lock, hub, shared):
+def test_a_team_cache_in_a_setgid_folder_works_for_two_users(users_python, lock, hub, shared):
+    users = users_python
     cache = users.team_folder(shared / "team-cache")
     project = shared / "project"
     project.mkdir()

@@ -295,7 +295,7 @@ def unwritable(request, shared: Path) -> Unwritable:
     """Each way a cache is unwritable for its user: a read-only mount (root), a cache of root's (another uid)."""
     if request.param == "read-only mount":
         return Unwritable(shared, request.getfixturevalue("mount_point"), None, None)
-    users = request.getfixturevalue("users")
+    users = request.getfixturevalue("users_python")
     return Unwritable(shared, None, users.OTHER, users)
 
 
@@ -425,7 +425,9 @@ def _final_stage_env(dockerfile: str) -> dict[str, str]:
     return {name: value for block in blocks for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " "))}
 
 
-def test_the_dockerfile_recipe_runs_the_app_as_another_user_read_only_and_offline(lock, hub, shared, users, tmp_path):
+def test_the_dockerfile_recipe_runs_the_app_as_another_user_read_only_and_offline(
+    lock, hub, shared, users_python, tmp_path
+):
     """Each step of docs/cache.md's Dockerfile, with what stands in for the container where Docker cannot run.
 
     Build stage: ``modelfix sync`` and the probe into a fixed folder (``/models`` -> a folder here).
@@ -433,6 +435,7 @@ def test_the_dockerfile_recipe_runs_the_app_as_another_user_read_only_and_offlin
     remounted read-only where root may mount, else a copy root owns (0755/0644). ``USER``: another
     uid, with the final stage's ``ENV``. Then the app, a test suite and the CLI, offline.
     """
+    users = users_python
     dockerfile = _block("dockerfile", "COPY --from=build")
     steps = ["modelfix sync --cache-dir /models", "python -m modelfix.probe --cache-dir /models"]
     assert all(step in dockerfile for step in steps) and "COPY --from=build /models /models" in dockerfile
