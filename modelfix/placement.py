@@ -16,19 +16,23 @@ into those budgets' terms::
     NoRoom from plan()
       └─ refusal(...)                        the MemoryBudgetError a user reads: the model, the
                                               sizes, the budget and where it was set, the fix
+
+    place(name, path, settings, ...)         all of the above for one load: the first layer count
+                                              that fits (evicting idle handles, least recently used
+                                              first), the handles to evict for it, or the refusal
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
-from .errors import MemoryBudgetError, NoRoom
+from .errors import MemoryBudgetError, NoRoom, SettingsError
 from .estimate import CUDA_OVERHEAD, Estimate, GpuDevice, estimate
-from .eviction import format_size
+from .eviction import Candidate, format_size, plan
 from .settings import LoadSettings, PoolSettings
 
-__all__ = ["device_costs", "gpu_budgets", "handle_estimate", "layer_tries", "refusal"]
+__all__ = ["candidate", "device_costs", "gpu_budgets", "handle_estimate", "layer_tries", "place", "refusal"]
 
 
 def handle_estimate(
@@ -119,3 +123,58 @@ def refusal(name: str, est: Estimate, exc: NoRoom, settings: PoolSettings, held:
         f"{format_size(est.compute)}) but the memory budget is {format_size(exc.budget)} ({budget_source}){in_use}. "
         f"To load it, {raise_it}, lower n_ctx, or release a model."
     )
+
+
+def candidate(
+    key: Hashable, est: Estimate, s: LoadSettings, last_used: float, *, held: bool, gpus: Sequence[GpuDevice]
+) -> Candidate:
+    """A resident handle as the eviction plan sees it: its RAM cost (all of it without GPUs) and each GPU's."""
+    return Candidate(key, est.ram if gpus else est.total, last_used, held=held, costs=device_costs(est, s, gpus))
+
+
+def place(
+    name: str,
+    model_path: Path,
+    s: LoadSettings,
+    mmproj: Path | None,
+    *,
+    pool: PoolSettings,
+    gpus: Sequence[GpuDevice],
+    residents: Sequence[Candidate] = (),
+    ram_budget: float,
+    held_names: Sequence[str] = (),
+) -> tuple[Estimate, list[Hashable]]:
+    """The estimate model ``name`` loads with and the keys of ``residents`` to evict first.
+
+    ``n_gpu_layers="auto"`` takes the first layer count that fits, all of them first; fewer layers
+    only need more RAM, so a refusal by the RAM budget or the count ends the search. Layers go
+    last to first, as llama.cpp offloads them; the compute buffer and the CUDA overhead are
+    counted whatever the layer count (:func:`device_costs`, :func:`gpu_budgets`). Raises the
+    :func:`refusal` of the first try when none fits (``held_names``: the models of handles in use).
+    """
+    if s.main_gpu and s.main_gpu >= max(len(gpus), 1):
+        raise SettingsError(
+            f"main_gpu={s.main_gpu} for model {name!r}, but llama.cpp sees {len(gpus)} GPU(s) "
+            f"(numbered from 0). Use a smaller main_gpu."
+        )
+    budgets = gpu_budgets(pool, gpus)
+    tries = layer_tries(model_path, s, mmproj, bool(gpus))
+    first_refusal: NoRoom | None = None
+    for est in tries:
+        try:
+            keys = plan(
+                residents,
+                ram_budget,
+                incoming=est.ram if gpus else est.total,
+                max_count=pool.max_count,
+                budgets=budgets,
+                incomings=device_costs(est, s, gpus),
+            )
+        except NoRoom as exc:
+            first_refusal = first_refusal or exc
+            if exc.budget_name == "":
+                break
+            continue
+        return est, keys
+    assert first_refusal is not None
+    raise refusal(name, tries[0], first_refusal, pool, held_names) from None

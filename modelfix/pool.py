@@ -35,10 +35,8 @@ policy (:func:`modelfix.eviction.plan` with several budgets)::
                         auto = 90% of the GPU's free memory when the pool first looks
 
 ``n_gpu_layers="auto"`` (the default where the build offloads) picks the number of layers at
-load, as Ollama's scheduler does: all of them if they fit after evicting idle handles (least
-recently used first); if not even that fits, as many as fit in the budget left once every idle
-handle is gone (the compute buffer and the CUDA overhead are reserved first, layers go last to
-first as llama.cpp offloads them). The chosen number is the handle's ``gpu_layers``.
+load, as Ollama's scheduler does (:func:`modelfix.placement.place`): all of them if they fit after
+evicting idle handles, else as many as fit. The chosen number is the handle's ``gpu_layers``.
 
 The pool reads no lockfile and fetches nothing: it loads files it is given. One process-wide
 pool (:func:`default_pool`) serves every Project and front end in the process, so they share
@@ -60,12 +58,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .config import cache_root, layer_roots
-from .errors import NoRoom, SettingsError
+from .errors import MemoryBudgetError, SettingsError
 from .estimate import Estimate, GpuDevice, gpu_devices, memory_capacity, offload_supported
 from .events import Event, events
-from .eviction import Candidate, plan
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
-from .placement import device_costs, gpu_budgets, handle_estimate, layer_tries, refusal
+from .placement import candidate, handle_estimate, layer_tries, place
 from .probe import use_repack
 from .settings import (
     LoadSettings,
@@ -457,64 +454,33 @@ class Pool:
     ) -> Estimate:
         """The estimate of a handle with these settings on an otherwise idle pool: for "auto", the
         layers that would be offloaded (``gpu_layers``); nothing is loaded or evicted (``modelfix inspect``)."""
-        tries = layer_tries(Path(model_path), settings, mmproj_path if settings.mmproj else None, bool(self.gpus()))
-        budgets = gpu_budgets(self.settings(), self.gpus())
-        for est in tries:
-            try:
-                plan([], math.inf, budgets=budgets, incomings=device_costs(est, settings, self.gpus()))
-            except NoRoom:
-                continue
-            return est
-        return tries[-1]
+        path, mmproj = Path(model_path), mmproj_path if settings.mmproj else None
+        try:
+            est, _ = place("", path, settings, mmproj, pool=self.settings(), gpus=self.gpus(), ram_budget=math.inf)
+        except MemoryBudgetError:  # not even zero layers fit: inspect shows the CPU-only estimate
+            return layer_tries(path, settings, mmproj, bool(self.gpus()))[-1]
+        return est
 
     def _make_room(self, slot: _Slot) -> list[tuple[_Slot, llama_cpp.Llama]]:
         """Under the lock: choose ``slot``'s GPU layers, detach what must go for it to fit, or refuse."""
-        settings = self.settings()
-        budget = settings.memory_budget
-        if budget is None:
-            budget = 0.8 * memory_capacity(False)
-        budgets = gpu_budgets(settings, self.gpus())
-        s = slot.settings
-        if s.main_gpu and s.main_gpu >= max(len(self.gpus()), 1):
-            raise SettingsError(
-                f"main_gpu={s.main_gpu} for model {slot.name!r}, but llama.cpp sees {len(self.gpus())} GPU(s) "
-                f"(numbered from 0). Use a smaller main_gpu."
-            )
+        settings, gpus = self.settings(), self.gpus()
+        budget = settings.memory_budget if settings.memory_budget is not None else 0.8 * memory_capacity(False)
         others = [x for x in self._slots.values() if x is not slot and (x.llama is not None or x.loading)]
-        candidates = [
-            Candidate(
-                x.key,
-                x.estimate.ram if budgets else x.estimate.total,
-                x.last_used,
-                held=bool(x.leases or x.loading),
-                costs=device_costs(x.estimate, x.settings, self.gpus()),
-            )
-            for x in others
-        ]
-        tries = layer_tries(
-            slot.model_path, s, slot.mmproj_used, bool(self.gpus())
-        )  # "auto": all layers first, then fewer
-        first_refusal: NoRoom | None = None
-        for est in tries:
-            try:
-                keys = plan(
-                    candidates,
-                    budget,
-                    incoming=est.ram if budgets else est.total,
-                    max_count=settings.max_count,
-                    budgets=budgets,
-                    incomings=device_costs(est, s, self.gpus()),
-                )
-            except NoRoom as exc:
-                first_refusal = first_refusal or exc
-                if exc.budget_name == "":  # RAM or the count: fewer GPU layers only need more RAM
-                    break
-                continue
-            slot.estimate = est
-            return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # plan() hands back the keys it was given
-        assert first_refusal is not None
         held = [x for x in others if x.leases or x.loading]
-        raise refusal(slot.name, slot.estimate, first_refusal, settings, [x.name for x in held]) from None
+        slot.estimate, keys = place(
+            slot.name,
+            slot.model_path,
+            slot.settings,
+            slot.mmproj_used,
+            pool=settings,
+            gpus=gpus,
+            residents=[
+                candidate(x.key, x.estimate, x.settings, x.last_used, held=x in held, gpus=gpus) for x in others
+            ],
+            ram_budget=budget,
+            held_names=[x.name for x in held],
+        )
+        return [self._detach(self._slots[cast(Key, k)]) for k in keys]  # place() hands back the keys it was given
 
     def _detach(self, slot: _Slot, *, evicted: bool = True) -> tuple[_Slot, llama_cpp.Llama]:
         """Under the lock: make ``slot`` non-resident; the caller closes the Llama.
