@@ -25,10 +25,8 @@ is reported as present or absent, never shown.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +90,8 @@ def _version(module: str) -> str | None:
 
 
 def _versions() -> dict[str, str | None]:
+    import platform  # here, not at the top: every `modelfix` command imports this module (1.5 ms)
+
     from .. import __version__
 
     return {
@@ -103,6 +103,8 @@ def _versions() -> dict[str, str | None]:
 
 
 def _platform() -> dict[str, Any]:
+    import platform
+
     from ..probe import _cpu_flags
 
     flags = set(_cpu_flags().split())
@@ -129,6 +131,8 @@ def _llama_cpp(problems: list[str]) -> dict[str, Any] | None:
 
 def _devices() -> list[dict[str, Any]]:
     """ggml's devices (CPU, GPUs...) with their memory; llama-cpp-python binds no wrapper for this API."""
+    import ctypes  # here: ctypes costs every `modelfix` command 2 ms otherwise
+
     try:
         from llama_cpp._ggml import libggml as lib
 
