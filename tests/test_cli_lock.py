@@ -344,6 +344,46 @@ def test_every_command_option_and_argument_has_help(undocumented):
     assert undocumented(build_parser()) == []
 
 
+def test_each_command_parses_with_only_its_own_group_as_with_all_of_them():
+    """`modelfix sync` builds only the cache group's parser (start-up): the map must name every command."""
+    import argparse
+
+    from modelfix.cli import _COMMANDS, build_parser
+
+    full = build_parser()
+    (commands,) = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == set(_COMMANDS)
+    needs = {"add": ["chat", REPO], "remove": ["chat"], "cache": ["stats"], "inspect": ["chat"], "run": ["chat", "Hi"]}
+    for name in commands.choices:
+        argv = ["--cache-dir", "/c", name, *needs.get(name, [])]
+        assert vars(build_parser(name).parse_args(argv)) == vars(full.parse_args(argv)), name
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["sync"], "sync"),
+        (["--lock", "sync", "list"], "list"),  # a lockfile named "sync"
+        (["--lock=x.toml", "--offline", "verify", "--full"], "verify"),
+        (["--cache", "/c", "--readonly-cache", "/r", "doctor"], "doctor"),  # --cache abbreviates --cache-dir
+        (["--offline", "-h"], None),
+        (["--version"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_after_the_common_options(argv, command):
+    from modelfix.cli import command_of
+
+    assert command_of(argv) == command
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["nosuch"]])
+def test_help_and_unknown_commands_list_every_command(run_cli, argv):
+    code, out, err = run_cli(*argv)
+    listing = out if code == 0 else err
+    assert all(name in listing for name in ("add", "sync", "cache", "inspect", "doctor", "run")), listing
+
+
 def test_add_prints_the_lockfile_it_wrote_as_an_absolute_path(hub, workdir, run_cli, monkeypatch):
     (workdir / "sub").mkdir()
     code, out, _ = run_cli("--lock", "model-lock.toml", "add", "chat", REPO)

@@ -35,6 +35,16 @@ if TYPE_CHECKING:
 __all__ = ["main", "build_parser", "count", "project", "readonly_caches"]
 
 _GROUPS = ("lock", "cache", "run", "inspect_model", "doctor")
+# The group that registers each command: `modelfix sync` builds only its own group's parser, since
+# building every command's took a tenth of a warm `modelfix sync`. A test keeps this map whole.
+_COMMANDS = {
+    **dict.fromkeys(("add", "remove", "lock", "list"), "lock"),
+    **dict.fromkeys(("sync", "verify", "push", "cache"), "cache"),
+    "run": "run",
+    "inspect": "inspect_model",
+    "doctor": "doctor",
+}
+_VALUED = ("--lock", "--cache-dir", "--readonly-cache")  # the common options that take a value
 
 
 def count(n: int, thing: str) -> str:
@@ -93,7 +103,24 @@ def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPa
                 yield from _subparsers(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names after the common options, None for none or for ``--help``."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-h", "--help", "--version"):
+            return None
+        if arg.startswith("--") and "=" not in arg:
+            named = [o for o in (*_VALUED, "--offline", "--help", "--version") if o.startswith(arg)]
+            if named and all(o in _VALUED for o in named):  # --lock PATH, or an abbreviation of one
+                next(args, None)
+            continue
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (``command``, when known) only what that command needs."""
     import importlib
 
     from .. import __version__
@@ -107,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, help="what to do (`modelfix COMMAND --help` for its options)"
     )
-    for group in _GROUPS:
+    for group in (_COMMANDS[command],) if command in _COMMANDS else _GROUPS:
         importlib.import_module(f"{__name__}.{group}").register(commands)
     _describe(parser)
     # Users type `modelfix sync --offline` as often as `modelfix --offline sync`:
@@ -129,8 +156,8 @@ def _describe(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_of(argv)).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except ModelfixError as exc:
