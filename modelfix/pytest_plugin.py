@@ -135,6 +135,11 @@ class ModelfixSession:
         return self._project
 
     @property
+    def made_project(self) -> Project | None:
+        """The run's Project if something asked for it already, else None (never finds a lockfile)."""
+        return self._project
+
+    @property
     def lockfile(self) -> Lockfile:
         return self.project.lockfile
 
@@ -521,7 +526,9 @@ def _gpu_text(state: ModelfixSession) -> str:
 
 def _gpu_layers_chosen(state: ModelfixSession) -> list[str]:
     """``GPU layers: chat 25 (auto)``: what each resident handle offloaded, where any did."""
-    offloaded = [r for r in state.project.pool.loaded() if r.gpu_layers]
+    if state.made_project is None:  # no fixture got a Project (no lockfile, say): no handle to name
+        return []
+    offloaded = [r for r in state.made_project.pool.loaded() if r.gpu_layers]
     how = {True: " (auto)", False: ""}
     text = ", ".join(f"{r.name} {r.gpu_layers}{how[r.settings.n_gpu_layers == 'auto']}" for r in offloaded)
     return [f"GPU layers: {text}"] if text else []

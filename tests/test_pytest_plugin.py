@@ -289,6 +289,16 @@ def test_the_header_without_a_lockfile_names_the_pytest_option(pytester: pytest.
     assert "--modelfix-lock PATH" in header and "--lock PATH" not in header.replace("--modelfix-lock", "")
 
 
+def test_a_fixture_without_a_lockfile_is_one_error_line_and_the_run_ends_cleanly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_needs_a_model(llama): pass")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str() + result.stderr.str()
+    assert "LockError: no model-lock.toml in" in text and "--modelfix-lock PATH" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
 def test_a_misspelt_model_name_is_one_clear_error_and_not_reported_as_used(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
