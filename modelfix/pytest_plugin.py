@@ -383,9 +383,10 @@ def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_mo
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
     from .handle import reset_handle
     from .pool import record
-    from .settings import repeatable_seed
+    from .settings import check_settings, repeatable_seed
 
     _, settings, _ = _marker(request.node)
+    check_settings(settings, f"@pytest.mark.model of {request.node.name}; require_gpu is the marker's own")
     handle = modelfix.load(modelfix_model, **settings)
     # The handle's effective seed, as the pool resolved it; unset (llama.cpp's "random")
     # becomes 0 so that sampled outputs repeat from test to test.

@@ -427,6 +427,21 @@ def test_the_llama_fixture_serves_from_read_only_caches_of_the_ini_or_the_comman
     elsewhere.stdout.fnmatch_lines(["*offline mode is on*"])
 
 
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("n_ctxx=5", "unknown setting 'n_ctxx' (@pytest.mark.model of test_marked; "),
+        ("n_ctx='lots'", "setting n_ctx = 'lots' (@pytest.mark.model of test_marked; "),
+    ],
+)
+def test_a_bad_marker_setting_is_one_line_naming_the_marker(suite: pytest.Pytester, marker: str, message: str) -> None:
+    suite.makepyfile(f"import pytest\n\n@pytest.mark.model('tiny', {marker})\ndef test_marked(llama): pass\n")
+    result = run(suite)
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert f"SettingsError: {message}" in text and "argument of load" not in text and "Traceback" not in text
+
+
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
