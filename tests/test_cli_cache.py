@@ -49,6 +49,14 @@ def test_sync_honours_the_global_cache_dir_option(run_cli, lock, tmp_path):
     assert usage(Store(tmp_path / "elsewhere")).blobs == 3
 
 
+@pytest.mark.parametrize("jobs", ["0", "-1", "many"])
+def test_sync_jobs_below_one_is_a_usage_error(run_cli, lock, jobs):
+    code, out, err = run_cli("sync", "-j", jobs)
+
+    assert code == 2 and out == ""
+    assert "argument -j/--jobs:" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("full", [False, True], ids=["xxh3", "full"])
 def test_verify_exits_1_naming_each_bad_file(run_cli, lock, full):
     assert run_cli("sync")[0] == 0
