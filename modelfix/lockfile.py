@@ -259,7 +259,9 @@ class Lockfile:
             known = ", ".join(self.entries) or "none yet"
             raise LockError(
                 f"no model named {name!r} in {self.path} (models: {known}). "
-                f"Add it with `modelfix add {name} ORG/REPO:TAG`."
+                f"Add it with `modelfix add {name} ORG/REPO:TAG`.",
+                model=name,
+                file=str(self.path),
             ) from None
 
 
