@@ -250,7 +250,7 @@ class Lockfile:
         if not isinstance(models, dict):
             raise LockError(f"{where(key='models')}: `models` must be a table of [models.NAME] tables.")
         entries = {
-            name: _entry(name, table, where, pins=not (repin is True or (repin and name in repin)))
+            name: _entry(name, table, where, strict_pins=not (repin is True or (repin and name in repin)))
             for name, table in models.items()
         }
         rules, default = _routing(data.get("routing", {}), entries, where)
@@ -334,7 +334,7 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
         raise LockError(f"{path}:{line}:{col}: invalid TOML: {reason}. Fix the syntax there.") from None
 
 
-def _entry(name: str, table: Any, where: Where, *, pins: bool = True) -> Entry:
+def _entry(name: str, table: Any, where: Where, *, strict_pins: bool = True) -> Entry:
     if not _NAME_RE.fullmatch(name):
         check_name(name, where(name))
     if not isinstance(table, dict):
@@ -364,7 +364,7 @@ def _entry(name: str, table: Any, where: Where, *, pins: bool = True) -> Entry:
     try:
         revision, files = _pins(name, table, where)
     except LockError:
-        if pins:
+        if strict_pins:
             raise
         revision, files = None, ()  # about to be pinned anew: a broken pin reads as none
     pinned_from = table.get("pinned_from")
