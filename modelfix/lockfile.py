@@ -378,7 +378,7 @@ def _entry(name: str, table: Any, where: Where, *, strict_pins: bool = True) -> 
     )
 
 
-def _pins(name: str, table: Mapping[str, Any], where: Where) -> tuple[str | None, tuple[FilePin, ...]]:
+def _pins(name: str, table: dict[str, Any], where: Where) -> tuple[str | None, tuple[FilePin, ...]]:
     revision = table.get("revision")
     # Absent for URL and path sources; for the Hub it goes into download URLs, so nothing but a
     # full commit sha (never a branch name that moves, never "../x") is trusted there.
