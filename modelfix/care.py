@@ -134,6 +134,8 @@ class PruneReport:
 
     def summary(self) -> str:
         """``evicted 2 files; the cache holds 1.2 GB`` (a dry run: what would go, one line per file)."""
+        if self.dry_run and not self.evicted:
+            return f"would evict 0 files; the cache holds {format_size(self.held)}"
         if self.dry_run:
             lines = [f"would evict {_count(len(self.evicted), 'file')} ({format_size(self.freed)}):"]
             return "\n".join([*lines, *(f"  {f.shown}  {format_size(f.size)}" for f in self.evicted)])

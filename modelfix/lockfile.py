@@ -35,7 +35,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -211,16 +211,24 @@ class Lockfile:
     routing_default: str | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Lockfile:
+    def load(cls, path: str | os.PathLike[str], *, repin: bool | Collection[str] = ()) -> Lockfile:
         path = Path(path)
-        return cls.parse(read_raw(path), path)
+        return cls.parse(read_raw(path), path, repin=repin)
 
     @classmethod
-    def find(cls, explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Lockfile:
-        return cls.load(find_lockfile(explicit, start))
+    def find(
+        cls,
+        explicit: str | os.PathLike[str] | None = None,
+        start: Path | None = None,
+        *,
+        repin: bool | Collection[str] = (),
+    ) -> Lockfile:
+        return cls.load(find_lockfile(explicit, start), repin=repin)
 
     @classmethod
-    def parse(cls, text: str, path: Path) -> Lockfile:
+    def parse(cls, text: str, path: Path, *, repin: bool | Collection[str] = ()) -> Lockfile:
+        """``repin``: the entries (``True``: all) about to be pinned anew, where a broken pin (a
+        hand-edited revision) reads as none, so that ``lock --upgrade`` repairs it."""
         text = text.removeprefix(BOM)  # editors on Windows may save one; TOML itself has no BOM
         data = _parse_toml(text, path)
         where = Where(path, text)
@@ -241,7 +249,10 @@ class Lockfile:
         models = data.get("models", {})
         if not isinstance(models, dict):
             raise LockError(f"{where(key='models')}: `models` must be a table of [models.NAME] tables.")
-        entries = {name: _entry(name, table, where) for name, table in models.items()}
+        entries = {
+            name: _entry(name, table, where, strict_pins=not (repin is True or (repin and name in repin)))
+            for name, table in models.items()
+        }
         rules, default = _routing(data.get("routing", {}), entries, where)
         return cls(path=path, entries=MappingProxyType(entries), routing=rules, routing_default=default)
 
@@ -259,7 +270,9 @@ class Lockfile:
             known = ", ".join(self.entries) or "none yet"
             raise LockError(
                 f"no model named {name!r} in {self.path} (models: {known}). "
-                f"Add it with `modelfix add {name} ORG/REPO:TAG`."
+                f"Add it with `modelfix add {name} ORG/REPO:TAG`.",
+                model=name,
+                file=str(self.path),
             ) from None
 
 
@@ -321,7 +334,7 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
         raise LockError(f"{path}:{line}:{col}: invalid TOML: {reason}. Fix the syntax there.") from None
 
 
-def _entry(name: str, table: Any, where: Where) -> Entry:
+def _entry(name: str, table: Any, where: Where, *, strict_pins: bool = True) -> Entry:
     if not _NAME_RE.fullmatch(name):
         check_name(name, where(name))
     if not isinstance(table, dict):
@@ -348,6 +361,24 @@ def _entry(name: str, table: Any, where: Where) -> Entry:
                 want = " or ".join(t.__name__ for t in types)
                 raise LockError(f"{where(name, key)}: {key} must be {want}, got {value!r}.")
             settings[key] = _bounded(key, value, functools.partial(where, name, key))
+    try:
+        revision, files = _pins(name, table, where)
+    except LockError:
+        if strict_pins:
+            raise
+        revision, files = None, ()  # about to be pinned anew: a broken pin reads as none
+    pinned_from = table.get("pinned_from")
+    return Entry(
+        name=name,
+        source=source.strip(),
+        settings=MappingProxyType(settings),
+        revision=revision,
+        files=files,
+        pinned_from=pinned_from if isinstance(pinned_from, str) else None,
+    )
+
+
+def _pins(name: str, table: dict[str, Any], where: Where) -> tuple[str | None, tuple[FilePin, ...]]:
     revision = table.get("revision")
     # Absent for URL and path sources; for the Hub it goes into download URLs, so nothing but a
     # full commit sha (never a branch name that moves, never "../x") is trusted there.
@@ -359,15 +390,7 @@ def _entry(name: str, table: Any, where: Where) -> Entry:
         )
     files = tuple(_pin(item, i, name, where) for i, item in enumerate(_list(table, "files", name, where)))
     check_view_names([(f.path, f.join) for f in files], _EntryLabel(where, name))
-    pinned_from = table.get("pinned_from")
-    return Entry(
-        name=name,
-        source=source.strip(),
-        settings=MappingProxyType(settings),
-        revision=revision,
-        files=files,
-        pinned_from=pinned_from if isinstance(pinned_from, str) else None,
-    )
+    return revision, files
 
 
 def _bounded(key: str, value: Any, where: Callable[[], str]) -> Any:

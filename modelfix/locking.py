@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +150,8 @@ def lock(
     ``offline`` (default: ``MODELFIX_OFFLINE`` / ``HF_HUB_OFFLINE``) refuses
     entries whose source needs the network; local files still lock.
     """
-    lockfile = Lockfile.find(path)
+    # A broken pin of an entry about to be re-pinned reads as none: it is what --upgrade repairs.
+    lockfile = Lockfile.find(path, repin=(models or True) if upgrade else ())
     for name in models or ():
         lockfile.entry(name)  # unknown names fail before any network call
     changed: dict[str, tuple[Pins | None, Pins]] = {}
@@ -180,7 +181,7 @@ def add(
     except LockError:
         lock_path = Path.cwd() / LOCK_NAME
     if lock_path.exists():
-        Lockfile.load(lock_path)  # a broken lockfile fails before any network call
+        Lockfile.load(lock_path, repin={name})  # a broken lockfile fails before any network call
     pins = _resolve(name, source, lock_path, offline)
     before, written = add_entry(lock_path, name, source, settings, pins)
     old = before.pins if before else None
@@ -212,7 +213,7 @@ def remove(names: Sequence[str], path: Path | str | None = None) -> tuple[Path, 
         removed[:] = [current.entries[name] for name in dict.fromkeys(names)]
         return _without_tables(text, [e.name for e in removed])
 
-    _rewrite(lock_path, edit)
+    _rewrite(lock_path, edit, repin=names)
     return lock_path, removed
 
 
@@ -295,7 +296,13 @@ def _styled(text: str, like: str | None) -> str:
     return BOM + text if like.startswith(BOM) else text
 
 
-def _update(path: Path, change: Callable[[Lockfile | None, Any], None], *, create: bool = False) -> bool:
+def _update(
+    path: Path,
+    change: Callable[[Lockfile | None, Any], None],
+    *,
+    create: bool = False,
+    repin: Collection[str] = (),
+) -> bool:
     """Apply ``change(current, document)`` to the file's tomlkit document and write it once (see :func:`_rewrite`)."""
     import tomlkit
 
@@ -304,20 +311,29 @@ def _update(path: Path, change: Callable[[Lockfile | None, Any], None], *, creat
         change(current, doc)
         return tomlkit.dumps(doc)
 
-    return _rewrite(path, edit, create=create)
+    return _rewrite(path, edit, create=create, repin=repin)
 
 
-def _rewrite(path: Path, edit: Callable[[Lockfile | None, str | None], str], *, create: bool = False) -> bool:
+def _rewrite(
+    path: Path,
+    edit: Callable[[Lockfile | None, str | None], str],
+    *,
+    create: bool = False,
+    repin: Collection[str] = (),
+) -> bool:
     """Replace the file with ``edit(current, text)``, written once; True if it changed.
 
     Under the writers' lock the file is re-read, so no other writer's change is overwritten;
     ``edit`` sees it parsed and as plain text (no BOM, LF ends; :func:`_styled` puts the file's
     own back). The result must parse back before it replaces the file. ``create`` starts a
-    missing file anew (``current`` and ``text`` None).
+    missing file anew (``current`` and ``text`` None). In ``current``, a broken pin of the ``repin``
+    entries (which the edit replaces or removes) reads as none; the result is read whole.
     """
     with writers_lock(path, tag="lockfile", kind="lockfile", error=LockError, who="modelfix process"):
         raw = None if create and not path.exists() else read_raw(path)
-        current = None if raw is None else Lockfile.parse(raw, path)  # never rewrite a file we could not read back
+        current = (
+            None if raw is None else Lockfile.parse(raw, path, repin=repin)
+        )  # never rewrite a file we could not read back
         new = _styled(edit(current, None if raw is None else _plain(raw)), raw)
         if new == raw:
             return False
@@ -348,7 +364,7 @@ def write_pins(path: Path, pins: Mapping[str, Pins]) -> bool:
             if entry is not None and entry.source == pin.pinned_from:
                 _set_pins(doc["models"][name], pin)
 
-    return _update(path, change)
+    return _update(path, change, repin=pins.keys())
 
 
 def add_entry(
@@ -378,7 +394,7 @@ def add_entry(
         if pins is not None:
             _set_pins(table, pins)
 
-    written = _update(path, change, create=True)
+    written = _update(path, change, create=True, repin=(name,))
     return replaced, written
 
 

@@ -135,6 +135,11 @@ class ModelfixSession:
         return self._project
 
     @property
+    def made_project(self) -> Project | None:
+        """The run's Project if something asked for it already, else None (never finds a lockfile)."""
+        return self._project
+
+    @property
     def lockfile(self) -> Lockfile:
         return self.project.lockfile
 
@@ -378,9 +383,10 @@ def llama(request: pytest.FixtureRequest, modelfix: ModelfixSession, modelfix_mo
     """The pool handle for this test's model, with its state reset so outputs do not depend on test order."""
     from .handle import reset_handle
     from .pool import record
-    from .settings import repeatable_seed
+    from .settings import check_settings, repeatable_seed
 
     _, settings, _ = _marker(request.node)
+    check_settings(settings, f"@pytest.mark.model of {request.node.name}; require_gpu is the marker's own")
     handle = modelfix.load(modelfix_model, **settings)
     # The handle's effective seed, as the pool resolved it; unset (llama.cpp's "random")
     # becomes 0 so that sampled outputs repeat from test to test.
@@ -521,7 +527,9 @@ def _gpu_text(state: ModelfixSession) -> str:
 
 def _gpu_layers_chosen(state: ModelfixSession) -> list[str]:
     """``GPU layers: chat 25 (auto)``: what each resident handle offloaded, where any did."""
-    offloaded = [r for r in state.project.pool.loaded() if r.gpu_layers]
+    if state.made_project is None:  # no fixture got a Project (no lockfile, say): no handle to name
+        return []
+    offloaded = [r for r in state.made_project.pool.loaded() if r.gpu_layers]
     how = {True: " (auto)", False: ""}
     text = ", ".join(f"{r.name} {r.gpu_layers}{how[r.settings.n_gpu_layers == 'auto']}" for r in offloaded)
     return [f"GPU layers: {text}"] if text else []

@@ -56,6 +56,7 @@ __all__ = [
     "parse_duration",
     "parse_memory_budget",
     "check_setting",
+    "check_settings",
     "MAX_TOKENS",
 ]
 
@@ -155,6 +156,12 @@ def _check(name: str, value: Any, where: str) -> Any:
         return convert(value)
     except ValueError as exc:
         raise SettingsError(f"setting {name} = {value!r} ({where}) is invalid: expected {exc}.") from None
+
+
+def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``settings`` checked as a load checks them, an error naming ``where`` they were written
+    (a pytest marker), which a front end knows and the load's ``argument of load(...)`` does not."""
+    return {k: _check(k, v, where) for k, v in settings.items() if v is not None}
 
 
 def _from_env() -> dict[str, tuple[Any, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -47,6 +48,14 @@ def test_sync_honours_the_global_cache_dir_option(run_cli, lock, tmp_path):
 
     assert code == 0, err
     assert usage(Store(tmp_path / "elsewhere")).blobs == 3
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "many"])
+def test_sync_jobs_below_one_is_a_usage_error(run_cli, lock, jobs):
+    code, out, err = run_cli("sync", "-j", jobs)
+
+    assert code == 2 and out == ""
+    assert "argument -j/--jobs:" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["xxh3", "full"])
@@ -325,6 +334,15 @@ def test_dry_run_prints_what_would_go_and_frees_nothing(run_cli, lock, tmp_path,
     assert would in out and named in out
     assert _tree(root) == before
     assert run_cli(*args)[0] == 0 and _tree(root) != before  # the same command without --dry-run does it
+
+
+def test_a_dry_run_prune_with_nothing_to_evict_says_so_in_one_line(run_cli, lock):
+    assert run_cli("sync")[0] == 0
+
+    code, out, err = run_cli("cache", "prune", "--max-size", "1TB", "--dry-run")
+
+    assert code == 0, err
+    assert re.fullmatch(r"would evict 0 files; the cache holds [\d.]+ KB\n", out), out
 
 
 def test_cache_stats_json(run_cli, lock):

@@ -287,6 +287,35 @@ def test_pins_without_a_model_file_need_relocking(hub, workdir, run_cli):
     assert run_cli("lock", "--check")[0] == 0
 
 
+@pytest.mark.parametrize(
+    ("broken", "repair"),
+    [
+        (('revision = "', 'revision = "main"  # was "'), ["lock", "--upgrade", "--model", "chat"]),
+        (('sha256 = "', 'sha256 = "0'), ["lock", "--upgrade"]),
+        (("size = ", "size = -"), ["add", "chat", REPO]),
+        (('revision = "', 'revision = "main"  # was "'), ["remove", "chat"]),
+    ],
+    ids=["revision-upgrade-model", "sha256-upgrade", "size-add", "revision-remove"],
+)
+def test_the_command_a_broken_pin_error_names_repairs_it(hub, workdir, run_cli, broken, repair):
+    run_cli("add", "chat", REPO)
+    run_cli("add", "split", f"{REPO}:Q4_1")
+    lock = workdir / "model-lock.toml"
+    pinned = Lockfile.load(lock)
+    text = lock.read_text()
+    chat = text.index("[models.chat]")
+    lock.write_text(text[:chat] + text[chat:].replace(*broken, 1))
+    code, _, err = run_cli("list")
+    assert code == 1 and err.startswith(f"error: {lock}:") and "Run `modelfix lock --upgrade --model chat`" in err
+
+    code, _, err = run_cli(*repair)
+
+    assert code == 0, err
+    repaired = Lockfile.load(lock)  # the whole file reads again
+    assert repaired.entries.get("chat") == (None if repair[0] == "remove" else pinned.entry("chat"))
+    assert repaired.entry("split") == pinned.entry("split")
+
+
 def test_unreadable_lockfiles_are_one_line_errors(hub, workdir, run_cli):
     code, _, err = run_cli("--lock", str(workdir), "add", "chat", REPO)
     assert (

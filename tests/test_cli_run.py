@@ -94,5 +94,11 @@ def test_run_unknown_model_is_one_line(project):
     assert result.stderr.startswith("error: no model named 'nope'") and result.stderr.count("\n") == 1
 
 
-def test_run_usage_error_exits_2(project):
-    assert modelfix("--lock", str(project), "run", "tiny").returncode == 2
+@pytest.mark.parametrize(
+    "args", [["tiny"], ["tiny", "Hello", "--max-tokens", "-3"], ["tiny", "Hello", "--max-tokens", "0"]]
+)
+def test_run_usage_error_exits_2(project, args):
+    result = modelfix("--lock", str(project), "run", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    if "--max-tokens" in args:  # not llama.cpp's "until the context is full"
+        assert "argument --max-tokens: must be 1 or more" in result.stderr

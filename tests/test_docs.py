@@ -42,3 +42,36 @@ def test_the_snapshot_file_example_is_what_modelfix_writes():
     entries = loads("version = 1\n" + example, DOCS / "pytest.md")
     assert entries["test_capital"].recording.model == "chat"
     assert dumps(entries).split("version = 1\n\n", 1)[1] == example  # the layout, line for line
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to '-', repeats numbered."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.MULTILINE):
+        slug = "".join(c for c in heading.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def _prose(path: Path) -> str:
+    return re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
+
+
+def test_every_relative_link_and_anchor_in_the_docs_resolves():
+    pages = [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _prose(page)):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(_prose(dest)):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []

@@ -59,6 +59,14 @@ def test_a_source_that_fails_while_locking_names_its_model(workdir):
     assert info.value.model == "broken" and str(info.value).startswith("model 'broken' (")
 
 
+def test_a_model_name_not_in_the_lockfile_names_it_and_the_lockfile(lock):
+    with pytest.raises(modelfix.LockError) as info:
+        modelfix.load("chatt", lock)
+
+    assert (info.value.model, info.value.file) == ("chatt", str(lock))
+    assert str(info.value).startswith(f"no model named 'chatt' in {lock} (models: ")
+
+
 def test_cancelled_is_exported_and_raised_by_a_cancelled_sync(lock, hub):
     import threading
 

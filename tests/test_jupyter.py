@@ -425,6 +425,25 @@ def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(
         assert code == 1 and "after the failure" not in printed and failure in stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read {path}: No such file or directory"), ("{\n", "{path} is not a notebook (")],
+    ids=["missing", "not-json"],
+)
+def test_the_runner_names_a_notebook_it_cannot_read_in_one_line(capfd, tmp_path: Path, content, message) -> None:
+    from modelfix_jupyter.run import main
+
+    path = tmp_path / "nb.ipynb"
+    if content is not None:
+        path.write_text(content)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+
+    stderr = capfd.readouterr().err
+    assert exit_info.value.code == 2 and message.format(path=path) in stderr and "Traceback" not in stderr
+
+
 def test_a_warm_run_prints_what_the_notebook_guide_shows_and_the_magic_help(
     lockfile, monkeypatch, capfd, tmp_path: Path
 ) -> None:

@@ -289,6 +289,16 @@ def test_the_header_without_a_lockfile_names_the_pytest_option(pytester: pytest.
     assert "--modelfix-lock PATH" in header and "--lock PATH" not in header.replace("--modelfix-lock", "")
 
 
+def test_a_fixture_without_a_lockfile_is_one_error_line_and_the_run_ends_cleanly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_needs_a_model(llama): pass")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str() + result.stderr.str()
+    assert "LockError: no model-lock.toml in" in text and "--modelfix-lock PATH" in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
 def test_a_misspelt_model_name_is_one_clear_error_and_not_reported_as_used(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
@@ -415,6 +425,21 @@ def test_the_llama_fixture_serves_from_read_only_caches_of_the_ini_or_the_comman
     assert hub.requests == []
     elsewhere.assert_outcomes(errors=1)  # the command line replaces the ini's list: offline, tiny is missing
     elsewhere.stdout.fnmatch_lines(["*offline mode is on*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("n_ctxx=5", "unknown setting 'n_ctxx' (@pytest.mark.model of test_marked; "),
+        ("n_ctx='lots'", "setting n_ctx = 'lots' (@pytest.mark.model of test_marked; "),
+    ],
+)
+def test_a_bad_marker_setting_is_one_line_naming_the_marker(suite: pytest.Pytester, marker: str, message: str) -> None:
+    suite.makepyfile(f"import pytest\n\n@pytest.mark.model('tiny', {marker})\ndef test_marked(llama): pass\n")
+    result = run(suite)
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert f"SettingsError: {message}" in text and "argument of load" not in text and "Traceback" not in text
 
 
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:

@@ -149,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run every cell even after one fails; name each failure on stderr and exit 0",
     )
     args = parser.parse_args(argv)
+    import nbformat
+
+    try:  # a missing or malformed file is a usage error, not nbformat's traceback
+        nbformat.read(args.notebook, as_version=4)
+    except OSError as exc:
+        parser.error(f"cannot read {args.notebook}: {exc.strerror or exc}")
+    except ValueError as exc:  # nbformat's NotJSONError and friends
+        parser.error(f"{args.notebook} is not a notebook ({exc}); give the path of an .ipynb file")
     nb, error, pages = _execute(
         args.notebook, cwd=None, timeout=args.timeout, output=args.output, allow_errors=args.allow_errors
     )

@@ -32,7 +32,7 @@ from ..errors import ModelfixError, redact
 if TYPE_CHECKING:
     from ..project import Project
 
-__all__ = ["main", "build_parser", "count", "project", "readonly_caches"]
+__all__ = ["main", "build_parser", "count", "positive_int", "project", "readonly_caches"]
 
 _GROUPS = ("lock", "cache", "run", "inspect_model", "doctor")
 # The group that registers each command: `modelfix sync` builds only its own group's parser, since
@@ -50,6 +50,18 @@ _VALUED = ("--lock", "--cache-dir", "--readonly-cache")  # the common options th
 def count(n: int, thing: str) -> str:
     """``1 model``, ``2 models``."""
     return f"{n} {thing}{'s' if n != 1 else ''}"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (``--max-tokens``, ``-j``): ``0`` or ``-3`` is a usage error,
+    not llama.cpp's "until the context is full" or a silent 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:

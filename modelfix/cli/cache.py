@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..eviction import format_size
-from . import count, project
+from . import count, positive_int, project
 from .progress import progress
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ __all__ = ["register"]
 def register(commands: argparse._SubParsersAction) -> None:
     sync = commands.add_parser("sync", help="fetch and verify the pinned files into the cache")
     sync.add_argument("names", nargs="*", metavar="NAME", help="models to sync (default: all)")
-    sync.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="files fetched at once (default: 4)")
+    sync.add_argument(
+        "-j", "--jobs", type=positive_int, default=4, metavar="N", help="files fetched at once (default: 4)"
+    )
     sync.set_defaults(handler=_sync)
 
     verify = commands.add_parser("verify", help="re-hash cached files; exit 1 naming each bad one")
@@ -81,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _sync(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with progress():
-        done = project(args).sync(args.names or None, workers=max(1, args.jobs))
+        done = project(args).sync(args.names or None, workers=args.jobs)
     for m in done:
         print(f"{m.name}: {count(len(m.files), 'file')}, {format_size(m.entry.size)}  {m.model_path}")
     print(f"{count(len(done), 'model')} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)

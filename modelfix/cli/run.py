@@ -19,10 +19,12 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from . import positive_int
+
     p = subparsers.add_parser("run", help="load a model and generate a completion (a smoke test)")
     p.add_argument("name", help="model name in the lockfile")
     p.add_argument("prompt", help="text to complete (or the user message with --chat)")
-    p.add_argument("--max-tokens", type=int, default=64, metavar="N", help="tokens to generate (default: 64)")
+    p.add_argument("--max-tokens", type=positive_int, default=64, metavar="N", help="tokens to generate (default: 64)")
     p.add_argument("--chat", action="store_true", help="send PROMPT as a chat message (the model's chat template)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, deterministic)")
     p.add_argument("--n-ctx", type=int, default=None, metavar="N", help="context size (default: lockfile, then 512)")
