@@ -84,18 +84,35 @@ class Problem:
 
 def check(lockfile: Lockfile) -> list[Problem]:
     """Entries that need ``modelfix lock``; reads nothing but the file."""
-    return [Problem(entry.name, reason) for entry in lockfile.entries.values() if (reason := _problem(entry))]
+    return [
+        Problem(entry.name, reason)
+        for entry in lockfile.entries.values()
+        if (reason := _problem(entry, lockfile.path))
+    ]
 
 
-def _problem(entry: Entry) -> str | None:
+def _problem(entry: Entry, lock_path: Path) -> str | None:
     if not entry.files:
         return "is not pinned"
     if entry.pinned_from != entry.source:
         return f"source changed from {entry.pinned_from!r} to {entry.source!r}"
+    # Only a hand edit gets past here; re-resolving moves a Hub source to its newest commit.
     if not entry.model_files:
-        # Only a hand edit gets here; re-resolving moves a Hub source to its newest commit.
         return f'no file in `files` has role = "model". Re-pin it with `modelfix lock --upgrade --model {entry.name}`'
+    if entry.revision is None and _from_hub(entry, lock_path):
+        return (
+            "pins files but no revision, so a fetch would take whatever the branch holds then. "
+            f"Re-pin it with `modelfix lock --upgrade --model {entry.name}`"
+        )
     return None
+
+
+def _from_hub(entry: Entry, lock_path: Path) -> bool:
+    """Whether the entry's files come from a Hub commit (a source that does not parse is no reason to lock)."""
+    try:
+        return source_for(entry.source, lock_path).kind == "hub"
+    except ModelfixError:
+        return False
 
 
 def _offline_switch(offline: bool | None) -> str | None:
@@ -132,10 +149,10 @@ def _resolve(name: str, source_text: str, lock_path: Path, offline: bool | None)
         raise
 
 
-def _needs_lock(entry: Entry, upgrade: bool, models: Sequence[str] | None) -> bool:
+def _needs_lock(entry: Entry, lock_path: Path, upgrade: bool, models: Sequence[str] | None) -> bool:
     if models and entry.name not in models:
         return False
-    return upgrade or _problem(entry) is not None
+    return upgrade or _problem(entry, lock_path) is not None
 
 
 def lock(
@@ -158,7 +175,7 @@ def lock(
     unchanged = []
     with shared_lookups():  # entries from one repository share its commit and file listing
         for entry in lockfile.entries.values():
-            if not _needs_lock(entry, upgrade, models):
+            if not _needs_lock(entry, lockfile.path, upgrade, models):
                 unchanged.append(entry.name)
                 continue
             pins = _resolve(entry.name, entry.source, lockfile.path, offline)

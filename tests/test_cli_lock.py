@@ -287,6 +287,21 @@ def test_pins_without_a_model_file_need_relocking(hub, workdir, run_cli):
     assert run_cli("lock", "--check")[0] == 0
 
 
+def test_hub_pins_without_a_revision_need_relocking(hub, workdir, run_cli):
+    run_cli("add", "chat", REPO)
+    lock = workdir / "model-lock.toml"
+    pinned = Lockfile.load(lock).entry("chat")
+    lock.write_text(lock.read_text().replace(f'revision = "{pinned.revision}"\n', "", 1))
+    assert Lockfile.load(lock).entry("chat").revision is None
+    code, _, err = run_cli("lock", "--check")
+    assert code == 1 and "chat: pins files but no revision" in err
+    assert "`modelfix lock --upgrade --model chat`" in err
+    code, out, _ = run_cli("lock")
+    assert code == 0 and "Updated chat" in out
+    assert Lockfile.load(lock).entry("chat") == pinned
+    assert run_cli("lock", "--check")[0] == 0
+
+
 @pytest.mark.parametrize(
     ("broken", "repair"),
     [
