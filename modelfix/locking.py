@@ -85,9 +85,7 @@ class Problem:
 def check(lockfile: Lockfile) -> list[Problem]:
     """Entries that need ``modelfix lock``; reads nothing but the file."""
     return [
-        Problem(entry.name, reason)
-        for entry in lockfile.entries.values()
-        if (reason := _problem(entry, lockfile.path))
+        Problem(entry.name, reason) for entry in lockfile.entries.values() if (reason := _problem(entry, lockfile.path))
     ]
 
 
