@@ -43,7 +43,7 @@ from .errors import AuthError, NetworkError, OfflineError, SourceError, SourceMi
 from .hooks import hookimpl, plugin_manager
 from .lockfile import MAX_FILE_SIZE, FilePin, Pins
 from .pin_paths import check_relative_path
-from .retry import FetchPolicy, Transient, parse_retry_after, with_retries
+from .retry import FetchPolicy, Transient, retry_after, with_retries
 from .selection import select, select_file, split_siblings
 from .transports import Location, transport_for
 
@@ -319,7 +319,7 @@ class HubSource:
             if status == 403:
                 answer += "; check that your Hub token's account may read this repository"
             if status == 429 or status >= 500:
-                raise Transient(answer, parse_retry_after(exc.response.headers.get("retry-after"))) from None
+                raise Transient(answer, retry_after(exc.response.headers)) from None
             raise NetworkError(f"{self.repo}: {answer}") from None
         except hf.OfflineModeIsEnabled:
             raise OfflineError(

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from .errors import AuthError, IntegrityError, NetworkError, SourceError, SourceMissing
-from .retry import Transient, parse_retry_after
+from .retry import Transient, retry_after
 
 __all__ = [
     "CHUNK",
@@ -222,7 +222,7 @@ class HttpTransport:
                 "with `hf auth login` or set HF_TOKEN to a token with read access."
             )
         if status in (408, 425, 429) or status >= 500:
-            raise Transient(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
+            raise Transient(f"HTTP {status}", retry_after(response.headers))
         if status == 416:
             raise IntegrityError(f"{self.url}: the file at the origin is shorter than pinned (HTTP 416)")
         raise NetworkError(f"{self.url}: unexpected HTTP {status}")

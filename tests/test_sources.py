@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -151,16 +152,24 @@ def _api_answers(hub) -> list[int]:
 
 @pytest.mark.parametrize(
     ("fault", "times"),
-    [(Fault.status(503), 2), (Fault.status(429, retry_after=1), 1), (Fault.reset(), 2)],
-    ids=["503", "429-retry-after", "reset"],
+    [
+        (Fault.status(503), 2),
+        (Fault.status(429, retry_after=1), 1),
+        (Fault.status(429, ratelimit_reset=1), 1),
+        (Fault.reset(), 2),
+    ],
+    ids=["503", "429-retry-after", "429-ratelimit", "reset"],
 )
 def test_api_faults_are_retried_and_the_pins_do_not_change(hub, fault, times):
     clean = parse_source(f"{TINY_REPO}:Q4_0").resolve()
     hub.clear_log()
     hub.inject_api(TINY_REPO, fault, times=times)
+    started = time.monotonic()
 
     assert parse_source(f"{TINY_REPO}:Q4_0").resolve() == clean
     assert _api_answers(hub)[: times + 1] == [fault.status_code] * times + [200]
+    if fault.retry_after or fault.ratelimit_reset:  # the wait the Hub asked for, not a quick backoff
+        assert time.monotonic() - started >= (fault.retry_after or fault.ratelimit_reset)
 
 
 def test_a_hub_that_keeps_failing_is_a_network_error_naming_the_repo(hub, monkeypatch):

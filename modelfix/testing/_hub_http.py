@@ -252,7 +252,7 @@ class HubHandler(BaseHTTPRequestHandler):
             self.server.hub._stall(fault.seconds)
             return False
         if fault.kind == "status":
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            extra = _fault_headers(fault)
             self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
             return True
         # reset / truncate: the connection dies before any answer
@@ -449,7 +449,7 @@ class HubHandler(BaseHTTPRequestHandler):
         fault = self.server.hub._take_fault(repo_id, path) if self.command == "GET" else None
         kind = fault.kind if fault else ""
         if fault and kind == "status":
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            extra = _fault_headers(fault)
             return self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
         if fault and kind == "stall" and fault.after_bytes <= 0:
             self.server.hub._stall(fault.seconds)
@@ -488,6 +488,15 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             with open(blob.path, "rb") as f:  # type: ignore[arg-type]  # a blob not held in memory has a path
                 self.connection.sendfile(f, offset=start, count=end - start)  # zero-copy for big files
+
+
+def _fault_headers(fault: Any) -> dict[str, str]:
+    """The waiting headers of a status fault: ``Retry-After``, and the Hub's quota headers."""
+    extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+    if fault.ratelimit_reset is not None:
+        extra["RateLimit"] = f'"api";r=0;t={fault.ratelimit_reset}'
+        extra["RateLimit-Policy"] = '"fixed window";"api";q=500;w=300'
+    return extra
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int, bool]:

@@ -73,14 +73,17 @@ class Fault:
     kind: str  # status | reset | truncate | corrupt | stall
     status_code: int = 0
     retry_after: int | None = None
+    ratelimit_reset: int | None = None
     after_bytes: int = 0
     offset: int = 0
     seconds: float = 0.0
 
     @classmethod
-    def status(cls, code: int, retry_after: int | None = None) -> Fault:
-        """Answer ``code`` (JSON error body) instead of the bytes, with ``Retry-After`` if given."""
-        return cls("status", status_code=code, retry_after=retry_after)
+    def status(cls, code: int, retry_after: int | None = None, ratelimit_reset: int | None = None) -> Fault:
+        """Answer ``code`` (JSON error body) instead of the bytes, with ``Retry-After`` if given;
+        ``ratelimit_reset``: the Hub's quota headers saying the quota is spent and renews in that
+        many seconds (``RateLimit: "api";r=0;t=N``, what a real Hub's 429 carries)."""
+        return cls("status", status_code=code, retry_after=retry_after, ratelimit_reset=ratelimit_reset)
 
     @classmethod
     def reset(cls, after_bytes: int = 0) -> Fault:
