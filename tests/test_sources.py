@@ -207,6 +207,16 @@ def test_private_repo_needs_the_token(hub, tiny_files, monkeypatch):
     assert SECRET not in repr(pins)
 
 
+@pytest.mark.parametrize("source", ["org/nothing", f"{TINY_REPO}:Q4_0@no-such-branch"])
+def test_a_mirror_s_password_in_hf_endpoint_never_reaches_an_error(hub, monkeypatch, source):
+    """HF_ENDPOINT=https://user:password@mirror (a company's proxy of the Hub): errors name the
+    mirror without its credentials."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint.replace("://", "://me:mirr0rPassw0rd@"))
+    with pytest.raises(SourceError) as info:
+        parse_source(source).resolve()
+    assert "mirr0rPassw0rd" not in str(info.value) and "mirr0rPassw0rd" not in repr(info.value.args)
+
+
 def test_unsafe_names_from_the_server_are_refused(hub, tmp_path):
     # The real Hub never lists such names; a hostile or broken server could.
     (extra,) = write_tiny_model(tmp_path / "extra-Q5_1.gguf", qtype="Q5_1")
