@@ -79,10 +79,8 @@ def test_messages_and_urls_lose_tokens_and_url_credentials(monkeypatch):
     )
     error.add_context("chat: https://me:s3cret@mirror.example/api")
 
-    assert (
-        str(error)
-        == "chat: https://***@mirror.example/api: https://***@mirror.example/org/x/resolve/main/x.gguf with ***: HTTP 502"
-    )
+    masked = "https://***@mirror.example"
+    assert str(error) == f"chat: {masked}/api: {masked}/org/x/resolve/main/x.gguf with ***: HTTP 502"
     assert error.url == "https://***@mirror.example/x.gguf"
     assert (
         str(SourceError("hf://org/repo@main/x.gguf and s3://bucket/a@b"))
