@@ -316,6 +316,11 @@ class HubSource:
             status = exc.response.status_code if exc.response is not None else 0
             said = redact(str(getattr(exc, "server_message", None) or "").strip())
             answer = f"the Hub answered HTTP {status}" + (f" ({said})" if said else "")
+            if status == 401 and hub_token():
+                raise AuthError(
+                    f"{self.repo}: {answer}: your Hub token was refused (revoked or expired). Set HF_TOKEN to a "
+                    "valid token or log in again with `hf auth login`."
+                ) from None
             if status == 403:
                 answer += "; check that your Hub token's account may read this repository"
             if status == 429 or status >= 500:

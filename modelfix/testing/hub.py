@@ -189,6 +189,7 @@ class _Repo:
     private: bool
     token: str | None
     created: datetime
+    gated: bool = False
     commits: dict[str, _Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -216,6 +217,7 @@ class LocalHub:
         self.honour_ranges = True
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
+        self._revoked: set[str] = set()
         self._faults: dict[tuple[str, str | None], list[list[Any]]] = {}  # None: the repo's API calls
         self._log: list[Request] = []
         self._counter = 0
@@ -267,16 +269,26 @@ class LocalHub:
         self.stop()
 
     # -- repositories ------------------------------------------------------------------------
-    def create_repo(self, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    def create_repo(self, repo_id: str, private: bool = False, token: str | None = None, gated: bool = False) -> str:
         """Create a repo whose main holds one empty commit (the real Hub adds .gitattributes;
-        we don't, so listings hold only what tests commit). Returns that commit's sha."""
+        we don't, so listings hold only what tests commit). Returns that commit's sha.
+
+        ``private``: every request needs ``token``. ``gated``: the metadata is public but the files
+        need ``token`` (the account that accepted the terms): without a token 401, with another
+        403, both ``X-Error-Code: GatedRepo``, as on the Hub."""
         with self._lock:
             if repo_id in self._repos:
                 raise ValueError(f"repo {repo_id!r} already exists")
             now = datetime.now(timezone.utc)
-            repo = _Repo(repo_id, private, token, now)
+            repo = _Repo(repo_id, private, token, now, gated)
             self._repos[repo_id] = repo
             return self._add_commit(repo, None, {}, "initial commit", "main")
+
+    def revoke_token(self, token: str) -> None:
+        """From now on ``token`` is unknown, as a revoked or expired token is to the Hub: every
+        request that sends it gets 401 ``Invalid credentials in Authorization header``."""
+        with self._lock:
+            self._revoked.add(token)
 
     def commit(
         self,
