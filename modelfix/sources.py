@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .config import env_flag
 from .errors import AuthError, NetworkError, OfflineError, SourceError, SourceMissing, redact
@@ -181,13 +181,15 @@ class HubSource:
         name_part, slash, path = rest.partition("/")
         file: str | None = path
         revision = None
-        if slash and file and not name_part.count(":"):
-            # hf://org/repo[@rev]/path/file.gguf
+        if text.startswith("hf://") and slash and file and not name_part.count(":"):
+            # hf://org/repo[@rev]/path/file.gguf; a branch with a slash is written @feature%2Fx here,
+            # as huggingface_hub's HfFileSystem writes it: its own slash could not be told from the path's
             name, _, revision = name_part.partition("@")
+            revision = unquote(revision)
             repo, tag = f"{repo_part}/{name}", None
             file = check_relative_path(file, f"source {text!r}")
         else:
-            # org/repo[@rev][:TAG][@rev]; revision may contain '/' (refs/pr/1)
+            # org/repo[@rev][:TAG][@rev]; revision may contain '/' (refs/pr/1, feature/x)
             m = re.fullmatch(r"(?P<repo>[^/@:]+/[^/@:]+)(?:@(?P<r1>[^:]+))?(?::(?P<tag>[^@]+))?(?:@(?P<r2>.+))?", body)
             if not m or (m["r1"] and m["r2"]):
                 raise SourceError(f"bad Hub source {text!r}: expected ORG/REPO[:TAG][@REVISION].")

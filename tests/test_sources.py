@@ -33,6 +33,10 @@ def sha256(path: Path) -> str:
         ("hf://org/repo@refs/pr/1/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", "refs/pr/1"),
         ("hf://org/repo/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", None),
         ("hf://org/repo@" + "a" * 40 + "/m.gguf", "org/repo", None, "m.gguf", "a" * 40),
+        # a branch with a slash: as it is in the ORG/REPO forms, %2F in a named file's (as HfFileSystem writes it)
+        ("org/repo@feature/x", "org/repo", None, None, "feature/x"),
+        ("org/repo@feature/x:Q8_0", "org/repo", "Q8_0", None, "feature/x"),
+        ("hf://org/repo@feature%2Fx/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", "feature/x"),
     ],
 )
 def test_hub_forms(text, repo, tag, file, revision):
@@ -127,6 +131,17 @@ def test_a_pull_request_ref_resolves_in_every_form(hub, tiny_files):
         f"hf://{TINY_REPO}@refs/pr/1/tiny-Q4_0.gguf",
     ):
         assert parse_source(text).resolve().revision == pr, text
+
+
+def test_a_branch_with_a_slash_resolves_in_every_form(hub):
+    branch = hub.create_branch(TINY_REPO, "feature/x")
+    for text in (
+        f"{TINY_REPO}@feature/x",
+        f"{TINY_REPO}@feature/x:Q4_0",
+        f"{TINY_REPO}:Q4_0@feature/x",
+        f"hf://{TINY_REPO}@feature%2Fx/tiny-Q4_0.gguf",
+    ):
+        assert parse_source(text).resolve().revision == branch, text
 
 
 def test_missing_revision(hub):
