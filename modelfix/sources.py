@@ -181,9 +181,11 @@ class HubSource:
         name_part, slash, path = rest.partition("/")
         file: str | None = path
         revision = None
-        if text.startswith("hf://") and slash and file and not name_part.count(":"):
+        named_file = not name_part.count(":") and ("@" not in name_part or path.lower().endswith(".gguf"))
+        if text.startswith("hf://") and slash and file and named_file:
             # hf://org/repo[@rev]/path/file.gguf; a branch with a slash is written @feature%2Fx here,
             # as huggingface_hub's HfFileSystem writes it: its own slash could not be told from the path's
+            # (hf://org/repo@feature/x[:TAG], naming no .gguf file, is the branch)
             name, _, revision = name_part.partition("@")
             revision = unquote(revision)
             repo, tag = f"{repo_part}/{name}", None

@@ -37,6 +37,8 @@ def sha256(path: Path) -> str:
         ("org/repo@feature/x", "org/repo", None, None, "feature/x"),
         ("org/repo@feature/x:Q8_0", "org/repo", "Q8_0", None, "feature/x"),
         ("hf://org/repo@feature%2Fx/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", "feature/x"),
+        ("hf://org/repo@feature/x:Q8_0", "org/repo", "Q8_0", None, "feature/x"),
+        ("hf://org/repo@feature/x", "org/repo", None, None, "feature/x"),
     ],
 )
 def test_hub_forms(text, repo, tag, file, revision):
