@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .config import env_flag
 from .errors import AuthError, NetworkError, OfflineError, SourceError, SourceMissing, redact
@@ -369,7 +369,8 @@ class FsspecSource:
         local = _local_path(self.url)
         if local is not None:
             return Location(url=os.path.join(os.path.dirname(local), pin.path))
-        return Location(url=posixpath.join(posixpath.dirname(self.url), pin.path))
+        where, query = _split_query(self.url)
+        return Location(url=posixpath.join(posixpath.dirname(where), pin.path) + query)
 
     def resolve(self) -> Pins:
         local = _local_path(self.url)
@@ -383,10 +384,11 @@ class FsspecSource:
                 sizes[url] = size
             return size is not None
 
+        where, query = _split_query(self.url)
         if not exists(self.url):
             raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
-        parts = split_siblings(self.url, exists)
-        files = tuple(self._pin(url, *self._retrying(url, _Hashing(sizes[url]))) for url in parts)
+        parts = [url + query for url in split_siblings(where, lambda url: exists(url + query))]
+        files = tuple(self._pin(_split_query(url)[0], *self._retrying(url, _Hashing(sizes[url]))) for url in parts)
         return Pins(revision=None, files=files, pinned_from=self.text)
 
     def _resolve_local(self, path: str) -> Pins:
@@ -412,6 +414,17 @@ class FsspecSource:
         """
         transport = transport_for(Location(url), FetchPolicy.from_env())
         return with_retries(lambda: read(transport), f"source {self.text!r}: cannot read {url}: ", "the server")
+
+
+def _split_query(url: str) -> tuple[str, str]:
+    """An HTTP(S) URL without its ``?query`` (and ``#fragment``), and the ``?query`` to put back.
+
+    The file's name is in the path: the Hub's download link (``…/x.gguf?download=true``) or a
+    signed URL pins ``x.gguf``, and its split siblings are found beside it with the same query."""
+    if not url.startswith(("http://", "https://")):
+        return url, ""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")), f"?{parts.query}" if parts.query else ""
 
 
 def _local_path(url: str) -> str | None:

@@ -341,6 +341,17 @@ def test_a_url_source_retries_server_errors_then_pins_every_part(web, tiny_files
         assert [code for path, code in web.answers if path == f"/{part}"][:3] == [500, 500, 200]
 
 
+def test_the_hub_s_download_link_pins_the_file_and_its_split_siblings_by_their_names(hub, tiny_files):
+    """What the Hub's web page links to: .../resolve/main/x.gguf?download=true."""
+    parts = [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    source = parse_source(hub.url(TINY_REPO, parts[0]) + "?download=true")
+
+    pins = source.resolve()
+
+    assert [(p.path, p.sha256) for p in pins.files] == [(part, sha256(tiny_files[part])) for part in parts]
+    assert source.locate(pins.files[2], None).url == hub.url(TINY_REPO, parts[2]) + "?download=true"
+
+
 def test_a_url_source_whose_server_keeps_failing_is_a_network_error_naming_the_url(web, monkeypatch):
     monkeypatch.setenv("MODELFIX_RETRIES", "3")
     (web.folder / "m.gguf").write_bytes(b"GGUF")
