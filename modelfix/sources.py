@@ -388,7 +388,7 @@ class FsspecSource:
         if not exists(self.url):
             raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
         parts = [url + query for url in split_siblings(where, lambda url: exists(url + query))]
-        files = tuple(self._pin(_split_query(url)[0], *self._retrying(url, _Hashing(sizes[url]))) for url in parts)
+        files = tuple(self._pin(_split_query(url)[0], *self._hash_remote(url, sizes[url])) for url in parts)
         return Pins(revision=None, files=files, pinned_from=self.text)
 
     def _resolve_local(self, path: str) -> Pins:
@@ -400,6 +400,19 @@ class FsspecSource:
             where = exc.filename or path
             raise SourceError(f"source {self.text!r}: cannot read {where}: {exc.strerror or exc}.") from None
         return Pins(revision=None, files=files, pinned_from=self.text)
+
+    def _hash_remote(self, url: str, size: int) -> tuple[str, int]:
+        """sha256 and size of the file at ``url``; a ``.gguf`` that is not GGUF (a web page) is refused."""
+        hashing = _Hashing(size)
+        sha, size = self._retrying(url, hashing)
+        if _split_query(url)[0].lower().endswith(".gguf") and not hashing.head.startswith(b"GGUF"):
+            fix = "check the URL"
+            if "/blob/" in url:  # the Hub's web page of the file, copied from the browser
+                fix = "that is the Hub's web page of the file: use its download URL (/resolve/ instead of /blob/)"
+            raise SourceError(
+                f"source {self.text!r}: {url} is not a GGUF file (it starts {hashing.head[:8]!r}); {fix}."
+            )
+        return sha, size
 
     @staticmethod
     def _pin(where: str, sha: str, size: int) -> FilePin:
@@ -452,14 +465,17 @@ class _Hashing:
 
     def __init__(self, size: int) -> None:
         self.size, self.done, self.digest = size, 0, hashlib.sha256()
+        self.head = b""  # the first bytes, to tell a GGUF file from a web page
 
     def __call__(self, transport: Any) -> tuple[str, int]:
         with transport.read(self.done, self.size) as body:
             if body.total not in (None, self.size) or body.start not in (0, self.done):
                 raise SourceError(f"{transport.url} changed while it was read; run the command again.")
             if body.start != self.done:  # the server ignored the range and sent the whole file
-                self.done, self.digest = 0, hashlib.sha256()
+                self.done, self.digest, self.head = 0, hashlib.sha256(), b""
             for chunk in body.chunks:
+                if len(self.head) < 16:
+                    self.head += chunk[: 16 - len(self.head)]
                 self.digest.update(chunk)
                 self.done += len(chunk)
         return self.digest.hexdigest(), self.size

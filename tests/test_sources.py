@@ -352,6 +352,19 @@ def test_the_hub_s_download_link_pins_the_file_and_its_split_siblings_by_their_n
     assert source.locate(pins.files[2], None).url == hub.url(TINY_REPO, parts[2]) + "?download=true"
 
 
+def test_a_gguf_url_that_serves_a_web_page_is_refused_with_the_fix(web):
+    """The address a browser shows for a Hub file (/blob/) is its web page, not its bytes."""
+    page = web.folder / "org" / "repo" / "blob" / "main"
+    page.mkdir(parents=True)
+    (page / "m-Q4_0.gguf").write_text("<!doctype html><html><body>model card</body></html>")
+
+    with pytest.raises(SourceError) as info:
+        parse_source(f"{web.url}/org/repo/blob/main/m-Q4_0.gguf").resolve()
+
+    assert "m-Q4_0.gguf is not a GGUF file (it starts b'<!doctyp')" in str(info.value)
+    assert "use its download URL (/resolve/ instead of /blob/)" in str(info.value)
+
+
 def test_a_url_source_whose_server_keeps_failing_is_a_network_error_naming_the_url(web, monkeypatch):
     monkeypatch.setenv("MODELFIX_RETRIES", "3")
     (web.folder / "m.gguf").write_bytes(b"GGUF")
