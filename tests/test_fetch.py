@@ -76,6 +76,21 @@ def test_each_fault_is_retried_and_the_bytes_come_out_right(hub, tiny_files, tmp
         assert time.monotonic() - started >= (fault.retry_after or fault.ratelimit_reset)
 
 
+def test_a_server_that_answers_ranges_in_pieces_is_asked_for_the_rest_at_once(hub, tiny_files, tmp_path, caplog):
+    """A 206 may hold less than the range asked for (its Content-Range says so): each piece is
+    progress, so the next request goes out without a backoff (5 s here would make it crawl)."""
+    hub.inject(REPO, FILE, Fault.short(64 * 1024), times=None)
+    size = tiny_files[FILE].stat().st_size
+
+    with caplog.at_level("INFO", logger="modelfix"):
+        result, data, _ = _fetch(hub, tiny_files, tmp_path, policy=dataclasses.replace(FAST, base_delay=5.0))
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    starts = [int(g.range.split("=")[1].split("-")[0]) for g in _byte_gets(hub)]
+    assert starts == list(range(0, size, 64 * 1024))  # each request starts where the last piece ended
+    assert not [r for r in caplog.records if "retrying in" in r.getMessage()]
+
+
 def test_a_fault_that_never_clears_ends_in_a_network_error_naming_the_file(hub, tiny_files, tmp_path):
     hub.inject(REPO, FILE, Fault.status(502), times=None)
 

@@ -466,6 +466,8 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
         if fault and kind == "stall" and fault.after_bytes <= 0:
             self.server.hub._stall(fault.seconds)
+        if fault and kind == "short" and partial:
+            end = min(end, start + fault.after_bytes)
         self.send_response(206 if partial else 200)
         for k, v in {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}.items():
             self.send_header(k, v)

@@ -70,7 +70,7 @@ def is_lfs(path: str, size: int) -> bool:
 class Fault:
     """One way a byte download goes wrong. Build with the class methods, not the constructor."""
 
-    kind: str  # status | reset | truncate | corrupt | stall
+    kind: str  # status | reset | truncate | short | corrupt | stall
     status_code: int = 0
     retry_after: int | None = None
     ratelimit_reset: int | None = None
@@ -94,6 +94,12 @@ class Fault:
     def truncate(cls, after_bytes: int) -> Fault:
         """Announce the full Content-Length, send ``after_bytes``, then close cleanly (FIN)."""
         return cls("truncate", after_bytes=after_bytes)
+
+    @classmethod
+    def short(cls, after_bytes: int) -> Fault:
+        """Answer a range with at most ``after_bytes`` of it, and a Content-Range that says so (a
+        206 for less than was asked, which HTTP allows a server); the client asks for the rest."""
+        return cls("short", after_bytes=after_bytes)
 
     @classmethod
     def corrupt(cls, offset: int) -> Fault:
