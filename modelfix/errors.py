@@ -32,7 +32,8 @@ and the file) adds it to the same exception with :meth:`ModelfixError.add_contex
 re-raises it: type, attributes and traceback stay. Signals that never leave modelfix
 (:class:`modelfix.retry.Transient`: try again) are not errors and live where they are used.
 
-Tokens never appear in messages: build them with :func:`redact`.
+Tokens and URL credentials never appear in messages: :class:`ModelfixError` passes its message
+through :func:`redact`; build other text a user sees (logs, reports) with it too.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class ModelfixError(Exception):
     def __init__(
         self, message: str = "", *, model: str | None = None, file: str | None = None, url: str | None = None
     ) -> None:
-        super().__init__(message)
-        self.model, self.file, self.url = model, file, url
+        super().__init__(redact(message))
+        self.model, self.file, self.url = model, file, redact(url) if url else url
 
     def add_context(
         self,
@@ -88,11 +89,11 @@ class ModelfixError(Exception):
         ``model``/``file``/``url`` that is not set yet. Then ``raise`` it again: a new
         exception of the same type would lose the attributes and the traceback."""
         message = str(self)
-        self.args = (f"{prefix}: {message}{suffix}" if prefix else f"{message}{suffix}", *self.args[1:])
+        self.args = (redact(f"{prefix}: {message}{suffix}" if prefix else f"{message}{suffix}"), *self.args[1:])
         # getattr: a plugin's subclass may not have called this class's __init__.
         self.model = getattr(self, "model", None) or model
         self.file = getattr(self, "file", None) or file
-        self.url = getattr(self, "url", None) or url
+        self.url = getattr(self, "url", None) or (redact(url) if url else url)
 
 
 class LockError(ModelfixError):
@@ -183,11 +184,14 @@ class _NotebookPackageMissing(ModelfixError):
 
 
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
+# The user[:password]@ of a URL (a mirror in HF_ENDPOINT, a proxy): up to the host's end, never past a /
+_URL_CREDENTIALS_RE = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 
 
 def redact(text: str) -> str:
-    """Remove Hub tokens (the current ``HF_TOKEN`` and anything shaped like one)."""
-    token = os.environ.get("HF_TOKEN")
+    """Remove Hub tokens (the current ``HF_TOKEN`` and anything shaped like one) and the credentials
+    of URLs (``https://user:password@mirror`` becomes ``https://***@mirror``)."""
+    token = os.environ.get("HF_TOKEN", "").strip()
     if token:
         text = text.replace(token, "***")
-    return _TOKEN_RE.sub("hf_***", text)
+    return _URL_CREDENTIALS_RE.sub(r"\1***@", _TOKEN_RE.sub("hf_***", text))

@@ -460,6 +460,11 @@ class _Download:
             except Transient as exc:
                 self._check()  # a read aborted by a cancel fails like a reset; it is not one
                 failures = 0 if r.done > before else failures + 1
+                if failures == 0 and exc.retry_after is None:
+                    # Bytes came: a 206 for part of the range, or a drop mid-body. Ask for the rest at
+                    # once; backing off after each piece would only slow a server that answers in pieces.
+                    log.debug("%s: %s; asking for the rest", self.label, exc)
+                    continue
                 if failures >= self.policy.attempts:
                     raise NetworkError(
                         f"giving up after {failures} failed attempts in a row at byte {r.pos} of {self.size} "

@@ -268,9 +268,10 @@ class Lockfile:
             return self.entries[name]
         except KeyError:
             known = ", ".join(self.entries) or "none yet"
+            # A source given where a name goes (`%load_model org/repo:Q4_K_M`): pin it under a name first.
+            fix = f"modelfix add {name} ORG/REPO:TAG" if _NAME_RE.fullmatch(name) else f"modelfix add NAME {name}"
             raise LockError(
-                f"no model named {name!r} in {self.path} (models: {known}). "
-                f"Add it with `modelfix add {name} ORG/REPO:TAG`.",
+                f"no model named {name!r} in {self.path} (models: {known}). Add it with `{fix}`.",
                 model=name,
                 file=str(self.path),
             ) from None

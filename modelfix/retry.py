@@ -9,6 +9,8 @@
                                raised by one attempt that is worth another: 5xx, 429, reset,
                                truncation, stall (a signal inside modelfix, never an error a user sees)
     parse_retry_after(header)  seconds from ``Retry-After``: a number or an HTTP date
+    retry_after(headers)       seconds an answer asks to wait: the Hub's ``RateLimit: "api";r=0;t=55``
+                               (its quota is spent, renewed in t s) first, else ``Retry-After``
     with_retries(attempt, ...) the loop for calls that read nothing worth resuming (the Hub's API,
                                a remote file's size or hash while locking): backoff with jitter,
                                then a NetworkError
@@ -22,14 +24,15 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import ModelfixError, NetworkError, redact
 
-__all__ = ["FetchPolicy", "Transient", "parse_retry_after", "with_retries"]
+__all__ = ["FetchPolicy", "Transient", "parse_retry_after", "retry_after", "with_retries"]
 
 T = TypeVar("T")
 
@@ -116,6 +119,22 @@ def parse_retry_after(value: str | None) -> float | None:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+# The Hub's quota header (IETF draft ratelimit-headers, as huggingface_hub reads it): "api";r=0;t=55
+_RATELIMIT_RE = re.compile(r"\"\w+\"\s*;\s*r\s*=\s*(?P<r>\d+)\s*;\s*t\s*=\s*(?P<t>\d+)")
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds an answer (a 429, a 503) asks the client to wait, or None.
+
+    The Hub sends ``RateLimit`` on every answer; with ``r=0`` its quota is spent and ``t`` is when
+    it renews, so a 429 that carries it is waited out for ``t`` seconds, as huggingface_hub does;
+    retrying sooner only spends the attempts. Otherwise ``Retry-After``."""
+    match = _RATELIMIT_RE.search(headers.get("ratelimit") or "")
+    if match and int(match["r"]) == 0:
+        return float(match["t"])
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def with_retries(

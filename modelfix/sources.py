@@ -36,14 +36,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .config import env_flag
 from .errors import AuthError, NetworkError, OfflineError, SourceError, SourceMissing, redact
 from .hooks import hookimpl, plugin_manager
 from .lockfile import MAX_FILE_SIZE, FilePin, Pins
 from .pin_paths import check_relative_path
-from .retry import FetchPolicy, Transient, parse_retry_after, with_retries
+from .retry import FetchPolicy, Transient, retry_after, with_retries
 from .selection import select, select_file, split_siblings
 from .transports import Location, transport_for
 
@@ -181,13 +181,17 @@ class HubSource:
         name_part, slash, path = rest.partition("/")
         file: str | None = path
         revision = None
-        if slash and file and not name_part.count(":"):
-            # hf://org/repo[@rev]/path/file.gguf
+        named_file = not name_part.count(":") and ("@" not in name_part or path.lower().endswith(".gguf"))
+        if text.startswith("hf://") and slash and file and named_file:
+            # hf://org/repo[@rev]/path/file.gguf; a branch with a slash is written @feature%2Fx here,
+            # as huggingface_hub's HfFileSystem writes it: its own slash could not be told from the path's
+            # (hf://org/repo@feature/x[:TAG], naming no .gguf file, is the branch)
             name, _, revision = name_part.partition("@")
+            revision = unquote(revision)
             repo, tag = f"{repo_part}/{name}", None
             file = check_relative_path(file, f"source {text!r}")
         else:
-            # org/repo[@rev][:TAG][@rev]; revision may contain '/' (refs/pr/1)
+            # org/repo[@rev][:TAG][@rev]; revision may contain '/' (refs/pr/1, feature/x)
             m = re.fullmatch(r"(?P<repo>[^/@:]+/[^/@:]+)(?:@(?P<r1>[^:]+))?(?::(?P<tag>[^@]+))?(?:@(?P<r2>.+))?", body)
             if not m or (m["r1"] and m["r2"]):
                 raise SourceError(f"bad Hub source {text!r}: expected ORG/REPO[:TAG][@REVISION].")
@@ -316,10 +320,15 @@ class HubSource:
             status = exc.response.status_code if exc.response is not None else 0
             said = redact(str(getattr(exc, "server_message", None) or "").strip())
             answer = f"the Hub answered HTTP {status}" + (f" ({said})" if said else "")
+            if status == 401 and hub_token():
+                raise AuthError(
+                    f"{self.repo}: {answer}: your Hub token was refused (revoked or expired). Set HF_TOKEN to a "
+                    "valid token or log in again with `hf auth login`."
+                ) from None
             if status == 403:
                 answer += "; check that your Hub token's account may read this repository"
             if status == 429 or status >= 500:
-                raise Transient(answer, parse_retry_after(exc.response.headers.get("retry-after"))) from None
+                raise Transient(answer, retry_after(exc.response.headers)) from None
             raise NetworkError(f"{self.repo}: {answer}") from None
         except hf.OfflineModeIsEnabled:
             raise OfflineError(
@@ -360,7 +369,8 @@ class FsspecSource:
         local = _local_path(self.url)
         if local is not None:
             return Location(url=os.path.join(os.path.dirname(local), pin.path))
-        return Location(url=posixpath.join(posixpath.dirname(self.url), pin.path))
+        where, query = _split_query(self.url)
+        return Location(url=posixpath.join(posixpath.dirname(where), pin.path) + query)
 
     def resolve(self) -> Pins:
         local = _local_path(self.url)
@@ -374,10 +384,11 @@ class FsspecSource:
                 sizes[url] = size
             return size is not None
 
+        where, query = _split_query(self.url)
         if not exists(self.url):
             raise SourceError(f"source {self.text!r}: no such file ({self.url}).")
-        parts = split_siblings(self.url, exists)
-        files = tuple(self._pin(url, *self._retrying(url, _Hashing(sizes[url]))) for url in parts)
+        parts = [url + query for url in split_siblings(where, lambda url: exists(url + query))]
+        files = tuple(self._pin(_split_query(url)[0], *self._hash_remote(url, sizes[url])) for url in parts)
         return Pins(revision=None, files=files, pinned_from=self.text)
 
     def _resolve_local(self, path: str) -> Pins:
@@ -389,6 +400,19 @@ class FsspecSource:
             where = exc.filename or path
             raise SourceError(f"source {self.text!r}: cannot read {where}: {exc.strerror or exc}.") from None
         return Pins(revision=None, files=files, pinned_from=self.text)
+
+    def _hash_remote(self, url: str, size: int) -> tuple[str, int]:
+        """sha256 and size of the file at ``url``; a ``.gguf`` that is not GGUF (a web page) is refused."""
+        hashing = _Hashing(size)
+        sha, size = self._retrying(url, hashing)
+        if _split_query(url)[0].lower().endswith(".gguf") and not hashing.head.startswith(b"GGUF"):
+            fix = "check the URL"
+            if "/blob/" in url:  # the Hub's web page of the file, copied from the browser
+                fix = "that is the Hub's web page of the file: use its download URL (/resolve/ instead of /blob/)"
+            raise SourceError(
+                f"source {self.text!r}: {url} is not a GGUF file (it starts {hashing.head[:8]!r}); {fix}."
+            )
+        return sha, size
 
     @staticmethod
     def _pin(where: str, sha: str, size: int) -> FilePin:
@@ -403,6 +427,17 @@ class FsspecSource:
         """
         transport = transport_for(Location(url), FetchPolicy.from_env())
         return with_retries(lambda: read(transport), f"source {self.text!r}: cannot read {url}: ", "the server")
+
+
+def _split_query(url: str) -> tuple[str, str]:
+    """An HTTP(S) URL without its ``?query`` (and ``#fragment``), and the ``?query`` to put back.
+
+    The file's name is in the path: the Hub's download link (``…/x.gguf?download=true``) or a
+    signed URL pins ``x.gguf``, and its split siblings are found beside it with the same query."""
+    if not url.startswith(("http://", "https://")):
+        return url, ""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")), f"?{parts.query}" if parts.query else ""
 
 
 def _local_path(url: str) -> str | None:
@@ -430,14 +465,17 @@ class _Hashing:
 
     def __init__(self, size: int) -> None:
         self.size, self.done, self.digest = size, 0, hashlib.sha256()
+        self.head = b""  # the first bytes, to tell a GGUF file from a web page
 
     def __call__(self, transport: Any) -> tuple[str, int]:
         with transport.read(self.done, self.size) as body:
             if body.total not in (None, self.size) or body.start not in (0, self.done):
                 raise SourceError(f"{transport.url} changed while it was read; run the command again.")
             if body.start != self.done:  # the server ignored the range and sent the whole file
-                self.done, self.digest = 0, hashlib.sha256()
+                self.done, self.digest, self.head = 0, hashlib.sha256(), b""
             for chunk in body.chunks:
+                if len(self.head) < 16:
+                    self.head += chunk[: 16 - len(self.head)]
                 self.digest.update(chunk)
                 self.done += len(chunk)
         return self.digest.hexdigest(), self.size

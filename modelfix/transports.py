@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
-from .errors import AuthError, IntegrityError, NetworkError, SourceError, SourceMissing
-from .retry import Transient, parse_retry_after
+from .errors import AuthError, IntegrityError, NetworkError, SourceError, SourceMissing, redact
+from .retry import Transient, retry_after
 
 __all__ = [
     "CHUNK",
@@ -217,12 +217,9 @@ class HttpTransport:
         if status in (404, 410):
             raise SourceMissing(f"{self.url}: not found (HTTP {status})")
         if status in (401, 403):
-            raise AuthError(
-                f"{self.url}: access denied (HTTP {status}). For a private or gated Hub repo log in "
-                "with `hf auth login` or set HF_TOKEN to a token with read access."
-            )
+            raise AuthError(f"{self.url}: access denied (HTTP {status}). {_denied_fix(response, bool(self._token))}")
         if status in (408, 425, 429) or status >= 500:
-            raise Transient(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
+            raise Transient(f"HTTP {status}", retry_after(response.headers))
         if status == 416:
             raise IntegrityError(f"{self.url}: the file at the origin is shorter than pinned (HTTP 416)")
         raise NetworkError(f"{self.url}: unexpected HTTP {status}")
@@ -264,6 +261,24 @@ class HttpTransport:
             got += pending_size
             yield b"".join(pending)
         raise _short(got, wanted, failure)
+
+
+def _denied_fix(response: Any, sent_token: bool) -> str:
+    """What to do about a 401/403, from what the Hub says (``X-Error-Code``, ``X-Error-Message``)."""
+    code = response.headers.get("x-error-code", "")
+    said = redact(response.headers.get("x-error-message", "").strip())
+    if code == "GatedRepo":
+        fix = (
+            "The repository is gated: accept its terms on the Hub, then log in with `hf auth login` or set "
+            "HF_TOKEN to a token of that account."
+        )
+    elif said == "Invalid credentials in Authorization header":
+        fix = "The Hub refused your token (revoked or expired): set HF_TOKEN to a valid one or log in again."
+    elif sent_token:
+        fix = "Check that your Hub token's account may read this repository (HF_TOKEN or `hf auth login`)."
+    else:
+        fix = "For a private or gated Hub repo log in with `hf auth login` or set HF_TOKEN to a token with read access."
+    return f"{fix} The Hub said: {said}" if said else fix
 
 
 def _check_encoding(response: Any, url: str) -> None:

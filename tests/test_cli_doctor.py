@@ -47,6 +47,7 @@ def test_one_screen_with_everything_a_bug_report_needs(run_cli, lock, hub, workd
 def test_json_has_the_same_and_never_the_token(run_cli, lock, hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.setenv("MODELFIX_REMOTE", "s3://user:s3cret@bucket/models")
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint.replace("://", "://me:s3cret@"))
 
     code, out, _ = run_cli("doctor", "--json")
 
@@ -69,7 +70,7 @@ def test_json_has_the_same_and_never_the_token(run_cli, lock, hub, monkeypatch):
     assert report["backend"]["verdict"]["repack"] in ("on", "off")
     assert report["lockfile"]["models"]["chat"] == {"source": "org/tiny:Q4_0", "state": "missing"}
     assert report["hub"] == {
-        "endpoint": hub.endpoint,
+        "endpoint": hub.endpoint.replace("://", "://***@"),
         "endpoint_from": "HF_ENDPOINT",
         "token": "present",
         "offline": {"MODELFIX_OFFLINE": False, "HF_HUB_OFFLINE": False},

@@ -156,6 +156,41 @@ def test_token_never_reaches_lockfile_or_output(hub, workdir, tiny_files):
     assert SECRET not in everything and "WrongToken" not in everything
 
 
+def _modelfix(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    run_env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    run_env.update(env)
+    return subprocess.run([sys.executable, "-m", "modelfix", *args], capture_output=True, text=True, env=run_env)
+
+
+def test_a_gated_repo_pins_from_its_public_metadata_and_syncs_only_with_an_accepted_token(hub, workdir, tiny_files):
+    hub.create_repo("org/gated", gated=True, token=SECRET)
+    hub.commit("org/gated", {"g-Q4_0.gguf": tiny_files["tiny-Q4_0.gguf"]})
+    assert _modelfix("add", "g", "org/gated").returncode == 0  # the file list and sha256 are public
+
+    anonymous, other = _modelfix("sync"), _modelfix("sync", HF_TOKEN="hf_SomeoneElsesToken1234")
+    for result, status in ((anonymous, 401), (other, 403)):
+        assert result.returncode == 1
+        error = result.stderr.splitlines()[-1]
+        assert f"access denied (HTTP {status}). The repository is gated: accept its terms on the Hub" in error
+        assert "Access to model org/gated is restricted" in error  # what the Hub said, passed on
+        assert "SomeoneElses" not in result.stderr
+    assert _modelfix("sync", HF_TOKEN=SECRET).returncode == 0
+
+
+def test_a_revoked_token_is_named_as_the_problem(hub, workdir, tiny_files):
+    hub.create_repo("org/private", private=True, token=SECRET)
+    hub.commit("org/private", {"p-Q4_0.gguf": tiny_files["tiny-Q4_0.gguf"]})
+    assert _modelfix("add", "p", "org/private", HF_TOKEN=SECRET).returncode == 0
+    hub.revoke_token(SECRET)
+
+    added, synced = _modelfix("add", "q", "org/private", HF_TOKEN=SECRET), _modelfix("sync", HF_TOKEN=SECRET)
+
+    assert added.returncode == synced.returncode == 1
+    assert "your Hub token was refused (revoked or expired)" in added.stderr
+    assert "The Hub refused your token (revoked or expired)" in synced.stderr
+    assert SECRET not in added.stderr + synced.stderr + (workdir / "model-lock.toml").read_text()
+
+
 @pytest.mark.parametrize("how", ["HF_TOKEN", "hf auth login"])
 def test_a_private_repo_locks_and_syncs_with_the_users_token(hub, workdir, tiny_files, how):
     hub.create_repo("org/private", private=True, token=SECRET)

@@ -77,3 +77,20 @@ def test_cancelled_is_exported_and_raised_by_a_cancelled_sync(lock, hub):
         modelfix.sync(["chat"], lock, cancel=cancel)
 
     assert isinstance(info.value, modelfix.ModelfixError) and info.value.model == "chat"
+
+
+def test_messages_and_urls_lose_tokens_and_url_credentials(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_TheUsersOwnToken1234")
+    error = NetworkError(
+        "https://me:s3cret@mirror.example/org/x/resolve/main/x.gguf with hf_TheUsersOwnToken1234: HTTP 502",
+        url="https://me:s3cret@mirror.example/x.gguf",
+    )
+    error.add_context("chat: https://me:s3cret@mirror.example/api")
+
+    masked = "https://***@mirror.example"
+    assert str(error) == f"chat: {masked}/api: {masked}/org/x/resolve/main/x.gguf with ***: HTTP 502"
+    assert error.url == "https://***@mirror.example/x.gguf"
+    assert (
+        str(SourceError("hf://org/repo@main/x.gguf and s3://bucket/a@b"))
+        == "hf://org/repo@main/x.gguf and s3://bucket/a@b"
+    )

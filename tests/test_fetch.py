@@ -52,12 +52,13 @@ def _byte_gets(hub, name=FILE):
         (Fault.status(500), None),
         (Fault.status(503), None),
         (Fault.status(429, retry_after=1), None),
+        (Fault.status(429, ratelimit_reset=1), None),
         (Fault.reset(after_bytes=100_000), None),
         (Fault.truncate(after_bytes=100_000), 100_000),
         (Fault.stall(5, after_bytes=100_000), 100_000),
         (Fault.stall(5), None),
     ],
-    ids=["500", "503", "429", "reset", "truncate", "stall-mid-body", "stall-before-headers"],
+    ids=["500", "503", "429", "429-ratelimit", "reset", "truncate", "stall-mid-body", "stall-before-headers"],
 )
 def test_each_fault_is_retried_and_the_bytes_come_out_right(hub, tiny_files, tmp_path, fault, resumes_at):
     hub.inject(REPO, FILE, fault)
@@ -71,8 +72,23 @@ def test_each_fault_is_retried_and_the_bytes_come_out_right(hub, tiny_files, tmp
         assert len(gets) == 2
     if resumes_at is not None:  # the retry asks only for what is missing
         assert gets[-1].range == f"bytes={resumes_at}-{len(data) - 1}"
-    if fault.retry_after:
-        assert time.monotonic() - started >= fault.retry_after  # Retry-After honoured
+    if fault.retry_after or fault.ratelimit_reset:  # Retry-After, or the Hub's quota reset, honoured
+        assert time.monotonic() - started >= (fault.retry_after or fault.ratelimit_reset)
+
+
+def test_a_server_that_answers_ranges_in_pieces_is_asked_for_the_rest_at_once(hub, tiny_files, tmp_path, caplog):
+    """A 206 may hold less than the range asked for (its Content-Range says so): each piece is
+    progress, so the next request goes out without a backoff (5 s here would make it crawl)."""
+    hub.inject(REPO, FILE, Fault.short(64 * 1024), times=None)
+    size = tiny_files[FILE].stat().st_size
+
+    with caplog.at_level("INFO", logger="modelfix"):
+        result, data, _ = _fetch(hub, tiny_files, tmp_path, policy=dataclasses.replace(FAST, base_delay=5.0))
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    starts = [int(g.range.split("=")[1].split("-")[0]) for g in _byte_gets(hub)]
+    assert starts == list(range(0, size, 64 * 1024))  # each request starts where the last piece ended
+    assert not [r for r in caplog.records if "retrying in" in r.getMessage()]
 
 
 def test_a_fault_that_never_clears_ends_in_a_network_error_naming_the_file(hub, tiny_files, tmp_path):

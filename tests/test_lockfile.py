@@ -111,9 +111,16 @@ def test_bad_input_names_the_line_and_the_fix(tmp_path, text, message):
         Lockfile.load(write(tmp_path, text))
 
 
-def test_unknown_model_lists_the_known_ones(tmp_path):
-    with pytest.raises(LockError, match=r"no model named 'nope'.*\(models: chat\)"):
-        Lockfile.load(write(tmp_path, PINNED)).entry("nope")
+@pytest.mark.parametrize(
+    ("name", "fix"),
+    [("nope", "modelfix add nope ORG/REPO:TAG"), ("org/repo:Q4_K_M", "modelfix add NAME org/repo:Q4_K_M")],
+    ids=["name", "a-source-where-a-name-goes"],
+)
+def test_unknown_model_lists_the_known_ones_and_the_add_that_fixes_it(tmp_path, name, fix):
+    with pytest.raises(LockError) as info:
+        Lockfile.load(write(tmp_path, PINNED)).entry(name)
+    assert f"no model named {name!r}" in str(info.value) and "(models: chat)" in str(info.value)
+    assert str(info.value).endswith(f"Add it with `{fix}`.")
 
 
 def test_found_by_searching_upward(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from modelfix.errors import NetworkError
-from modelfix.retry import FetchPolicy, Transient, parse_retry_after, with_retries
+from modelfix.retry import FetchPolicy, Transient, parse_retry_after, retry_after, with_retries
 
 
 def _flaky(failures: list[Transient], answer: str = "ok"):
@@ -56,3 +56,19 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert parse_retry_after("12") == 12.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"RateLimit": '"api";r=0;t=55', "Retry-After": "3"}, 55.0),  # the Hub's spent quota first
+        ({"RateLimit": '"resolvers";r=0;t=7'}, 7.0),
+        ({"RateLimit": '"api";r=12;t=55', "Retry-After": "3"}, 3.0),  # quota left: not why it failed
+        ({"RateLimit": "garbage", "Retry-After": "4"}, 4.0),
+        ({}, None),
+    ],
+)
+def test_the_wait_an_answer_asks_for_reads_the_hub_s_quota_then_retry_after(headers, wait):
+    import httpx2
+
+    assert retry_after(httpx2.Headers(headers)) == wait

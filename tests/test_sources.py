@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,12 @@ def sha256(path: Path) -> str:
         ("hf://org/repo@refs/pr/1/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", "refs/pr/1"),
         ("hf://org/repo/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", None),
         ("hf://org/repo@" + "a" * 40 + "/m.gguf", "org/repo", None, "m.gguf", "a" * 40),
+        # a branch with a slash: as it is in the ORG/REPO forms, %2F in a named file's (as HfFileSystem writes it)
+        ("org/repo@feature/x", "org/repo", None, None, "feature/x"),
+        ("org/repo@feature/x:Q8_0", "org/repo", "Q8_0", None, "feature/x"),
+        ("hf://org/repo@feature%2Fx/sub/m-Q4_0.gguf", "org/repo", None, "sub/m-Q4_0.gguf", "feature/x"),
+        ("hf://org/repo@feature/x:Q8_0", "org/repo", "Q8_0", None, "feature/x"),
+        ("hf://org/repo@feature/x", "org/repo", None, None, "feature/x"),
     ],
 )
 def test_hub_forms(text, repo, tag, file, revision):
@@ -128,6 +135,17 @@ def test_a_pull_request_ref_resolves_in_every_form(hub, tiny_files):
         assert parse_source(text).resolve().revision == pr, text
 
 
+def test_a_branch_with_a_slash_resolves_in_every_form(hub):
+    branch = hub.create_branch(TINY_REPO, "feature/x")
+    for text in (
+        f"{TINY_REPO}@feature/x",
+        f"{TINY_REPO}@feature/x:Q4_0",
+        f"{TINY_REPO}:Q4_0@feature/x",
+        f"hf://{TINY_REPO}@feature%2Fx/tiny-Q4_0.gguf",
+    ):
+        assert parse_source(text).resolve().revision == branch, text
+
+
 def test_missing_revision(hub):
     with pytest.raises(SourceError, match="revision 'nope' does not exist in org/tiny"):
         parse_source(f"{TINY_REPO}@nope").resolve()
@@ -151,16 +169,24 @@ def _api_answers(hub) -> list[int]:
 
 @pytest.mark.parametrize(
     ("fault", "times"),
-    [(Fault.status(503), 2), (Fault.status(429, retry_after=1), 1), (Fault.reset(), 2)],
-    ids=["503", "429-retry-after", "reset"],
+    [
+        (Fault.status(503), 2),
+        (Fault.status(429, retry_after=1), 1),
+        (Fault.status(429, ratelimit_reset=1), 1),
+        (Fault.reset(), 2),
+    ],
+    ids=["503", "429-retry-after", "429-ratelimit", "reset"],
 )
 def test_api_faults_are_retried_and_the_pins_do_not_change(hub, fault, times):
     clean = parse_source(f"{TINY_REPO}:Q4_0").resolve()
     hub.clear_log()
     hub.inject_api(TINY_REPO, fault, times=times)
+    started = time.monotonic()
 
     assert parse_source(f"{TINY_REPO}:Q4_0").resolve() == clean
     assert _api_answers(hub)[: times + 1] == [fault.status_code] * times + [200]
+    if fault.retry_after or fault.ratelimit_reset:  # the wait the Hub asked for, not a quick backoff
+        assert time.monotonic() - started >= (fault.retry_after or fault.ratelimit_reset)
 
 
 def test_a_hub_that_keeps_failing_is_a_network_error_naming_the_repo(hub, monkeypatch):
@@ -196,6 +222,16 @@ def test_private_repo_needs_the_token(hub, tiny_files, monkeypatch):
     pins = parse_source("org/private").resolve()
     assert pins.files[0].path == "p-Q4_0.gguf"
     assert SECRET not in repr(pins)
+
+
+@pytest.mark.parametrize("source", ["org/nothing", f"{TINY_REPO}:Q4_0@no-such-branch"])
+def test_a_mirror_s_password_in_hf_endpoint_never_reaches_an_error(hub, monkeypatch, source):
+    """HF_ENDPOINT=https://user:password@mirror (a company's proxy of the Hub): errors name the
+    mirror without its credentials."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint.replace("://", "://me:mirr0rPassw0rd@"))
+    with pytest.raises(SourceError) as info:
+        parse_source(source).resolve()
+    assert "mirr0rPassw0rd" not in str(info.value) and "mirr0rPassw0rd" not in repr(info.value.args)
 
 
 def test_unsafe_names_from_the_server_are_refused(hub, tmp_path):
@@ -303,6 +339,30 @@ def test_a_url_source_retries_server_errors_then_pins_every_part(web, tiny_files
     assert [(p.path, p.sha256) for p in pins.files] == [(part, sha256(tiny_files[part])) for part in parts]
     for part in parts:
         assert [code for path, code in web.answers if path == f"/{part}"][:3] == [500, 500, 200]
+
+
+def test_the_hub_s_download_link_pins_the_file_and_its_split_siblings_by_their_names(hub, tiny_files):
+    """What the Hub's web page links to: .../resolve/main/x.gguf?download=true."""
+    parts = [f"tiny-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    source = parse_source(hub.url(TINY_REPO, parts[0]) + "?download=true")
+
+    pins = source.resolve()
+
+    assert [(p.path, p.sha256) for p in pins.files] == [(part, sha256(tiny_files[part])) for part in parts]
+    assert source.locate(pins.files[2], None).url == hub.url(TINY_REPO, parts[2]) + "?download=true"
+
+
+def test_a_gguf_url_that_serves_a_web_page_is_refused_with_the_fix(web):
+    """The address a browser shows for a Hub file (/blob/) is its web page, not its bytes."""
+    page = web.folder / "org" / "repo" / "blob" / "main"
+    page.mkdir(parents=True)
+    (page / "m-Q4_0.gguf").write_text("<!doctype html><html><body>model card</body></html>")
+
+    with pytest.raises(SourceError) as info:
+        parse_source(f"{web.url}/org/repo/blob/main/m-Q4_0.gguf").resolve()
+
+    assert "m-Q4_0.gguf is not a GGUF file (it starts b'<!doctyp')" in str(info.value)
+    assert "use its download URL (/resolve/ instead of /blob/)" in str(info.value)
 
 
 def test_a_url_source_whose_server_keeps_failing_is_a_network_error_naming_the_url(web, monkeypatch):

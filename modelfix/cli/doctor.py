@@ -250,7 +250,7 @@ def _hub() -> dict[str, Any]:
     except Exception:  # a broken token file: say so, never what is in it
         token = "unreadable"
     return {
-        "endpoint": endpoint,
+        "endpoint": redact(endpoint),  # a mirror's URL may carry user:password@
         "endpoint_from": "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else "default",
         "token": token,
         "offline": {var: env_flag(var) for var in _OFFLINE_VARS},
@@ -259,18 +259,9 @@ def _hub() -> dict[str, Any]:
 
 def _settings(problems: list[str]) -> dict[str, str]:
     """The ``MODELFIX_*`` variables set (load settings checked as a load checks them; no URL credentials)."""
-    from urllib.parse import urlsplit
-
     from ..settings import resolve_settings
 
-    chosen = {}
-    for name, raw in sorted(os.environ.items()):
-        if name.startswith("MODELFIX_"):
-            url = urlsplit(raw)
-            value = raw
-            if url.scheme and url.netloc and ("@" in url.netloc):
-                value = url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[1]).geturl()
-            chosen[name] = redact(value)
+    chosen = {name: redact(raw) for name, raw in sorted(os.environ.items()) if name.startswith("MODELFIX_")}
     try:
         resolve_settings("doctor")
     except ModelfixError as exc:

@@ -165,7 +165,8 @@ class HubHandler(BaseHTTPRequestHandler):
             else:
                 self._route_api(segs, split.query)
         except _HttpError as e:
-            self._send_json(e.status, {"error": e.message}, {"X-Error-Code": e.code} if e.code else {})
+            headers = {"X-Error-Message": e.message, **({"X-Error-Code": e.code} if e.code else {})}
+            self._send_json(e.status, {"error": e.message}, headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # a bug here should show up as a 500, not a hung client
@@ -252,7 +253,7 @@ class HubHandler(BaseHTTPRequestHandler):
             self.server.hub._stall(fault.seconds)
             return False
         if fault.kind == "status":
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            extra = _fault_headers(fault)
             self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
             return True
         # reset / truncate: the connection dies before any answer
@@ -262,16 +263,28 @@ class HubHandler(BaseHTTPRequestHandler):
         return True
 
     # -- API routes --------------------------------------------------------------------------
-    def _lookup(self, repo_id: str, rev: str) -> tuple[_Repo, _Commit]:
+    def _lookup(self, repo_id: str, rev: str, files: bool = False) -> tuple[_Repo, _Commit]:
+        """The repo and commit a request names, if its token may read them (``files``: the bytes,
+        which a gated repo keeps from those who did not accept its terms)."""
         hub = self.server.hub
         with hub._lock:
+            auth = self.headers.get("Authorization", "")
+            if auth.removeprefix("Bearer ") in hub._revoked:
+                raise _HttpError(401, "Invalid credentials in Authorization header")  # no X-Error-Code, as the Hub
             repo = hub._repos.get(repo_id)
             if repo is None:
                 raise _HttpError(404, f"Repository not found: {repo_id}", "RepoNotFound")
-            auth = self.headers.get("Authorization", "")
-            if repo.private and (repo.token is None or auth != f"Bearer {repo.token}"):
+            allowed = repo.token is not None and auth == f"Bearer {repo.token}"
+            if repo.private and not allowed:
                 # The Hub answers 401 + RepoNotFound: it does not reveal that a private repo exists.
                 raise _HttpError(401, f"Repository not found: {repo_id}", "RepoNotFound")
+            if repo.gated and files and not allowed:
+                if not auth:
+                    message = "You must have access to it and be authenticated to access it. Please log in."
+                    raise _HttpError(401, f"Access to model {repo_id} is restricted. {message}", "GatedRepo")
+                where = f"{self.server.hub.endpoint}/{repo_id}"
+                message = f"you are not in the authorized list. Visit {where} to ask for access."
+                raise _HttpError(403, f"Access to model {repo_id} is restricted and {message}", "GatedRepo")
             commit = repo.resolve(rev)
             if commit is None:
                 raise _HttpError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
@@ -297,7 +310,7 @@ class HubHandler(BaseHTTPRequestHandler):
             "lastModified": _iso(c.date),
             "createdAt": _iso(repo.created),
             "private": repo.private,
-            "gated": False,
+            "gated": "auto" if repo.gated else False,
             "disabled": False,
             "downloads": 0,
             "likes": 0,
@@ -386,7 +399,7 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
         self._filename = path
-        repo, c = self._lookup(repo_id, rev)
+        repo, c = self._lookup(repo_id, rev, files=True)
         blob = c.tree.get(path)
         if blob is None:
             raise _HttpError(404, f"Entry not found: {path}", "EntryNotFound")
@@ -449,10 +462,12 @@ class HubHandler(BaseHTTPRequestHandler):
         fault = self.server.hub._take_fault(repo_id, path) if self.command == "GET" else None
         kind = fault.kind if fault else ""
         if fault and kind == "status":
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            extra = _fault_headers(fault)
             return self._send_json(fault.status_code, {"error": f"injected fault: {fault.status_code}"}, extra)
         if fault and kind == "stall" and fault.after_bytes <= 0:
             self.server.hub._stall(fault.seconds)
+        if fault and kind == "short" and partial:
+            end = min(end, start + fault.after_bytes)
         self.send_response(206 if partial else 200)
         for k, v in {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}.items():
             self.send_header(k, v)
@@ -488,6 +503,15 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             with open(blob.path, "rb") as f:  # type: ignore[arg-type]  # a blob not held in memory has a path
                 self.connection.sendfile(f, offset=start, count=end - start)  # zero-copy for big files
+
+
+def _fault_headers(fault: Any) -> dict[str, str]:
+    """The waiting headers of a status fault: ``Retry-After``, and the Hub's quota headers."""
+    extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+    if fault.ratelimit_reset is not None:
+        extra["RateLimit"] = f'"api";r=0;t={fault.ratelimit_reset}'
+        extra["RateLimit-Policy"] = '"fixed window";"api";q=500;w=300'
+    return extra
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int, bool]:

@@ -70,17 +70,20 @@ def is_lfs(path: str, size: int) -> bool:
 class Fault:
     """One way a byte download goes wrong. Build with the class methods, not the constructor."""
 
-    kind: str  # status | reset | truncate | corrupt | stall
+    kind: str  # status | reset | truncate | short | corrupt | stall
     status_code: int = 0
     retry_after: int | None = None
+    ratelimit_reset: int | None = None
     after_bytes: int = 0
     offset: int = 0
     seconds: float = 0.0
 
     @classmethod
-    def status(cls, code: int, retry_after: int | None = None) -> Fault:
-        """Answer ``code`` (JSON error body) instead of the bytes, with ``Retry-After`` if given."""
-        return cls("status", status_code=code, retry_after=retry_after)
+    def status(cls, code: int, retry_after: int | None = None, ratelimit_reset: int | None = None) -> Fault:
+        """Answer ``code`` (JSON error body) instead of the bytes, with ``Retry-After`` if given;
+        ``ratelimit_reset``: the Hub's quota headers saying the quota is spent and renews in that
+        many seconds (``RateLimit: "api";r=0;t=N``, what a real Hub's 429 carries)."""
+        return cls("status", status_code=code, retry_after=retry_after, ratelimit_reset=ratelimit_reset)
 
     @classmethod
     def reset(cls, after_bytes: int = 0) -> Fault:
@@ -91,6 +94,12 @@ class Fault:
     def truncate(cls, after_bytes: int) -> Fault:
         """Announce the full Content-Length, send ``after_bytes``, then close cleanly (FIN)."""
         return cls("truncate", after_bytes=after_bytes)
+
+    @classmethod
+    def short(cls, after_bytes: int) -> Fault:
+        """Answer a range with at most ``after_bytes`` of it, and a Content-Range that says so (a
+        206 for less than was asked, which HTTP allows a server); the client asks for the rest."""
+        return cls("short", after_bytes=after_bytes)
 
     @classmethod
     def corrupt(cls, offset: int) -> Fault:
@@ -186,6 +195,7 @@ class _Repo:
     private: bool
     token: str | None
     created: datetime
+    gated: bool = False
     commits: dict[str, _Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -213,6 +223,7 @@ class LocalHub:
         self.honour_ranges = True
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
+        self._revoked: set[str] = set()
         self._faults: dict[tuple[str, str | None], list[list[Any]]] = {}  # None: the repo's API calls
         self._log: list[Request] = []
         self._counter = 0
@@ -264,16 +275,26 @@ class LocalHub:
         self.stop()
 
     # -- repositories ------------------------------------------------------------------------
-    def create_repo(self, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    def create_repo(self, repo_id: str, private: bool = False, token: str | None = None, gated: bool = False) -> str:
         """Create a repo whose main holds one empty commit (the real Hub adds .gitattributes;
-        we don't, so listings hold only what tests commit). Returns that commit's sha."""
+        we don't, so listings hold only what tests commit). Returns that commit's sha.
+
+        ``private``: every request needs ``token``. ``gated``: the metadata is public but the files
+        need ``token`` (the account that accepted the terms): without a token 401, with another
+        403, both ``X-Error-Code: GatedRepo``, as on the Hub."""
         with self._lock:
             if repo_id in self._repos:
                 raise ValueError(f"repo {repo_id!r} already exists")
             now = datetime.now(timezone.utc)
-            repo = _Repo(repo_id, private, token, now)
+            repo = _Repo(repo_id, private, token, now, gated)
             self._repos[repo_id] = repo
             return self._add_commit(repo, None, {}, "initial commit", "main")
+
+    def revoke_token(self, token: str) -> None:
+        """From now on ``token`` is unknown, as a revoked or expired token is to the Hub: every
+        request that sends it gets 401 ``Invalid credentials in Authorization header``."""
+        with self._lock:
+            self._revoked.add(token)
 
     def commit(
         self,
