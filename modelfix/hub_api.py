@@ -9,7 +9,8 @@ A hostile or broken endpoint (``HF_ENDPOINT`` points anywhere) must not exhaust 
     tree(repo, commit)       GET /api/models/{repo}/tree/{commit}?recursive=true&expand=false
                              -> file entries (dicts: path, size, lfs); pages follow Link: rel=next,
                              at most MAX_PAGES of them and MAX_ANSWER_BYTES each, within
-                             LISTING_SECONDS, and only on the endpoint's own origin
+                             LISTING_SECONDS, each asked of the endpoint's own origin (a relative
+                             Link, or another spelling of the Hub's host, is rebased onto it)
     plain_file(url, size)    a non-LFS file (preset.ini) -> (sha256, size); the body is read to the
                              size the listing declares and one byte more
 
@@ -28,7 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from .errors import SourceError
 from .retry import FetchPolicy
@@ -61,16 +62,25 @@ def tree(endpoint: str, repo: str, revision: str, token: str | None) -> list[dic
                 f"{repo}: the file listing at {endpoint} ran past {MAX_PAGES} pages; a Hub repository "
                 "never needs that many. Check HF_ENDPOINT."
             )
-        if urlsplit(url)[:2] != urlsplit(endpoint)[:2]:
-            raise SourceError(f"{repo}: the file listing's next page is on another host ({url}); not following it.")
         body, links = _get(url, token, repo, "file listing", deadline=deadline, links=True)
         page = _json(body, repo, "file listing")
         if not isinstance(page, list):
             raise SourceError(f"{repo}: the file listing at {endpoint} is not a list of files. Check HF_ENDPOINT.")
         files += [e for e in page if isinstance(e, dict) and e.get("type") == "file"]
         pages += 1
-        url = links.get("next", {}).get("url")
+        url = _on_endpoint(endpoint, url, links["next"]["url"]) if links.get("next", {}).get("url") else None
     return files
+
+
+def _on_endpoint(endpoint: str, current: str, link: str) -> str:
+    """The next page's URL, on the endpoint's own origin.
+
+    A Link may be relative, or name the same Hub by another spelling (``hf.co`` for
+    ``huggingface.co``, an explicit ``:443``); its path and query (the cursor) are what matter.
+    Asking the endpoint for them also keeps the token from going to any other host.
+    """
+    target, base = urlsplit(urljoin(current, link)), urlsplit(endpoint)
+    return urlunsplit((base.scheme, base.netloc, target.path, target.query, ""))
 
 
 def plain_file(url: str, size: int, token: str | None, repo: str, path: str) -> tuple[str, int]:

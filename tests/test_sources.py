@@ -106,11 +106,16 @@ def test_no_tag_takes_q4_k_m_else_q8_0(hub):
     assert parse_source(TINY_REPO).resolve().files[0].path == "tiny-Q8_0.gguf"
 
 
-def test_pagination_is_followed(hub):
-    hub.page_size = 2
+@pytest.mark.parametrize(
+    "link_base",
+    [None, "", "http://hub-by-another-name.invalid:1"],
+    ids=["absolute", "relative", "another-spelling-of-the-host"],
+)
+def test_pagination_is_followed_on_the_endpoint(hub, link_base):
+    hub.page_size, hub.page_link_base = 2, link_base
     pins = parse_source(f"{TINY_REPO}:Q4_1").resolve()
     assert len(pins.files) == 5
-    assert hub.count(path_contains="/tree/") >= 4
+    assert hub.count(path_contains="/tree/") >= 4  # every page was asked of the endpoint itself
 
 
 def test_revisions_branch_tag_and_commit(hub, tiny_files, tmp_path):

@@ -372,7 +372,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if start + size < len(names):
             query = {k: v for k, v in params.items() if k != "cursor"}
             query["cursor"] = [base64.urlsafe_b64encode(str(start + size).encode()).decode().rstrip("=")]
-            link = f"{self.server.hub.endpoint}{urlsplit(self.path).path}?{urlencode(query, doseq=True)}"
+            base = self.server.hub.page_link_base
+            base = self.server.hub.endpoint if base is None else base
+            link = f"{base}{urlsplit(self.path).path}?{urlencode(query, doseq=True)}"
             headers["Link"] = f'<{link}>; rel="next"'
         self._send_json(200, self._entries(repo, c, names[start : start + size], expand), headers)
 

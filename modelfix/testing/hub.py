@@ -155,6 +155,9 @@ class LocalHub:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0, page_size: int = 1000) -> None:
         self.host, self._port, self._cdn_port = host, port, cdn_port
         self.page_size = page_size
+        # Where a listing's Link: rel="next" points: None the endpoint itself; "" a relative URL;
+        # else that base (the Hub's canonical host, when HF_ENDPOINT spells it otherwise).
+        self.page_link_base: str | None = None
         # False: every byte request gets the whole file (200), as some mirrors and proxies answer.
         self.honour_ranges = True
         self._lock = threading.RLock()
