@@ -99,10 +99,32 @@ def fetch(
         store.unreserve([sha for sha in absent if not store.has(sha)])
     if errors:
         first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
-        others = "; ".join(dict.fromkeys(str(e) for e in errors if str(e) != str(first)))
-        if others and isinstance(first, ModelfixError):
-            first.add_context(suffix=f" (also failed: {others})")
+        if isinstance(first, ModelfixError):
+            _also_failed(first, [e for e in errors if e is not first and str(e) != str(first)])
         raise first
+
+
+def _also_failed(first: ModelfixError, others: Sequence[BaseException]) -> None:
+    """Add the other files' failures to ``first``: by name where they failed the same way, else in full."""
+    same, different = [], []
+    for e in others:
+        if isinstance(e, ModelfixError) and e.file and first.file and _reason(e) == _reason(first):
+            same.append(e.file)
+        else:
+            different.append(str(e))
+    parts = [f"{', '.join(dict.fromkeys(same))} failed the same way"] if same else []
+    parts += dict.fromkeys(different)
+    if parts:
+        first.add_context(suffix=f" (also: {'; '.join(parts)})")
+
+
+def _reason(e: ModelfixError) -> str:
+    """The error's text without its file's name and URL: what went wrong, whichever file it was."""
+    text = str(e)
+    for part in (e.url, e.file):
+        if part:
+            text = text.replace(part, "")
+    return text
 
 
 def _ensure(

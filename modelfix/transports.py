@@ -215,7 +215,9 @@ class HttpTransport:
             self._target = None  # a signed CDN URL expired: resolve again
             raise Transient(f"HTTP {status} from the redirect target")
         if status in (404, 410):
-            raise SourceMissing(f"{self.url}: not found (HTTP {status})")
+            code = response.headers.get("x-error-code", "")
+            said = f"HTTP {status}, {code}" if code else f"HTTP {status}"
+            raise SourceMissing(f"{self.url}: {_MISSING.get(code, 'not found')} ({said})")
         if status in (401, 403):
             raise AuthError(f"{self.url}: access denied (HTTP {status}). {_denied_fix(response, bool(self._token))}")
         if status in (408, 425, 429) or status >= 500:
@@ -261,6 +263,15 @@ class HttpTransport:
             got += pending_size
             yield b"".join(pending)
         raise _short(got, wanted, failure)
+
+
+# What the Hub's X-Error-Code says of a 404 on a pinned file: which part of the pin is gone.
+_MISSING = {
+    "RevisionNotFound": "the pinned commit is not on the Hub any more (its history was rewritten, or the repository "
+    "replaced)",
+    "RepoNotFound": "the repository does not exist (or the token cannot see it)",
+    "EntryNotFound": "the pinned commit has no such file",
+}
 
 
 def _denied_fix(response: Any, sent_token: bool) -> str:

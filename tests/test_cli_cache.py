@@ -80,6 +80,18 @@ def test_verify_reports_files_not_yet_synced(run_cli, lock):
     assert "chat: tiny-Q4_0.gguf: not in the cache: run `modelfix sync chat`" in err
 
 
+def test_a_pinned_commit_gone_from_the_hub_is_named_with_the_fix(run_cli, lock):
+    chat = Lockfile.load(lock).entry("chat")
+    lock.write_text(lock.read_text().replace(chat.revision, "0" * 40))  # as after a history rewrite
+
+    code, _, err = run_cli("sync", "chat")
+
+    assert code == 1
+    assert "the pinned commit is not on the Hub any more" in err and "RevisionNotFound" in err, err
+    assert "modelfix lock --upgrade --model chat" in err
+    assert err.count("RevisionNotFound") == 1 and "failed the same way" in err  # one reason, said once
+
+
 def test_offline_sync_lists_what_is_missing(run_cli, lock):
     code, _, err = run_cli("--offline", "sync")
 
