@@ -57,7 +57,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         if types == (bool,):
             add.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            add.add_argument(flag, dest=key, type=types[-1], default=None, metavar=key.upper(), help=text)
+            metavar = {"chat_format": "NAME", "repack": "auto|on|off"}.get(key) or {int: "N", float: "X"}.get(
+                types[-1], key.upper()
+            )
+            add.add_argument(flag, dest=key, type=types[-1], default=None, metavar=metavar, help=text)
     add.set_defaults(handler=_add)
 
     remove = commands.add_parser(
