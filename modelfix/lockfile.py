@@ -23,7 +23,8 @@ atomically, keeping comments, layout, line ends and BOM). What a pinned path may
 be is :mod:`modelfix.pin_paths`'s, what a setting's value may be
 :mod:`modelfix.setting_values`'s::
 
-    Lockfile.load(path), Lockfile.find(lock)   read and check (find: MODELFIX_LOCK, else upward)
+    Lockfile.load(path), Lockfile.find(lock)   read and check (find: MODELFIX_LOCK, else upward;
+                                               where the file is and reading it: modelfix.lockfile_files)
     LockfileMemo().read(path)                  the same, parsed again only when the file changes
     content_key(entry)                         sha256 over the pins: one view, one pool slot per content
 """
@@ -33,7 +34,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ from typing import Any
 
 from .errors import LockError
 from .hashing import Identity, file_identity, sha256_text
+from .lockfile_files import LOCK_NAME, MAX_LOCKFILE_BYTES, find_lockfile, nearest_lockfile, read_raw
 from .lockfile_lines import Where
 from .pin_paths import check_relative_path, check_view_names
 from .setting_values import check_setting
@@ -70,7 +71,6 @@ __all__ = [
     "read_raw",
 ]
 
-LOCK_NAME = "model-lock.toml"
 SCHEMA_VERSION = 1
 ROLES = ("model", "mmproj", "preset")
 
@@ -113,8 +113,6 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # Far above any real model file (the largest GGUFs are a few hundred GB), far below where sizes
 # stop being exact as floats or overflow int64 sums: a bigger `size` is a typo or a tampered file.
 MAX_FILE_SIZE = 2**50
-# A lockfile of 150,000 pinned models is about 64 MiB; a bigger one is a mistake (a log, a device).
-MAX_LOCKFILE_BYTES = 64 * 1024 * 1024
 BOM = "\ufeff"
 
 
@@ -275,35 +273,6 @@ class Lockfile:
                 model=name,
                 file=str(self.path),
             ) from None
-
-
-def find_lockfile(explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
-    """The lockfile to use: ``explicit``, ``MODELFIX_LOCK``, or the nearest upward."""
-    chosen = explicit or os.environ.get("MODELFIX_LOCK")
-    if chosen:
-        return chosen if isinstance(chosen, Path) else Path(chosen)
-    return Path(nearest_lockfile(start))
-
-
-def nearest_lockfile(start: str | os.PathLike[str] | None = None) -> str:
-    """The nearest ``model-lock.toml`` from ``start`` (default: the working folder) upward, absolute.
-
-    Strings, not pathlib: a warm ``modelfix.path(name)`` searches on every call.
-    """
-    here = os.path.realpath(start) if start else os.getcwd()  # getcwd is free of symlinks already
-    folder = here
-    while True:
-        candidate = os.path.join(folder, LOCK_NAME)
-        if os.path.isfile(candidate):
-            return candidate
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    raise LockError(
-        f"no {LOCK_NAME} in {here} or any parent folder. "
-        f"Create one with `modelfix add NAME SOURCE`, or pass --lock PATH."
-    )
 
 
 # --- reading ---------------------------------------------------------------
@@ -526,52 +495,6 @@ def _routing(data: Any, entries: dict, where: Where) -> tuple[tuple[RoutingRule,
                 f"{where(key='routing')}: routing names model {model!r}, which has no [models.{model}] table."
             )
     return tuple(rules), default
-
-
-# --- the file on disk ------------------------------------------------------
-
-
-def read_raw(path: Path) -> str:
-    """The file's text as it is on disk (BOM and line ends kept), or a LockError that says the fix.
-
-    Only a regular file of at most :data:`MAX_LOCKFILE_BYTES` is read: ``--lock /dev/zero`` or a
-    pipe would otherwise be read for ever (or block).
-    """
-    try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise LockError(f"{path} is a folder, not a lockfile. Pass the file: --lock {path / LOCK_NAME}.")
-        if not stat.S_ISREG(st.st_mode):
-            raise LockError(f"{path} is not a regular file: pass the lockfile itself with --lock PATH.")
-        _check_size(path, st.st_size)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat
-                raise LockError(f"{path} is not a regular file: pass the lockfile itself with --lock PATH.")
-            data = f.read(MAX_LOCKFILE_BYTES + 1)
-        _check_size(path, len(data))
-    except FileNotFoundError:
-        raise LockError(f"{path}: no such lockfile. Create one with `modelfix add NAME SOURCE`.") from None
-    except PermissionError:
-        raise LockError(f"{path}: permission denied reading the lockfile. Make it readable (chmod u+r).") from None
-    except OSError as exc:
-        raise LockError(f"{path}: cannot read the lockfile ({exc.strerror or exc}).") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise LockError(
-            f"{path}:{line}: the lockfile is not UTF-8 text (byte 0x{data[exc.start]:02x}). "
-            "Save it as UTF-8; TOML files are always UTF-8."
-        ) from None
-
-
-def _check_size(path: Path, size: int) -> None:
-    if size > MAX_LOCKFILE_BYTES:
-        raise LockError(
-            f"{path} is {size / 2**20:.1f} MiB, over the {MAX_LOCKFILE_BYTES // 2**20} MiB a lockfile may have: "
-            "is it the right file? Pass the lockfile with --lock PATH."
-        )
 
 
 # --- reading once per change -----------------------------------------------

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "eviction",
         "safefs",
         "lockfile_lines",
+        "lockfile_files",
         "pin_paths",
         "setting_values",
         "selection",
