@@ -442,6 +442,52 @@ def test_a_bad_marker_setting_is_one_line_naming_the_marker(suite: pytest.Pytest
     assert f"SettingsError: {message}" in text and "argument of load" not in text and "Traceback" not in text
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["first-test", "preload"])
+def test_marker_names_that_are_not_strings_fail_their_own_test_in_one_line(
+    suite: pytest.Pytester, preload: bool
+) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model(["tiny"])
+        def test_a_list(llama):
+            pass
+
+        @pytest.mark.model("tiny", 5)
+        def test_mixed(llama, modelfix_model):
+            pass
+
+        @pytest.mark.model("tiny")
+        def test_fine(llama):
+            assert llama
+        """
+    )
+    result = run(suite, *(["--modelfix-preload"] if preload else []))
+    # Before: a collection error with a traceback through the plugin, and the module's other tests lost.
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "SettingsError: @pytest.mark.model of test_a_list takes model names of the lockfile as separate "
+            "strings, got ?'tiny'?: write @pytest.mark.model('tiny').",
+            "SettingsError: @pytest.mark.model of test_mixed takes * got 5: write @pytest.mark.model(*).",
+        ]
+    )
+    assert "pytest_plugin.py" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+
+
+def test_help_lists_every_option_in_the_modelfix_group(pytester: pytest.Pytester) -> None:
+    # A "%" in a help text made argparse's formatting raise: `pytest --help` crashed for every user.
+    result = run(pytester, "--help")
+    assert result.ret == 0, result.stderr.str()
+    text = result.stdout.str()
+    group = text.split("modelfix: pinned llama.cpp models:", 1)[1].split("\n\n", 1)[0]
+    for flag in re.findall(r"--modelfix-[a-z-]+", (Path(__file__).parents[1] / "docs" / "pytest.md").read_text()):
+        assert flag in group, flag
+    assert "auto (90% of free\n" in group or "auto (90% of free VRAM)" in group
+    assert "modelfix_gpu_memory_budget (string):" in text
+
+
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
