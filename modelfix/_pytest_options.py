@@ -252,4 +252,11 @@ def _warn_at(config: pytest.Config, warning: Warning, filename: str, line: int) 
     ``<command line>``), and the warnings filters (-W, filterwarnings) apply as to any warning.
     """
     call = compile("\n" * (line - 1) + "issue(warning, stacklevel=2)", filename, "exec")
-    exec(call, {"issue": config.issue_config_time_warning, "warning": warning})
+    try:
+        exec(call, {"issue": config.issue_config_time_warning, "warning": warning})
+    except type(warning) as raised:
+        # A filter made it an error (-W error, filterwarnings = error): raised from pytest_configure,
+        # it would end the run as an INTERNALERROR traceback; a usage error is the one line it is.
+        raise pytest.UsageError(
+            f"{raised} ({type(raised).__name__} at {filename}:{line}, an error under this run's warning filters)"
+        ) from None

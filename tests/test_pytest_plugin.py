@@ -364,6 +364,23 @@ def test_the_budget_warning_points_at_the_ini_line_that_set_it(suite: pytest.Pyt
     assert "pytest_plugin.py" not in warnings
 
 
+@pytest.mark.parametrize("how", [["-W", "error"], ["-W", "error::modelfix._pytest_options.ModelfixWarning"]])
+def test_the_budget_warning_under_warnings_as_errors_is_one_usage_error(suite: pytest.Pytester, how) -> None:
+    suite.makepyfile("def test_nothing(): pass")
+    result = run(suite, "-n", "2", "--modelfix-memory-budget", "100TB", *how)
+    # Before: an INTERNALERROR traceback through pytest_configure.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: modelfix memory budget 100.0 TB (--modelfix-memory-budget 100TB) × 2 xdist workers = *: "
+            "lower it to * or use fewer workers. (ModelfixWarning at <command line>:1, an error under this run's "
+            "warning filters)"
+        ]
+    )
+
+
 def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub) -> None:
     (pytester.path / "locks").mkdir()
     lockfile = lock(pytester, tiny="org/tiny:Q4_0")
