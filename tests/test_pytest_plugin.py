@@ -505,6 +505,71 @@ def test_help_lists_every_option_in_the_modelfix_group(pytester: pytest.Pytester
     assert "modelfix_gpu_memory_budget (string):" in text
 
 
+def test_testcases_doctests_and_wider_scopes_get_handles_as_the_docs_say(suite: pytest.Pytester) -> None:
+    lock(suite, tiny8="org/tiny:Q8_0")
+    suite.makepyfile(
+        test_styles="""
+        import contextlib
+        import io
+        import unittest
+
+        import pytest
+
+
+        def test_a_redirect_of_the_test_survives_the_fetch_lines(modelfix):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                modelfix.path("tiny")  # fetches: the plugin prints its lines on the terminal meanwhile
+                print("mine")
+            assert out.getvalue() == "mine\\n"
+
+
+        @pytest.mark.model("tiny", n_ctx=256)
+        class TestChat(unittest.TestCase):
+            @pytest.fixture(autouse=True)
+            def _handle(self, llama):
+                self.llama = llama
+
+            def test_answers(self):
+                self.assertTrue(self.llama("Hi", max_tokens=2, temperature=0)["choices"])
+
+
+        @pytest.fixture(scope="module")
+        def chat(modelfix):
+            return modelfix.load("tiny", n_ctx=256)
+
+
+        @pytest.mark.model("tiny")
+        def test_module_fixture_shares_the_pool(chat, llama):
+            assert chat is not llama  # other settings, another handle
+            assert chat("Hi", max_tokens=2, temperature=0)["choices"]
+
+
+        @pytest.fixture(scope="session")
+        def wrong(llama):
+            return llama
+
+
+        def test_scope_mismatch(wrong):
+            pass
+        """,
+        helpers='''
+        def complete(llm, prompt):
+            """
+            >>> complete(getfixture("modelfix").load("tiny8"), "Hi") == complete(getfixture("modelfix").load("tiny8"), "Hi")
+            True
+            """
+            return llm(prompt, max_tokens=2, temperature=0)["choices"][0]["text"]
+        ''',
+    )
+    result = run(suite, "--doctest-modules", "-rA")
+    # Before: the doctest's first example, which fetches, got "nothing" (its output went to pytest's capture).
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(["modelfix: fetching tiny8: *", "modelfix: fetching tiny: *"], consecutive=False)
+    result.stdout.fnmatch_lines(["*ScopeMismatch*function scoped fixture llama with a session scoped*"])
+    assert "INTERNALERROR" not in result.stdout.str()
+
+
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
