@@ -556,7 +556,8 @@ def test_testcases_doctests_and_wider_scopes_get_handles_as_the_docs_say(suite: 
         helpers='''
         def complete(llm, prompt):
             """
-            >>> complete(getfixture("modelfix").load("tiny8"), "Hi") == complete(getfixture("modelfix").load("tiny8"), "Hi")
+            >>> llm = getfixture("modelfix").load("tiny8")  # fetches it: the plugin prints its lines meanwhile
+            >>> complete(llm, "Hi") == complete(llm, "Hi")
             True
             """
             return llm(prompt, max_tokens=2, temperature=0)["choices"][0]["text"]
