@@ -94,7 +94,8 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("modelfix", "modelfix: pinned llama.cpp models")
     for name, ini_type, text, extra in _OPTIONS:
         flag = "--modelfix-" + name.replace("_", "-")
-        group.addoption(flag, dest=f"modelfix_{name}", help=text, **extra)
+        # argparse %-formats help texts (for %(default)s): a literal "90%" crashed `pytest --help`
+        group.addoption(flag, dest=f"modelfix_{name}", help=text.replace("%", "%%"), **extra)
         parser.addini(f"modelfix_{name}", f"{text} ({flag})", type=ini_type, default=None)
 
 
@@ -251,4 +252,11 @@ def _warn_at(config: pytest.Config, warning: Warning, filename: str, line: int) 
     ``<command line>``), and the warnings filters (-W, filterwarnings) apply as to any warning.
     """
     call = compile("\n" * (line - 1) + "issue(warning, stacklevel=2)", filename, "exec")
-    exec(call, {"issue": config.issue_config_time_warning, "warning": warning})
+    try:
+        exec(call, {"issue": config.issue_config_time_warning, "warning": warning})
+    except type(warning) as raised:
+        # A filter made it an error (-W error, filterwarnings = error): raised from pytest_configure,
+        # it would end the run as an INTERNALERROR traceback; a usage error is the one line it is.
+        raise pytest.UsageError(
+            f"{raised} ({type(raised).__name__} at {filename}:{line}, an error under this run's warning filters)"
+        ) from None

@@ -28,6 +28,7 @@ sends them with the next test report, for the controller to print::
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -180,9 +181,13 @@ class Progress:
         with self._lock:
             if capture is None:
                 reporter.write_line(line)
-            else:
-                with capture.global_and_fixture_disabled():
-                    reporter.write_line(line)
+                return
+            # Resuming the capture sets sys.stdout/stderr to pytest's own: a doctest's spoofed output or a
+            # test's redirect_stdout in force meanwhile would be dropped ("Got nothing"), so they are put back.
+            streams = sys.stdout, sys.stderr
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(line)
+            sys.stdout, sys.stderr = streams
 
     def held(self) -> list[str]:
         """The lines held since the last call (on an xdist worker), handed over once."""

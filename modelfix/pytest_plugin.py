@@ -60,7 +60,7 @@ from ._pytest_breadcrumbs import Breadcrumbs, crash_report
 from ._pytest_hooks import HookBridge, PytestHookSpecs
 from ._pytest_options import ModelfixWarning, PluginOptions, add_options, warn_budget
 from ._pytest_report import PRELOAD_LINE, OfflineNotes, Recorder, WorkerReports, worker_output
-from .errors import LockError, ModelfixError, OfflineError
+from .errors import LockError, ModelfixError, OfflineError, SettingsError
 from .events import events
 
 if TYPE_CHECKING:
@@ -292,19 +292,35 @@ _PRELOAD = "the --modelfix-preload message above the test results"  # where a pr
 
 
 def _marker(node: pytest.Item | pytest.Function) -> tuple[tuple[str, ...], dict[str, Any], bool]:
-    """(names, load settings, require_gpu) of the closest ``model`` marker."""
+    """(names, load settings, require_gpu) of the closest ``model`` marker.
+
+    Names are not checked here (collection hooks call this): :func:`_checked_names` does it
+    in the test's setup, so that a bad marker fails its own test with one line, not the module.
+    """
     marker = node.get_closest_marker(MARKER)
     if marker is None:
         return (), {}, False
-    names = tuple(marker.args)
-    if not all(isinstance(n, str) for n in names):
-        raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.model takes model names (strings), got {names!r}")
     settings = {k: v for k, v in marker.kwargs.items() if k not in _MARKER_ONLY}
-    return names, settings, bool(marker.kwargs.get("require_gpu", False))
+    return tuple(marker.args), settings, bool(marker.kwargs.get("require_gpu", False))
+
+
+def _checked_names(node: pytest.Item) -> tuple[str, ...]:
+    names = _marker(node)[0]
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        unpacked = [n for name in names for n in (name if isinstance(name, (list, tuple)) else [name])]
+        example = ", ".join(map(repr, unpacked)) if all(isinstance(n, str) for n in unpacked) else '"chat", "coder"'
+        raise SettingsError(
+            f"@pytest.mark.model of {node.name} takes model names of the lockfile as separate strings, "
+            f"got {bad[0]!r}: write @pytest.mark.model({example})."
+        )
+    return names
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names, _, _ = _marker(metafunc.definition)
+    if not all(isinstance(n, str) for n in names):
+        return  # the test's setup says what is wrong (see _checked_names)
     if len(names) > 1 and "modelfix_model" in metafunc.fixturenames:
         metafunc.parametrize("modelfix_model", names, indirect=True, ids=names)
 
@@ -336,7 +352,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     wanted: dict[tuple[str, str], dict[str, Any]] = {}
     for item in session.items:
         names, settings, _ = _marker(item)
-        if "llama" not in getattr(item, "fixturenames", ()):
+        if "llama" not in getattr(item, "fixturenames", ()) or not all(isinstance(n, str) for n in names):
             continue
         if not names:
             try:
@@ -371,10 +387,10 @@ def modelfix(pytestconfig: pytest.Config) -> ModelfixSession:
 @pytest.fixture
 def modelfix_model(request: pytest.FixtureRequest, modelfix: ModelfixSession) -> str:
     """This test's model name: its per-model parameter, its marker's name, or the lockfile's only model."""
+    names = _checked_names(request.node)
     param = getattr(request, "param", None)
     if param is not None:
         return param
-    names, _, _ = _marker(request.node)
     return names[0] if names else modelfix.default_model()
 
 

@@ -364,6 +364,23 @@ def test_the_budget_warning_points_at_the_ini_line_that_set_it(suite: pytest.Pyt
     assert "pytest_plugin.py" not in warnings
 
 
+@pytest.mark.parametrize("how", [["-W", "error"], ["-W", "error::modelfix._pytest_options.ModelfixWarning"]])
+def test_the_budget_warning_under_warnings_as_errors_is_one_usage_error(suite: pytest.Pytester, how) -> None:
+    suite.makepyfile("def test_nothing(): pass")
+    result = run(suite, "-n", "2", "--modelfix-memory-budget", "100TB", *how)
+    # Before: an INTERNALERROR traceback through pytest_configure.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: modelfix memory budget 100.0 TB (--modelfix-memory-budget 100TB) × 2 xdist workers = *: "
+            "lower it to * or use fewer workers. (ModelfixWarning at <command line>:1, an error under this run's "
+            "warning filters)"
+        ]
+    )
+
+
 def test_ini_options_and_command_line_precedence(pytester: pytest.Pytester, hub) -> None:
     (pytester.path / "locks").mkdir()
     lockfile = lock(pytester, tiny="org/tiny:Q4_0")
@@ -440,6 +457,118 @@ def test_a_bad_marker_setting_is_one_line_naming_the_marker(suite: pytest.Pytest
     result.assert_outcomes(errors=1)
     text = result.stdout.str()
     assert f"SettingsError: {message}" in text and "argument of load" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["first-test", "preload"])
+def test_marker_names_that_are_not_strings_fail_their_own_test_in_one_line(
+    suite: pytest.Pytester, preload: bool
+) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.model(["tiny"])
+        def test_a_list(llama):
+            pass
+
+        @pytest.mark.model("tiny", 5)
+        def test_mixed(llama, modelfix_model):
+            pass
+
+        @pytest.mark.model("tiny")
+        def test_fine(llama):
+            assert llama
+        """
+    )
+    result = run(suite, *(["--modelfix-preload"] if preload else []))
+    # Before: a collection error with a traceback through the plugin, and the module's other tests lost.
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "SettingsError: @pytest.mark.model of test_a_list takes model names of the lockfile as separate "
+            "strings, got ?'tiny'?: write @pytest.mark.model('tiny').",
+            "SettingsError: @pytest.mark.model of test_mixed takes * got 5: write @pytest.mark.model(*).",
+        ]
+    )
+    assert "pytest_plugin.py" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+
+
+def test_help_lists_every_option_in_the_modelfix_group(pytester: pytest.Pytester) -> None:
+    # A "%" in a help text made argparse's formatting raise: `pytest --help` crashed for every user.
+    result = run(pytester, "--help")
+    assert result.ret == 0, result.stderr.str()
+    text = result.stdout.str()
+    group = text.split("modelfix: pinned llama.cpp models:", 1)[1].split("\n\n", 1)[0]
+    for flag in re.findall(r"--modelfix-[a-z-]+", (Path(__file__).parents[1] / "docs" / "pytest.md").read_text()):
+        assert flag in group, flag
+    assert "auto (90% of free\n" in group or "auto (90% of free VRAM)" in group
+    assert "modelfix_gpu_memory_budget (string):" in text
+
+
+def test_testcases_doctests_and_wider_scopes_get_handles_as_the_docs_say(suite: pytest.Pytester) -> None:
+    lock(suite, tiny8="org/tiny:Q8_0")
+    suite.makepyfile(
+        test_styles="""
+        import contextlib
+        import io
+        import unittest
+
+        import pytest
+
+
+        def test_a_redirect_of_the_test_survives_the_fetch_lines(modelfix):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                modelfix.path("tiny")  # fetches: the plugin prints its lines on the terminal meanwhile
+                print("mine")
+            assert out.getvalue() == "mine\\n"
+
+
+        @pytest.mark.model("tiny", n_ctx=256)
+        class TestChat(unittest.TestCase):
+            @pytest.fixture(autouse=True)
+            def _handle(self, llama):
+                self.llama = llama
+
+            def test_answers(self):
+                self.assertTrue(self.llama("Hi", max_tokens=2, temperature=0)["choices"])
+
+
+        @pytest.fixture(scope="module")
+        def chat(modelfix):
+            return modelfix.load("tiny", n_ctx=256)
+
+
+        @pytest.mark.model("tiny")
+        def test_module_fixture_shares_the_pool(chat, llama):
+            assert chat is not llama  # other settings, another handle
+            assert chat("Hi", max_tokens=2, temperature=0)["choices"]
+
+
+        @pytest.fixture(scope="session")
+        def wrong(llama):
+            return llama
+
+
+        def test_scope_mismatch(wrong):
+            pass
+        """,
+        helpers='''
+        def complete(llm, prompt):
+            """
+            >>> llm = getfixture("modelfix").load("tiny8")  # fetches it: the plugin prints its lines meanwhile
+            >>> complete(llm, "Hi") == complete(llm, "Hi")
+            True
+            """
+            return llm(prompt, max_tokens=2, temperature=0)["choices"][0]["text"]
+        ''',
+    )
+    result = run(suite, "--doctest-modules", "-rA")
+    # Before: the doctest's first example, which fetches, got "nothing" (its output went to pytest's capture).
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(["modelfix: fetching tiny8: *", "modelfix: fetching tiny: *"], consecutive=False)
+    result.stdout.fnmatch_lines(["*ScopeMismatch*function scoped fixture llama with a session scoped*"])
+    assert "INTERNALERROR" not in result.stdout.str()
 
 
 def test_preload_loads_marked_models_before_the_first_test(suite: pytest.Pytester) -> None:
