@@ -24,7 +24,7 @@ import os
 import shlex
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import CacheSettings, cache_root
@@ -85,7 +85,8 @@ def fetch(
     errors: list[BaseException] = []
     try:
         futures = [pool.submit(_ensure, store, e, p, lockfile, cache, job, cancel, policy) for job, e, p in work]
-        errors.extend(exc for future in as_completed(futures) if (exc := future.exception()) is not None)
+        # In pin order, not as they end: the error a user reads first is the same on every run.
+        errors.extend(exc for future in futures if (exc := future.exception()) is not None)
     except KeyboardInterrupt:
         cancel.set()  # every transfer stops at its next chunk, leaving a resumable partial
         raise
