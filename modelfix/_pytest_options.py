@@ -94,7 +94,8 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("modelfix", "modelfix: pinned llama.cpp models")
     for name, ini_type, text, extra in _OPTIONS:
         flag = "--modelfix-" + name.replace("_", "-")
-        group.addoption(flag, dest=f"modelfix_{name}", help=text, **extra)
+        # argparse %-formats help texts when it prints them (--help): a literal % must be doubled
+        group.addoption(flag, dest=f"modelfix_{name}", help=text.replace("%", "%%"), **extra)
         parser.addini(f"modelfix_{name}", f"{text} ({flag})", type=ini_type, default=None)
 
 
