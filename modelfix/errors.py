@@ -176,8 +176,8 @@ class SnapshotMismatch(AssertionError):
 
 
 class _NotebookPackageMissing(ModelfixError):
-    """``%load_ext modelfix`` without modelfix-jupyter; IPython shows it as one line (its
-    ``_render_traceback_`` protocol), not a traceback."""
+    """``%load_ext modelfix`` without modelfix-jupyter, or the notebook runner without its ``run`` extra;
+    IPython shows it as one line (its ``_render_traceback_`` protocol), not a traceback."""
 
     def _render_traceback_(self) -> list[str]:
         return [f"ModelfixError: {self}"]

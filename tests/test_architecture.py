@@ -15,7 +15,8 @@ import pytest
 
 import modelfix
 
-ROOT = Path(modelfix.__file__).parent
+# The checkout's sources, whichever copy of modelfix is imported (a suite may run against an installed wheel).
+ROOT = Path(__file__).resolve().parents[1] / "modelfix"
 JUPYTER = ROOT.parent / "jupyter_ext" / "modelfix_jupyter"
 
 # The layers of docs/architecture.md, bottom to top: a module imports from its own layer or below.

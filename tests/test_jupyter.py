@@ -425,6 +425,22 @@ def test_a_failing_notebook_shows_what_ran_names_the_cell_and_still_saves(
         assert code == 1 and "after the failure" not in printed and failure in stderr
 
 
+@pytest.mark.parametrize("package", ["nbformat", "nbclient", "ipykernel"])
+def test_the_runner_without_its_extra_names_it_in_one_line(capfd, monkeypatch, tmp_path: Path, package) -> None:
+    from modelfix.errors import ModelfixError
+    from modelfix_jupyter.run import main, run_notebook
+
+    # A plain `pip install modelfix-jupyter` has none of these: they are the `run` extra (it was a traceback).
+    monkeypatch.setitem(sys.modules, package, None)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nb.ipynb")])
+    stderr = capfd.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in stderr
+    assert f"needs {package}" in stderr and "pip install 'modelfix-jupyter[run]'" in stderr
+    with pytest.raises(ModelfixError, match=r"modelfix-jupyter\[run\]"):
+        run_notebook(tmp_path / "nb.ipynb")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, "cannot read {path}: No such file or directory"), ("{\n", "{path} is not a notebook (")],

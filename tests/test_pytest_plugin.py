@@ -281,6 +281,16 @@ def test_offline_missing_model_is_explained_once_then_in_one_line(
     assert hub.requests == []
 
 
+def test_pytest_help_lists_every_option_with_its_text(pytester: pytest.Pytester) -> None:
+    from modelfix._pytest_options import _OPTIONS
+
+    result = pytester.runpytest_inprocess("--help")  # once crashed: argparse %-formats "90% of free VRAM"
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    text = " ".join(result.stdout.str().split())
+    for name, _, help_text, _ in _OPTIONS:
+        assert f"--modelfix-{name.replace('_', '-')}" in text and " ".join(help_text.split()) in text
+
+
 def test_the_header_without_a_lockfile_names_the_pytest_option(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = run(pytester)

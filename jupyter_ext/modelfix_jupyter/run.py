@@ -15,6 +15,9 @@ A failing cell stops the run (exit 1) unless ``--allow-errors``: then every cell
 runs, each failure is named, and the run exits 0, as ``jupyter nbconvert
 --allow-errors`` does.
 
+It needs nbformat, nbclient and ipykernel, which the magics do not: the ``run`` extra
+(``pip install 'modelfix-jupyter[run]'``). Without them it says so in one line.
+
 Kernel and client talk over IPC (Unix sockets in a private temporary
 folder) where the platform has it: nothing listens on a TCP port, and the
 kernel has no reason to warn that its TCP traffic is unencrypted.
@@ -23,6 +26,7 @@ kernel has no reason to warn that its TCP traffic is unencrypted.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -30,7 +34,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_notebook", "main"]
+from modelfix.errors import _NotebookPackageMissing
+
+__all__ = ["run_notebook", "main", "RUNNER_PACKAGES"]
+
+# What running a notebook needs beyond the magics: modelfix-jupyter's `run` extra.
+RUNNER_PACKAGES = ("nbformat", "nbclient", "ipykernel")
+
+
+def _require_runner() -> None:
+    missing = [name for name in RUNNER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise _NotebookPackageMissing(
+            f"running a notebook headless needs {', '.join(missing)}, which modelfix-jupyter's magics do not: "
+            "`pip install 'modelfix-jupyter[run]'` (or `pip install nbformat nbclient ipykernel`)"
+        )
 
 
 def run_notebook(
@@ -67,6 +85,7 @@ def _execute(
 
     The error: a cell's (CellExecutionError), or the kernel's (a cell's timeout, a dead kernel).
     """
+    _require_runner()
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -149,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run every cell even after one fails; name each failure on stderr and exit 0",
     )
     args = parser.parse_args(argv)
+    try:
+        _require_runner()
+    except _NotebookPackageMissing as exc:
+        parser.error(str(exc))
     import nbformat
 
     try:  # a missing or malformed file is a usage error, not nbformat's traceback
