@@ -316,8 +316,8 @@ def test_a_pin_the_origin_no_longer_has_says_how_to_re_pin(lock, hub, workdir):
     hub._repos[REPO].lfs.clear()  # the CDN forgets the bytes too, as after a force-push
     with pytest.raises(SourceError, match=r"404.*`modelfix lock --upgrade --model chat`") as info:
         modelfix.path("chat", lock)
-    # Every file of the entry is gone from the CDN and they are fetched in parallel: the one that failed
-    # first leads the message, the others follow in its "(also: ...)".
+    # Every file of the entry is gone from the CDN: the first in pin order leads the message, the
+    # others follow in its "(also: ...)".
     assert "tiny-Q4_0.gguf" in str(info.value)
 
 
