@@ -39,7 +39,7 @@ from typing import Any, final
 from .errors import CacheError
 from .eviction import parse_size
 
-__all__ = ["CacheSettings", "cache_root", "layer_roots", "env_flag"]
+__all__ = ["CacheSettings", "cache_root", "usable_root", "layer_roots", "env_flag"]
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -144,12 +144,12 @@ class CacheSettings:
         except ValueError as exc:
             raise CacheError(str(exc)) from None
         remote = (remote if remote is not None else os.environ.get("MODELFIX_REMOTE")) or None  # "": none
-        root = _usable(cache_root(cache_dir))
+        root = usable_root(cache_root(cache_dir))
         layers = layer_roots(root, readonly_caches)
         return cls(root=root, max_size=size, offline=bool(offline), remote=remote, layers=layers)
 
 
-def _usable(root: Path) -> Path:
+def usable_root(root: Path) -> Path:
     """``root``, unless it (or a folder above it) is a file, which no command could use (and
     ``cache stats`` would show as an empty cache). A root that does not exist yet is made on first write."""
     try:

@@ -278,7 +278,9 @@ class _Download:
         if journal is not None:  # a journal: the ranges it lists, else nothing is trusted
             try:
                 if journal["size"] == self.size:
-                    return [_Range(int(s), int(e), int(d)) for s, e, d in journal["ranges"]]
+                    ranges = [_Range(int(s), int(e), int(d)) for s, e, d in journal["ranges"]]
+                    if _tiles(ranges, self.size, have or 0):
+                        return ranges
             except (KeyError, TypeError, ValueError):
                 pass
         elif have is not None and have <= self.size:
@@ -536,13 +538,30 @@ class _Download:
             data = json.dumps({"size": self.size, "ranges": [[r.start, r.end, r.done] for r in ranges]})
             tmp = f"{self.journal.name}.{os.urandom(4).hex()}.tmp"  # new each time: never a planted name
             with writing(self.journal):
-                with os.fdopen(safefs.create(tmp, dir_fd=self._folder), "w") as f:
-                    f.write(data)
-                os.replace(tmp, self.journal.name, src_dir_fd=self._folder, dst_dir_fd=self._folder)
+                try:
+                    with os.fdopen(safefs.create(tmp, dir_fd=self._folder), "w") as f:
+                        f.write(data)
+                    os.replace(tmp, self.journal.name, src_dir_fd=self._folder, dst_dir_fd=self._folder)
+                except BaseException:  # a full disk: no empty journal left behind
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=self._folder)
+                    raise
 
     @property
     def _resume_hint(self) -> str:
         return f"retry with `modelfix sync {self.job.model}`: the download resumes where it stopped."
+
+
+def _tiles(ranges: list[_Range], size: int, have: int) -> bool:
+    """Do journal ``ranges`` cover ``[0, size)`` with no gap or overlap, each done within itself and within the
+    partial's ``have`` bytes? A journal that claims more than the partial holds (a partial truncated
+    or replaced behind it, a crash that kept the journal but not the bytes) is not resumed from."""
+    at = 0
+    for r in sorted(ranges, key=lambda r: r.start):
+        if r.start != at or r.end < r.start or not 0 <= r.done <= r.end - r.start or (r.done and r.pos > have):
+            return False
+        at = r.end
+    return at == size
 
 
 def download(

@@ -200,7 +200,7 @@ def _obtain(
     if store.check(pin.sha256):
         job.update("completed", source="cache")
         return
-    with store.writer(pin.sha256, cancel):
+    with store.writer(pin.sha256, cancel, label):
         if store.check(pin.sha256):  # another process fetched it while we waited
             job.update("completed", source="cache")
             return

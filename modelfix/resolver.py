@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import joins
-from .config import CacheSettings
+from .config import CacheSettings, usable_root
 from .errors import CacheError, LockError
 from .lockfile import Entry, FilePin, Lockfile, content_key
 from .store import Store
@@ -160,6 +160,7 @@ class Resolver:
                 return found
         key = content_key(entry)
         expect = _expected(entry)
+        usable_root(root)  # a cache folder that is a file: the error that says so, not one about a view in it
         for store in (*(Store(layer, layer=True) for layer in layers), Store(root)):
             view = store.use_view(key, None, expect)
             if view is not None and (found := self._fresh(slot, store, entry, key, view)):

@@ -13,6 +13,7 @@ nothing here follows a link inside the cache, and nothing writes through an exis
     replace(path, data)          write a fresh temporary file beside ``path``, then rename it
     lock_file(path)              a descriptor to flock: a link planted at its name is removed
                                  (both relative to their folder's descriptor)
+    lock_holder(fd)              the pid holding that flock, where the system tells (Linux)
     with writing(path): ...      an OSError met writing there becomes the CacheError that names
                                  the path and the fix (:func:`cache_error`: disk full, or no right
                                  to write: point MODELFIX_CACHE_DIR elsewhere)
@@ -50,6 +51,7 @@ __all__ = [
     "replace",
     "lock_file",
     "try_lock",
+    "lock_holder",
     "writers_lock",
 ]
 
@@ -139,8 +141,20 @@ def open_folder(path: str | os.PathLike[str]) -> int:
         return os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise planted(path) from None
+            raise _blocking(Path(path)) from None
         raise
+
+
+def _blocking(path: Path) -> PlantedError:
+    """The error for ``path`` (a link, or no folder) or the nearest folder above it that is no folder."""
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            st = os.lstat(p) if p == path else os.stat(p)  # a link above was followed: the root may be one
+            if stat.S_ISLNK(st.st_mode):
+                return planted(p)
+            if not stat.S_ISDIR(st.st_mode):
+                return planted(p, "not a folder")
+    return planted(path)
 
 
 def create(name: str | os.PathLike[str], *, dir_fd: int | None = None, flags: int = os.O_WRONLY) -> int:
@@ -231,6 +245,18 @@ def _open_lock(name: str, folder: int) -> int:
         return os.open(name, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o666, dir_fd=folder)
     except PermissionError:
         return os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=folder)
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a flock on the file open at ``fd``, where the system says (Linux's /proc/locks)."""
+    st = os.fstat(fd)
+    me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with contextlib.suppress(OSError, ValueError), open("/proc/locks") as f:
+        for line in f:
+            words = line.split()  # "1: FLOCK  ADVISORY  WRITE 4242 00:2c:1234 0 EOF"; a waiter's has "->"
+            if len(words) > 5 and words[1] == "FLOCK" and words[5] == me and int(words[4]) > 0:
+                return int(words[4])
+    return None
 
 
 def try_lock(fd: int, *, shared: bool = False, wait: bool = False) -> bool | None:

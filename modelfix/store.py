@@ -67,6 +67,7 @@ __all__ = ["Store", "FOLDERS", "UseRecorder"]
 
 log = logging.getLogger("modelfix")
 _LOCK_POLL = 0.05  # seconds between tries of another writer's lock (and checks for a cancel)
+WAIT_NOTICE_S = 10  # seconds of waiting for another writer before saying so
 _MEMO_LIMIT = 64 * 1024
 # The folders modelfix makes under the root: each must be a folder, never a link.
 FOLDERS = ("blobs", "memo", "tmp", "locks", "joins", "views", "leases")
@@ -326,22 +327,38 @@ class Store:
     # --- getting a blob ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self, sha: str, cancel: threading.Event) -> Iterator[None]:
+    def writer(self, sha: str, cancel: threading.Event, label: str = "") -> Iterator[None]:
         """Be the one process (and thread) writing blob (or view) ``sha``; others wait here.
 
         The lock only saves duplicate work. Correctness never rests on it: on
         NFS and other filesystems where flock is advisory, emulated or silently
         absent, two writers may share a partial, and the sha256 check before
-        the rename still keeps their mixed bytes out of ``blobs/``.
+        the rename still keeps their mixed bytes out of ``blobs/``. A wait
+        longer than :data:`WAIT_NOTICE_S` is said once (a warning naming the
+        holder's pid where the system tells it): the holder is alive (a dead
+        one's flock is gone), but may be stopped (Ctrl-Z) and never finish.
         """
         with _thread_lock(str(self.root / sha)):
             self.folder("locks")
             with writing(self._lock_path(sha)):
                 fd = safefs.lock_file(self._lock_path(sha))
             try:
+                since, told = time.monotonic(), False
                 while safefs.try_lock(fd) is False:
                     if cancel.wait(_LOCK_POLL):
-                        raise Cancelled(f"{sha[:12]}: cancelled while another process writes it")
+                        raise Cancelled(f"{label or sha[:12]}: cancelled while another process writes it")
+                    if not told and time.monotonic() - since >= WAIT_NOTICE_S:
+                        told = True
+                        holder = safefs.lock_holder(fd)
+                        log.warning(
+                            "%s: waiting for another process%s, which has been writing it for %g s (%s). "
+                            "If that process is stopped (Ctrl-Z), resume it (fg) or end it; this one goes on "
+                            "as soon as it finishes or dies.",
+                            label or f"blob {sha[:12]}",
+                            f" (pid {holder})" if holder else "",
+                            WAIT_NOTICE_S,
+                            self._lock_path(sha),
+                        )
                 yield
             finally:
                 os.close(fd)  # closing drops the flock

@@ -418,7 +418,10 @@ class FsspecTransport:
     def read(self, start: int, end: int) -> Iterator[Body]:
         fs, path = self._filesystem()
         try:
-            total = int(fs.size(path))
+            info = fs.info(path)
+            if info.get("type", "file") != "file":  # a folder, or a pipe planted in a shared folder: opening one blocks
+                raise SourceError(f"{self.url}: not a regular file ({info.get('type')}); nothing to read there")
+            total = int(info["size"])
             # cache_type "none": each read is exactly one ranged request, no read-ahead held in memory
             with fs.open(path, "rb", block_size=CHUNK, cache_type="none") as f:
                 f.seek(start)

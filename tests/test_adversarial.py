@@ -232,6 +232,18 @@ def test_sync_refuses_a_cache_folder_that_is_a_link(lock, tmp_path, run_cli, fol
     assert list(elsewhere.rglob("*")) == []
 
 
+@pytest.mark.parametrize("folder", ["blobs", "tmp", "locks", "views", "leases", "memo"])
+def test_a_cache_folder_that_is_a_file_is_named_as_one(lock, run_cli, folder):
+    root = CacheSettings.resolve().root
+    root.mkdir()
+    (root / folder).write_text("")
+
+    code, _, err = run_cli("sync", "chat")
+
+    _one_line_error(code, err)
+    assert err.startswith(f"error: {root / folder} is not a folder")
+
+
 def test_a_cache_root_that_is_a_link_the_user_made_works(lock, tmp_path, monkeypatch, run_cli):
     real = tmp_path / "real-cache"
     real.mkdir()

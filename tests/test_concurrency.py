@@ -91,3 +91,51 @@ def test_a_download_killed_mid_file_resumes_from_its_partial(hub_env, workdir, t
     assert [r.range for r in resumed] == [f"bytes={kept}-{pin.size - 1}"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256
     assert not partial.exists()
+
+
+def test_a_sync_waiting_on_a_stopped_writer_says_which_process_holds_the_file(hub, workdir, monkeypatch, caplog):
+    import threading
+
+    import modelfix.store
+
+    lock = workdir / "model-lock.toml"
+    add("chat", f"{REPO}:Q4_0", lock)
+    pin = next(p for p in Lockfile.load(lock).entry("chat").files if p.path == "tiny-Q4_0.gguf")
+    partial = Store(CacheSettings.resolve().root).partial_path(pin.sha256)
+    hub.inject(REPO, pin.path, Fault.stall(60, after_bytes=100_000))
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "modelfix", "sync", "chat"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    waiter = None
+    try:
+        deadline = time.monotonic() + 60
+        # The partial is made under the blob's lock; the stalled request shows the holder is in it.
+        while not (partial.exists() and any(r.filename == pin.path and r.origin == "cdn" for r in hub.requests)):
+            assert holder.poll() is None and time.monotonic() < deadline, holder.stdout.read()
+            time.sleep(0.05)
+        os.kill(holder.pid, signal.SIGSTOP)  # Ctrl-Z in the terminal that runs it
+        monkeypatch.setattr(modelfix.store, "WAIT_NOTICE_S", 0.5)
+        done: list[object] = []
+        waiter = threading.Thread(target=lambda: done.append(modelfix.sync(["chat"], lock=lock)), daemon=True)
+        with caplog.at_level("WARNING", logger="modelfix"):
+            waiter.start()
+            deadline = time.monotonic() + 30
+            while not (
+                notices := [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"chat: {pin.path}: ")]
+            ):
+                assert time.monotonic() < deadline, "nothing said why the sync waits"
+                time.sleep(0.05)
+        notice = notices[0]
+        assert notice.startswith(f"chat: {pin.path}: waiting for another process (pid {holder.pid})"), notice
+        assert "resume it (fg) or end it" in notice and not done
+    finally:
+        holder.kill()  # a dead writer's lock goes with it: the waiter takes over and resumes
+        holder.wait(timeout=30)
+        hub.release_stalls()
+    waiter.join(timeout=60)
+    assert done, "the waiter did not take over once the writer died"
+    path = modelfix.path("chat", lock)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256

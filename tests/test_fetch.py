@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelfix.errors import Cancelled, IntegrityError, NetworkError, SourceMissing
+from modelfix.errors import CacheError, Cancelled, IntegrityError, NetworkError, SourceMissing
 from modelfix.events import events
 from modelfix.fetch import download
 from modelfix.jobs import jobs, new_job
@@ -230,6 +230,48 @@ def test_parallel_ranges_resume_each_from_the_journal_after_a_cancel(hub, tiny_f
         first, last = map(int, r.range.removeprefix("bytes=").split("-"))
         fetched += last - first + 1
     assert fetched == size - 4 * 20_000  # nothing fetched twice
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced"])
+def test_a_journal_that_claims_more_than_the_partial_holds_starts_afresh(hub, tiny_files, tmp_path, damage):
+    # A partial cut short or swapped behind its journal (a crash that kept the journal's rename but
+    # not the bytes, a restored cache, a hand): resuming would wait for bytes that are not there.
+    hub.inject(REPO, FILE, Fault.stall(30, after_bytes=20_000), times=4)
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    with pytest.raises(Cancelled):
+        _fetch(hub, tiny_files, tmp_path, policy=SPLITTING, cancel=cancel)
+    partial = tmp_path / "blob.partial"
+    assert partial.with_name(partial.name + ".ranges").exists()
+    if damage == "truncated":
+        os.truncate(partial, 1000)
+    else:
+        partial.unlink()
+        partial.write_bytes(b"")
+    hub.clear_faults()
+
+    result, data, _ = _fetch(hub, tiny_files, tmp_path, policy=SPLITTING)
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and partial.read_bytes() == data
+
+
+def test_a_disk_that_fills_while_ranges_run_leaves_only_the_partial_and_its_journal(hub, tiny_files, small_disk):
+    # The last journal write (after a range failed) meets the full disk too: its temporary file must go.
+    data = tiny_files[FILE].read_bytes()
+    hub.inject(REPO, FILE, Fault.stall(1.0, after_bytes=20_000))  # slow: split into ranges, journaled
+    partial = small_disk / "blob.partial"
+
+    with pytest.raises(CacheError, match="No space left on device"):
+        download(
+            HttpTransport(hub.url(REPO, FILE), policy=SPLITTING),
+            partial,
+            len(data),
+            job=new_job("m", FILE, len(data)),
+            label=f"m: {FILE}",
+            policy=SPLITTING,
+        )
+
+    assert sorted(os.listdir(small_disk)) == ["blob.partial", "blob.partial.ranges"]
 
 
 def test_a_slow_server_that_ignores_ranges_is_not_split(hub, tiny_files, tmp_path):

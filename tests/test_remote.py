@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +118,27 @@ def test_a_corrupt_blob_in_the_remote_is_skipped_for_the_origin(lock, hub, remot
     assert {what for *_, what in push(lock=lock)} == {"present"}
     assert {what for *_, what in push(lock=lock, force=True)} == {"uploaded"}
     assert hashlib.sha256(fs.cat_file(target)).hexdigest() == pin.sha256
+
+
+def test_a_pipe_planted_in_a_remote_folder_is_skipped_not_waited_on(lock, hub, tmp_path, monkeypatch):
+    # Anyone who may write the team folder can put a FIFO at a blob's name; opening one blocks
+    # until a writer comes, so a sync that opened it would hang for ever.
+    remote = tmp_path / "team-remote"
+    monkeypatch.setenv("MODELFIX_REMOTE", str(remote))
+    pin = Lockfile.load(lock).entry("chat").files[0]
+    blob = Path(remote_url(str(remote), pin.sha256))
+    blob.parent.mkdir(parents=True)
+    os.mkfifo(blob)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfix", "sync", "chat"], cwd=lock.parent, capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 0, done.stderr
+    path = modelfix.path("chat", lock)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256
+    assert dict((file, what) for _, file, what in push(lock=lock))[pin.path] == "uploaded"
+    assert blob.is_file() and hashlib.sha256(blob.read_bytes()).hexdigest() == pin.sha256
 
 
 def test_push_without_a_remote_says_how_to_set_one(lock, monkeypatch):

@@ -24,6 +24,7 @@ from modelfix.care import usage
 from modelfix.config import CacheSettings
 from modelfix.errors import CacheError
 from modelfix.events import events
+from modelfix.lockfile import Lockfile
 from modelfix.locking import add
 from modelfix.safefs import cache_error
 from modelfix.store import Store
@@ -376,6 +377,10 @@ def test_rm_keeps_the_view_a_running_process_loads_from(lock):
         model = Path(holder.stdout.readline().strip())
         removed = _cli("cache", "rm", "a", cwd=lock.parent)
         assert removed.returncode == 0, removed.stderr
+        assert removed.stderr.splitlines() == [
+            "a: kept 1 revision that running processes use",
+            "a: kept 3 files that other models or running processes use",
+        ]
         # The holder reloads from this path after an eviction: it must still be there.
         assert model.is_file() and len(list(model.parent.iterdir())) == 4  # 3 files + manifest
     finally:
@@ -386,12 +391,12 @@ def test_rm_keeps_the_view_a_running_process_loads_from(lock):
     assert not model.parent.exists()
 
 
-@pytest.mark.parametrize("how", ["under-a-file", "read-only"])
+@pytest.mark.parametrize("how", ["a-file", "under-a-file", "read-only"])
 def test_a_cache_dir_that_cannot_be_written_says_where_and_what_to_do(lock, tmp_path, monkeypatch, how):
-    if how == "under-a-file":
+    if how in ("a-file", "under-a-file"):
         blocker = tmp_path / "not-a-folder"
         blocker.write_text("")
-        cache = blocker / "cache"  # ENOTDIR: stops root too
+        cache = blocker if how == "a-file" else blocker / "cache"  # ENOTDIR: stops root too
     else:
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
@@ -405,6 +410,8 @@ def test_a_cache_dir_that_cannot_be_written_says_where_and_what_to_do(lock, tmp_
 
     message = str(info.value)
     assert str(cache) in message and "MODELFIX_CACHE_DIR" in message
+    if how != "read-only":  # the cache folder named as such, not a view inside it called a link
+        assert message.startswith(f"cannot use {cache} as the cache folder: it (or a folder above it) is a file")
 
 
 @pytest.mark.parametrize(
@@ -422,6 +429,31 @@ def test_a_full_disk_asks_for_room_and_a_read_only_one_for_another_folder(tmp_pa
 
     assert message.startswith(f"chat: model.gguf: cannot write {partial}")
     assert os.strerror(code) in message and fix in message and "MODELFIX_CACHE_DIR" in message
+
+
+def test_a_full_disk_fails_in_one_line_leaves_no_blob_and_a_sync_with_room_completes(lock, hub, small_disk):
+    cache = small_disk / "cache"
+    pins = Lockfile.load(lock).entry("a").files
+
+    full = _cli("sync", "a", cwd=lock.parent, MODELFIX_CACHE_DIR=str(cache), MODELFIX_PARALLEL_MIN="65536")
+
+    assert full.returncode == 1
+    error = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert (
+        "No space left on device" in error[0]
+        and "modelfix cache prune" in error[0]
+        and "MODELFIX_CACHE_DIR" in error[0]
+    )
+    store = Store(cache)
+    assert not store.has(max(pins, key=lambda p: p.size).sha256) and not (cache / "views").exists()
+    left = os.listdir(cache / "tmp")
+    assert all(name.endswith((".partial", ".partial.ranges")) for name in left), left  # what resumes, nothing else
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
+    assert _cli("sync", "a", cwd=lock.parent, MODELFIX_CACHE_DIR=str(cache)).returncode == 0
+    assert _cli("verify", "--full", "a", cwd=lock.parent, MODELFIX_CACHE_DIR=str(cache)).returncode == 0
+    assert os.listdir(cache / "tmp") == []
 
 
 def test_threads_syncing_at_once_under_one_cap_do_not_count_on_the_same_room(lock, hub, monkeypatch):

@@ -207,7 +207,7 @@ def _rm(args: argparse.Namespace) -> int:
         print(f"{args.name}: kept the files {', '.join(removal.shared)} pins too", file=sys.stderr)
     if removal.kept:
         print(
-            f"{args.name}: kept {len(removal.kept)} files that other models or running processes use",
+            f"{args.name}: kept {count(len(removal.kept), 'file')} that other models or running processes use",
             file=sys.stderr,
         )
     if removal.elsewhere:
