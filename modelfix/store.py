@@ -351,7 +351,7 @@ class Store:
                         told = True
                         holder = safefs.lock_holder(fd)
                         log.warning(
-                            "%s: waiting for another process%s, which has been writing it for %g s (%s). "
+                            "%s: waiting for another process%s, which is writing it (%g s so far; %s). "
                             "If that process is stopped (Ctrl-Z), resume it (fg) or end it; this one goes on "
                             "as soon as it finishes or dies.",
                             label or f"blob {sha[:12]}",
