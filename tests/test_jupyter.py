@@ -525,3 +525,17 @@ def test_snapshot_records_then_compares_a_cell_value(shell, workdir: Path, capsy
         "SnapshotError: a snapshot records a modelfix handle (from modelfix.load, %load_model or the llama "
         "fixture), not a str: without one there is no pin to record.\x1b[0m"
     )
+
+
+def test_a_half_read_stream_dropped_in_a_cell_lets_the_model_go(shell, capsys) -> None:
+    """``next(it)`` to peek at a stream, then ``del it``: the model must not stay resident for good."""
+    shell.run_cell("llm = %load_model tiny")
+    shell.run_cell("it = llm('Once upon a time', max_tokens=50, stream=True)\nfirst = next(it)")
+    shell.run_cell("del it")
+    capsys.readouterr()
+
+    magic(shell, "unload_model tiny")
+
+    assert capsys.readouterr().out == "released: tiny\n"
+    assert not resident(), "the dropped stream still held its lease: unload and keep-alive could never free it"
+    assert shell.user_ns["llm"]("Hi", max_tokens=2)["choices"]
