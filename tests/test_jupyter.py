@@ -539,3 +539,45 @@ def test_a_half_read_stream_dropped_in_a_cell_lets_the_model_go(shell, capsys) -
     assert capsys.readouterr().out == "released: tiny\n"
     assert not resident(), "the dropped stream still held its lease: unload and keep-alive could never free it"
     assert shell.user_ns["llm"]("Hi", max_tokens=2)["choices"]
+
+
+def test_interrupting_a_download_is_one_line_and_the_next_run_resumes(
+    shell, hub, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Ctrl-C (a kernel's interrupt is SIGINT) in the middle of a download: the cell says what is kept, no traceback."""
+    # The interrupted cell ends once the hung read gives up (the fetch threads finish before it returns).
+    monkeypatch.setenv("MODELFIX_READ_TIMEOUT", "1")
+    import signal
+    import threading
+
+    from modelfix.testing.hub import Fault
+
+    # 100 KB arrive (the connection is then reset: those bytes are kept), and the retry hangs.
+    hub.inject("org/tiny", "tiny-Q4_0.gguf", Fault.reset(after_bytes=100_000))
+    hub.inject("org/tiny", "tiny-Q4_0.gguf", Fault.stall(60))
+
+    def interrupt_once_the_retry_hangs() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(p.stat().st_size >= 100_000 for p in (tmp_path / "cache" / "tmp").glob("*.partial")):
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what a kernel's interrupt sends
+
+    threading.Thread(target=interrupt_once_the_retry_hangs, daemon=True).start()
+    result = shell.run_cell("llm = %load_model tiny")
+    hub.release_stalls()
+
+    out = capsys.readouterr().out
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    [line] = [line for line in out.splitlines() if not line.startswith("[modelfix]")]
+    assert line.startswith("\x1b[31mKeyboardInterrupt: %load_model tiny stopped while downloading ")
+    assert "tiny-Q4_0.gguf (100.0 KB of 218.9 KB kept in the cache)" in line
+    assert line.endswith("Run the cell again to resume.\x1b[0m") and "Traceback" not in out
+    assert "[modelfix] tiny tiny-Q4_0.gguf: 100.0 KB / 218.9 KB · cancelled (kept: resumes on the next load)" in out
+
+    hub.clear_log()
+    assert shell.run_cell("llm = %load_model tiny").success
+    ranges = [r.range for r in hub.requests if r.filename == "tiny-Q4_0.gguf" and r.method == "GET"]
+    assert ranges and all(r and r.startswith("bytes=100000-") for r in ranges), ranges

@@ -116,8 +116,13 @@ class ModelfixMagics(Magics):
             base.pool.configure(keep_alive=_duration(args.keep_alive))  # the pool's keep-alive is per process
         flags = {"n_ctx": args.n_ctx, "n_gpu_layers": args.gpu_layers, "main_gpu": args.main_gpu}  # None = not set
         project = base.derive(offline=True if args.offline else None, load_options=flags)
-        with events.listening(reporter_for(self.shell, args.name)):
-            handle = project.load(args.name)
+        reporter = reporter_for(self.shell, args.name)
+        with events.listening(reporter):
+            try:
+                handle = project.load(args.name)
+            except KeyboardInterrupt:
+                # Ctrl-C / the kernel's interrupt: what became of the files, not the frames it stopped in.
+                raise errors.LoadInterrupted(reporter.interrupted()) from None
         lockfile = project.lockfile
         self.handed_out[id(handle)] = (handle, lockfile.entry(args.name), lockfile.path)
         return handle

@@ -117,6 +117,8 @@ class _Row:
             return f"{size} · verified · {self.source or 'cache'}{rate}"
         if self.status == "failed":
             return f"{size} · failed: {self.message}"
+        if self.status == "cancelled" and self.done:
+            return f"{format_size(self.done)} / {size} · cancelled (kept: resumes on the next load)"
         return f"{size} · {self.status}"
 
 
@@ -148,6 +150,20 @@ class Reporter:
                 return
             row.drawn = now
             self.draw(row)
+
+    def interrupted(self) -> str:
+        """What an interrupt left: the files whose download stopped (kept, resumable), or the load."""
+        with self._lock:
+            rows = list(self.rows.values())
+        stopped = [r for r in rows if r.label != _LOAD_ROW and not r.finished and r.status != "failed"]
+        files = [
+            f"{r.label} ({format_size(r.done)} of {format_size(r.total)} kept in the cache)" if r.done else r.label
+            for r in stopped
+        ]
+        where = f" while downloading {', '.join(files)}" if stopped else ""
+        if not stopped and any(r.label == _LOAD_ROW for r in rows):
+            where = " while llama.cpp loaded it"
+        return f"%load_model {self.model} stopped{where}. Run the cell again to {'resume' if stopped else 'load it'}."
 
     def draw(self, row: _Row) -> None:
         """Show ``row`` (called under the reporter's lock)."""
