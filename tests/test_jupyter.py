@@ -287,6 +287,7 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
         ("load_model tiny --gpu-layers lots", "--gpu-layers"),
         ("unload_model", "NAME or --all"),
         ("modelfix_cache --max-size 1GB", "goes with --prune"),
+        ('load_model "tiny', "%load_model: No closing quotation"),
     ],
 )
 def test_bad_arguments_are_usage_errors(shell, capsys, line: str, message: str) -> None:
@@ -581,3 +582,16 @@ def test_interrupting_a_download_is_one_line_and_the_next_run_resumes(
     assert shell.run_cell("llm = %load_model tiny").success
     ranges = [r.range for r in hub.requests if r.filename == "tiny-Q4_0.gguf" and r.method == "GET"]
     assert ranges and all(r and r.startswith("bytes=100000-") for r in ranges), ranges
+
+
+def test_quoted_arguments_lose_their_quotes_so_a_lockfile_path_may_hold_a_space(shell, lockfile: Path) -> None:
+    """IPython's own splitting kept the quotes: ``--lock "my models/..."`` named a file with quotes in it."""
+    spaced = lockfile.parent / "my models"
+    spaced.mkdir()
+    (spaced / "model-lock.toml").write_bytes(lockfile.read_bytes())
+    lockfile.unlink()  # so that only --lock can find it
+
+    for quoted in ('"my models/model-lock.toml"', "'my models/model-lock.toml'", r"my\ models/model-lock.toml"):
+        assert repr(magic(shell, f"models --lock {quoted}")).startswith(f"{spaced / 'model-lock.toml'}\n")
+    llm = magic(shell, "load_model 'tiny' --lock \"my models/model-lock.toml\" --n-ctx 256")
+    assert llm.n_ctx() == 256 and resident()

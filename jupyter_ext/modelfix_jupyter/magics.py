@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import errors, render
 from .progress import reporter_for
@@ -33,10 +33,33 @@ from .progress import reporter_for
 if TYPE_CHECKING:
     from modelfix.project import Project
 
-__all__ = ["ModelfixMagics", "load", "unload"]
+__all__ = ["ModelfixMagics", "load", "unload", "parse_argstring"]
 
 _MAGICS = ("load_model", "models", "unload_model", "modelfix_cache")
 _LOCK_HELP = "lockfile (default: MODELFIX_LOCK or the nearest model-lock.toml)"
+
+
+def parse_argstring(magic: Any, line: str) -> Any:
+    """``line``'s arguments, split as a shell splits them: quotes group words and are removed.
+
+    IPython's own ``parse_argstring`` keeps the quotes (``--lock "my models/model-lock.toml"``
+    looked for a file named with the quotes), so a path with a space could not be given at all.
+    """
+    import os
+    import shlex
+
+    try:
+        if os.name == "posix":
+            argv = shlex.split(line)
+        else:  # Windows paths: a backslash is a separator, not an escape
+            argv = [_unquote(word) for word in shlex.split(line, posix=False)]
+    except ValueError as exc:  # "No closing quotation"
+        raise UsageError(f"%{magic.__name__}: {exc} in {line!r}") from None
+    return magic.parser.parse_args(argv)
+
+
+def _unquote(word: str) -> str:
+    return word[1:-1] if len(word) > 1 and word[0] == word[-1] and word[0] in "'\"" else word
 
 
 def _gpu_layers(text: str) -> int | str:
