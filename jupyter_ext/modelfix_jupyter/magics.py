@@ -48,11 +48,9 @@ def parse_argstring(magic: Any, line: str) -> Any:
     import os
     import shlex
 
+    posix = os.name == "posix"  # on Windows a backslash separates a path's folders: it escapes nothing
     try:
-        if os.name == "posix":
-            argv = shlex.split(line)
-        else:  # Windows paths: a backslash is a separator, not an escape
-            argv = [_unquote(word) for word in shlex.split(line, posix=False)]
+        argv = [word if posix else _unquote(word) for word in shlex.split(line, posix=posix)]
     except ValueError as exc:  # "No closing quotation"
         raise UsageError(f"%{magic.__name__}: {exc} in {line!r}") from None
     return magic.parser.parse_args(argv)
