@@ -595,3 +595,37 @@ def test_quoted_arguments_lose_their_quotes_so_a_lockfile_path_may_hold_a_space(
         assert repr(magic(shell, f"models --lock {quoted}")).startswith(f"{spaced / 'model-lock.toml'}\n")
     llm = magic(shell, "load_model 'tiny' --lock \"my models/model-lock.toml\" --n-ctx 256")
     assert llm.n_ctx() == 256 and resident()
+
+
+def completions(ip, line: str) -> list[str]:
+    """What Tab offers at the end of ``line``, as a kernel's complete_request asks for it."""
+    from IPython.core.completer import provisionalcompleter
+
+    with provisionalcompleter():
+        return [c.text for c in ip.Completer.completions(line, len(line))]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("%load_model t", ["tiny"]),
+        ("llm = %load_model ti", ["tiny"]),  # the usual form: a handle assigned
+        ("%unload_model t", ["tiny"]),
+        ("%load_model --lock model-lock.toml --n-ctx 256 t", ["tiny"]),
+        ("%load_model tiny --n-ctx 2", []),  # a flag's value: not a model name
+    ],
+)
+def test_tab_completes_the_lockfile_model_names(shell, lockfile: Path, line: str, expected: list) -> None:
+    add("other", "org/tiny:Q8_0", lockfile)
+    assert [m for m in completions(shell, line) if m in ("tiny", "other")] == expected
+    assert not resident(), "completing loads nothing"
+
+
+def test_unload_ext_removes_the_completion(lockfile) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "modelfix")
+    assert "tiny" in completions(ip, "%load_model ti")
+    ip.run_line_magic("unload_ext", "modelfix")
+    assert "tiny" not in completions(ip, "%load_model ti")

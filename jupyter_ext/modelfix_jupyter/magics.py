@@ -20,6 +20,7 @@ undoes the rest, so a reload starts clean.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,11 @@ __all__ = ["ModelfixMagics", "load", "unload", "parse_argstring"]
 
 _MAGICS = ("load_model", "models", "unload_model", "modelfix_cache")
 _LOCK_HELP = "lockfile (default: MODELFIX_LOCK or the nearest model-lock.toml)"
+# Tab completion: the magics whose argument is a model name, the flags that take a value, and
+# the pattern of the line before the cursor that asks for it (also as `llm = %load_model ...`).
+_COMPLETED = ("load_model", "unload_model")
+_VALUED_FLAGS = ("--n-ctx", "--gpu-layers", "--main-gpu", "--lock", "--keep-alive")
+_COMPLETION_KEY = r".*%(load_model|unload_model)\s"
 
 
 def parse_argstring(magic: Any, line: str) -> Any:
@@ -232,6 +238,27 @@ class ModelfixMagics(Magics):
         _, entry, path = self.handed_out.get(id(handle), (None, None, None))
         return entry, path
 
+    def complete(self, _shell: Any, event: Any) -> list[str]:
+        """Tab completion of model names after ``%load_model`` / ``%unload_model``, from the lockfile.
+
+        After a flag that takes a value nothing is offered, so IPython's own completion
+        (file names, for ``--lock``) applies. Completion reads the lockfile and nothing else.
+        """
+        import shlex
+
+        words = event.text_until_cursor.split()
+        if event.text_until_cursor[-1:].isspace():
+            words.append("")
+        magic = next((i for i, word in enumerate(words) if word.lstrip("%") in _COMPLETED), None)
+        if magic is None or len(words) < 2 or words[-2] in _VALUED_FLAGS or words[-1].startswith("-"):
+            return []
+        try:
+            lock = words[words.index("--lock") + 1] if "--lock" in words[magic:-1] else None
+            names = list(self.project(shlex.split(lock)[0] if lock else None).lockfile.entries)
+        except Exception:  # an unfinished line or a broken lockfile: nothing to offer, never an error
+            return []
+        return [name for name in names if name.startswith(words[-1])]
+
     def close(self) -> None:
         """Release what these magics handed out and stop listening."""
         self._unsubscribe()
@@ -273,6 +300,7 @@ def load(shell: Any) -> None:
     magics = ModelfixMagics(shell)
     shell.register_magics(magics)
     render.register_formatters(shell, magics.entry_for)
+    shell.set_hook("complete_command", magics.complete, re_key=_COMPLETION_KEY)
     errors.install(shell)
     shell._modelfix_magics = magics
 
@@ -289,6 +317,9 @@ def unload(shell: Any) -> None:
             shell.magics_manager.magics["line"].pop(name, None)
         shell.magics_manager.registry.pop(type(magics).__name__, None)
         render.unregister_formatters(shell)
+        completers = shell.strdispatchers.get("complete_command")
+        if completers is not None:
+            completers.regexs.pop(re.compile(_COMPLETION_KEY), None)
         errors.uninstall(shell)
         shell._modelfix_magics = None
 
