@@ -265,6 +265,17 @@ def test_keep_alive_releases_idle_handles_and_models_shows_it(shell) -> None:
     assert "keep-alive 0.2 s" in table.splitlines()[-2]  # the pool line, then the backend line
 
 
+def test_the_error_line_has_no_colour_codes_when_colours_are_off(shell, capsys) -> None:
+    before = shell.colors
+    shell.run_line_magic("colors", "nocolor")  # `ipython --colors=nocolor`, or output piped to a log
+    try:
+        shell.run_cell("%load_model nosuch")
+    finally:
+        shell.run_line_magic("colors", before)
+    out = capsys.readouterr().out
+    assert out.startswith("LockError: no model named 'nosuch'") and "\x1b" not in out
+
+
 def test_offline_error_is_one_line(shell, capsys) -> None:
     result = shell.run_cell("llm = %load_model tiny --offline")
     out = capsys.readouterr().out

@@ -59,7 +59,9 @@ def install(shell: Any) -> None:
     def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> list[str]:
         if not isinstance(value, ours) and previous_types and isinstance(value, previous_types):
             return previous_handler(etype, value, tb, tb_offset)
-        stb = [f"{_RED}{one_line(value)}{_RESET}"]
+        line = one_line(value)
+        # In red, as IPython shows an exception's name, unless colours are off (`%colors nocolor`, --colors=nocolor).
+        stb = [line if str(getattr(shell, "colors", "")).lower() == "nocolor" else f"{_RED}{line}{_RESET}"]
         # run_code discards what the hook returns; _showtraceback is what
         # prints in a terminal and sends an error message from a kernel.
         shell._showtraceback(KeyboardInterrupt if isinstance(value, LoadInterrupted) else etype, value, stb)
