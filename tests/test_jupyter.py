@@ -378,6 +378,11 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     assert again[0]["data"]["text/plain"] == "True"
     models_html = next(o for o in outputs["%models"] if o.output_type == "execute_result")["data"]["text/html"]
     assert "<td>org/tiny</td>" in models_html and "cached" in models_html
+    progress = outputs["llm = %load_model tiny"][0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in progress
+    # Where widgets are not drawn (GitHub, nbconvert to markdown), the saved text is the outcome.
+    assert progress["text/plain"].startswith("tiny\ntiny-Q4_0.gguf  218.9 KB · verified · origin")
+    assert "\nllama.cpp  loaded in " in progress["text/plain"]
     handle_html = outputs["llm = %load_model tiny"][-1]["data"]["text/html"]
     assert "tiny-Q4_0.gguf" in handle_html and "GPU layers offloaded" in handle_html
     everything = str(nb.cells) + printed + stderr

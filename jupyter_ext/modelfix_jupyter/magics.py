@@ -150,6 +150,8 @@ class ModelfixMagics(Magics):
             except KeyboardInterrupt:
                 # Ctrl-C / the kernel's interrupt: what became of the files, not the frames it stopped in.
                 raise errors.LoadInterrupted(reporter.interrupted()) from None
+            finally:
+                reporter.finish()
         lockfile = project.lockfile
         self.handed_out[id(handle)] = (handle, lockfile.entry(args.name), lockfile.path)
         return handle

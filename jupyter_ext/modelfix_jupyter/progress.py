@@ -173,6 +173,9 @@ class Reporter:
         """Show a line that is not a row: another model released to make room."""
         raise NotImplementedError
 
+    def finish(self) -> None:
+        """The magic is done (loaded, failed or interrupted): nothing more will be drawn."""
+
 
 class TextReporter(Reporter):
     """One printed line per status change: terminals, plain shells, logs."""
@@ -200,6 +203,8 @@ class WidgetReporter(Reporter):
         super().__init__(model)
         self.box: Any = None
         self.bars: dict[str, tuple[Any, Any]] = {}
+        self.notes: list[str] = []
+        self._display: Any = None
 
     def _box(self) -> Any:
         if self.box is None:  # the first event: a pool hit never gets here
@@ -210,7 +215,7 @@ class WidgetReporter(Reporter):
             # A front end that cannot draw widgets (jupyter console, nbconvert to
             # text) shows text/plain: a sentence, not the VBox(children=...) repr.
             bundle = {**self.box._repr_mimebundle_(), "text/plain": f"[modelfix] {self.model}: progress (widget)"}
-            display(bundle, raw=True)
+            self._display = display(bundle, raw=True, display_id=True)
         return self.box
 
     def draw(self, row: _Row) -> None:
@@ -242,6 +247,20 @@ class WidgetReporter(Reporter):
 
         box = self._box()
         box.children = (*box.children, w.HTML(_escape(text)))
+        self.notes.append(text)
+
+    def finish(self) -> None:
+        """Replace the "progress (widget)" text with the final rows.
+
+        What a saved notebook shows where widgets are not drawn (GitHub, nbconvert to
+        text or markdown, ``jupyter console``): the outcome, as the headless runner prints it.
+        """
+        if self._display is None:
+            return
+        with self._lock:
+            rows = [f"{row.label}  {row.text()}" for row in self.rows.values() if row.status != "queued"]
+            text = "\n".join([self.model, *rows, *self.notes])
+        self._display.update({**self.box._repr_mimebundle_(), "text/plain": text}, raw=True)
 
 
 def reporter_for(shell: Any, model: str) -> Reporter:
