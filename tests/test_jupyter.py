@@ -645,3 +645,30 @@ def test_unload_ext_removes_the_completion(lockfile) -> None:
     assert "tiny" in completions(ip, "%load_model ti")
     ip.run_line_magic("unload_ext", "modelfix")
     assert "tiny" not in completions(ip, "%load_model ti")
+
+
+@pytest.mark.parametrize(
+    ("cell", "timeout", "said"),
+    [
+        ("import time; time.sleep(60)", "2", "code cell 2 of 3 timed out: it ran longer than 2 s (raise --timeout)"),
+        ("import os; os._exit(3)", "60", "code cell 2 of 3 killed the kernel: its process ended during the cell"),
+    ],
+    ids=["timeout", "dead-kernel"],
+)
+def test_the_runner_names_the_cell_a_timeout_or_a_dead_kernel_stopped(capfd, tmp_path: Path, cell, timeout, said):
+    """It said 'code cell 2 of 3 failed: KeyboardInterrupt: ' for a timeout, and named no cell for a dead kernel."""
+    import nbformat
+
+    from modelfix_jupyter.run import main
+
+    cells = ["print('first')", cell, "print('never')"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbformat.write(notebook, tmp_path / "stops.ipynb")
+
+    code = main([str(tmp_path / "stops.ipynb"), "--timeout", timeout, "--allow-errors"])
+
+    printed, stderr = capfd.readouterr()
+    assert code == 1, "a timeout or a dead kernel fails the run, even with --allow-errors"
+    assert f"In [ ]: {cell}\n" in printed or f"In [2]: {cell}\n" in printed  # the cell it stopped in is shown
+    assert "never" not in printed
+    assert f"stops.ipynb: {said}" in stderr and "KeyboardInterrupt" not in stderr
