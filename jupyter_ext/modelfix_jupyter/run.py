@@ -198,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"In [{cell.get('execution_count') or ' '}]: {cell.source}")
         for output in cell.get("outputs", []):
             sys.stdout.write(_text_of(output, widgets))
-            if output.get("output_type") == "error" and "raises-exception" not in cell.metadata.get("tags", ()):
-                if not halted_here:  # a timed-out cell's KeyboardInterrupt is the runner's doing
-                    failures.append(
-                        f"code cell {number} of {len(code)} failed: {output.get('ename')}: {output.get('evalue')}"
-                    )
+            # A timed-out cell's KeyboardInterrupt is the runner's doing: that cell is named below.
+            expected = halted_here or "raises-exception" in cell.metadata.get("tags", ())
+            if output.get("output_type") == "error" and not expected:
+                failures.append(
+                    f"code cell {number} of {len(code)} failed: {output.get('ename')}: {output.get('evalue')}"
+                )
         if index in pages:
             sys.stdout.write(pages[index].rstrip("\n") + "\n")
         if halted_here:
