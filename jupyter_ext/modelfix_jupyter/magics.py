@@ -34,7 +34,7 @@ from .progress import reporter_for
 if TYPE_CHECKING:
     from modelfix.project import Project
 
-__all__ = ["ModelfixMagics", "load", "unload", "parse_argstring"]
+__all__ = ["ModelfixMagics", "load", "unload"]
 
 _MAGICS = ("load_model", "models", "unload_model", "modelfix_cache")
 _LOCK_HELP = "lockfile (default: MODELFIX_LOCK or the nearest model-lock.toml)"
@@ -45,7 +45,7 @@ _VALUED_FLAGS = ("--n-ctx", "--gpu-layers", "--main-gpu", "--lock", "--keep-aliv
 _COMPLETION_KEY = r".*%(load_model|unload_model)\s"
 
 
-def parse_argstring(magic: Any, line: str) -> Any:
+def _parse_args(magic: Any, line: str) -> Any:
     """``line``'s arguments, split as a shell splits them: quotes group words and are removed.
 
     IPython's own ``parse_argstring`` keeps the quotes (``--lock "my models/model-lock.toml"``
@@ -135,7 +135,7 @@ class ModelfixMagics(Magics):
         modelfix.load() argument beats them; they beat MODELFIX_* variables,
         the lockfile and the defaults.
         """
-        args = parse_argstring(self.load_model, line)
+        args = _parse_args(self.load_model, line)
         from modelfix.events import events
 
         base = self.project(args.lock)
@@ -163,7 +163,7 @@ class ModelfixMagics(Magics):
     @line_magic
     def models(self, line: str) -> render.Table:
         """The lockfile's models: pins, whether cached, whether resident, memory, last use."""
-        args = parse_argstring(self.models, line)
+        args = _parse_args(self.models, line)
         from modelfix.pool import record
         from modelfix.probe import describe
 
@@ -189,7 +189,7 @@ class ModelfixMagics(Magics):
         Their memory goes back at once; the handles stay usable and load the
         model again on their next call.
         """
-        args = parse_argstring(self.unload_model, line)
+        args = _parse_args(self.unload_model, line)
         if bool(args.name) == bool(args.all):
             raise UsageError("%unload_model: give a model NAME or --all (not both).")
         project = self.project()
@@ -217,7 +217,7 @@ class ModelfixMagics(Magics):
     @line_magic
     def modelfix_cache(self, line: str) -> render.Stack:
         """The cache: where it is, how big, what it holds; ``--prune`` frees space."""
-        args = parse_argstring(self.modelfix_cache, line)
+        args = _parse_args(self.modelfix_cache, line)
         if args.max_size and not args.prune:
             raise UsageError("%modelfix_cache: --max-size goes with --prune.")
         project = self.project(args.lock)
