@@ -548,12 +548,16 @@ def test_a_half_read_stream_dropped_in_a_cell_lets_the_model_go(shell, capsys) -
     """``next(it)`` to peek at a stream, then ``del it``: the model must not stay resident for good."""
     shell.run_cell("llm = %load_model tiny")
     shell.run_cell("it = llm('Once upon a time', max_tokens=50, stream=True)\nfirst = next(it)")
-    shell.run_cell("del it")
     capsys.readouterr()
-
     magic(shell, "unload_model tiny")
+    assert capsys.readouterr().out == (
+        "released: tiny\nstill in use, released when that ends: tiny (a running call, or a stream not read to its "
+        "end: finish it, close() it or del it)\n"
+    )
+    assert resident(), "the open stream holds its handle until it ends"
 
-    assert capsys.readouterr().out == "released: tiny\n"
+    shell.run_cell("del it")
+
     assert not resident(), "the dropped stream still held its lease: unload and keep-alive could never free it"
     assert shell.user_ns["llm"]("Hi", max_tokens=2)["choices"]
 

@@ -196,12 +196,19 @@ class ModelfixMagics(Magics):
         names = sorted({r.name for r in project.loaded()}) if args.all else [args.name]
         counts = {name: project.unload(name) for name in names}
         done = [f"{name} ({n} handles)" if n > 1 else name for name, n in counts.items() if n]
+        # A handle inside a call, or held by a stream not yet read to its end, goes when that ends.
+        busy = sorted({r.name for r in project.loaded() if r.name in counts and r.in_use})
         if done:
             print(f"released: {', '.join(done)}")
         elif args.name:
             print(f"{args.name} was not resident{_unknown_name_note(project, args.name)}")
         else:
             print("nothing was resident")
+        if busy:
+            print(
+                f"still in use, released when that ends: {', '.join(busy)} (a running call, or a stream "
+                "not read to its end: finish it, close() it or del it)"
+            )
 
     # -- %modelfix_cache -------------------------------------------------------
 
