@@ -676,3 +676,18 @@ def test_the_runner_names_the_cell_a_timeout_or_a_dead_kernel_stopped(capfd, tmp
     assert f"In [ ]: {cell}\n" in printed or f"In [2]: {cell}\n" in printed  # the cell it stopped in is shown
     assert "never" not in printed
     assert f"stops.ipynb: {said}" in stderr and "KeyboardInterrupt" not in stderr
+
+
+def test_a_resumed_download_shows_the_speed_of_the_bytes_it_fetched(monkeypatch) -> None:
+    """200 MB were on disk from an interrupted load; 53 MB more arrive in 1 s: 53 MB/s, not 253 MB/s."""
+    from modelfix.events import Event
+    from modelfix_jupyter import progress
+
+    clock = iter([100.0, 100.2, 101.2, 101.2])  # the reporter's clock, one reading per event
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    row = progress._Row(label="model.gguf")
+    for status, done in [("downloading", 0), ("downloading", 200_000_000), ("downloading", 253_000_000)]:
+        row.update(Event(kind="job", model="m", file="model.gguf", status=status, done=done, total=253_000_000))
+    row.update(Event(kind="job", model="m", file="model.gguf", status="completed", done=253_000_000, source="origin"))
+
+    assert row.text() == "253.0 MB · verified · origin · 53.0 MB/s"
