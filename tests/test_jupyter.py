@@ -676,6 +676,7 @@ def test_the_runner_names_the_cell_a_timeout_or_a_dead_kernel_stopped(capfd, tmp
     assert f"In [ ]: {cell}\n" in printed or f"In [2]: {cell}\n" in printed  # the cell it stopped in is shown
     assert "never" not in printed
     assert f"stops.ipynb: {said}" in stderr and "KeyboardInterrupt" not in stderr
+    assert "Traceback" not in printed + stderr, "a timed-out kernel asked to shut down printed ipykernel's ZMQError"
 
 
 def test_a_resumed_download_shows_the_speed_of_the_bytes_it_fetched(monkeypatch) -> None:

@@ -89,7 +89,6 @@ def _execute(
     """
     _require_runner()
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from traitlets.config import Config
 
@@ -104,11 +103,12 @@ def _execute(
                 text = payload.get("data", {}).get("text/plain", "")
                 pages[cell_index] = pages.get(cell_index, "") + _ANSI.sub("", text)
 
+    _Client = _client_class()
     with tempfile.TemporaryDirectory(prefix="modelfix-kernel-") as sockets:
         # An absolute socket prefix: a relative one would be resolved against the
         # kernel's working folder by the kernel and against ours by the client.
         ipc = {"transport": "ipc", "ip": os.path.join(sockets, "kernel")} if os.name == "posix" else {}
-        client = NotebookClient(
+        client = _Client(
             nb,
             kernel_name="python3",
             timeout=timeout,
@@ -130,6 +130,23 @@ def _execute(
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the pager's colours
+
+
+def _client_class() -> type:
+    from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        """nbclient's client, which stops a timed-out kernel at once rather than asking it to shut down.
+
+        The kernel is still running the cell: asked to shut down, it answers the cell on a socket
+        already closed and ipykernel prints a 20-line ZMQError traceback into the run's output.
+        """
+
+        async def _async_handle_timeout(self, timeout: int, cell: Any = None) -> Any:
+            self.shutdown_kernel = "immediate"
+            return await super()._async_handle_timeout(timeout, cell)
+
+    return Client
 
 
 def _text_of(output: Any, widgets: dict[str, Any]) -> str:
