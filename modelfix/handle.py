@@ -28,6 +28,7 @@ import inspect
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -59,7 +60,10 @@ class Turns:
       completion would overwrite the stream's KV cache, so others wait.
 
     A turn may be given back from any thread (a stream collected elsewhere),
-    which ``threading.RLock`` would not allow. A wait of more than
+    which ``threading.RLock`` would not allow. The open stream is held by a weak
+    reference: a stream that its reader dropped half-read (``next(it)`` in a
+    notebook cell, then ``del it``) must be collected, which gives the turn and the
+    lease back; a strong one here kept it, and its model resident, for good. A wait of more than
     ``_PATIENCE`` seconds is logged, naming the model: it is almost always a
     stream that was neither finished nor closed.
     """
@@ -71,7 +75,12 @@ class Turns:
         self._cond = threading.Condition()
         self._owner: int | None = None
         self._depth = 0
-        self.stream: _LeasedIterator | None = None  # the open stream holding the turn
+        self._stream: weakref.ref[_LeasedIterator] | None = None  # the open stream holding the turn
+
+    @property
+    def stream(self) -> _LeasedIterator | None:
+        """The open stream that holds the turn, if any."""
+        return None if self._stream is None else self._stream()
 
     def take(self) -> None:
         me = threading.get_ident()
@@ -96,7 +105,7 @@ class Turns:
         """Before a chunk of ``stream``: take the turn for it, or move its turn to this thread."""
         me = threading.get_ident()
         with self._cond:
-            if self.stream is stream:
+            if self._stream is not None and self._stream() is stream:
                 if self._owner != me:
                     # Handed to another thread: wait until the old one is not inside a call of its own.
                     self._cond.wait_for(lambda: self._depth == 1)
@@ -104,14 +113,19 @@ class Turns:
                 return
         self.take()
         with self._cond:
-            self.stream = stream
+            self._stream = weakref.ref(stream)
 
     def end(self, stream: _LeasedIterator) -> None:
         """``stream`` is exhausted or closed: its turn, if it holds one, goes back."""
         with self._cond:
-            if self.stream is not stream:
+            if self._stream is None:
                 return
-            self.stream = None
+            holder = self._stream()
+            # A dead reference is ``stream`` itself: the garbage collector clears weak
+            # references to a cycle before it runs the cycle's finalizers.
+            if holder is not None and holder is not stream:
+                return
+            self._stream = None
         self.give_back()
 
 

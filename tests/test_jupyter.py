@@ -265,6 +265,17 @@ def test_keep_alive_releases_idle_handles_and_models_shows_it(shell) -> None:
     assert "keep-alive 0.2 s" in table.splitlines()[-2]  # the pool line, then the backend line
 
 
+def test_the_error_line_has_no_colour_codes_when_colours_are_off(shell, capsys) -> None:
+    before = shell.colors
+    shell.run_line_magic("colors", "nocolor")  # `ipython --colors=nocolor`, or output piped to a log
+    try:
+        shell.run_cell("%load_model nosuch")
+    finally:
+        shell.run_line_magic("colors", before)
+    out = capsys.readouterr().out
+    assert out.startswith("LockError: no model named 'nosuch'") and "\x1b" not in out
+
+
 def test_offline_error_is_one_line(shell, capsys) -> None:
     result = shell.run_cell("llm = %load_model tiny --offline")
     out = capsys.readouterr().out
@@ -287,6 +298,7 @@ def test_offline_error_is_one_line(shell, capsys) -> None:
         ("load_model tiny --gpu-layers lots", "--gpu-layers"),
         ("unload_model", "NAME or --all"),
         ("modelfix_cache --max-size 1GB", "goes with --prune"),
+        ('load_model "tiny', "%load_model: No closing quotation"),
     ],
 )
 def test_bad_arguments_are_usage_errors(shell, capsys, line: str, message: str) -> None:
@@ -366,6 +378,11 @@ def test_example_notebook_in_a_real_kernel(lockfile, monkeypatch, capfd, tmp_pat
     assert again[0]["data"]["text/plain"] == "True"
     models_html = next(o for o in outputs["%models"] if o.output_type == "execute_result")["data"]["text/html"]
     assert "<td>org/tiny</td>" in models_html and "cached" in models_html
+    progress = outputs["llm = %load_model tiny"][0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in progress
+    # Where widgets are not drawn (GitHub, nbconvert to markdown), the saved text is the outcome.
+    assert progress["text/plain"].startswith("tiny\ntiny-Q4_0.gguf  218.9 KB · verified · origin")
+    assert "\nllama.cpp  loaded in " in progress["text/plain"]
     handle_html = outputs["llm = %load_model tiny"][-1]["data"]["text/html"]
     assert "tiny-Q4_0.gguf" in handle_html and "GPU layers offloaded" in handle_html
     everything = str(nb.cells) + printed + stderr
@@ -525,3 +542,153 @@ def test_snapshot_records_then_compares_a_cell_value(shell, workdir: Path, capsy
         "SnapshotError: a snapshot records a modelfix handle (from modelfix.load, %load_model or the llama "
         "fixture), not a str: without one there is no pin to record.\x1b[0m"
     )
+
+
+def test_a_half_read_stream_dropped_in_a_cell_lets_the_model_go(shell, capsys) -> None:
+    """``next(it)`` to peek at a stream, then ``del it``: the model must not stay resident for good."""
+    shell.run_cell("llm = %load_model tiny")
+    shell.run_cell("it = llm('Once upon a time', max_tokens=50, stream=True)\nfirst = next(it)")
+    capsys.readouterr()
+    magic(shell, "unload_model tiny")
+    assert capsys.readouterr().out == (
+        "released: tiny\nstill in use, released when that ends: tiny (a running call, or a stream not read to its "
+        "end: finish it, close() it or del it)\n"
+    )
+    assert resident(), "the open stream holds its handle until it ends"
+
+    shell.run_cell("del it")
+
+    assert not resident(), "the dropped stream still held its lease: unload and keep-alive could never free it"
+    assert shell.user_ns["llm"]("Hi", max_tokens=2)["choices"]
+
+
+def test_interrupting_a_download_is_one_line_and_the_next_run_resumes(
+    shell, hub, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Ctrl-C (a kernel's interrupt is SIGINT) in the middle of a download: the cell says what is kept, no traceback."""
+    # The interrupted cell ends once the hung read gives up (the fetch threads finish before it returns).
+    monkeypatch.setenv("MODELFIX_READ_TIMEOUT", "1")
+    import signal
+    import threading
+
+    from modelfix.testing.hub import Fault
+
+    # 100 KB arrive (the connection is then reset: those bytes are kept), and the retry hangs.
+    hub.inject("org/tiny", "tiny-Q4_0.gguf", Fault.reset(after_bytes=100_000))
+    hub.inject("org/tiny", "tiny-Q4_0.gguf", Fault.stall(60))
+
+    def interrupt_once_the_retry_hangs() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(p.stat().st_size >= 100_000 for p in (tmp_path / "cache" / "tmp").glob("*.partial")):
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what a kernel's interrupt sends
+
+    threading.Thread(target=interrupt_once_the_retry_hangs, daemon=True).start()
+    result = shell.run_cell("llm = %load_model tiny")
+    hub.release_stalls()
+
+    out = capsys.readouterr().out
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    [line] = [line for line in out.splitlines() if not line.startswith("[modelfix]")]
+    assert line.startswith("\x1b[31mKeyboardInterrupt: %load_model tiny stopped while downloading ")
+    assert "tiny-Q4_0.gguf (100.0 KB of 218.9 KB kept in the cache)" in line
+    assert line.endswith("Run the cell again to resume.\x1b[0m") and "Traceback" not in out
+    assert "[modelfix] tiny tiny-Q4_0.gguf: 100.0 KB / 218.9 KB · cancelled (kept: resumes on the next load)" in out
+
+    hub.clear_log()
+    assert shell.run_cell("llm = %load_model tiny").success
+    ranges = [r.range for r in hub.requests if r.filename == "tiny-Q4_0.gguf" and r.method == "GET"]
+    assert ranges and all(r and r.startswith("bytes=100000-") for r in ranges), ranges
+
+
+def test_quoted_arguments_lose_their_quotes_so_a_lockfile_path_may_hold_a_space(shell, lockfile: Path) -> None:
+    """IPython's own splitting kept the quotes: ``--lock "my models/..."`` named a file with quotes in it."""
+    spaced = lockfile.parent / "my models"
+    spaced.mkdir()
+    (spaced / "model-lock.toml").write_bytes(lockfile.read_bytes())
+    lockfile.unlink()  # so that only --lock can find it
+
+    for quoted in ('"my models/model-lock.toml"', "'my models/model-lock.toml'", r"my\ models/model-lock.toml"):
+        assert repr(magic(shell, f"models --lock {quoted}")).startswith(f"{spaced / 'model-lock.toml'}\n")
+    llm = magic(shell, "load_model 'tiny' --lock \"my models/model-lock.toml\" --n-ctx 256")
+    assert llm.n_ctx() == 256 and resident()
+
+
+def completions(ip, line: str) -> list[str]:
+    """What Tab offers at the end of ``line``, as a kernel's complete_request asks for it."""
+    from IPython.core.completer import provisionalcompleter
+
+    with provisionalcompleter():
+        return [c.text for c in ip.Completer.completions(line, len(line))]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("%load_model t", ["tiny"]),
+        ("llm = %load_model ti", ["tiny"]),  # the usual form: a handle assigned
+        ("%unload_model t", ["tiny"]),
+        ("%load_model --lock model-lock.toml --n-ctx 256 t", ["tiny"]),
+        ("%load_model tiny --n-ctx 2", []),  # a flag's value: not a model name
+    ],
+)
+def test_tab_completes_the_lockfile_model_names(shell, lockfile: Path, line: str, expected: list) -> None:
+    add("other", "org/tiny:Q8_0", lockfile)
+    assert [m for m in completions(shell, line) if m in ("tiny", "other")] == expected
+    assert not resident(), "completing loads nothing"
+
+
+def test_unload_ext_removes_the_completion(lockfile) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "modelfix")
+    assert "tiny" in completions(ip, "%load_model ti")
+    ip.run_line_magic("unload_ext", "modelfix")
+    assert "tiny" not in completions(ip, "%load_model ti")
+
+
+@pytest.mark.parametrize(
+    ("cell", "timeout", "said"),
+    [
+        ("import time; time.sleep(60)", "2", "code cell 2 of 3 timed out: it ran longer than 2 s (raise --timeout)"),
+        ("import os; os._exit(3)", "60", "code cell 2 of 3 killed the kernel: its process ended during the cell"),
+    ],
+    ids=["timeout", "dead-kernel"],
+)
+def test_the_runner_names_the_cell_a_timeout_or_a_dead_kernel_stopped(capfd, tmp_path: Path, cell, timeout, said):
+    """It said 'code cell 2 of 3 failed: KeyboardInterrupt: ' for a timeout, and named no cell for a dead kernel."""
+    import nbformat
+
+    from modelfix_jupyter.run import main
+
+    cells = ["print('first')", cell, "print('never')"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbformat.write(notebook, tmp_path / "stops.ipynb")
+
+    code = main([str(tmp_path / "stops.ipynb"), "--timeout", timeout, "--allow-errors"])
+
+    printed, stderr = capfd.readouterr()
+    assert code == 1, "a timeout or a dead kernel fails the run, even with --allow-errors"
+    assert f"In [ ]: {cell}\n" in printed or f"In [2]: {cell}\n" in printed  # the cell it stopped in is shown
+    assert "never" not in printed
+    assert f"stops.ipynb: {said}" in stderr and "KeyboardInterrupt" not in stderr
+    assert "Traceback" not in printed + stderr, "a timed-out kernel asked to shut down printed ipykernel's ZMQError"
+
+
+def test_a_resumed_download_shows_the_speed_of_the_bytes_it_fetched(monkeypatch) -> None:
+    """200 MB were on disk from an interrupted load; 53 MB more arrive in 1 s: 53 MB/s, not 253 MB/s."""
+    from modelfix.events import Event
+    from modelfix_jupyter import progress
+
+    clock = iter([100.0, 100.2, 101.2, 101.2])  # the reporter's clock, one reading per event
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    row = progress._Row(label="model.gguf")
+    for status, done in [("downloading", 0), ("downloading", 200_000_000), ("downloading", 253_000_000)]:
+        row.update(Event(kind="job", model="m", file="model.gguf", status=status, done=done, total=253_000_000))
+    row.update(Event(kind="job", model="m", file="model.gguf", status="completed", done=253_000_000, source="origin"))
+
+    assert row.text() == "253.0 MB · verified · origin · 53.0 MB/s"

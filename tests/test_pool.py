@@ -417,12 +417,18 @@ def test_a_stream_holds_its_handle_until_exhausted(pool, models):
     assert pool.loaded() == []  # closed once the stream let go
 
 
-def test_a_dropped_stream_releases_its_lease(pool, models):
+@pytest.mark.parametrize("chunks", [0, 1], ids=["unread", "half-read"])
+def test_a_dropped_stream_releases_its_lease(pool, models, chunks):
+    # Half-read: `next(it)` in a notebook cell, then `del it`. The handle's turn kept the
+    # stream alive, so its lease (and the model, through unload and keep-alive) stayed for good.
     llm = get(pool, models, "a")
     stream = llm("Hello", max_tokens=4, stream=True)
+    for _ in range(chunks):
+        next(stream)
     del stream
     gc.collect()
     assert not pool.loaded()[0].in_use
+    assert pool.unload("a") == 1 and pool.loaded() == []
 
 
 def test_concurrent_first_loads_of_one_key_load_once(pool, models):

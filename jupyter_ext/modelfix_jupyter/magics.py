@@ -20,12 +20,13 @@ undoes the rest, so a reload starts clean.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import errors, render
 from .progress import reporter_for
@@ -37,6 +38,32 @@ __all__ = ["ModelfixMagics", "load", "unload"]
 
 _MAGICS = ("load_model", "models", "unload_model", "modelfix_cache")
 _LOCK_HELP = "lockfile (default: MODELFIX_LOCK or the nearest model-lock.toml)"
+# Tab completion: the magics whose argument is a model name, the flags that take a value, and
+# the pattern of the line before the cursor that asks for it (also as `llm = %load_model ...`).
+_COMPLETED = ("load_model", "unload_model")
+_VALUED_FLAGS = ("--n-ctx", "--gpu-layers", "--main-gpu", "--lock", "--keep-alive")
+_COMPLETION_KEY = r".*%(load_model|unload_model)\s"
+
+
+def _parse_args(magic: Any, line: str) -> Any:
+    """``line``'s arguments, split as a shell splits them: quotes group words and are removed.
+
+    IPython's own ``parse_argstring`` keeps the quotes (``--lock "my models/model-lock.toml"``
+    looked for a file named with the quotes), so a path with a space could not be given at all.
+    """
+    import os
+    import shlex
+
+    posix = os.name == "posix"  # on Windows a backslash separates a path's folders: it escapes nothing
+    try:
+        argv = [word if posix else _unquote(word) for word in shlex.split(line, posix=posix)]
+    except ValueError as exc:  # "No closing quotation"
+        raise UsageError(f"%{magic.__name__}: {exc} in {line!r}") from None
+    return magic.parser.parse_args(argv)
+
+
+def _unquote(word: str) -> str:
+    return word[1:-1] if len(word) > 1 and word[0] == word[-1] and word[0] in "'\"" else word
 
 
 def _gpu_layers(text: str) -> int | str:
@@ -108,7 +135,7 @@ class ModelfixMagics(Magics):
         modelfix.load() argument beats them; they beat MODELFIX_* variables,
         the lockfile and the defaults.
         """
-        args = parse_argstring(self.load_model, line)
+        args = _parse_args(self.load_model, line)
         from modelfix.events import events
 
         base = self.project(args.lock)
@@ -116,8 +143,15 @@ class ModelfixMagics(Magics):
             base.pool.configure(keep_alive=_duration(args.keep_alive))  # the pool's keep-alive is per process
         flags = {"n_ctx": args.n_ctx, "n_gpu_layers": args.gpu_layers, "main_gpu": args.main_gpu}  # None = not set
         project = base.derive(offline=True if args.offline else None, load_options=flags)
-        with events.listening(reporter_for(self.shell, args.name)):
-            handle = project.load(args.name)
+        reporter = reporter_for(self.shell, args.name)
+        with events.listening(reporter):
+            try:
+                handle = project.load(args.name)
+            except KeyboardInterrupt:
+                # Ctrl-C / the kernel's interrupt: what became of the files, not the frames it stopped in.
+                raise errors.LoadInterrupted(reporter.interrupted()) from None
+            finally:
+                reporter.finish()
         lockfile = project.lockfile
         self.handed_out[id(handle)] = (handle, lockfile.entry(args.name), lockfile.path)
         return handle
@@ -129,7 +163,7 @@ class ModelfixMagics(Magics):
     @line_magic
     def models(self, line: str) -> render.Table:
         """The lockfile's models: pins, whether cached, whether resident, memory, last use."""
-        args = parse_argstring(self.models, line)
+        args = _parse_args(self.models, line)
         from modelfix.pool import record
         from modelfix.probe import describe
 
@@ -155,19 +189,26 @@ class ModelfixMagics(Magics):
         Their memory goes back at once; the handles stay usable and load the
         model again on their next call.
         """
-        args = parse_argstring(self.unload_model, line)
+        args = _parse_args(self.unload_model, line)
         if bool(args.name) == bool(args.all):
             raise UsageError("%unload_model: give a model NAME or --all (not both).")
         project = self.project()
         names = sorted({r.name for r in project.loaded()}) if args.all else [args.name]
         counts = {name: project.unload(name) for name in names}
         done = [f"{name} ({n} handles)" if n > 1 else name for name, n in counts.items() if n]
+        # A handle inside a call, or held by a stream not yet read to its end, goes when that ends.
+        busy = sorted({r.name for r in project.loaded() if r.name in counts and r.in_use})
         if done:
             print(f"released: {', '.join(done)}")
         elif args.name:
             print(f"{args.name} was not resident{_unknown_name_note(project, args.name)}")
         else:
             print("nothing was resident")
+        if busy:
+            print(
+                f"still in use, released when that ends: {', '.join(busy)} (a running call, or a stream "
+                "not read to its end: finish it, close() it or del it)"
+            )
 
     # -- %modelfix_cache -------------------------------------------------------
 
@@ -183,7 +224,7 @@ class ModelfixMagics(Magics):
     @line_magic
     def modelfix_cache(self, line: str) -> render.Stack:
         """The cache: where it is, how big, what it holds; ``--prune`` frees space."""
-        args = parse_argstring(self.modelfix_cache, line)
+        args = _parse_args(self.modelfix_cache, line)
         if args.max_size and not args.prune:
             raise UsageError("%modelfix_cache: --max-size goes with --prune.")
         project = self.project(args.lock)
@@ -205,6 +246,27 @@ class ModelfixMagics(Magics):
         """The lockfile entry and lockfile path ``handle`` was loaded from, or (None, None)."""
         _, entry, path = self.handed_out.get(id(handle), (None, None, None))
         return entry, path
+
+    def complete(self, _shell: Any, event: Any) -> list[str]:
+        """Tab completion of model names after ``%load_model`` / ``%unload_model``, from the lockfile.
+
+        After a flag that takes a value nothing is offered, so IPython's own completion
+        (file names, for ``--lock``) applies. Completion reads the lockfile and nothing else.
+        """
+        import shlex
+
+        words = event.text_until_cursor.split()
+        if event.text_until_cursor[-1:].isspace():
+            words.append("")
+        magic = next((i for i, word in enumerate(words) if word.lstrip("%") in _COMPLETED), None)
+        if magic is None or len(words) < 2 or words[-2] in _VALUED_FLAGS or words[-1].startswith("-"):
+            return []
+        try:
+            lock = words[words.index("--lock") + 1] if "--lock" in words[magic:-1] else None
+            names = list(self.project(shlex.split(lock)[0] if lock else None).lockfile.entries)
+        except Exception:  # an unfinished line or a broken lockfile: nothing to offer, never an error
+            return []
+        return [name for name in names if name.startswith(words[-1])]
 
     def close(self) -> None:
         """Release what these magics handed out and stop listening."""
@@ -247,6 +309,7 @@ def load(shell: Any) -> None:
     magics = ModelfixMagics(shell)
     shell.register_magics(magics)
     render.register_formatters(shell, magics.entry_for)
+    shell.set_hook("complete_command", magics.complete, re_key=_COMPLETION_KEY)
     errors.install(shell)
     shell._modelfix_magics = magics
 
@@ -263,6 +326,9 @@ def unload(shell: Any) -> None:
             shell.magics_manager.magics["line"].pop(name, None)
         shell.magics_manager.registry.pop(type(magics).__name__, None)
         render.unregister_formatters(shell)
+        completers = shell.strdispatchers.get("complete_command")
+        if completers is not None:
+            completers.regexs.pop(re.compile(_COMPLETION_KEY), None)
         errors.uninstall(shell)
         shell._modelfix_magics = None
 

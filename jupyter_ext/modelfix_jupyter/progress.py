@@ -78,11 +78,17 @@ class _Row:
     started: float = field(default_factory=time.monotonic)
     download_speed: float = 0.0  # bytes/s, kept once the download ends
     drawn: float = 0.0
+    # (when, bytes) at the first byte count of the download. A resumed download's first count
+    # includes what an earlier one left in the cache: the speed is measured from here, else
+    # 200 MB found on disk read as 1 GB/s.
+    counted: tuple[float, int] | None = None
 
     def update(self, event: Event) -> None:
         now = time.monotonic()
         if event.status in ("downloading", "loading") and self.status != event.status:
             self.started = now
+        if event.status == "downloading" and event.done and self.counted is None:
+            self.counted = (now, event.done)
         if self.status == "downloading" and event.status != "downloading":
             self.download_speed = self.speed(now)
         self.status, self.message = event.status, event.message
@@ -91,7 +97,10 @@ class _Row:
         self.seconds = event.seconds
 
     def speed(self, now: float | None = None) -> float:
-        elapsed = (now or time.monotonic()) - self.started
+        now = now or time.monotonic()
+        if self.counted is not None and self.done > self.counted[1] and now > self.counted[0]:
+            return (self.done - self.counted[1]) / (now - self.counted[0])
+        elapsed = now - self.started  # one count only (a small file): all of it since the start
         return self.done / elapsed if elapsed > 0 and self.done else 0.0
 
     @property
@@ -117,6 +126,8 @@ class _Row:
             return f"{size} · verified · {self.source or 'cache'}{rate}"
         if self.status == "failed":
             return f"{size} · failed: {self.message}"
+        if self.status == "cancelled" and self.done:
+            return f"{format_size(self.done)} / {size} · cancelled (kept: resumes on the next load)"
         return f"{size} · {self.status}"
 
 
@@ -149,6 +160,20 @@ class Reporter:
             row.drawn = now
             self.draw(row)
 
+    def interrupted(self) -> str:
+        """What an interrupt left: the files whose download stopped (kept, resumable), or the load."""
+        with self._lock:
+            rows = list(self.rows.values())
+        stopped = [r for r in rows if r.label != _LOAD_ROW and not r.finished and r.status != "failed"]
+        files = [
+            f"{r.label} ({format_size(r.done)} of {format_size(r.total)} kept in the cache)" if r.done else r.label
+            for r in stopped
+        ]
+        where = f" while downloading {', '.join(files)}" if stopped else ""
+        if not stopped and any(r.label == _LOAD_ROW for r in rows):
+            where = " while llama.cpp loaded it"
+        return f"%load_model {self.model} stopped{where}. Run the cell again to {'resume' if stopped else 'load it'}."
+
     def draw(self, row: _Row) -> None:
         """Show ``row`` (called under the reporter's lock)."""
         raise NotImplementedError
@@ -156,6 +181,9 @@ class Reporter:
     def note(self, text: str) -> None:
         """Show a line that is not a row: another model released to make room."""
         raise NotImplementedError
+
+    def finish(self) -> None:
+        """The magic is done (loaded, failed or interrupted): nothing more will be drawn."""
 
 
 class TextReporter(Reporter):
@@ -184,6 +212,8 @@ class WidgetReporter(Reporter):
         super().__init__(model)
         self.box: Any = None
         self.bars: dict[str, tuple[Any, Any]] = {}
+        self.notes: list[str] = []
+        self._display: Any = None
 
     def _box(self) -> Any:
         if self.box is None:  # the first event: a pool hit never gets here
@@ -194,7 +224,7 @@ class WidgetReporter(Reporter):
             # A front end that cannot draw widgets (jupyter console, nbconvert to
             # text) shows text/plain: a sentence, not the VBox(children=...) repr.
             bundle = {**self.box._repr_mimebundle_(), "text/plain": f"[modelfix] {self.model}: progress (widget)"}
-            display(bundle, raw=True)
+            self._display = display(bundle, raw=True, display_id=True)
         return self.box
 
     def draw(self, row: _Row) -> None:
@@ -226,6 +256,20 @@ class WidgetReporter(Reporter):
 
         box = self._box()
         box.children = (*box.children, w.HTML(_escape(text)))
+        self.notes.append(text)
+
+    def finish(self) -> None:
+        """Replace the "progress (widget)" text with the final rows.
+
+        What a saved notebook shows where widgets are not drawn (GitHub, nbconvert to
+        text or markdown, ``jupyter console``): the outcome, as the headless runner prints it.
+        """
+        if self._display is None:
+            return
+        with self._lock:
+            rows = [f"{row.label}  {row.text()}" for row in self.rows.values() if row.status != "queued"]
+            text = "\n".join([self.model, *rows, *self.notes])
+        self._display.update({**self.box._repr_mimebundle_(), "text/plain": text}, raw=True)
 
 
 def reporter_for(shell: Any, model: str) -> Reporter:

@@ -67,7 +67,7 @@ def run_notebook(
     notebook (with widget state) there, also when a cell failed: that is when
     it is most wanted.
     """
-    nb, error, _ = _execute(path, cwd=cwd, timeout=timeout, output=output, allow_errors=allow_errors)
+    nb, error, _, _ = _execute(path, cwd=cwd, timeout=timeout, output=output, allow_errors=allow_errors)
     if error is not None:
         raise error
     return nb
@@ -80,20 +80,22 @@ def _execute(
     timeout: int,
     output: str | os.PathLike[str] | None,
     allow_errors: bool = False,
-) -> tuple[Any, Exception | None, dict[int, str]]:
-    """(the notebook as far as it ran, the error that stopped it or None, pager text per cell index).
+) -> tuple[Any, Exception | None, dict[int, str], int | None]:
+    """(the notebook as far as it ran, the error that stopped it or None, pager text per cell index,
+    the index of the last cell that started).
 
-    The error: a cell's (CellExecutionError), or the kernel's (a cell's timeout, a dead kernel).
+    The error: a cell's (CellExecutionError), or the kernel's (a cell's timeout, a dead kernel):
+    then the last cell that started is the one it stopped in.
     """
     _require_runner()
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from traitlets.config import Config
 
     nb = nbformat.read(os.fspath(path), as_version=4)
     error = None
     pages: dict[int, str] = {}
+    started: list[int] = []
 
     def keep_pages(cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
         for payload in execute_reply.get("content", {}).get("payload", []):
@@ -101,17 +103,19 @@ def _execute(
                 text = payload.get("data", {}).get("text/plain", "")
                 pages[cell_index] = pages.get(cell_index, "") + _ANSI.sub("", text)
 
+    _Client = _client_class()
     with tempfile.TemporaryDirectory(prefix="modelfix-kernel-") as sockets:
         # An absolute socket prefix: a relative one would be resolved against the
         # kernel's working folder by the kernel and against ours by the client.
         ipc = {"transport": "ipc", "ip": os.path.join(sockets, "kernel")} if os.name == "posix" else {}
-        client = NotebookClient(
+        client = _Client(
             nb,
             kernel_name="python3",
             timeout=timeout,
             resources={"metadata": {"path": os.fspath(cwd or Path.cwd())}},
             store_widget_state=True,
             allow_errors=allow_errors,
+            on_cell_execute=lambda cell, cell_index: started.append(cell_index),
             on_cell_executed=keep_pages,
             config=Config({"KernelManager": ipc}),
         )
@@ -122,10 +126,27 @@ def _execute(
             client.set_widgets_metadata()  # nbclient stores widget state only after a clean run
     if output is not None:
         nbformat.write(nb, os.fspath(output))
-    return nb, error, pages
+    return nb, error, pages, (started[-1] if started else None)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the pager's colours
+
+
+def _client_class() -> type:
+    from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        """nbclient's client, which stops a timed-out kernel at once rather than asking it to shut down.
+
+        The kernel is still running the cell: asked to shut down, it answers the cell on a socket
+        already closed and ipykernel prints a 20-line ZMQError traceback into the run's output.
+        """
+
+        async def _async_handle_timeout(self, timeout: int, cell: Any = None) -> Any:
+            self.shutdown_kernel = "immediate"
+            return await super()._async_handle_timeout(timeout, cell)
+
+    return Client
 
 
 def _text_of(output: Any, widgets: dict[str, Any]) -> str:
@@ -180,33 +201,50 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot read {args.notebook}: {exc.strerror or exc}")
     except ValueError as exc:  # nbformat's NotJSONError and friends
         parser.error(f"{args.notebook} is not a notebook ({exc}); give the path of an .ipynb file")
-    nb, error, pages = _execute(
+    nb, error, pages, running = _execute(
         args.notebook, cwd=None, timeout=args.timeout, output=args.output, allow_errors=args.allow_errors
     )
     widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     code = [(index, cell) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    stopped = _stopped(error, args.timeout) if error is not None else None  # by the kernel, not by a cell's error
     failures = []
     for number, (index, cell) in enumerate(code, 1):
-        if cell.get("execution_count") is None and not cell.get("outputs"):
+        halted_here = stopped is not None and index == running
+        if cell.get("execution_count") is None and not cell.get("outputs") and not halted_here:
             break  # not reached: an earlier cell failed
-        print(f"In [{cell.get('execution_count')}]: {cell.source}")
+        print(f"In [{cell.get('execution_count') or ' '}]: {cell.source}")
         for output in cell.get("outputs", []):
             sys.stdout.write(_text_of(output, widgets))
-            if output.get("output_type") == "error" and "raises-exception" not in cell.metadata.get("tags", ()):
+            # A timed-out cell's KeyboardInterrupt is the runner's doing: that cell is named below.
+            expected = halted_here or "raises-exception" in cell.metadata.get("tags", ())
+            if output.get("output_type") == "error" and not expected:
                 failures.append(
                     f"code cell {number} of {len(code)} failed: {output.get('ename')}: {output.get('evalue')}"
                 )
         if index in pages:
             sys.stdout.write(pages[index].rstrip("\n") + "\n")
+        if halted_here:
+            failures.append(f"code cell {number} of {len(code)} {stopped}")
     for failure in failures:
         print(f"{args.notebook}: {failure}", file=sys.stderr)
     if error is not None:
-        if not failures:  # the kernel died or timed out: no error output names it
+        if not failures:  # neither a cell's error nor a cell the kernel stopped in names it
             print(f"{args.notebook}: {type(error).__name__}: {str(error).strip()}", file=sys.stderr)
         return 1
     allowed = f", {len(failures)} failed (--allow-errors)" if failures else ""
     print(f"{args.notebook}: {len(code)} cells executed{allowed}")
     return 0
+
+
+def _stopped(error: Exception, timeout: int) -> str | None:
+    """What stopped the run in the middle of a cell: a timeout or a dead kernel (None: a cell's own error)."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    if isinstance(error, CellTimeoutError):
+        return f"timed out: it ran longer than {timeout} s (raise --timeout)"
+    if isinstance(error, DeadKernelError):
+        return "killed the kernel: its process ended during the cell (a crash in native code, os._exit, out of memory)"
+    return None
 
 
 if __name__ == "__main__":
