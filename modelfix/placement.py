@@ -17,6 +17,8 @@ into those budgets' terms::
       └─ refusal(...)                        the MemoryBudgetError a user reads: the model, the
                                               sizes, the budget and where it was set, the fix
 
+    check_weights(name, weights, settings)   before a CPU load's files are fetched: refuse a model whose
+                                              pinned weights alone exceed the RAM budget
     place(name, path, settings, ...)         all of the above for one load: the first layer count
                                               that fits (evicting idle handles, least recently used
                                               first), the handles to evict for it, or the refusal
@@ -28,11 +30,21 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from .errors import MemoryBudgetError, NoRoom, SettingsError
-from .estimate import CUDA_OVERHEAD, Estimate, GpuDevice, estimate
+from .estimate import CUDA_OVERHEAD, Estimate, GpuDevice, estimate, memory_capacity
 from .eviction import Candidate, format_size, plan
 from .settings import LoadSettings, PoolSettings
 
-__all__ = ["candidate", "device_costs", "gpu_budgets", "handle_estimate", "layer_tries", "place", "refusal"]
+__all__ = [
+    "candidate",
+    "check_weights",
+    "device_costs",
+    "gpu_budgets",
+    "handle_estimate",
+    "layer_tries",
+    "place",
+    "ram_budget",
+    "refusal",
+]
 
 
 def handle_estimate(
@@ -108,14 +120,7 @@ def refusal(name: str, est: Estimate, exc: NoRoom, settings: PoolSettings, held:
             f"(MODELFIX_GPU_MEMORY_BUDGET, --modelfix-gpu-memory-budget, configure(gpu_memory_budget=...)), "
             f'use n_gpu_layers="auto" or fewer layers, lower n_ctx, or release a model.'
         )
-    budget_source, raise_it = {
-        "auto": ("auto: 80% of memory", "set a larger MODELFIX_MEMORY_BUDGET"),
-        "configure": (
-            "set by a front-end option or modelfix.configure()",
-            "raise it where it was set (--modelfix-memory-budget, modelfix_memory_budget, "
-            "modelfix.configure(memory_budget=...))",
-        ),
-    }.get(settings.budget_origin, (settings.budget_origin, f"raise {settings.budget_origin}"))
+    budget_source, raise_it = _budget_words(settings)
     ram = f" in RAM ({format_size(exc.needed)} of it stays on the CPU)" if est.gpu else ""
     return MemoryBudgetError(
         f"cannot load model {name!r}: it needs about {format_size(est.total)}{ram} (weights "
@@ -178,3 +183,33 @@ def place(
         return est, keys
     assert first_refusal is not None
     raise refusal(name, tries[0], first_refusal, pool, held_names) from None
+
+
+def _budget_words(settings: PoolSettings) -> tuple[str, str]:
+    """Where the RAM budget was set, and how to raise it there."""
+    return {
+        "auto": ("auto: 80% of memory", "set a larger MODELFIX_MEMORY_BUDGET"),
+        "configure": (
+            "set by a front-end option or modelfix.configure()",
+            "raise it where it was set (--modelfix-memory-budget, modelfix_memory_budget, "
+            "modelfix.configure(memory_budget=...))",
+        ),
+    }.get(settings.budget_origin, (settings.budget_origin, f"raise {settings.budget_origin}"))
+
+
+def ram_budget(settings: PoolSettings) -> float:
+    """The RAM budget in bytes: memory_budget, else (auto) 80% of the machine's memory."""
+    return settings.memory_budget if settings.memory_budget is not None else 0.8 * memory_capacity(False)
+
+
+def check_weights(name: str, weights: int, settings: PoolSettings) -> None:
+    """Refuse model ``name`` if its pinned ``weights`` alone exceed the RAM budget of a build that
+    keeps them all in RAM: known from the lockfile's sizes, before any byte is fetched."""
+    budget = ram_budget(settings)
+    if weights > budget:
+        source, raise_it = _budget_words(settings)
+        raise MemoryBudgetError(
+            f"cannot load model {name!r}: its weights alone are {format_size(weights)} but the memory budget "
+            f"is {format_size(budget)} ({source}), so nothing was fetched for it. To load it, {raise_it}, "
+            "or pin a smaller quantization."
+        )

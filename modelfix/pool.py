@@ -59,10 +59,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .config import cache_root, layer_roots
 from .errors import MemoryBudgetError, SettingsError
-from .estimate import Estimate, GpuDevice, gpu_devices, memory_capacity, offload_supported
+from .estimate import Estimate, GpuDevice, gpu_devices, offload_supported
 from .events import Event, events
 from .handle import PooledLlama, Turns, build_llama, close_llama, reset_handle, slot_of
-from .placement import candidate, handle_estimate, layer_tries, place
+from .placement import candidate, check_weights, handle_estimate, layer_tries, place, ram_budget
 from .probe import use_repack
 from .settings import (
     LoadSettings,
@@ -461,10 +461,15 @@ class Pool:
             return layer_tries(path, settings, mmproj, bool(self.gpus()))[-1]
         return est
 
+    def check_weights(self, name: str, weights: int) -> None:
+        """Before fetching model ``name``: refuse it if its ``weights`` alone exceed the RAM budget (CPU builds)."""
+        if not self.gpus():  # with offload, RAM holds only what stays on the CPU: the estimate decides
+            check_weights(name, weights, self.settings())
+
     def _make_room(self, slot: _Slot) -> list[tuple[_Slot, llama_cpp.Llama]]:
         """Under the lock: choose ``slot``'s GPU layers, detach what must go for it to fit, or refuse."""
         settings, gpus = self.settings(), self.gpus()
-        budget = settings.memory_budget if settings.memory_budget is not None else 0.8 * memory_capacity(False)
+        budget = ram_budget(settings)
         others = [x for x in self._slots.values() if x is not slot and (x.llama is not None or x.loading)]
         held = [x for x in others if x.leases or x.loading]
         slot.estimate, keys = place(

@@ -261,8 +261,12 @@ class Project:
         ``settings`` are the call's layer, above this Project's ``load_options``, the environment,
         the lockfile entry and the defaults.
         """
-        m = self.files(name)
-        root, layers = self._where()
+        lockfile, (root, layers) = self.lockfile, self._where()
+        entry = pinned(lockfile, name)
+        m = self._resolver.warm(root, layers, lockfile, entry)
+        if m is None:  # a model that cannot fit is refused before its files are fetched
+            self.pool.check_weights(name, sum(p.size for p in entry.model_files))
+            m = self._resolver.make([entry], lockfile, self.cache_settings)[0]
         return self.pool.acquire(
             m.model_path,
             m.content_key,

@@ -122,3 +122,16 @@ def test_route_and_loaded_go_through_the_project(workdir: Path, lock):
 
     assert Project(lock).route("anything") == "chat" == modelfix.route("anything", lock)
     assert Project(lock).loaded() == modelfix.loaded()
+
+
+def test_a_model_whose_weights_exceed_the_budget_is_refused_before_anything_is_fetched(lock, hub, monkeypatch):
+    weights = sum(p.size for p in Lockfile.load(lock).entry("chat").model_files)
+    monkeypatch.setenv("MODELFIX_MEMORY_BUDGET", str(weights - 1))
+    hub.clear_log()
+
+    with pytest.raises(modelfix.MemoryBudgetError, match=r"'chat': its weights alone are .* MODELFIX_MEMORY_BUDGET"):
+        Project(lock).load("chat")
+
+    assert hub.requests == []  # the pinned sizes said so: not one byte was fetched
+    monkeypatch.setenv("MODELFIX_MEMORY_BUDGET", "inf")
+    assert Project(lock).load("chat")("Hi", max_tokens=1)["choices"]
