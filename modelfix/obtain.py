@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import threading
 from collections.abc import Iterable, Sequence
@@ -120,12 +121,16 @@ def _also_failed(first: ModelfixError, others: Sequence[BaseException]) -> None:
 
 
 def _reason(e: ModelfixError) -> str:
-    """The error's text without its file's name and URL: what went wrong, whichever file it was."""
+    """The error's text without its file's name, URL and where its download stopped (fetch's
+    "at byte N of M"): what went wrong, whichever file it was."""
     text = str(e)
     for part in (e.url, e.file):
         if part:
             text = text.replace(part, "")
-    return text
+    return _PROGRESS_RE.sub("", text)
+
+
+_PROGRESS_RE = re.compile(r" at byte \d+ of \d+")
 
 
 def _ensure(

@@ -245,12 +245,16 @@ def test_corrupt_bytes_every_time_end_in_an_integrity_error_and_nothing_cached(l
 
 def test_a_network_that_keeps_failing_is_reported_with_the_model_and_file(lock, hub, monkeypatch):
     monkeypatch.setenv("MODELFIX_RETRIES", "2")
-    hub.inject(REPO, MODEL, Fault.status(500), times=None)
+    others = [p.path for p in Lockfile.load(lock).entry("chat").files if p.path != MODEL]
+    for path in (MODEL, *others):
+        hub.inject(REPO, path, Fault.status(500), times=None)
 
     with pytest.raises(NetworkError, match=f"chat: {MODEL}: giving up after 2 failed attempts.*HTTP 500") as info:
         modelfix.sync(["chat"], lock)
 
     assert "retry with `modelfix sync chat`" in str(info.value)
+    # The other files failed the same way: named once, not each with the whole message again.
+    assert str(info.value).count("giving up") == 1 and f"{', '.join(others)} failed the same way" in str(info.value)
 
     assert not _store().has(Lockfile.load(lock).entry("chat").files[0].sha256)
 
