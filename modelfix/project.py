@@ -44,7 +44,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
@@ -201,6 +201,10 @@ class Project:
 
     def files(self, name: str) -> Materialized:
         """Every file of model ``name``, verified, in its view; fetches what is missing."""
+        return self._files(name)
+
+    def _files(self, name: str, before_fetch: Callable[[Entry], None] | None = None) -> Materialized:
+        """:meth:`files`; ``before_fetch(entry)`` runs only when something must be fetched, and may refuse."""
         # The warm path (modelfix.path() in a loop): self.lockfile and self._where() written out,
         # then straight to the resolver's memo; a few stats, no settings resolved.
         lockfile = self._given
@@ -210,7 +214,11 @@ class Project:
         root = cache_root(self._cache_dir)
         entry = pinned(lockfile, name)
         found = self._resolver.warm(root, layer_roots(root, self._readonly), lockfile, entry)
-        return found or self._resolver.make([entry], lockfile, self.cache_settings)[0]
+        if found is not None:
+            return found
+        if before_fetch is not None:
+            before_fetch(entry)
+        return self._resolver.make([entry], lockfile, self.cache_settings)[0]
 
     def sync(
         self, names: Sequence[str] | None = None, *, workers: int = 4, cancel: threading.Event | None = None
@@ -261,12 +269,9 @@ class Project:
         ``settings`` are the call's layer, above this Project's ``load_options``, the environment,
         the lockfile entry and the defaults.
         """
-        lockfile, (root, layers) = self.lockfile, self._where()
-        entry = pinned(lockfile, name)
-        m = self._resolver.warm(root, layers, lockfile, entry)
-        if m is None:  # a model that cannot fit is refused before its files are fetched
-            self.pool.check_weights(name, sum(p.size for p in entry.model_files))
-            m = self._resolver.make([entry], lockfile, self.cache_settings)[0]
+        # A model that cannot fit is refused before its files are fetched.
+        m = self._files(name, lambda entry: self.pool.check_weights(name, sum(p.size for p in entry.model_files)))
+        root, layers = self._where()
         return self.pool.acquire(
             m.model_path,
             m.content_key,

@@ -257,19 +257,10 @@ def test_a_journal_that_claims_more_than_the_partial_holds_starts_afresh(hub, ti
 
 def test_a_disk_that_fills_while_ranges_run_leaves_only_the_partial_and_its_journal(hub, tiny_files, small_disk):
     # The last journal write (after a range failed) meets the full disk too: its temporary file must go.
-    data = tiny_files[FILE].read_bytes()
     hub.inject(REPO, FILE, Fault.stall(1.0, after_bytes=20_000))  # slow: split into ranges, journaled
-    partial = small_disk / "blob.partial"
 
     with pytest.raises(CacheError, match="No space left on device"):
-        download(
-            HttpTransport(hub.url(REPO, FILE), policy=SPLITTING),
-            partial,
-            len(data),
-            job=new_job("m", FILE, len(data)),
-            label=f"m: {FILE}",
-            policy=SPLITTING,
-        )
+        _fetch(hub, tiny_files, small_disk, policy=SPLITTING)  # its partial: small_disk / "blob.partial"
 
     assert sorted(os.listdir(small_disk)) == ["blob.partial", "blob.partial.ranges"]
 

@@ -44,7 +44,6 @@ _COMMANDS = {
     "inspect": "inspect_model",
     "doctor": "doctor",
 }
-_VALUED = ("--lock", "--cache-dir", "--readonly-cache")  # the common options that take a value
 
 
 def count(n: int, thing: str) -> str:
@@ -117,13 +116,17 @@ def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPa
 
 def command_of(argv: Sequence[str]) -> str | None:
     """The command ``argv`` names after the common options, None for none or for ``--help``."""
+    common = argparse.ArgumentParser(prog="modelfix")
+    common.add_argument("--version", action="store_true")
+    _common_options(common)
+    takes_value = {flag: action.nargs != 0 for action in common._actions for flag in action.option_strings}
     args = iter(argv)
     for arg in args:
         if arg in ("-h", "--help", "--version"):
             return None
         if arg.startswith("--") and "=" not in arg:
-            named = [o for o in (*_VALUED, "--offline", "--help", "--version") if o.startswith(arg)]
-            if named and all(o in _VALUED for o in named):  # --lock PATH, or an abbreviation of one
+            named = [flag for flag in takes_value if flag.startswith(arg)]  # the flag, or what it abbreviates
+            if named and all(takes_value[flag] for flag in named):  # --lock PATH
                 next(args, None)
             continue
         if not arg.startswith("-"):
